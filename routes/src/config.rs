@@ -1,0 +1,318 @@
+//! The validated, typed configuration. Built only by [`crate::validate`].
+
+use crate::pool::{Color, MemberAddr};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A checked configuration: every value parsed, every reference resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listeners and state.
+    pub server: Server,
+    /// ACME settings, present when any site uses `tls = "acme"`.
+    pub acme: Option<Acme>,
+    /// Virtual hosts in file order.
+    pub sites: Vec<SiteSpec>,
+    /// Upstream services, sorted by name.
+    pub services: Vec<ServiceSpec>,
+    /// Request limits and client timeouts.
+    pub limits: Limits,
+    /// Access log format.
+    pub access_log: AccessLog,
+}
+
+/// `[server]`, checked.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Plain HTTP listener.
+    pub http: Option<SocketAddr>,
+    /// HTTPS listener.
+    pub https: Option<SocketAddr>,
+    /// Admin listener.
+    pub admin: Option<SocketAddr>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Admin bearer token.
+    pub admin_token: Option<String>,
+    /// Worker threads.
+    pub threads: Option<usize>,
+    /// SIGTERM drain deadline.
+    pub grace_period: Duration,
+}
+
+/// ACME challenge type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// Answered on the plain HTTP listener.
+    Http01,
+    /// Answered in the TLS handshake on the HTTPS listener.
+    TlsAlpn01,
+}
+
+/// `[acme]`, checked.
+#[derive(Debug, Clone)]
+pub struct Acme {
+    /// Account contact.
+    pub email: Option<String>,
+    /// Directory URL.
+    pub directory: String,
+    /// Challenge type.
+    pub challenge: Challenge,
+    /// Extra roots to trust the directory with.
+    pub ca_roots: Option<PathBuf>,
+}
+
+/// Where a site's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain HTTP only.
+    Off,
+    /// Obtained and renewed via ACME.
+    Acme,
+    /// Generated at start (for tests and internal hosts).
+    SelfSigned,
+    /// Read from files.
+    Files {
+        /// PEM chain.
+        cert: PathBuf,
+        /// PEM key.
+        key: PathBuf,
+    },
+}
+
+/// HSTS header settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hsts {
+    /// The header value to send, precomputed.
+    pub value: String,
+}
+
+/// A virtual host.
+#[derive(Debug, Clone)]
+pub struct SiteSpec {
+    /// Host patterns, lowercased.
+    pub hosts: Vec<String>,
+    /// Certificate source.
+    pub tls: Tls,
+    /// HSTS, if enabled.
+    pub hsts: Option<Hsts>,
+    /// Routes in file order.
+    pub routes: Vec<RouteSpec>,
+}
+
+impl SiteSpec {
+    /// A stable label for metrics and logs: the first host.
+    pub fn name(&self) -> &str {
+        self.hosts.first().map(String::as_str).unwrap_or("*")
+    }
+}
+
+/// What a route does.
+#[derive(Debug, Clone)]
+pub enum ActionSpec {
+    /// Proxy to a service (index into [`Config::services`]).
+    Proxy(String),
+    /// Serve files.
+    Static(StaticSpec),
+    /// Redirect.
+    Redirect {
+        /// Target; `$path` expands to the request path and query.
+        to: String,
+        /// Status code.
+        status: u16,
+    },
+}
+
+/// A static files route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticSpec {
+    /// Directory served.
+    pub root: PathBuf,
+    /// Serve compressed sidecars.
+    pub precompressed: bool,
+    /// Immutable caching for hashed names.
+    pub immutable_hashed: bool,
+    /// Index file for directories.
+    pub index: Option<String>,
+    /// Follow symlinks inside the root.
+    pub follow_symlinks: bool,
+    /// max-age for names without a hash.
+    pub max_age: Duration,
+}
+
+/// One route of a site.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// Path prefix.
+    pub path: String,
+    /// What to do.
+    pub action: ActionSpec,
+    /// Served on plain HTTP even when the site has TLS.
+    pub allow_http: bool,
+    /// Remove the prefix before proxying.
+    pub strip_prefix: bool,
+    /// Body limit override.
+    pub max_body: Option<u64>,
+    /// Basic auth credentials (`user`, password hash).
+    pub basic_auth: Vec<(String, String)>,
+    /// Allowed client networks; empty means everyone.
+    pub allow: Vec<IpNet>,
+    /// On-the-fly compression of upstream text responses.
+    pub compress: bool,
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `addr` or `addr/prefix`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    /// True when `ip` is inside this network (IPv4-mapped IPv6 is treated as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    /// Path to GET.
+    pub path: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Timeout of one check.
+    pub timeout: Duration,
+    /// Successes to become healthy.
+    pub rise: u32,
+    /// Failures to become unhealthy.
+    pub fall: u32,
+    /// Host header, if any.
+    pub host: Option<String>,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP/unix connect.
+    pub connect: Duration,
+    /// Between response bytes.
+    pub read: Duration,
+    /// Between request bytes.
+    pub write: Duration,
+    /// Idle pooled connection lifetime.
+    pub idle: Duration,
+}
+
+/// An upstream service with color pools.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Service name.
+    pub name: String,
+    /// Live color from the config file.
+    pub live: Color,
+    /// Canary weights from the config file, if any.
+    pub weights: Option<Vec<(Color, u32)>>,
+    /// Members per color, colors sorted by name.
+    pub colors: Vec<(Color, Vec<MemberAddr>)>,
+    /// Active health check.
+    pub health: Option<HealthSpec>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Extra attempts after connect failures.
+    pub retries: u32,
+}
+
+/// Client-side limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Request head size.
+    pub max_header_bytes: usize,
+    /// Request header count.
+    pub max_headers: usize,
+    /// Default body limit.
+    pub max_body: u64,
+    /// Time to receive the request head.
+    pub header_timeout: Duration,
+    /// Max pause while reading a body.
+    pub body_timeout: Duration,
+    /// Keep-alive idle time.
+    pub keepalive_timeout: Duration,
+    /// Concurrent connections.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_body: 100 * 1024 * 1024,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Access log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    /// One JSON object per line.
+    Json,
+    /// Apache/nginx combined format.
+    Combined,
+    /// No access log.
+    Off,
+}
+
+impl Config {
+    /// Index of a service by name.
+    pub fn service_index(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.name == name)
+    }
+}

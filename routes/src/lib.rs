@@ -1,0 +1,25 @@
+//! Duotone's routing model: the config file's shape, its validation, and the
+//! compiled [`RouteTable`] that the request path reads through an `ArcSwap`.
+//!
+//! Everything here is pure: no sockets, no files. Data flows one way:
+//! TOML text → [`load`] (env expansion, parse, validate) → [`Config`] →
+//! [`RouteTable::compile`] → shared by the proxy.
+
+pub mod config;
+pub mod raw;
+pub mod diag;
+pub mod duration;
+pub mod env;
+pub mod host;
+pub mod load;
+pub mod pool;
+pub mod state;
+pub mod table;
+pub mod validate;
+
+pub use config::Config;
+pub use diag::{Diagnostic, Diagnostics};
+pub use load::load;
+pub use pool::{Color, ColorStats, Member, MemberAddr, MemberHealth, Pool, Service};
+pub use state::LiveState;
+pub use table::{Action, Route, RouteTable, Site, Vitals};

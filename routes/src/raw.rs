@@ -1,0 +1,252 @@
+//! The config file exactly as written (serde shapes). Values that need checks
+//! stay strings here; [`crate::validate`] turns them into a typed [`crate::Config`].
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`: listeners, state directory, admin token.
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[acme]`: certificate authority settings.
+    pub acme: Option<RawAcme>,
+    /// `[[sites]]`: virtual hosts and their routes.
+    #[serde(default)]
+    pub sites: Vec<RawSite>,
+    /// `[services.NAME]`: upstream services with color pools.
+    #[serde(default)]
+    pub services: BTreeMap<String, RawService>,
+    /// `[limits]`: request size and time limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// `[log]`: access log format.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Plain HTTP listener address.
+    pub http: Option<String>,
+    /// HTTPS listener address.
+    pub https: Option<String>,
+    /// Admin API listener address.
+    pub admin: Option<String>,
+    /// Where certificates and live colors are kept.
+    pub state_dir: Option<String>,
+    /// Bearer token for the admin API.
+    pub admin_token: Option<String>,
+    /// Worker threads (default: number of CPUs).
+    pub threads: Option<usize>,
+    /// How long SIGTERM waits for in-flight requests.
+    pub grace_period: Option<String>,
+}
+
+/// `[acme]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    /// Contact email for the ACME account.
+    pub email: Option<String>,
+    /// `letsencrypt`, `letsencrypt-staging` or a directory URL.
+    pub directory: Option<String>,
+    /// `http-01` or `tls-alpn-01`.
+    pub challenge: Option<String>,
+    /// Extra PEM roots to trust the directory with (test CAs).
+    pub ca_roots: Option<String>,
+}
+
+/// `tls = "acme" | "off" | "self-signed" | { cert, key }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawTls {
+    /// A named mode.
+    Mode(String),
+    /// Certificate and key files.
+    Files {
+        /// PEM certificate chain.
+        cert: String,
+        /// PEM private key.
+        key: String,
+    },
+}
+
+/// `hsts = true | { max_age, include_subdomains, preload }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawHsts {
+    /// On with defaults, or off.
+    Enabled(bool),
+    /// Explicit settings.
+    Settings {
+        /// max-age, e.g. "365d" is not accepted; use seconds or "8760h".
+        max_age: Option<String>,
+        /// Adds `includeSubDomains`.
+        #[serde(default)]
+        include_subdomains: bool,
+        /// Adds `preload`.
+        #[serde(default)]
+        preload: bool,
+    },
+}
+
+/// `[[sites]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    /// Host names: exact, `*.example.com` or `*`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// TLS mode.
+    pub tls: Option<RawTls>,
+    /// HSTS header on HTTPS responses.
+    pub hsts: Option<RawHsts>,
+    /// Routes, longest path prefix wins.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[[sites.routes]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Path prefix, starting with `/`.
+    pub path: Option<String>,
+    /// Proxy to this service.
+    pub service: Option<String>,
+    /// Serve files.
+    #[serde(rename = "static")]
+    pub static_files: Option<RawStatic>,
+    /// Answer with a redirect.
+    pub redirect: Option<RawRedirect>,
+    /// Serve this route on plain HTTP too, instead of redirecting to HTTPS.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Remove the route prefix before proxying.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Largest accepted request body, e.g. "10m".
+    pub max_body: Option<String>,
+    /// Basic auth users as `"user:$argon2…"` or `"user:{SHA256}base64"`.
+    pub basic_auth: Option<Vec<String>>,
+    /// Client addresses or CIDR blocks allowed on this route.
+    pub allow: Option<Vec<String>>,
+    /// Compress text responses from upstreams when clients accept it.
+    pub compress: Option<bool>,
+}
+
+/// `static = { … }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatic {
+    /// Directory to serve.
+    pub root: Option<String>,
+    /// Serve `.br`/`.zst`/`.gz` sidecars.
+    #[serde(default)]
+    pub precompressed: bool,
+    /// Far-future caching for hashed names.
+    #[serde(default)]
+    pub immutable_hashed: bool,
+    /// Index file for directories (`true` means `index.html`).
+    pub index: Option<RawIndex>,
+    /// Follow symlinks that stay inside the root.
+    pub follow_symlinks: Option<bool>,
+    /// Cache max-age for names without a hash.
+    pub max_age: Option<String>,
+}
+
+/// `index = true | "index.htm"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawIndex {
+    /// `index.html` or none.
+    Enabled(bool),
+    /// A file name.
+    Name(String),
+}
+
+/// `redirect = { to, status }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    /// Target URL; `$path` is replaced by the request path and query.
+    pub to: Option<String>,
+    /// 301, 302, 303, 307 or 308 (default).
+    pub status: Option<u16>,
+}
+
+/// `[services.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// The live color.
+    pub live: Option<String>,
+    /// Weights per color for canaries; overrides `live` when set.
+    pub weights: Option<BTreeMap<String, u32>>,
+    /// Active health check.
+    pub health: Option<RawHealth>,
+    /// Members per color: `"host:port"` or `"unix:/path"`.
+    #[serde(default)]
+    pub colors: BTreeMap<String, Vec<String>>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Option<String>,
+    /// Upstream read timeout (time between bytes of the response).
+    pub read_timeout: Option<String>,
+    /// Upstream write timeout.
+    pub write_timeout: Option<String>,
+    /// How long idle upstream connections are kept.
+    pub idle_timeout: Option<String>,
+    /// Extra attempts on other members after a connect failure.
+    pub retries: Option<u32>,
+}
+
+/// `health = { … }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Path to GET.
+    pub path: Option<String>,
+    /// Time between checks.
+    pub interval: Option<String>,
+    /// Timeout of one check.
+    pub timeout: Option<String>,
+    /// Consecutive successes to be marked healthy.
+    pub rise: Option<u32>,
+    /// Consecutive failures to be marked unhealthy.
+    pub fall: Option<u32>,
+    /// Host header to send.
+    pub host: Option<String>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request header block.
+    pub max_header_bytes: Option<String>,
+    /// Most request headers.
+    pub max_headers: Option<usize>,
+    /// Default largest request body.
+    pub max_body: Option<String>,
+    /// Time a client has to send the request head.
+    pub header_timeout: Option<String>,
+    /// Time a client may pause while sending a body.
+    pub body_timeout: Option<String>,
+    /// Idle time of a client keep-alive connection.
+    pub keepalive_timeout: Option<String>,
+    /// Most concurrent client connections.
+    pub max_connections: Option<usize>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `json` (default), `combined` or `off`.
+    pub access: Option<String>,
+}

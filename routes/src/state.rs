@@ -1,0 +1,23 @@
+//! Live colors and weights set at run time (by the admin API). They are
+//! persisted by the proxy and win over the config file when compiling.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Run-time overrides per service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveState {
+    /// By service name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceState>,
+}
+
+/// One service's run-time choice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// The live color.
+    pub live: String,
+    /// Canary weights per color; `None` sends everything to `live`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<BTreeMap<String, u32>>,
+}

@@ -1,0 +1,563 @@
+//! Checks a [`RawConfig`] and builds the typed [`Config`], collecting every
+//! problem (with its key path) instead of stopping at the first.
+
+use crate::config::*;
+use crate::diag::KeyPath;
+use crate::duration::{parse as parse_duration, parse_size};
+use crate::host;
+use crate::pool::{Color, MemberAddr};
+use crate::raw::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A problem found by validation: where, and what.
+pub type Problem = (KeyPath, String);
+
+/// Let's Encrypt production directory.
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt staging directory.
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// Default upstream timeouts.
+pub fn default_timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(5),
+        read: Duration::from_secs(60),
+        write: Duration::from_secs(60),
+        idle: Duration::from_secs(60),
+    }
+}
+
+struct Checker<'a> {
+    problems: Vec<Problem>,
+    /// Directory relative paths are resolved against.
+    base: &'a Path,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, at: KeyPath, msg: impl Into<String>) {
+        self.problems.push((at, msg.into()));
+    }
+
+    fn duration(&mut self, at: KeyPath, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|e| {
+                self.err(at, e);
+                default
+            }),
+        }
+    }
+
+    fn size(&mut self, at: KeyPath, v: &Option<String>, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(s) => parse_size(s).unwrap_or_else(|e| {
+                self.err(at, e);
+                default
+            }),
+        }
+    }
+
+    fn addr(&mut self, at: KeyPath, v: &Option<String>) -> Option<SocketAddr> {
+        let s = v.as_deref()?.trim();
+        if s.is_empty() || s == "off" {
+            return None;
+        }
+        let full = if s.starts_with(':') {
+            format!("0.0.0.0{s}")
+        } else {
+            s.to_string()
+        };
+        match full.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(at, format!("{s:?} is not an address like \"0.0.0.0:80\" or \"[::]:443\""));
+                None
+            }
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Validates `raw`. Relative paths are resolved against `base` (the config
+/// file's directory). Returns the typed config or every problem found.
+pub fn validate(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker {
+        problems: Vec::new(),
+        base,
+    };
+    let server = check_server(&mut c, &raw.server);
+    let services = check_services(&mut c, &raw.services);
+    let known: HashSet<&str> = raw.services.keys().map(String::as_str).collect();
+    let sites = check_sites(&mut c, &raw.sites, &known);
+    let acme = check_acme(&mut c, raw.acme.as_ref(), &server, &sites);
+    let limits = check_limits(&mut c, &raw.limits);
+    let access_log = match raw.log.access.as_deref() {
+        None | Some("json") => AccessLog::Json,
+        Some("combined") => AccessLog::Combined,
+        Some("off") => AccessLog::Off,
+        Some(other) => {
+            c.err(
+                KeyPath::root("log").key("access"),
+                format!("unknown access log format {other:?}: use \"json\", \"combined\" or \"off\""),
+            );
+            AccessLog::Json
+        }
+    };
+    let needs_https = sites.iter().any(|s| s.tls != Tls::Off);
+    if needs_https && server.https.is_none() {
+        c.err(
+            KeyPath::root("server").key("https"),
+            "a site has TLS enabled but no https listener is set",
+        );
+    }
+    if raw.server.http.is_none() && raw.server.https.is_none() {
+        c.err(
+            KeyPath::root("server"),
+            "no listener: set server.http and/or server.https",
+        );
+    }
+    if c.problems.is_empty() {
+        Ok(Config {
+            server,
+            acme,
+            sites,
+            services,
+            limits,
+            access_log,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+fn check_server(c: &mut Checker, s: &RawServer) -> Server {
+    let at = KeyPath::root("server");
+    let http = c.addr(at.key("http"), &s.http);
+    let https = c.addr(at.key("https"), &s.https);
+    let admin = match s.admin.as_deref() {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        Some(_) => c.addr(at.key("admin"), &s.admin),
+    };
+    let admin_token = s.admin_token.clone().filter(|t| !t.is_empty());
+    if let Some(t) = &admin_token {
+        if t.len() < 16 {
+            c.err(at.key("admin_token"), "admin token must be at least 16 characters");
+        }
+    }
+    if let Some(a) = admin {
+        if !a.ip().is_loopback() && admin_token.is_none() {
+            c.err(
+                at.key("admin"),
+                format!("admin listener {a} is not loopback: set server.admin_token"),
+            );
+        }
+    }
+    if s.threads == Some(0) {
+        c.err(at.key("threads"), "threads must be at least 1");
+    }
+    Server {
+        http,
+        https,
+        admin,
+        state_dir: c.path(s.state_dir.as_deref().unwrap_or("/var/lib/duotone")),
+        admin_token,
+        threads: s.threads,
+        grace_period: c.duration(at.key("grace_period"), &s.grace_period, Duration::from_secs(30)),
+    }
+}
+
+fn check_acme(
+    c: &mut Checker,
+    raw: Option<&RawAcme>,
+    server: &Server,
+    sites: &[SiteSpec],
+) -> Option<Acme> {
+    let wanted = sites.iter().position(|s| s.tls == Tls::Acme);
+    let Some(a) = raw else {
+        if let Some(i) = wanted {
+            c.err(
+                KeyPath::root("sites").index(i).key("tls"),
+                "tls = \"acme\" needs an [acme] section (at least: directory = \"letsencrypt\")",
+            );
+        }
+        return None;
+    };
+    let at = KeyPath::root("acme");
+    let directory = match a.directory.as_deref().unwrap_or("letsencrypt") {
+        "letsencrypt" => LETSENCRYPT.to_string(),
+        "letsencrypt-staging" => LETSENCRYPT_STAGING.to_string(),
+        url if url.starts_with("https://") => url.to_string(),
+        other => {
+            c.err(
+                at.key("directory"),
+                format!("{other:?}: use \"letsencrypt\", \"letsencrypt-staging\" or an https:// URL"),
+            );
+            String::new()
+        }
+    };
+    let challenge = match a.challenge.as_deref().unwrap_or("http-01") {
+        "http-01" => Challenge::Http01,
+        "tls-alpn-01" => Challenge::TlsAlpn01,
+        other => {
+            c.err(
+                at.key("challenge"),
+                format!("{other:?}: use \"http-01\" or \"tls-alpn-01\""),
+            );
+            Challenge::Http01
+        }
+    };
+    if challenge == Challenge::Http01 && server.http.is_none() && wanted.is_some() {
+        c.err(at.key("challenge"), "http-01 needs server.http (the CA dials port 80)");
+    }
+    if let Some(e) = &a.email {
+        if !e.contains('@') {
+            c.err(at.key("email"), format!("{e:?} is not an email address"));
+        }
+    }
+    Some(Acme {
+        email: a.email.clone(),
+        directory,
+        challenge,
+        ca_roots: a.ca_roots.as_deref().map(|p| c.path(p)),
+    })
+}
+
+fn check_sites(c: &mut Checker, sites: &[RawSite], services: &HashSet<&str>) -> Vec<SiteSpec> {
+    let mut seen_hosts: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, s) in sites.iter().enumerate() {
+        let at = KeyPath::root("sites").index(i);
+        if s.hosts.is_empty() {
+            c.err(at.key("hosts"), "a site needs at least one host (use [\"*\"] for a default site)");
+        }
+        let mut hosts = Vec::new();
+        for (j, h) in s.hosts.iter().enumerate() {
+            let h = h.trim().to_ascii_lowercase();
+            if let Err(e) = host::check_pattern(&h) {
+                c.err(at.key("hosts").index(j), e);
+                continue;
+            }
+            if let Some(prev) = seen_hosts.insert(h.clone(), i) {
+                c.err(
+                    at.key("hosts").index(j),
+                    format!("host {h:?} is already used by sites[{prev}]"),
+                );
+            }
+            hosts.push(h);
+        }
+        let tls = match &s.tls {
+            None => Tls::Off,
+            Some(RawTls::Mode(m)) => match m.as_str() {
+                "off" => Tls::Off,
+                "acme" => Tls::Acme,
+                "self-signed" => Tls::SelfSigned,
+                other => {
+                    c.err(
+                        at.key("tls"),
+                        format!("{other:?}: use \"acme\", \"off\", \"self-signed\" or {{ cert = \"…\", key = \"…\" }}"),
+                    );
+                    Tls::Off
+                }
+            },
+            Some(RawTls::Files { cert, key }) => Tls::Files {
+                cert: c.path(cert),
+                key: c.path(key),
+            },
+        };
+        if tls == Tls::Acme {
+            for h in hosts.iter().filter(|h| h.starts_with('*')) {
+                c.err(
+                    at.key("tls"),
+                    format!("ACME cannot issue for {h:?} with http-01/tls-alpn-01: list exact hosts or use a static certificate"),
+                );
+            }
+        }
+        let hsts = check_hsts(c, at.key("hsts"), s.hsts.as_ref());
+        let routes = check_routes(c, &at, &s.routes, services);
+        out.push(SiteSpec {
+            hosts,
+            tls,
+            hsts,
+            routes,
+        });
+    }
+    out
+}
+
+fn check_hsts(c: &mut Checker, at: KeyPath, h: Option<&RawHsts>) -> Option<Hsts> {
+    match h? {
+        RawHsts::Enabled(false) => None,
+        RawHsts::Enabled(true) => Some(Hsts {
+            value: "max-age=31536000".into(),
+        }),
+        RawHsts::Settings {
+            max_age,
+            include_subdomains,
+            preload,
+        } => {
+            let age = c.duration(at.key("max_age"), max_age, Duration::from_secs(31_536_000));
+            let mut value = format!("max-age={}", age.as_secs());
+            if *include_subdomains {
+                value.push_str("; includeSubDomains");
+            }
+            if *preload {
+                value.push_str("; preload");
+            }
+            Some(Hsts { value })
+        }
+    }
+}
+
+fn check_routes(
+    c: &mut Checker,
+    site: &KeyPath,
+    routes: &[RawRoute],
+    services: &HashSet<&str>,
+) -> Vec<RouteSpec> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let at = site.key("routes").index(i);
+        let path = match r.path.as_deref() {
+            Some(p) if p.starts_with('/') && !p.contains(['?', '#', ' ']) => p.to_string(),
+            Some(p) => {
+                c.err(at.key("path"), format!("{p:?}: a route path is a prefix starting with '/'"));
+                continue;
+            }
+            None => {
+                c.err(at.key("path"), "missing: every route needs a path prefix such as \"/\"");
+                continue;
+            }
+        };
+        if !seen.insert(path.clone()) {
+            c.err(at.key("path"), format!("{path:?} appears twice in this site"));
+        }
+        let kinds = [r.service.is_some(), r.static_files.is_some(), r.redirect.is_some()];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            c.err(at.clone(), "a route needs exactly one of service, static or redirect");
+            continue;
+        }
+        let action = if let Some(name) = &r.service {
+            if !services.contains(name.as_str()) {
+                c.err(at.key("service"), format!("unknown service {name:?}"));
+            }
+            ActionSpec::Proxy(name.clone())
+        } else if let Some(s) = &r.static_files {
+            ActionSpec::Static(check_static(c, at.key("static"), s))
+        } else if let Some(rd) = &r.redirect {
+            let to = rd.to.clone().unwrap_or_default();
+            if to.is_empty() {
+                c.err(at.key("redirect").key("to"), "missing redirect target");
+            }
+            let status = rd.status.unwrap_or(308);
+            if ![301, 302, 303, 307, 308].contains(&status) {
+                c.err(at.key("redirect").key("status"), format!("{status} is not a redirect status"));
+            }
+            ActionSpec::Redirect { to, status }
+        } else {
+            continue;
+        };
+        let max_body = r
+            .max_body
+            .as_ref()
+            .map(|_| c.size(at.key("max_body"), &r.max_body, 0));
+        let mut basic_auth = Vec::new();
+        for (j, entry) in r.basic_auth.iter().flatten().enumerate() {
+            match entry.split_once(':') {
+                Some((u, h)) if !u.is_empty() && is_supported_hash(h) => {
+                    basic_auth.push((u.to_string(), h.to_string()))
+                }
+                _ => c.err(
+                    at.key("basic_auth").index(j),
+                    "expected \"user:$2y$…\" (a bcrypt hash, as `htpasswd -nbB user pass` prints)",
+                ),
+            }
+        }
+        let mut allow = Vec::new();
+        for (j, a) in r.allow.iter().flatten().enumerate() {
+            match IpNet::parse(a) {
+                Ok(n) => allow.push(n),
+                Err(e) => c.err(at.key("allow").index(j), e),
+            }
+        }
+        if r.allow.as_ref().is_some_and(Vec::is_empty) {
+            c.err(at.key("allow"), "an empty allow list would refuse everyone; remove it instead");
+        }
+        out.push(RouteSpec {
+            path,
+            action,
+            allow_http: r.allow_http,
+            strip_prefix: r.strip_prefix,
+            max_body,
+            basic_auth,
+            allow,
+            compress: r.compress.unwrap_or(false),
+        });
+    }
+    out
+}
+
+fn is_supported_hash(h: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$"].iter().any(|p| h.starts_with(p)) && h.len() == 60
+}
+
+fn check_static(c: &mut Checker, at: KeyPath, s: &RawStatic) -> StaticSpec {
+    let root = match s.root.as_deref() {
+        Some(r) if !r.is_empty() => c.path(r),
+        _ => {
+            c.err(at.key("root"), "missing: the directory to serve");
+            PathBuf::new()
+        }
+    };
+    let index = match &s.index {
+        None | Some(RawIndex::Enabled(false)) => None,
+        Some(RawIndex::Enabled(true)) => Some("index.html".to_string()),
+        Some(RawIndex::Name(n)) if !n.contains('/') && !n.is_empty() => Some(n.clone()),
+        Some(RawIndex::Name(n)) => {
+            c.err(at.key("index"), format!("{n:?} must be a plain file name"));
+            None
+        }
+    };
+    StaticSpec {
+        root,
+        precompressed: s.precompressed,
+        immutable_hashed: s.immutable_hashed,
+        index,
+        follow_symlinks: s.follow_symlinks.unwrap_or(true),
+        max_age: c.duration(at.key("max_age"), &s.max_age, Duration::from_secs(60)),
+    }
+}
+
+fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> Vec<ServiceSpec> {
+    let mut out = Vec::new();
+    for (name, s) in services {
+        let at = KeyPath::root("services").key(name);
+        if !is_name(name) {
+            c.err(at.clone(), format!("service name {name:?}: use lowercase letters, digits, '-' or '_'"));
+        }
+        if s.colors.is_empty() {
+            c.err(at.key("colors"), "a service needs at least one color, e.g. colors.blue = [\"127.0.0.1:8000\"]");
+        }
+        let mut colors = Vec::new();
+        for (color, members) in &s.colors {
+            let cat = at.key("colors").key(color);
+            if !is_name(color) {
+                c.err(cat.clone(), format!("color name {color:?}: use lowercase letters, digits, '-' or '_'"));
+            }
+            if members.len() > 64 {
+                c.err(cat.clone(), "at most 64 members per color");
+            }
+            let mut addrs = Vec::new();
+            for (j, m) in members.iter().enumerate() {
+                match MemberAddr::parse(m.trim()) {
+                    Ok(a) => addrs.push(a),
+                    Err(e) => c.err(cat.index(j), e),
+                }
+            }
+            colors.push((Color::new(color), addrs));
+        }
+        let live = match (&s.live, s.colors.len()) {
+            (Some(l), _) if s.colors.contains_key(l) => Color::new(l),
+            (Some(l), _) => {
+                c.err(at.key("live"), format!("live color {l:?} is not one of this service's colors"));
+                Color::new(l)
+            }
+            (None, 1) => colors[0].0.clone(),
+            (None, _) => {
+                c.err(at.key("live"), "missing: with several colors, say which is live");
+                Color::new("")
+            }
+        };
+        if let Some((_, m)) = colors.iter().find(|(c, _)| *c == live) {
+            if m.is_empty() && s.colors.get(live.as_str()).is_some_and(Vec::is_empty) {
+                c.err(at.key("colors").key(live.as_str()), "the live color has no members");
+            }
+        }
+        let weights = s.weights.as_ref().map(|w| {
+            for k in w.keys().filter(|k| !s.colors.contains_key(*k)) {
+                c.err(at.key("weights").key(k), format!("{k:?} is not one of this service's colors"));
+            }
+            if w.values().map(|v| u64::from(*v)).sum::<u64>() == 0 {
+                c.err(at.key("weights"), "weights must not all be zero");
+            }
+            colors
+                .iter()
+                .map(|(col, _)| (col.clone(), w.get(col.as_str()).copied().unwrap_or(0)))
+                .collect()
+        });
+        let health = s.health.as_ref().map(|h| {
+            let hat = at.key("health");
+            let path = h.path.clone().unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') {
+                c.err(hat.key("path"), format!("{path:?} must start with '/'"));
+            }
+            let rise = h.rise.unwrap_or(2);
+            let fall = h.fall.unwrap_or(3);
+            if rise == 0 || fall == 0 {
+                c.err(hat.clone(), "rise and fall must be at least 1");
+            }
+            HealthSpec {
+                path,
+                interval: c.duration(hat.key("interval"), &h.interval, Duration::from_secs(2)),
+                timeout: c.duration(hat.key("timeout"), &h.timeout, Duration::from_secs(1)),
+                rise,
+                fall,
+                host: h.host.clone(),
+            }
+        });
+        let d = default_timeouts();
+        let timeouts = Timeouts {
+            connect: c.duration(at.key("connect_timeout"), &s.connect_timeout, d.connect),
+            read: c.duration(at.key("read_timeout"), &s.read_timeout, d.read),
+            write: c.duration(at.key("write_timeout"), &s.write_timeout, d.write),
+            idle: c.duration(at.key("idle_timeout"), &s.idle_timeout, d.idle),
+        };
+        out.push(ServiceSpec {
+            name: name.clone(),
+            live,
+            weights,
+            colors,
+            health,
+            timeouts,
+            retries: s.retries.unwrap_or(1).min(8),
+        });
+    }
+    out
+}
+
+fn check_limits(c: &mut Checker, l: &RawLimits) -> Limits {
+    let at = KeyPath::root("limits");
+    let d = Limits::default();
+    let max_header_bytes = c.size(at.key("max_header_bytes"), &l.max_header_bytes, d.max_header_bytes as u64);
+    if !(1024..=1 << 20).contains(&max_header_bytes) {
+        c.err(at.key("max_header_bytes"), "must be between 1k and 1m");
+    }
+    Limits {
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(d.max_header_bytes),
+        max_headers: l.max_headers.unwrap_or(d.max_headers),
+        max_body: c.size(at.key("max_body"), &l.max_body, d.max_body),
+        header_timeout: c.duration(at.key("header_timeout"), &l.header_timeout, d.header_timeout),
+        body_timeout: c.duration(at.key("body_timeout"), &l.body_timeout, d.body_timeout),
+        keepalive_timeout: c.duration(at.key("keepalive_timeout"), &l.keepalive_timeout, d.keepalive_timeout),
+        max_connections: l.max_connections.unwrap_or(d.max_connections),
+    }
+}

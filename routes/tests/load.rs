@@ -1,0 +1,127 @@
+//! Loading config text: env expansion, parse errors and validation errors
+//! with file, line and key.
+
+use routes::load;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "TOKEN" => Some("0123456789abcdef-token".into()),
+        _ => None,
+    }
+}
+
+const GOOD: &str = r#"
+[server]
+http = "127.0.0.1:8080"
+admin = "0.0.0.0:9090"
+admin_token = "${TOKEN}"
+state_dir = "state"
+
+[[sites]]
+hosts = ["example.com", "*.example.com"]
+
+  [[sites.routes]]
+  path = "/static/"
+  static = { root = "/srv/static", precompressed = true, immutable_hashed = true }
+
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+
+[services.api]
+live = "blue"
+health = { path = "/healthz", interval = "2s" }
+colors.blue  = ["127.0.0.1:8001"]
+colors.green = ["127.0.0.1:8002", "unix:/run/app-green.sock"]
+"#;
+
+#[test]
+fn loads_a_good_config() {
+    let c = load("/etc/duotone/duotone.toml", GOOD, env).unwrap();
+    assert_eq!(c.server.admin_token.as_deref(), Some("0123456789abcdef-token"));
+    assert_eq!(c.server.state_dir, std::path::Path::new("/etc/duotone/state"));
+    assert_eq!(c.sites[0].hosts, vec!["example.com", "*.example.com"]);
+    assert_eq!(c.services[0].colors.len(), 2);
+    assert_eq!(c.services[0].health.as_ref().unwrap().interval.as_secs(), 2);
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match load("d.toml", text, env) {
+        Ok(_) => panic!("expected errors"),
+        Err(d) => d.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn unset_variable_names_its_line() {
+    let e = errors("[server]\nhttp = \":80\"\nadmin_token = \"${NOPE}\"\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("d.toml:3: "), "{e:?}");
+    assert!(e[0].contains("NOPE"), "{e:?}");
+}
+
+#[test]
+fn syntax_error_names_its_line() {
+    let e = errors("[server]\nhttp = \":80\"\nbroken = = 1\n");
+    assert!(e[0].starts_with("d.toml:3"), "{e:?}");
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let e = errors("[server]\nhttp = \":80\"\n\n[[sites]]\nhosts = [\"a.com\"]\nhostz = 1\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("d.toml:6: sites[0].hostz: unknown field"), "{e:?}");
+}
+
+#[test]
+fn lists_every_validation_error_with_line_and_key() {
+    let text = r#"[server]
+http = "not-an-address"
+admin = "0.0.0.0:9090"
+
+[[sites]]
+hosts = ["a.com"]
+  [[sites.routes]]
+  path = "/"
+  service = "missing"
+  [[sites.routes]]
+  path = "static/"
+  static = { root = "/x" }
+
+[[sites]]
+hosts = ["a.com", "bad host"]
+
+[services.api]
+live = "purple"
+colors.blue = ["127.0.0.1:8001", "http://nope:80"]
+"#;
+    let e = errors(text);
+    let expect = [
+        "d.toml:2: server.http: ",
+        "d.toml:3: server.admin: admin listener 0.0.0.0:9090 is not loopback",
+        "d.toml:9: sites[0].routes[0].service: unknown service \"missing\"",
+        "d.toml:11: sites[0].routes[1].path: ",
+        "d.toml:15: sites[1].hosts[0]: host \"a.com\" is already used by sites[0]",
+        "d.toml:15: sites[1].hosts[1]: ",
+        "d.toml:18: services.api.live: live color \"purple\"",
+        "d.toml:19: services.api.colors.blue[1]: ",
+    ];
+    for want in expect {
+        assert!(e.iter().any(|l| l.starts_with(want)), "missing {want:?} in\n{}", e.join("\n"));
+    }
+    assert_eq!(e.len(), expect.len(), "{}", e.join("\n"));
+}
+
+#[test]
+fn acme_site_needs_acme_section_and_https() {
+    let e = errors("[server]\nhttp = \":80\"\n[[sites]]\nhosts = [\"a.com\"]\ntls = \"acme\"\n");
+    assert!(e.iter().any(|l| l.starts_with("d.toml:5: sites[0].tls: tls = \"acme\" needs an [acme] section")), "{e:?}");
+    assert!(e.iter().any(|l| l.contains("server.https")), "{e:?}");
+}
+
+#[test]
+fn weights_must_name_colors() {
+    let text = "[server]\nhttp = \":80\"\n[services.api]\nlive = \"blue\"\nweights = { blue = 90, teal = 10 }\ncolors.blue = [\"127.0.0.1:1\"]\n";
+    let e = errors(text);
+    assert!(e.iter().any(|l| l.starts_with("d.toml:5: services.api.weights.teal")), "{e:?}");
+}
