@@ -89,15 +89,24 @@ mod tests {
         assert_eq!(
             err,
             vec![
-                Unset { line: 2, name: "NOPE".into() },
-                Unset { line: 4, name: "ALSO_NOPE".into() }
+                Unset {
+                    line: 2,
+                    name: "NOPE".into()
+                },
+                Unset {
+                    line: 4,
+                    name: "ALSO_NOPE".into()
+                }
             ]
         );
     }
 
     #[test]
     fn escapes_and_unterminated() {
-        assert_eq!(expand("x = \"$${TOKEN}\"", env).unwrap(), "x = \"${TOKEN}\"");
+        assert_eq!(
+            expand("x = \"$${TOKEN}\"", env).unwrap(),
+            "x = \"${TOKEN}\""
+        );
         assert_eq!(expand("x = \"${TOKEN\"", env).unwrap(), "x = \"${TOKEN\"");
     }
 }

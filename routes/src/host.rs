@@ -10,7 +10,9 @@ pub fn check_pattern(h: &str) -> Result<(), String> {
         return Err(format!("{h:?} is not a host name"));
     }
     if h.contains(':') {
-        return Err(format!("{h:?}: hosts are matched without a port; remove it"));
+        return Err(format!(
+            "{h:?}: hosts are matched without a port; remove it"
+        ));
     }
     for label in name.split('.') {
         let ok = !label.is_empty()
@@ -21,7 +23,9 @@ pub fn check_pattern(h: &str) -> Result<(), String> {
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(format!("{h:?} is not a host name (use \"example.com\", \"*.example.com\" or \"*\")"));
+            return Err(format!(
+                "{h:?} is not a host name (use \"example.com\", \"*.example.com\" or \"*\")"
+            ));
         }
     }
     Ok(())
@@ -50,10 +54,25 @@ mod tests {
 
     #[test]
     fn patterns() {
-        for ok in ["example.com", "*.example.com", "*", "localhost", "a-b.c_d.io"] {
+        for ok in [
+            "example.com",
+            "*.example.com",
+            "*",
+            "localhost",
+            "a-b.c_d.io",
+        ] {
             assert!(check_pattern(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "exa mple.com", "*.", "**.x", "x..y", "-a.com", "a.com:80", "ex*ample.com"] {
+        for bad in [
+            "",
+            "exa mple.com",
+            "*.",
+            "**.x",
+            "x..y",
+            "-a.com",
+            "a.com:80",
+            "ex*ample.com",
+        ] {
             assert!(check_pattern(bad).is_err(), "{bad}");
         }
     }

@@ -6,20 +6,24 @@
 //! [`RouteTable::compile`] → shared by the proxy.
 
 pub mod config;
-pub mod raw;
 pub mod diag;
 pub mod duration;
 pub mod env;
 pub mod host;
 pub mod load;
 pub mod pool;
+pub mod raw;
 pub mod state;
 pub mod table;
 pub mod validate;
 
 pub use config::Config;
+pub use diag::KeyPath;
 pub use diag::{Diagnostic, Diagnostics};
-pub use load::load;
-pub use pool::{Color, ColorStats, Member, MemberAddr, MemberHealth, Pool, Service};
+pub use load::{load, load_checked};
+pub use pool::{
+    Color, ColorStats, HealthState, InFlight, Member, MemberAddr, MemberHealth, Pool, Service,
+};
 pub use state::LiveState;
 pub use table::{Action, Route, RouteTable, Site, Vitals};
+pub use validate::Problem;

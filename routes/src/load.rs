@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::diag::{Diagnostic, Diagnostics, KeyPath, Seg};
 use crate::raw::RawConfig;
+use crate::validate::Problem;
 use std::path::Path;
 
 /// Expands `${VAR}`s using `env`, parses and validates `text` read from
@@ -12,6 +13,17 @@ pub fn load(
     file: &str,
     text: &str,
     env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, Diagnostics> {
+    load_checked(file, text, env, &|_| Vec::new())
+}
+
+/// Like [`load`], then runs `extra` on the valid config (checks that need
+/// I/O, done by the caller) and places its problems at their lines too.
+pub fn load_checked(
+    file: &str,
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+    extra: &dyn Fn(&Config) -> Vec<Problem>,
 ) -> Result<Config, Diagnostics> {
     let diag = |line, key: String, message: String| Diagnostic {
         file: file.to_string(),
@@ -33,26 +45,36 @@ pub fn load(
                 .collect(),
         )
     })?;
-    let doc = text
-        .parse::<toml_edit::ImDocument<String>>()
-        .map_err(|e| {
-            let line = e.span().map(|s| line_of(&text, s.start)).unwrap_or(0);
-            Diagnostics(vec![diag(line, String::new(), first_line(e.message()))])
-        })?;
+    let doc = text.parse::<toml_edit::ImDocument<String>>().map_err(|e| {
+        let line = e.span().map(|s| line_of(&text, s.start)).unwrap_or(0);
+        Diagnostics(vec![diag(line, String::new(), first_line(e.message()))])
+    })?;
     let raw: RawConfig = toml::from_str(&text).map_err(|e| {
         let offset = e.span().map(|s| s.start).unwrap_or(0);
         let key = key_at(&doc, offset).unwrap_or_default();
-        Diagnostics(vec![diag(line_of(&text, offset), key, first_line(e.message()))])
+        Diagnostics(vec![diag(
+            line_of(&text, offset),
+            key,
+            first_line(e.message()),
+        )])
     })?;
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
-    crate::validate::validate(&raw, base).map_err(|problems| {
+    let checked = crate::validate::validate(&raw, base).and_then(|c| {
+        let more = extra(&c);
+        if more.is_empty() {
+            Ok(c)
+        } else {
+            Err(more)
+        }
+    });
+    checked.map_err(|problems| {
         let mut list: Vec<Diagnostic> = problems
-                .into_iter()
-                .map(|(path, msg)| {
-                    let line = span_of(&doc, &path).map(|o| line_of(&text, o)).unwrap_or(0);
-                    diag(line, path.to_string(), msg)
-                })
-                .collect();
+            .into_iter()
+            .map(|(path, msg)| {
+                let line = span_of(&doc, &path).map(|o| line_of(&text, o)).unwrap_or(0);
+                diag(line, path.to_string(), msg)
+            })
+            .collect();
         list.sort_by_key(|d| d.line);
         Diagnostics(list)
     })
@@ -96,14 +118,12 @@ fn span_of(doc: &toml_edit::ImDocument<String>, path: &KeyPath) -> Option<usize>
                 }
                 t.get(k).map(Node::Value)
             }
-            (Seg::Index(i), Node::Item(Item::ArrayOfTables(a))) => {
-                a.get(*i).map(|t| {
-                    if let Some(s) = t.span() {
-                        best = Some(s.start);
-                    }
-                    Node::Table(t)
-                })
-            }
+            (Seg::Index(i), Node::Item(Item::ArrayOfTables(a))) => a.get(*i).map(|t| {
+                if let Some(s) = t.span() {
+                    best = Some(s.start);
+                }
+                Node::Table(t)
+            }),
             (Seg::Index(i), Node::Item(Item::Value(Value::Array(a))))
             | (Seg::Index(i), Node::Value(Value::Array(a))) => a.get(*i).map(|v| {
                 if let Some(s) = v.span() {

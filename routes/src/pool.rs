@@ -5,7 +5,7 @@ use crate::config::{HealthSpec, Timeouts};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A deployment color such as `blue` or `green`.
@@ -88,12 +88,34 @@ impl fmt::Display for MemberAddr {
     }
 }
 
+/// What active health checks last said about a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthState {
+    /// Not checked yet (or the service has no active check).
+    Unknown,
+    /// The last check verdict was healthy.
+    Up,
+    /// The last check verdict was unhealthy.
+    Down,
+}
+
+impl HealthState {
+    /// Lowercase name for APIs and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Up => "up",
+            HealthState::Down => "down",
+        }
+    }
+}
+
 /// Health of one member, shared across table generations so that a flip or
 /// reload keeps what health checks learned.
 #[derive(Debug)]
 pub struct MemberHealth {
-    /// Result of active checks (true until a check says otherwise).
-    up: AtomicBool,
+    /// Active check verdict: 0 unknown, 1 up, 2 down.
+    state: AtomicU8,
     /// Passive ejection: unix milliseconds until which the member is skipped.
     ejected_until_ms: AtomicU64,
     /// Consecutive connect failures seen on the request path.
@@ -103,7 +125,7 @@ pub struct MemberHealth {
 impl Default for MemberHealth {
     fn default() -> Self {
         MemberHealth {
-            up: AtomicBool::new(true),
+            state: AtomicU8::new(0),
             ejected_until_ms: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
@@ -111,14 +133,28 @@ impl Default for MemberHealth {
 }
 
 impl MemberHealth {
-    /// Whether active checks consider the member up.
+    /// The active check verdict.
+    pub fn state(&self) -> HealthState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => HealthState::Up,
+            2 => HealthState::Down,
+            _ => HealthState::Unknown,
+        }
+    }
+
+    /// Whether active checks have not marked the member down.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.state() != HealthState::Down
+    }
+
+    /// Whether the member is ejected by passive checks at `now_ms`.
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
     /// Records an active check verdict.
     pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
+        self.state.store(if up { 1 } else { 2 }, Ordering::Relaxed);
         if up {
             self.ejected_until_ms.store(0, Ordering::Relaxed);
             self.failures.store(0, Ordering::Relaxed);
@@ -220,9 +256,12 @@ impl Pool {
         }
     }
 
-    /// True if at least one member is available now.
-    pub fn is_healthy(&self, now_ms: u64) -> bool {
-        self.members.iter().any(|m| m.health.is_available(now_ms))
+    /// True if at least one member can take traffic now. With `checked`
+    /// (the service has active checks) a member must have passed a check.
+    pub fn is_healthy(&self, now_ms: u64, checked: bool) -> bool {
+        self.members.iter().any(|m| {
+            m.health.is_available(now_ms) && (!checked || m.health.state() == HealthState::Up)
+        })
     }
 
     /// Round robin over available members, skipping those in `tried` (a bit
@@ -322,8 +361,14 @@ mod tests {
 
     #[test]
     fn parses_member_addresses() {
-        assert!(matches!(MemberAddr::parse("127.0.0.1:80"), Ok(MemberAddr::Tcp(_))));
-        assert!(matches!(MemberAddr::parse("[::1]:80"), Ok(MemberAddr::Tcp(_))));
+        assert!(matches!(
+            MemberAddr::parse("127.0.0.1:80"),
+            Ok(MemberAddr::Tcp(_))
+        ));
+        assert!(matches!(
+            MemberAddr::parse("[::1]:80"),
+            Ok(MemberAddr::Tcp(_))
+        ));
         assert_eq!(
             MemberAddr::parse("API-blue:8000"),
             Ok(MemberAddr::Named("api-blue".into(), 8000))

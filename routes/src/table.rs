@@ -2,7 +2,7 @@
 //! the services with their color pools. Built once per config load, flip or
 //! weight change, then only read.
 
-use crate::config::{Config, RouteSpec, StaticSpec, ActionSpec, IpNet, ServiceSpec};
+use crate::config::{ActionSpec, Config, IpNet, RouteSpec, ServiceSpec, StaticSpec};
 use crate::pool::{Color, ColorStats, Member, MemberAddr, MemberHealth, Pool, Service};
 use crate::state::LiveState;
 use std::collections::HashMap;
@@ -88,7 +88,9 @@ pub struct Site {
 impl Site {
     /// The route with the longest prefix of `path`.
     pub fn find(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| path.starts_with(r.prefix.as_str()))
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(r.prefix.as_str()))
     }
 }
 
@@ -216,9 +218,9 @@ impl RouteTable {
                 s.name.clone(),
                 crate::state::ServiceState {
                     live: s.pools[s.live].color.to_string(),
-                    weights: s.weight_pairs().map(|w| {
-                        w.into_iter().map(|(c, w)| (c.to_string(), w)).collect()
-                    }),
+                    weights: s
+                        .weight_pairs()
+                        .map(|w| w.into_iter().map(|(c, w)| (c.to_string(), w)).collect()),
                 },
             );
         }
@@ -271,7 +273,11 @@ fn compile_service(
                     addr: a.clone(),
                 })
                 .collect();
-            Pool::new(color.clone(), members, vitals.color(&s.name, color.as_str()))
+            Pool::new(
+                color.clone(),
+                members,
+                vitals.color(&s.name, color.as_str()),
+            )
         })
         .collect();
     let find = |c: &str| pools.iter().position(|p| p.color.as_str() == c);
@@ -284,7 +290,12 @@ fn compile_service(
                 weights = st.weights.as_ref().map(|w| {
                     pools
                         .iter()
-                        .map(|p| (p.color.clone(), w.get(p.color.as_str()).copied().unwrap_or(0)))
+                        .map(|p| {
+                            (
+                                p.color.clone(),
+                                w.get(p.color.as_str()).copied().unwrap_or(0),
+                            )
+                        })
                         .collect()
                 });
             }

@@ -74,7 +74,10 @@ impl Checker<'_> {
         match full.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.err(at, format!("{s:?} is not an address like \"0.0.0.0:80\" or \"[::]:443\""));
+                self.err(
+                    at,
+                    format!("{s:?} is not an address like \"0.0.0.0:80\" or \"[::]:443\""),
+                );
                 None
             }
         }
@@ -117,7 +120,9 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
         Some(other) => {
             c.err(
                 KeyPath::root("log").key("access"),
-                format!("unknown access log format {other:?}: use \"json\", \"combined\" or \"off\""),
+                format!(
+                    "unknown access log format {other:?}: use \"json\", \"combined\" or \"off\""
+                ),
             );
             AccessLog::Json
         }
@@ -160,7 +165,10 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
     let admin_token = s.admin_token.clone().filter(|t| !t.is_empty());
     if let Some(t) = &admin_token {
         if t.len() < 16 {
-            c.err(at.key("admin_token"), "admin token must be at least 16 characters");
+            c.err(
+                at.key("admin_token"),
+                "admin token must be at least 16 characters",
+            );
         }
     }
     if let Some(a) = admin {
@@ -181,7 +189,11 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
         state_dir: c.path(s.state_dir.as_deref().unwrap_or("/var/lib/duotone")),
         admin_token,
         threads: s.threads,
-        grace_period: c.duration(at.key("grace_period"), &s.grace_period, Duration::from_secs(30)),
+        grace_period: c.duration(
+            at.key("grace_period"),
+            &s.grace_period,
+            Duration::from_secs(30),
+        ),
     }
 }
 
@@ -209,7 +221,9 @@ fn check_acme(
         other => {
             c.err(
                 at.key("directory"),
-                format!("{other:?}: use \"letsencrypt\", \"letsencrypt-staging\" or an https:// URL"),
+                format!(
+                    "{other:?}: use \"letsencrypt\", \"letsencrypt-staging\" or an https:// URL"
+                ),
             );
             String::new()
         }
@@ -226,7 +240,10 @@ fn check_acme(
         }
     };
     if challenge == Challenge::Http01 && server.http.is_none() && wanted.is_some() {
-        c.err(at.key("challenge"), "http-01 needs server.http (the CA dials port 80)");
+        c.err(
+            at.key("challenge"),
+            "http-01 needs server.http (the CA dials port 80)",
+        );
     }
     if let Some(e) = &a.email {
         if !e.contains('@') {
@@ -247,7 +264,10 @@ fn check_sites(c: &mut Checker, sites: &[RawSite], services: &HashSet<&str>) -> 
     for (i, s) in sites.iter().enumerate() {
         let at = KeyPath::root("sites").index(i);
         if s.hosts.is_empty() {
-            c.err(at.key("hosts"), "a site needs at least one host (use [\"*\"] for a default site)");
+            c.err(
+                at.key("hosts"),
+                "a site needs at least one host (use [\"*\"] for a default site)",
+            );
         }
         let mut hosts = Vec::new();
         for (j, h) in s.hosts.iter().enumerate() {
@@ -340,20 +360,36 @@ fn check_routes(
         let path = match r.path.as_deref() {
             Some(p) if p.starts_with('/') && !p.contains(['?', '#', ' ']) => p.to_string(),
             Some(p) => {
-                c.err(at.key("path"), format!("{p:?}: a route path is a prefix starting with '/'"));
+                c.err(
+                    at.key("path"),
+                    format!("{p:?}: a route path is a prefix starting with '/'"),
+                );
                 continue;
             }
             None => {
-                c.err(at.key("path"), "missing: every route needs a path prefix such as \"/\"");
+                c.err(
+                    at.key("path"),
+                    "missing: every route needs a path prefix such as \"/\"",
+                );
                 continue;
             }
         };
         if !seen.insert(path.clone()) {
-            c.err(at.key("path"), format!("{path:?} appears twice in this site"));
+            c.err(
+                at.key("path"),
+                format!("{path:?} appears twice in this site"),
+            );
         }
-        let kinds = [r.service.is_some(), r.static_files.is_some(), r.redirect.is_some()];
+        let kinds = [
+            r.service.is_some(),
+            r.static_files.is_some(),
+            r.redirect.is_some(),
+        ];
         if kinds.iter().filter(|k| **k).count() != 1 {
-            c.err(at.clone(), "a route needs exactly one of service, static or redirect");
+            c.err(
+                at.clone(),
+                "a route needs exactly one of service, static or redirect",
+            );
             continue;
         }
         let action = if let Some(name) = &r.service {
@@ -370,7 +406,10 @@ fn check_routes(
             }
             let status = rd.status.unwrap_or(308);
             if ![301, 302, 303, 307, 308].contains(&status) {
-                c.err(at.key("redirect").key("status"), format!("{status} is not a redirect status"));
+                c.err(
+                    at.key("redirect").key("status"),
+                    format!("{status} is not a redirect status"),
+                );
             }
             ActionSpec::Redirect { to, status }
         } else {
@@ -400,7 +439,10 @@ fn check_routes(
             }
         }
         if r.allow.as_ref().is_some_and(Vec::is_empty) {
-            c.err(at.key("allow"), "an empty allow list would refuse everyone; remove it instead");
+            c.err(
+                at.key("allow"),
+                "an empty allow list would refuse everyone; remove it instead",
+            );
         }
         out.push(RouteSpec {
             path,
@@ -452,16 +494,25 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
     for (name, s) in services {
         let at = KeyPath::root("services").key(name);
         if !is_name(name) {
-            c.err(at.clone(), format!("service name {name:?}: use lowercase letters, digits, '-' or '_'"));
+            c.err(
+                at.clone(),
+                format!("service name {name:?}: use lowercase letters, digits, '-' or '_'"),
+            );
         }
         if s.colors.is_empty() {
-            c.err(at.key("colors"), "a service needs at least one color, e.g. colors.blue = [\"127.0.0.1:8000\"]");
+            c.err(
+                at.key("colors"),
+                "a service needs at least one color, e.g. colors.blue = [\"127.0.0.1:8000\"]",
+            );
         }
         let mut colors = Vec::new();
         for (color, members) in &s.colors {
             let cat = at.key("colors").key(color);
             if !is_name(color) {
-                c.err(cat.clone(), format!("color name {color:?}: use lowercase letters, digits, '-' or '_'"));
+                c.err(
+                    cat.clone(),
+                    format!("color name {color:?}: use lowercase letters, digits, '-' or '_'"),
+                );
             }
             if members.len() > 64 {
                 c.err(cat.clone(), "at most 64 members per color");
@@ -478,23 +529,35 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
         let live = match (&s.live, s.colors.len()) {
             (Some(l), _) if s.colors.contains_key(l) => Color::new(l),
             (Some(l), _) => {
-                c.err(at.key("live"), format!("live color {l:?} is not one of this service's colors"));
+                c.err(
+                    at.key("live"),
+                    format!("live color {l:?} is not one of this service's colors"),
+                );
                 Color::new(l)
             }
             (None, 1) => colors[0].0.clone(),
             (None, _) => {
-                c.err(at.key("live"), "missing: with several colors, say which is live");
+                c.err(
+                    at.key("live"),
+                    "missing: with several colors, say which is live",
+                );
                 Color::new("")
             }
         };
         if let Some((_, m)) = colors.iter().find(|(c, _)| *c == live) {
             if m.is_empty() && s.colors.get(live.as_str()).is_some_and(Vec::is_empty) {
-                c.err(at.key("colors").key(live.as_str()), "the live color has no members");
+                c.err(
+                    at.key("colors").key(live.as_str()),
+                    "the live color has no members",
+                );
             }
         }
         let weights = s.weights.as_ref().map(|w| {
             for k in w.keys().filter(|k| !s.colors.contains_key(*k)) {
-                c.err(at.key("weights").key(k), format!("{k:?} is not one of this service's colors"));
+                c.err(
+                    at.key("weights").key(k),
+                    format!("{k:?} is not one of this service's colors"),
+                );
             }
             if w.values().map(|v| u64::from(*v)).sum::<u64>() == 0 {
                 c.err(at.key("weights"), "weights must not all be zero");
@@ -547,7 +610,11 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
 fn check_limits(c: &mut Checker, l: &RawLimits) -> Limits {
     let at = KeyPath::root("limits");
     let d = Limits::default();
-    let max_header_bytes = c.size(at.key("max_header_bytes"), &l.max_header_bytes, d.max_header_bytes as u64);
+    let max_header_bytes = c.size(
+        at.key("max_header_bytes"),
+        &l.max_header_bytes,
+        d.max_header_bytes as u64,
+    );
     if !(1024..=1 << 20).contains(&max_header_bytes) {
         c.err(at.key("max_header_bytes"), "must be between 1k and 1m");
     }
@@ -555,9 +622,17 @@ fn check_limits(c: &mut Checker, l: &RawLimits) -> Limits {
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(d.max_header_bytes),
         max_headers: l.max_headers.unwrap_or(d.max_headers),
         max_body: c.size(at.key("max_body"), &l.max_body, d.max_body),
-        header_timeout: c.duration(at.key("header_timeout"), &l.header_timeout, d.header_timeout),
+        header_timeout: c.duration(
+            at.key("header_timeout"),
+            &l.header_timeout,
+            d.header_timeout,
+        ),
         body_timeout: c.duration(at.key("body_timeout"), &l.body_timeout, d.body_timeout),
-        keepalive_timeout: c.duration(at.key("keepalive_timeout"), &l.keepalive_timeout, d.keepalive_timeout),
+        keepalive_timeout: c.duration(
+            at.key("keepalive_timeout"),
+            &l.keepalive_timeout,
+            d.keepalive_timeout,
+        ),
         max_connections: l.max_connections.unwrap_or(d.max_connections),
     }
 }

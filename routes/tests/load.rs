@@ -38,8 +38,14 @@ colors.green = ["127.0.0.1:8002", "unix:/run/app-green.sock"]
 #[test]
 fn loads_a_good_config() {
     let c = load("/etc/duotone/duotone.toml", GOOD, env).unwrap();
-    assert_eq!(c.server.admin_token.as_deref(), Some("0123456789abcdef-token"));
-    assert_eq!(c.server.state_dir, std::path::Path::new("/etc/duotone/state"));
+    assert_eq!(
+        c.server.admin_token.as_deref(),
+        Some("0123456789abcdef-token")
+    );
+    assert_eq!(
+        c.server.state_dir,
+        std::path::Path::new("/etc/duotone/state")
+    );
     assert_eq!(c.sites[0].hosts, vec!["example.com", "*.example.com"]);
     assert_eq!(c.services[0].colors.len(), 2);
     assert_eq!(c.services[0].health.as_ref().unwrap().interval.as_secs(), 2);
@@ -70,7 +76,10 @@ fn syntax_error_names_its_line() {
 fn unknown_key_names_line_and_key() {
     let e = errors("[server]\nhttp = \":80\"\n\n[[sites]]\nhosts = [\"a.com\"]\nhostz = 1\n");
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].starts_with("d.toml:6: sites[0].hostz: unknown field"), "{e:?}");
+    assert!(
+        e[0].starts_with("d.toml:6: sites[0].hostz: unknown field"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -107,7 +116,11 @@ colors.blue = ["127.0.0.1:8001", "http://nope:80"]
         "d.toml:19: services.api.colors.blue[1]: ",
     ];
     for want in expect {
-        assert!(e.iter().any(|l| l.starts_with(want)), "missing {want:?} in\n{}", e.join("\n"));
+        assert!(
+            e.iter().any(|l| l.starts_with(want)),
+            "missing {want:?} in\n{}",
+            e.join("\n")
+        );
     }
     assert_eq!(e.len(), expect.len(), "{}", e.join("\n"));
 }
@@ -115,7 +128,12 @@ colors.blue = ["127.0.0.1:8001", "http://nope:80"]
 #[test]
 fn acme_site_needs_acme_section_and_https() {
     let e = errors("[server]\nhttp = \":80\"\n[[sites]]\nhosts = [\"a.com\"]\ntls = \"acme\"\n");
-    assert!(e.iter().any(|l| l.starts_with("d.toml:5: sites[0].tls: tls = \"acme\" needs an [acme] section")), "{e:?}");
+    assert!(
+        e.iter().any(
+            |l| l.starts_with("d.toml:5: sites[0].tls: tls = \"acme\" needs an [acme] section")
+        ),
+        "{e:?}"
+    );
     assert!(e.iter().any(|l| l.contains("server.https")), "{e:?}");
 }
 
@@ -123,5 +141,9 @@ fn acme_site_needs_acme_section_and_https() {
 fn weights_must_name_colors() {
     let text = "[server]\nhttp = \":80\"\n[services.api]\nlive = \"blue\"\nweights = { blue = 90, teal = 10 }\ncolors.blue = [\"127.0.0.1:1\"]\n";
     let e = errors(text);
-    assert!(e.iter().any(|l| l.starts_with("d.toml:5: services.api.weights.teal")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:5: services.api.weights.teal")),
+        "{e:?}"
+    );
 }

@@ -59,24 +59,42 @@ fn longest_prefix_wins() {
     assert_eq!(action("/").as_deref(), Some("/"));
     assert_eq!(action("/api/x").as_deref(), Some("/"));
     assert_eq!(action("/static/app.css").as_deref(), Some("/static/"));
-    assert_eq!(action("/static/admin/x.js").as_deref(), Some("/static/admin/"));
+    assert_eq!(
+        action("/static/admin/x.js").as_deref(),
+        Some("/static/admin/")
+    );
     assert_eq!(action("/static").as_deref(), Some("/"));
     // The default site has no "/" route.
     assert!(t.find("other.org", "/x").is_none());
-    assert!(matches!(t.find("other.org", "/media/a.png").unwrap().2.action, Action::Static(_)));
+    assert!(matches!(
+        t.find("other.org", "/media/a.png").unwrap().2.action,
+        Action::Static(_)
+    ));
 }
 
 #[test]
 fn live_state_overrides_config_and_stale_state_warns() {
     let mut live = LiveState::default();
-    live.services.insert("api".into(), ServiceState { live: "green".into(), weights: None });
+    live.services.insert(
+        "api".into(),
+        ServiceState {
+            live: "green".into(),
+            weights: None,
+        },
+    );
     let (t, w) = table(SITES, &live);
     let api = t.service("api").unwrap();
     assert_eq!(api.pools[api.live].color.as_str(), "green");
     assert!(w.is_empty());
     assert_eq!(t.live_state(), live);
 
-    live.services.insert("api".into(), ServiceState { live: "teal".into(), weights: None });
+    live.services.insert(
+        "api".into(),
+        ServiceState {
+            live: "teal".into(),
+            weights: None,
+        },
+    );
     let (t, w) = table(SITES, &live);
     let api = t.service("api").unwrap();
     assert_eq!(api.pools[api.live].color.as_str(), "blue");
@@ -89,7 +107,9 @@ fn vitals_survive_recompiles() {
     let vitals = Vitals::default();
     let (a, _) = RouteTable::compile(cfg.clone(), &LiveState::default(), &vitals, &|_, _| None);
     let _guard = a.service("api").unwrap().pools[0].stats.begin();
-    a.service("api").unwrap().pools[1].members[0].health.set_up(false);
+    a.service("api").unwrap().pools[1].members[0]
+        .health
+        .set_up(false);
     let (b, _) = RouteTable::compile(cfg, &LiveState::default(), &vitals, &|_, _| None);
     let api = b.service("api").unwrap();
     assert_eq!(api.pools[0].stats.in_flight(), 1);

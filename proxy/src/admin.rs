@@ -1,0 +1,250 @@
+//! The admin API: JSON over HTTP/1.1 on its own listener, bearer-token auth
+//! compared in constant time. Only `/healthz` is open.
+
+use crate::control::{ChangeError, Control};
+use crate::views::ServiceView;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Largest accepted admin request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Shared state of the admin listener.
+pub struct Admin {
+    /// The control plane.
+    pub control: Arc<Control>,
+    /// Required bearer token, if any.
+    pub token: Option<String>,
+    /// Extra endpoints (metrics, certificates) supplied by other modules.
+    pub extras: crate::admin_extras::Extras,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_resp(status: StatusCode, body: serde_json::Value) -> Resp {
+    let mut bytes = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    bytes.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// A JSON error `{"error": reason}`.
+pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Resp {
+    json_resp(status, json!({ "error": reason.to_string() }))
+}
+
+fn change_error(e: ChangeError) -> Resp {
+    let status = match &e {
+        ChangeError::UnknownService(_) => StatusCode::NOT_FOUND,
+        ChangeError::Invalid(_) | ChangeError::BadConfig(_) => StatusCode::BAD_REQUEST,
+        ChangeError::Unhealthy(_) => StatusCode::CONFLICT,
+        ChangeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e)
+}
+
+impl Admin {
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        given.as_bytes().ct_eq(token.as_bytes()).into()
+    }
+
+    fn service_json(&self, name: &str) -> Option<serde_json::Value> {
+        let snap = self.control.load();
+        let svc = snap.table.service(name)?;
+        serde_json::to_value(ServiceView::of(svc, crate::clock::now_ms())).ok()
+    }
+
+    /// Handles one admin request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Resp {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        if path == "/healthz" {
+            return Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        }
+        if !self.authorized(&req) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (&method, segs.as_slice()) {
+            (&Method::GET, ["metrics"]) => self.extras.metrics(),
+            (&Method::GET, ["v1", "certificates"]) => {
+                json_resp(StatusCode::OK, self.extras.certificates())
+            }
+            (&Method::GET, ["v1", "services"]) => {
+                let snap = self.control.load();
+                let now = crate::clock::now_ms();
+                let list: Vec<ServiceView> = snap
+                    .table
+                    .services
+                    .iter()
+                    .map(|s| ServiceView::of(s, now))
+                    .collect();
+                json_resp(StatusCode::OK, json!({ "services": list }))
+            }
+            (&Method::GET, ["v1", "services", name]) => match self.service_json(name) {
+                Some(v) => json_resp(StatusCode::OK, v),
+                None => error(StatusCode::NOT_FOUND, format!("unknown service {name:?}")),
+            },
+            (&Method::POST, ["v1", "services", name, "flip"]) => {
+                let name = name.to_string();
+                let body = match read_json::<FlipBody>(req, true).await {
+                    Ok(b) => b.unwrap_or_default(),
+                    Err(r) => return r,
+                };
+                match self.control.flip(&name, body.to.as_deref(), body.force) {
+                    Ok(()) => {
+                        tracing::info!(service = %name, to = ?body.to, force = body.force, "flipped");
+                        self.service_json(&name)
+                            .map(|v| json_resp(StatusCode::OK, v))
+                            .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished"))
+                    }
+                    Err(e) => change_error(e),
+                }
+            }
+            (&Method::PUT, ["v1", "services", name, "weights"]) => {
+                let name = name.to_string();
+                let weights =
+                    match read_json::<BTreeMap<String, u32>>(req, false).await {
+                        Ok(Some(w)) => w,
+                        Ok(None) => return error(
+                            StatusCode::BAD_REQUEST,
+                            "expected a JSON object of weights, e.g. {\"blue\":90,\"green\":10}",
+                        ),
+                        Err(r) => return r,
+                    };
+                match self.control.set_weights(&name, weights) {
+                    Ok(()) => self
+                        .service_json(&name)
+                        .map(|v| json_resp(StatusCode::OK, v))
+                        .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished")),
+                    Err(e) => change_error(e),
+                }
+            }
+            (&Method::POST, ["v1", "reload"]) => {
+                let result = self.control.reload();
+                self.extras.reloaded(result.is_ok());
+                match result {
+                    Ok(warnings) => {
+                        tracing::info!("config reloaded");
+                        json_resp(
+                            StatusCode::OK,
+                            json!({ "reloaded": true, "warnings": warnings }),
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!("reload refused: {e}");
+                        change_error(e)
+                    }
+                }
+            }
+            (
+                _,
+                ["v1", "services"]
+                | ["v1", "services", _]
+                | ["v1", "reload"]
+                | ["v1", "certificates"]
+                | ["metrics"],
+            )
+            | (_, ["v1", "services", _, "flip" | "weights"]) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            ),
+            _ => error(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
+        }
+    }
+}
+
+/// Body of `POST /v1/services/{name}/flip`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlipBody {
+    to: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// Reads a JSON body; `Ok(None)` for an empty body when `empty_ok`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    empty_ok: bool,
+) -> Result<Option<T>, Resp> {
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read body: {e}"),
+            )
+        })?
+        .to_bytes();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return if empty_ok {
+            Ok(None)
+        } else {
+            Err(error(StatusCode::BAD_REQUEST, "empty body"))
+        };
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
+}
+
+/// Serves the admin API on `listener` until the process ends.
+pub async fn serve(admin: Arc<Admin>, listener: std::net::TcpListener) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("admin listener: {e}");
+            return;
+        }
+    };
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("admin accept: {e}");
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, std::convert::Infallible>(admin.handle(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!("admin connection: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,359 @@
+//! The CLI side of the admin API: status, flip (with drain), weights,
+//! reload, and the blue/green deploy flow.
+
+use crate::views::ServiceView;
+use crate::AdminArgs;
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// A small admin API client.
+struct Api {
+    base: String,
+    token: Option<String>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Api {
+    fn new(args: &AdminArgs) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = {
+            let _guard = rt.enter();
+            Client::builder(TokioExecutor::new()).build_http()
+        };
+        Ok(Api {
+            base: args.admin.trim_end_matches('/').to_string(),
+            token: args.token.clone().filter(|t| !t.is_empty()),
+            client,
+            rt,
+        })
+    }
+
+    /// Sends a request; returns the status and the parsed JSON body.
+    fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = http::Request::builder().method(method.clone()).uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let bytes = match &body {
+            Some(b) => {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(b)?)
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(Full::new(bytes))
+            .with_context(|| format!("bad admin URL {url}"))?;
+        self.rt.block_on(async {
+            let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+                .await
+                .with_context(|| format!("{method} {url}: timed out"))?
+                .with_context(|| format!("{method} {url}: cannot reach the admin API"))?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            let json = serde_json::from_slice(&body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+            });
+            Ok((status, json))
+        })
+    }
+
+    /// Like `call` but turns non-2xx into an error carrying the API's reason.
+    fn ok(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let (status, json) = self.call(method, path, body)?;
+        if (200..300).contains(&status) {
+            Ok(json)
+        } else {
+            let reason = json
+                .get("error")
+                .and_then(|e| e.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| json.to_string());
+            bail!("admin API answered {status}: {reason}")
+        }
+    }
+
+    fn service(&self, name: &str) -> Result<ServiceView> {
+        let v = self.ok(http::Method::GET, &format!("/v1/services/{name}"), None)?;
+        Ok(serde_json::from_value(v)?)
+    }
+}
+
+fn print_service(s: &ServiceView) {
+    println!("{}: live {}", s.name, s.live);
+    if let Some(w) = &s.weights {
+        let parts: Vec<String> = w.iter().map(|(c, w)| format!("{c}={w}")).collect();
+        println!("  weights {}", parts.join(" "));
+    }
+    for (color, c) in &s.colors {
+        println!(
+            "  {:<10} {:<9} in-flight {:<5} requests {}{}",
+            color,
+            if c.healthy { "healthy" } else { "UNHEALTHY" },
+            c.in_flight,
+            c.requests,
+            if c.live { "  (live)" } else { "" }
+        );
+        for m in &c.members {
+            println!(
+                "      {:<32} {}{}",
+                m.addr,
+                m.health,
+                if m.ejected {
+                    ", ejected after errors"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+}
+
+/// `duotone status [SERVICE]`.
+pub fn status(args: &AdminArgs, service: Option<&str>, json: bool) -> Result<()> {
+    let api = Api::new(args)?;
+    let list: Vec<ServiceView> = match service {
+        Some(name) => vec![api.service(name)?],
+        None => serde_json::from_value(
+            api.ok(http::Method::GET, "/v1/services", None)?
+                .get("services")
+                .cloned()
+                .unwrap_or_default(),
+        )?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        list.iter().for_each(print_service);
+    }
+    Ok(())
+}
+
+/// Waits until `color` of `service` has no in-flight requests, with a progress bar.
+fn drain(api: &Api, service: &str, color: &str, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    let first = api
+        .service(service)?
+        .colors
+        .get(color)
+        .map(|c| c.in_flight)
+        .unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(first.max(0) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "draining {msg} [{bar:30}] {pos}/{len} done, {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{service}/{color}"));
+    loop {
+        let n = api
+            .service(service)?
+            .colors
+            .get(color)
+            .map(|c| c.in_flight)
+            .unwrap_or(0);
+        bar.set_length(bar.length().unwrap_or(0).max(n.max(0) as u64));
+        bar.set_position(bar.length().unwrap_or(0).saturating_sub(n.max(0) as u64));
+        if n <= 0 {
+            bar.finish_with_message(format!("{service}/{color}: drained"));
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bar.abandon_with_message(format!("{service}/{color}: {n} still in flight"));
+            bail!("{color} still has {n} in-flight requests after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration> {
+    routes::duration::parse(s).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// `duotone flip SERVICE [COLOR] [--force] [--drain]`.
+pub fn flip(
+    args: &AdminArgs,
+    service: &str,
+    color: Option<&str>,
+    force: bool,
+    do_drain: bool,
+    drain_timeout: &str,
+) -> Result<()> {
+    let limit = parse_duration(drain_timeout)?;
+    let api = Api::new(args)?;
+    let before = api.service(service)?;
+    let mut body = serde_json::json!({ "force": force });
+    if let Some(c) = color {
+        body["to"] = c.into();
+    }
+    let after: ServiceView = serde_json::from_value(api.ok(
+        http::Method::POST,
+        &format!("/v1/services/{service}/flip"),
+        Some(body),
+    )?)?;
+    println!("{service}: {} -> {}", before.live, after.live);
+    if do_drain && before.live != after.live {
+        drain(&api, service, &before.live, limit)?;
+    }
+    Ok(())
+}
+
+/// `duotone weights SERVICE blue=90 green=10`.
+pub fn weights(args: &AdminArgs, service: &str, pairs: &[String]) -> Result<()> {
+    let mut map = BTreeMap::new();
+    for p in pairs {
+        let (c, w) = p
+            .split_once('=')
+            .with_context(|| format!("{p:?}: expected COLOR=WEIGHT"))?;
+        let w: u32 = w
+            .parse()
+            .with_context(|| format!("{p:?}: weight must be a whole number"))?;
+        map.insert(c.to_string(), w);
+    }
+    let api = Api::new(args)?;
+    let v: ServiceView = serde_json::from_value(api.ok(
+        http::Method::PUT,
+        &format!("/v1/services/{service}/weights"),
+        Some(serde_json::to_value(&map)?),
+    )?)?;
+    print_service(&v);
+    Ok(())
+}
+
+/// `duotone reload`.
+pub fn reload(args: &AdminArgs) -> Result<()> {
+    let api = Api::new(args)?;
+    let v = api.ok(http::Method::POST, "/v1/reload", None)?;
+    println!("reloaded");
+    for w in v
+        .get("warnings")
+        .and_then(|w| w.as_array())
+        .into_iter()
+        .flatten()
+    {
+        println!("warning: {}", w.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Arguments of `duotone deploy`.
+#[derive(clap::Args)]
+pub struct DeployArgs {
+    /// Service to deploy.
+    #[arg(long, short)]
+    pub service: String,
+    /// Color to deploy to (default: the idle one of two).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Shell command that starts the new color; `{color}` is replaced, and $DUOTONE_COLOR is set.
+    #[arg(long)]
+    pub start: String,
+    /// Shell command that stops the old color after draining; `{color}` is the old color.
+    #[arg(long)]
+    pub stop: Option<String>,
+    /// How long to wait for the new color to become healthy.
+    #[arg(long, default_value = "120s")]
+    pub health_timeout: String,
+    /// How long to wait for the old color to drain.
+    #[arg(long, default_value = "300s")]
+    pub drain_timeout: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+fn shell(cmd: &str, color: &str, old: &str) -> Result<()> {
+    let cmd = cmd.replace("{color}", color);
+    println!("  $ {cmd}");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .env("DUOTONE_COLOR", color)
+        .env("DUOTONE_OLD_COLOR", old)
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("command failed ({status}): {cmd}");
+    }
+    Ok(())
+}
+
+/// `duotone deploy`: start idle color, wait healthy, flip, drain, stop old.
+/// Any failure before the flip leaves the old color live.
+pub fn deploy(a: &DeployArgs) -> Result<()> {
+    let health_limit = parse_duration(&a.health_timeout)?;
+    let drain_limit = parse_duration(&a.drain_timeout)?;
+    let api = Api::new(&a.admin)?;
+    let svc = api.service(&a.service)?;
+    let old = svc.live.clone();
+    let new = match &a.to {
+        Some(c) if svc.colors.contains_key(c) => c.clone(),
+        Some(c) => bail!("service {} has no color {c:?}", a.service),
+        None => {
+            let others: Vec<&String> = svc.colors.keys().filter(|c| **c != old).collect();
+            match others.as_slice() {
+                [one] => (*one).clone(),
+                _ => bail!(
+                    "service {} has {} colors: pass --to",
+                    a.service,
+                    svc.colors.len()
+                ),
+            }
+        }
+    };
+    if new == old {
+        bail!("{new} is already live");
+    }
+    println!("==> deploying {} to {new} (live: {old})", a.service);
+    println!("[1/5] starting {new}");
+    shell(&a.start, &new, &old)?;
+    println!("[2/5] waiting for {new} to be healthy (up to {health_limit:?})");
+    let start = Instant::now();
+    loop {
+        let s = api.service(&a.service)?;
+        if s.colors.get(&new).is_some_and(|c| c.healthy) {
+            break;
+        }
+        if start.elapsed() > health_limit {
+            bail!("{new} did not become healthy within {health_limit:?}; {old} stays live");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!("[3/5] flipping {} to {new}", a.service);
+    api.ok(
+        http::Method::POST,
+        &format!("/v1/services/{}/flip", a.service),
+        Some(serde_json::json!({ "to": new })),
+    )
+    .with_context(|| format!("flip refused; {old} stays live"))?;
+    println!("[4/5] draining {old}");
+    drain(&api, &a.service, &old, drain_limit)?;
+    match &a.stop {
+        Some(cmd) => {
+            println!("[5/5] stopping {old}");
+            shell(cmd, &old, &old)?;
+        }
+        None => println!("[5/5] no --stop command: leaving {old} running"),
+    }
+    println!("==> {} is live on {new}", a.service);
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! The control plane: owns the `ArcSwap`ped [`Snapshot`] that requests read,
+//! and changes it (flip, weights, reload) by compiling a new table.
+
+use crate::persist;
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use routes::state::ServiceState;
+use routes::{Config, Diagnostics, LiveState, RouteTable, Vitals};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Everything a request needs, swapped atomically as one unit.
+pub struct Snapshot {
+    /// The routing table.
+    pub table: RouteTable,
+    /// Extensions built with I/O for each route slot (static file servers).
+    pub slots: Vec<crate::slots::Slot>,
+}
+
+/// Where the config text comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A file, re-read on reload.
+    File(PathBuf),
+    /// Text embedded in the binary (the demo), with a display name.
+    Embedded {
+        /// Name used in error messages.
+        name: String,
+        /// The config text.
+        text: String,
+    },
+}
+
+impl Source {
+    /// Display name for errors.
+    pub fn name(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Embedded { name, .. } => name.clone(),
+        }
+    }
+
+    /// Reads, expands, parses and validates the config, including the checks
+    /// that need the file system (static roots, certificate files).
+    pub fn load(&self) -> Result<Config, Diagnostics> {
+        let name = self.name();
+        let text = match self {
+            Source::File(p) => std::fs::read_to_string(p).map_err(|e| {
+                Diagnostics(vec![routes::Diagnostic {
+                    file: name.clone(),
+                    line: 0,
+                    key: String::new(),
+                    message: format!("cannot read: {e}"),
+                }])
+            })?,
+            Source::Embedded { text, .. } => text.clone(),
+        };
+        routes::load_checked(
+            &name,
+            &text,
+            |v| std::env::var(v).ok(),
+            &crate::slots::io_checks,
+        )
+    }
+}
+
+/// Why an admin change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// No such service.
+    #[error("unknown service {0:?}")]
+    UnknownService(String),
+    /// The request is malformed or names an unknown color.
+    #[error("{0}")]
+    Invalid(String),
+    /// The target color has no healthy member.
+    #[error("{0}")]
+    Unhealthy(String),
+    /// The config file is invalid.
+    #[error("{0}")]
+    BadConfig(Diagnostics),
+    /// Persisting or building failed.
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+/// The control plane shared by the proxy, admin API and health checker.
+pub struct Control {
+    current: ArcSwap<Snapshot>,
+    vitals: Vitals,
+    source: Source,
+    /// Run-time overrides; the mutex serializes all changes (never taken on the request path).
+    live: Mutex<LiveState>,
+    /// Increments on every change.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// Resolves a member host name once, when a table is compiled.
+pub fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    (host, port).to_socket_addrs().ok()?.next()
+}
+
+impl Control {
+    /// Builds the control plane from a loaded config and the saved live state.
+    pub fn new(source: Source, config: Config) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.server.state_dir)
+            .with_context(|| format!("creating state_dir {}", config.server.state_dir.display()))?;
+        let live = persist::read_live(&config.server.state_dir)?;
+        let vitals = Vitals::default();
+        let snap = build(Arc::new(config), &live, &vitals).map_err(|d| anyhow::anyhow!("{d}"))?;
+        Ok(Arc::new(Control {
+            current: ArcSwap::from_pointee(snap),
+            vitals,
+            source,
+            live: Mutex::new(live),
+            generation: 0.into(),
+        }))
+    }
+
+    /// The snapshot requests should use now.
+    #[inline]
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Number of changes applied since start.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The config source.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Persists `next`, compiles it with `config`, and swaps it in.
+    fn apply(
+        &self,
+        live: &mut LiveState,
+        next: LiveState,
+        config: Arc<Config>,
+    ) -> Result<(), ChangeError> {
+        if next != *live {
+            persist::write_live(&config.server.state_dir, &next).map_err(ChangeError::Internal)?;
+        }
+        let snap = build(config, &next, &self.vitals).map_err(ChangeError::BadConfig)?;
+        self.current.store(Arc::new(snap));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *live = next;
+        Ok(())
+    }
+
+    /// Makes `to` the live color of `service` (the other one of two when
+    /// `None`). Refuses a color with no healthy member unless `force`.
+    pub fn flip(&self, service: &str, to: Option<&str>, force: bool) -> Result<(), ChangeError> {
+        let mut live = self.lock();
+        let snap = self.load();
+        let svc = snap
+            .table
+            .service(service)
+            .ok_or_else(|| ChangeError::UnknownService(service.to_string()))?;
+        let target = match to {
+            Some(c) => svc.pool_index(c).ok_or_else(|| {
+                ChangeError::Invalid(format!("service {service:?} has no color {c:?}"))
+            })?,
+            None if svc.pools.len() == 2 => 1 - svc.live,
+            None => {
+                return Err(ChangeError::Invalid(format!(
+                    "service {service:?} has {} colors: say which one to flip to",
+                    svc.pools.len()
+                )))
+            }
+        };
+        let pool = &svc.pools[target];
+        if !force && !pool.is_healthy(crate::clock::now_ms(), svc.health.is_some()) {
+            return Err(ChangeError::Unhealthy(format!(
+                "color {:?} of {service:?} has no healthy member; use force to flip anyway",
+                pool.color.as_str()
+            )));
+        }
+        let mut next = live.clone();
+        next.services.insert(
+            service.to_string(),
+            ServiceState {
+                live: pool.color.to_string(),
+                weights: None,
+            },
+        );
+        self.apply(&mut live, next, snap.table.config.clone())
+    }
+
+    /// Sets canary weights for `service`. Colors left out get weight 0.
+    pub fn set_weights(
+        &self,
+        service: &str,
+        weights: BTreeMap<String, u32>,
+    ) -> Result<(), ChangeError> {
+        let mut live = self.lock();
+        let snap = self.load();
+        let svc = snap
+            .table
+            .service(service)
+            .ok_or_else(|| ChangeError::UnknownService(service.to_string()))?;
+        if let Some(bad) = weights.keys().find(|c| svc.pool_index(c).is_none()) {
+            return Err(ChangeError::Invalid(format!(
+                "service {service:?} has no color {bad:?}"
+            )));
+        }
+        if weights.values().map(|w| u64::from(*w)).sum::<u64>() == 0 {
+            return Err(ChangeError::Invalid("weights must not all be zero".into()));
+        }
+        let mut next = live.clone();
+        next.services.insert(
+            service.to_string(),
+            ServiceState {
+                live: svc.pools[svc.live].color.to_string(),
+                weights: Some(weights),
+            },
+        );
+        self.apply(&mut live, next, snap.table.config.clone())
+    }
+
+    /// Re-reads the config source; an invalid config changes nothing.
+    /// Returns warnings (e.g. saved colors that no longer exist).
+    pub fn reload(&self) -> Result<Vec<String>, ChangeError> {
+        let config = self.source.load().map_err(ChangeError::BadConfig)?;
+        let mut live = self.lock();
+        let (_, warnings) = RouteTable::compile(
+            Arc::new(config.clone()),
+            &live,
+            &Vitals::default(),
+            &|_, _| None,
+        );
+        let next = live.clone();
+        let config = Arc::new(config);
+        let snap = build(config, &next, &self.vitals).map_err(ChangeError::BadConfig)?;
+        self.current.store(Arc::new(snap));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *live = next;
+        Ok(warnings)
+    }
+}
+
+/// Compiles a snapshot: the table plus per-route extensions.
+fn build(config: Arc<Config>, live: &LiveState, vitals: &Vitals) -> Result<Snapshot, Diagnostics> {
+    let (table, warnings) = RouteTable::compile(config, live, vitals, &resolve);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let slots = crate::slots::build(&table)?;
+    Ok(Snapshot { table, slots })
+}

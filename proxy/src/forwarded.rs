@@ -1,0 +1,171 @@
+//! Headers that tell the upstream who asked and how: X-Forwarded-For,
+//! -Proto, -Host, X-Real-IP and X-Request-Id; prefix stripping; the https
+//! form of a request URL.
+
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Makes request ids: a random per-process prefix and a counter, 24 hex digits.
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds {
+            prefix: fastrand::u64(..),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    /// A fresh id.
+    pub fn next(&self) -> http::HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 24];
+        hex(self.prefix, &mut buf[..16]);
+        hex(n, &mut buf[16..]);
+        http::HeaderValue::from_bytes(&buf).unwrap_or_else(|_| http::HeaderValue::from_static("0"))
+    }
+
+    /// The client's X-Request-Id when it is sane (1–128 visible ASCII
+    /// characters), else a fresh one.
+    pub fn for_request(&self, req: &RequestHeader) -> http::HeaderValue {
+        match req.headers.get("x-request-id") {
+            Some(v)
+                if !v.is_empty()
+                    && v.len() <= 128
+                    && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
+            {
+                v.clone()
+            }
+            _ => self.next(),
+        }
+    }
+}
+
+/// Writes the low `out.len()` hex digits of `v` into `out`.
+fn hex(mut v: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+/// Sets the forwarding headers on the upstream request. Client-supplied
+/// X-Forwarded-* and X-Real-IP are replaced: Duotone is the edge.
+pub fn apply(
+    session: &Session,
+    up: &mut RequestHeader,
+    tls: bool,
+    request_id: Option<http::HeaderValue>,
+) -> Result<()> {
+    let host = crate::edge::request_host(session.req_header()).to_string();
+    if up.headers.get(http::header::HOST).is_none() && !host.is_empty() {
+        up.insert_header(http::header::HOST, host.as_str())?;
+    }
+    if let Some(ip) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+    {
+        let ip = ip.to_canonical().to_string();
+        up.insert_header("x-forwarded-for", ip.as_str())?;
+        up.insert_header("x-real-ip", ip.as_str())?;
+    } else {
+        up.remove_header("x-forwarded-for");
+        up.remove_header("x-real-ip");
+    }
+    up.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+    if host.is_empty() {
+        up.remove_header("x-forwarded-host");
+    } else {
+        up.insert_header("x-forwarded-host", host.as_str())?;
+    }
+    up.remove_header("forwarded");
+    if let Some(id) = request_id {
+        up.insert_header("x-request-id", id)?;
+    }
+    Ok(())
+}
+
+/// Removes the first `n` bytes (the route prefix) from the request path,
+/// keeping a leading `/` and the query.
+pub fn strip_prefix(up: &mut RequestHeader, n: usize) -> Result<()> {
+    let pq = up.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let rest = pq.get(n..).unwrap_or("");
+    let new = if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    };
+    let uri = http::Uri::builder()
+        .path_and_query(new)
+        .build()
+        .map_err(|e| {
+            pingora::Error::because(pingora::ErrorType::InternalError, "strip prefix", e)
+        })?;
+    up.set_uri(uri);
+    Ok(())
+}
+
+/// The https:// URL of this request, for the HTTP→HTTPS redirect. The port
+/// is kept when the HTTPS listener is not on 443.
+pub fn https_location(req: &RequestHeader, https: Option<SocketAddr>) -> String {
+    let host = routes::host::strip_port(crate::edge::request_host(req));
+    let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    match https.map(|a| a.port()) {
+        Some(443) | None => format!("https://{host}{pq}"),
+        Some(port) => format!("https://{host}:{port}{pq}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_sane() {
+        let ids = RequestIds::default();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 24);
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-request-id", "abc-123").unwrap();
+        assert_eq!(ids.for_request(&req), "abc-123");
+        req.insert_header("x-request-id", "bad id with spaces")
+            .unwrap();
+        assert_ne!(ids.for_request(&req), "bad id with spaces");
+    }
+
+    #[test]
+    fn strips_prefixes() {
+        let mut req = RequestHeader::build("GET", b"/api/v1/x?q=1", None).unwrap();
+        strip_prefix(&mut req, 4).unwrap();
+        assert_eq!(req.uri.path_and_query().unwrap().as_str(), "/v1/x?q=1");
+        let mut req = RequestHeader::build("GET", b"/api", None).unwrap();
+        strip_prefix(&mut req, 4).unwrap();
+        assert_eq!(req.uri.path(), "/");
+    }
+
+    #[test]
+    fn https_locations() {
+        let mut req = RequestHeader::build("GET", b"/a?b=1", None).unwrap();
+        req.insert_header("host", "example.com:8080").unwrap();
+        assert_eq!(
+            https_location(&req, Some("0.0.0.0:443".parse().unwrap())),
+            "https://example.com/a?b=1"
+        );
+        assert_eq!(
+            https_location(&req, Some("0.0.0.0:8443".parse().unwrap())),
+            "https://example.com:8443/a?b=1"
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! Active health checks: an HTTP GET per member on each service's interval,
+//! with rise/fall thresholds. Verdicts go into the shared `MemberHealth`.
+
+use crate::control::Control;
+use routes::config::HealthSpec;
+use routes::{HealthState, MemberAddr, MemberHealth};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{timeout, Instant};
+
+/// One member to probe.
+struct Target {
+    key: String,
+    addr: MemberAddr,
+    resolved: Option<SocketAddr>,
+    health: Arc<MemberHealth>,
+    spec: HealthSpec,
+}
+
+/// Runs health checks forever.
+pub async fn run(control: Arc<Control>) {
+    let mut due: HashMap<String, Instant> = HashMap::new();
+    let mut streaks: HashMap<String, i64> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let snap = control.load();
+        let mut targets = Vec::new();
+        for svc in &snap.table.services {
+            let Some(spec) = &svc.health else { continue };
+            let next = due.entry(svc.name.clone()).or_insert(now);
+            if *next > now {
+                continue;
+            }
+            *next = now + spec.interval;
+            for pool in &svc.pools {
+                for m in &pool.members {
+                    targets.push(Target {
+                        key: format!("{}/{}/{}", svc.name, pool.color, m.addr),
+                        addr: m.addr.clone(),
+                        resolved: m.resolved,
+                        health: m.health.clone(),
+                        spec: spec.clone(),
+                    });
+                }
+            }
+        }
+        drop(snap);
+        if targets.is_empty() {
+            continue;
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for t in targets {
+            set.spawn(async move {
+                let ok = probe(&t).await;
+                (t, ok)
+            });
+        }
+        while let Some(Ok((t, ok))) = set.join_next().await {
+            record(&t, &ok, &mut streaks);
+        }
+    }
+}
+
+fn record(t: &Target, ok: &Result<(), String>, streaks: &mut HashMap<String, i64>) {
+    let streak = streaks.entry(t.key.clone()).or_insert(0);
+    *streak = match (ok.is_ok(), *streak) {
+        (true, s) if s > 0 => s + 1,
+        (true, _) => 1,
+        (false, s) if s < 0 => s - 1,
+        (false, _) => -1,
+    };
+    let state = t.health.state();
+    let verdict = match state {
+        HealthState::Unknown => Some(ok.is_ok()),
+        HealthState::Up if *streak <= -i64::from(t.spec.fall) => Some(false),
+        HealthState::Down if *streak >= i64::from(t.spec.rise) => Some(true),
+        _ => None,
+    };
+    if let Some(up) = verdict {
+        let new = if up {
+            HealthState::Up
+        } else {
+            HealthState::Down
+        };
+        if new != state {
+            match ok {
+                Ok(()) => tracing::info!(member = %t.key, "health: up"),
+                Err(e) => tracing::warn!(member = %t.key, "health: down ({e})"),
+            }
+        }
+        t.health.set_up(up);
+    }
+}
+
+async fn probe(t: &Target) -> Result<(), String> {
+    let spec = &t.spec;
+    let host = spec.host.clone().unwrap_or_else(|| match &t.addr {
+        MemberAddr::Named(h, p) => format!("{h}:{p}"),
+        MemberAddr::Tcp(a) => a.to_string(),
+        MemberAddr::Unix(_) => "localhost".to_string(),
+    });
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: duotone-health\r\nConnection: close\r\n\r\n",
+        spec.path
+    );
+    let work = async {
+        match (&t.addr, t.resolved) {
+            (MemberAddr::Unix(p), _) => {
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                exchange(s, &request).await
+            }
+            (_, Some(a)) => {
+                let s = tokio::net::TcpStream::connect(a)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                exchange(s, &request).await
+            }
+            (a, None) => Err(format!("cannot resolve {a}")),
+        }
+    };
+    timeout(spec.timeout, work)
+        .await
+        .map_err(|_| format!("timed out after {:?}", spec.timeout))?
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    request: &str,
+) -> Result<(), String> {
+    s.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let r = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| "no HTTP status in reply".to_string())?;
+    if (200..400).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}

@@ -1,0 +1,198 @@
+//! `duotone`: an edge proxy with TLS, static files and blue/green deploys.
+
+mod admin;
+mod admin_extras;
+mod client;
+mod clock;
+mod control;
+mod demo;
+mod edge;
+mod forwarded;
+mod health;
+mod metrics;
+mod persist;
+mod respond;
+mod server;
+mod slots;
+// mod static_files;
+mod views;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Duotone: one binary at the edge for routing, TLS, static files and blue/green deploys.
+#[derive(Parser)]
+#[command(name = "duotone", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// How the CLI reaches the admin API.
+#[derive(clap::Args, Clone)]
+pub struct AdminArgs {
+    /// Admin API base URL.
+    #[arg(long, env = "DUOTONE_ADMIN", default_value = "http://127.0.0.1:9090")]
+    pub admin: String,
+    /// Admin bearer token.
+    #[arg(long, env = "DUOTONE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy with a config file.
+    Run {
+        /// Config file.
+        #[arg(
+            short,
+            long,
+            env = "DUOTONE_CONFIG",
+            default_value = "/etc/duotone/duotone.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Check a config file; prints every error as file:line: key: message.
+    Check {
+        /// Config file.
+        #[arg(
+            short,
+            long,
+            env = "DUOTONE_CONFIG",
+            default_value = "/etc/duotone/duotone.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: proxy on 127.0.0.1:8080, two demo upstreams, static files, admin on 127.0.0.1:9090.
+    Demo {
+        /// Proxy listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Admin listener.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: String,
+    },
+    /// Show services: live color, weights, health, in-flight requests.
+    Status {
+        /// Only this service.
+        service: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Flip a service's live color (to the other of two when COLOR is omitted).
+    Flip {
+        /// Service name.
+        service: String,
+        /// Target color.
+        color: Option<String>,
+        /// Flip even if the target color has no healthy member.
+        #[arg(long)]
+        force: bool,
+        /// Then wait until the old color has no in-flight requests.
+        #[arg(long)]
+        drain: bool,
+        /// Longest wait for --drain.
+        #[arg(long, default_value = "300s")]
+        drain_timeout: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Set canary weights, e.g. `duotone weights api blue=90 green=10`.
+    Weights {
+        /// Service name.
+        service: String,
+        /// COLOR=WEIGHT pairs.
+        #[arg(required = true)]
+        weights: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Ask the running proxy to re-read its config.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Blue/green deploy: start the idle color, wait healthy, flip, drain, stop the old color.
+    Deploy(client::DeployArgs),
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { config } => server::run(control::Source::File(config)),
+        Cmd::Check { config } => return check(config),
+        Cmd::Demo {
+            listen,
+            admin_listen,
+        } => demo::run(&listen, &admin_listen),
+        Cmd::Status {
+            service,
+            admin,
+            json,
+        } => client::status(&admin, service.as_deref(), json),
+        Cmd::Flip {
+            service,
+            color,
+            force,
+            drain,
+            drain_timeout,
+            admin,
+        } => client::flip(
+            &admin,
+            &service,
+            color.as_deref(),
+            force,
+            drain,
+            &drain_timeout,
+        ),
+        Cmd::Weights {
+            service,
+            weights,
+            admin,
+        } => client::weights(&admin, &service, &weights),
+        Cmd::Reload { admin } => client::reload(&admin),
+        Cmd::Deploy(args) => client::deploy(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("duotone: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: PathBuf) -> ExitCode {
+    match control::Source::File(config.clone()).load() {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} sites, {} services)",
+                config.display(),
+                c.sites.len(),
+                c.services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(d) => {
+            for e in &d.0 {
+                eprintln!("{e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

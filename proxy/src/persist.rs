@@ -1,0 +1,96 @@
+//! Crash-safe persistence of live colors and weights under `state_dir`.
+
+use anyhow::{Context, Result};
+use routes::LiveState;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// File name of the live state inside `state_dir`.
+pub const LIVE_FILE: &str = "live.json";
+
+/// Path of the live state file.
+pub fn live_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(LIVE_FILE)
+}
+
+/// Reads the saved live state; a missing file is an empty state.
+pub fn read_live(state_dir: &Path) -> Result<LiveState> {
+    let path = live_path(state_dir);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a valid live state file", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LiveState::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
+/// A crash at any point leaves either the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}
+
+/// Saves the live state.
+pub fn write_live(state_dir: &Path, live: &LiveState) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(live)?;
+    bytes.push(b'\n');
+    write_atomic(&live_path(state_dir), &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use routes::state::ServiceState;
+
+    #[test]
+    fn round_trips_and_replaces() {
+        let dir = std::env::temp_dir().join(format!("duotone-persist-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        assert_eq!(read_live(&dir).unwrap(), LiveState::default());
+        let mut st = LiveState::default();
+        st.services.insert(
+            "api".into(),
+            ServiceState {
+                live: "green".into(),
+                weights: None,
+            },
+        );
+        write_live(&dir, &st).unwrap();
+        assert_eq!(read_live(&dir).unwrap(), st);
+        st.services.insert(
+            "api".into(),
+            ServiceState {
+                live: "blue".into(),
+                weights: None,
+            },
+        );
+        write_live(&dir, &st).unwrap();
+        assert_eq!(read_live(&dir).unwrap(), st);
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        fs::write(live_path(&dir), b"{torn").unwrap();
+        assert!(read_live(&dir).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,39 @@
+//! Small local responses (errors, redirects) written straight to the client.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+/// Writes a complete response with a short text body. HEAD gets no body.
+pub async fn text(
+    session: &mut Session,
+    status: u16,
+    body: &'static str,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
+    let head = session.req_header().method == http::Method::HEAD;
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    for (k, v) in extra {
+        resp.insert_header(*k, *v)?;
+    }
+    if head || body.is_empty() {
+        session.write_response_header(Box::new(resp), true).await
+    } else {
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+            .await
+    }
+}
+
+/// Writes a redirect to `location` with an empty body.
+pub async fn redirect(session: &mut Session, status: u16, location: &str) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(2))?;
+    resp.insert_header(http::header::LOCATION, location)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session.write_response_header(Box::new(resp), true).await
+}

@@ -1,0 +1,137 @@
+//! Assembles and runs the Pingora server: the proxy service with its
+//! listeners, and the background tasks (admin API, health checks, SIGHUP).
+
+use crate::admin::Admin;
+use crate::control::{Control, Source};
+use crate::edge::Edge;
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use std::sync::Arc;
+
+/// Runs Duotone with the config from `source` until SIGTERM/SIGINT.
+/// Never returns on success (Pingora exits the process).
+pub fn run(source: Source) -> Result<()> {
+    let config = source
+        .load()
+        .map_err(|d| anyhow::anyhow!("invalid config:\n{d}"))?;
+    let server_cfg = config.server.clone();
+    let limits = config.limits;
+    let control = Control::new(source, config)?;
+    let metrics = Arc::new(crate::metrics::Metrics::new()?);
+
+    let admin_listener = match server_cfg.admin {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding admin listener {addr}"))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        None => None,
+    };
+
+    let mut conf = ServerConf::default();
+    conf.threads = server_cfg.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    conf.work_stealing = false;
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(server_cfg.grace_period.as_secs().max(1));
+    conf.upstream_keepalive_pool_size = 1024;
+    conf.max_retries = 9;
+    let state = server_cfg.state_dir.display().to_string();
+    conf.pid_file = format!("{state}/duotone.pid");
+    conf.upgrade_sock = format!("{state}/upgrade.sock");
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let edge = Edge {
+        control: control.clone(),
+        ids: Default::default(),
+    };
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "duotone");
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = true;
+        app.server_options = Some(opts);
+    }
+    let _ = limits;
+    if let Some(addr) = server_cfg.http {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    let extras = crate::admin_extras::Extras {
+        metrics,
+        certs: None,
+    };
+    let tasks = Tasks {
+        control: control.clone(),
+        admin: admin_listener.map(|l| {
+            (
+                Arc::new(Admin {
+                    control: control.clone(),
+                    token: server_cfg.admin_token.clone(),
+                    extras: extras.clone(),
+                }),
+                l,
+            )
+        }),
+        extras,
+    };
+    server.add_service(background_service("control", tasks));
+    tracing::info!(
+        http = ?server_cfg.http,
+        https = ?server_cfg.https,
+        admin = ?server_cfg.admin,
+        "duotone running"
+    );
+    server.run_forever()
+}
+
+/// Background work next to the proxy.
+struct Tasks {
+    control: Arc<Control>,
+    admin: Option<(Arc<Admin>, std::net::TcpListener)>,
+    extras: crate::admin_extras::Extras,
+}
+
+#[async_trait]
+impl BackgroundService for Tasks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Some((admin, l)) = &self.admin {
+            match l.try_clone() {
+                Ok(l) => {
+                    tokio::spawn(crate::admin::serve(admin.clone(), l));
+                }
+                Err(e) => tracing::error!("admin listener: {e}"),
+            }
+        }
+        tokio::spawn(crate::health::run(self.control.clone()));
+        let control = self.control.clone();
+        let extras = self.extras.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                tracing::error!("cannot install SIGHUP handler");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let result = control.reload();
+                extras.reloaded(result.is_ok());
+                match result {
+                    Ok(w) => tracing::info!(warnings = ?w, "SIGHUP: config reloaded"),
+                    Err(e) => tracing::warn!("SIGHUP: reload refused, old config stays:\n{e}"),
+                }
+            }
+        });
+        let _ = shutdown.changed().await;
+    }
+}

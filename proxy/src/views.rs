@@ -1,0 +1,92 @@
+//! JSON views of services for the admin API and CLI.
+
+use routes::{HealthState, Service};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A service as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Service name.
+    pub name: String,
+    /// The live color.
+    pub live: String,
+    /// Canary weights, when set.
+    pub weights: Option<BTreeMap<String, u32>>,
+    /// Per color.
+    pub colors: BTreeMap<String, ColorView>,
+}
+
+/// One color of a service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColorView {
+    /// True for the live color.
+    pub live: bool,
+    /// True when at least one member can take traffic.
+    pub healthy: bool,
+    /// Requests being proxied to this color now.
+    pub in_flight: i64,
+    /// Requests sent to this color since start.
+    pub requests: u64,
+    /// Members.
+    pub members: Vec<MemberView>,
+}
+
+/// One member of a color.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Address as configured.
+    pub addr: String,
+    /// Active check verdict: up, down or unknown.
+    pub health: String,
+    /// Skipped after connect failures.
+    pub ejected: bool,
+    /// Can take traffic now.
+    pub healthy: bool,
+}
+
+impl ServiceView {
+    /// Describes `svc` as of `now_ms`.
+    pub fn of(svc: &Service, now_ms: u64) -> Self {
+        let checked = svc.health.is_some();
+        let colors = svc
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let members = p
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let state = m.health.state();
+                        MemberView {
+                            addr: m.addr.to_string(),
+                            health: state.as_str().to_string(),
+                            ejected: m.health.is_ejected(now_ms),
+                            healthy: m.health.is_available(now_ms)
+                                && (!checked || state == HealthState::Up),
+                        }
+                    })
+                    .collect();
+                (
+                    p.color.to_string(),
+                    ColorView {
+                        live: i == svc.live,
+                        healthy: p.is_healthy(now_ms, checked),
+                        in_flight: p.stats.in_flight(),
+                        requests: p.stats.requests(),
+                        members,
+                    },
+                )
+            })
+            .collect();
+        ServiceView {
+            name: svc.name.clone(),
+            live: svc.pools[svc.live].color.to_string(),
+            weights: svc
+                .weight_pairs()
+                .map(|w| w.into_iter().map(|(c, w)| (c.to_string(), w)).collect()),
+            colors,
+        }
+    }
+}
