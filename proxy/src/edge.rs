@@ -277,6 +277,9 @@ impl ProxyHttp for Edge {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        // Pingora closes the client connection after a failed proxy attempt,
+        // so say so to HTTP/1 clients rather than advertise keep-alive.
+        let reuse = false;
         if code > 0 && session.response_written().is_none() {
             let body = match code {
                 502 => "bad gateway: the upstream failed\n",
@@ -284,13 +287,14 @@ impl ProxyHttp for Edge {
                 400 => "bad request\n",
                 _ => "error\n",
             };
+            session.set_keepalive(None);
             if let Err(err) = respond::text(session, code, body, &[]).await {
                 tracing::debug!("failed to send error response: {err}");
             }
         }
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: false,
+            can_reuse_downstream: reuse,
         }
     }
 

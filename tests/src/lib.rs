@@ -1,0 +1,34 @@
+//! Test harness for end-to-end tests: starts the real `duotone` binary and
+//! real upstream servers on loopback, and talks to them over real sockets.
+
+pub mod client;
+pub mod proxy;
+pub mod upstream;
+
+use std::time::{Duration, Instant};
+
+/// Polls `f` until it returns `Some` or `limit` passes.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}

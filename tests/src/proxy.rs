@@ -1,0 +1,203 @@
+//! The `duotone` binary as a child process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Path of the built `duotone` binary (next to the test executable's parent).
+pub fn duotone_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("DUOTONE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("duotone");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p duotone` before the e2e tests",
+        bin.display()
+    );
+    bin
+}
+
+/// Ports and paths a config template can use: `{http}`, `{https}`, `{admin}`, `{state}`, `{dir}`.
+#[derive(Clone, Debug)]
+pub struct Ports {
+    /// Plain HTTP listener.
+    pub http: SocketAddr,
+    /// HTTPS listener.
+    pub https: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
+/// A running `duotone run -c FILE`.
+pub struct Proxy {
+    child: Option<Child>,
+    /// Listener addresses.
+    pub ports: Ports,
+    /// Temp dir holding the config, state and logs.
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+    /// Extra environment for the child.
+    pub env: Vec<(String, String)>,
+}
+
+impl Proxy {
+    /// Fills a config template's placeholders.
+    pub fn render(template: &str, ports: &Ports, dir: &Path) -> String {
+        template
+            .replace("{http}", &ports.http.to_string())
+            .replace("{https}", &ports.https.to_string())
+            .replace("{admin}", &ports.admin.to_string())
+            .replace("{state}", &dir.join("state").display().to_string())
+            .replace("{dir}", &dir.display().to_string())
+    }
+
+    /// Writes the config and starts the proxy; waits until the admin API answers.
+    pub async fn start(template: &str) -> Proxy {
+        Self::start_with_env(template, &[]).await
+    }
+
+    /// Like [`Proxy::start`] with extra environment variables.
+    pub async fn start_with_env(template: &str, env: &[(&str, &str)]) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = Ports {
+            http: SocketAddr::from(([127, 0, 0, 1], crate::free_port())),
+            https: SocketAddr::from(([127, 0, 0, 1], crate::free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], crate::free_port())),
+        };
+        let config = dir.path().join("duotone.toml");
+        std::fs::write(&config, Self::render(template, &ports, dir.path())).expect("write config");
+        let mut p = Proxy {
+            child: None,
+            ports,
+            dir,
+            config,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        p.spawn().await;
+        p
+    }
+
+    /// Rewrites the config file from a template (same ports and dirs).
+    pub fn rewrite(&self, template: &str) {
+        std::fs::write(&self.config, Self::render(template, &self.ports, self.dir.path()))
+            .expect("rewrite config");
+    }
+
+    /// Starts (or restarts) the child and waits until it serves.
+    pub async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("duotone.log"))
+            .expect("log file");
+        let mut cmd = Command::new(duotone_bin());
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn duotone");
+        self.child = Some(child);
+        let admin = self.ports.admin;
+        let up = crate::eventually(Duration::from_secs(20), || async move {
+            crate::client::get_status(&format!("http://{admin}/healthz")).await.ok().filter(|s| *s == 200)
+        })
+        .await;
+        if up.is_none() {
+            panic!("duotone did not start; log:\n{}", self.log());
+        }
+        // The proxy listener comes up with the admin one; wait for it too.
+        let http = self.ports.http;
+        crate::eventually(Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(http).await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    /// The child's combined output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("duotone.log")).unwrap_or_default()
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the child to exit (up to `limit`); returns its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if start.elapsed() > limit {
+                self.child = Some(child);
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the child with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Base URL of the plain listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ports.http, path)
+    }
+
+    /// Base URL of the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ports.admin, path)
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `duotone ARGS…` to completion; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(duotone_bin());
+    cmd.args(args).env_remove("DUOTONE_ADMIN").env_remove("DUOTONE_ADMIN_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run duotone");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
