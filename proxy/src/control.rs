@@ -95,6 +95,8 @@ pub struct Control {
     live: Mutex<LiveState>,
     /// Increments on every change.
     generation: std::sync::atomic::AtomicU64,
+    /// Metrics, whose handles each snapshot resolves.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Resolves a member host name once, when a table is compiled.
@@ -104,18 +106,24 @@ pub fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
 
 impl Control {
     /// Builds the control plane from a loaded config and the saved live state.
-    pub fn new(source: Source, config: Config) -> Result<Arc<Self>> {
+    pub fn new(
+        source: Source,
+        config: Config,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Arc<Self>> {
         std::fs::create_dir_all(&config.server.state_dir)
             .with_context(|| format!("creating state_dir {}", config.server.state_dir.display()))?;
         let live = persist::read_live(&config.server.state_dir)?;
         let vitals = Vitals::default();
-        let snap = build(Arc::new(config), &live, &vitals).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let (snap, _) = build(Arc::new(config), &live, &vitals, &metrics)
+            .map_err(|d| anyhow::anyhow!("{d}"))?;
         Ok(Arc::new(Control {
             current: ArcSwap::from_pointee(snap),
             vitals,
             source,
             live: Mutex::new(live),
             generation: 0.into(),
+            metrics,
         }))
     }
 
@@ -123,16 +131,6 @@ impl Control {
     #[inline]
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
-    }
-
-    /// Number of changes applied since start.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The config source.
-    pub fn source(&self) -> &Source {
-        &self.source
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LiveState> {
@@ -146,10 +144,11 @@ impl Control {
         next: LiveState,
         config: Arc<Config>,
     ) -> Result<(), ChangeError> {
+        let (snap, _) = build(config.clone(), &next, &self.vitals, &self.metrics)
+            .map_err(ChangeError::BadConfig)?;
         if next != *live {
             persist::write_live(&config.server.state_dir, &next).map_err(ChangeError::Internal)?;
         }
-        let snap = build(config, &next, &self.vitals).map_err(ChangeError::BadConfig)?;
         self.current.store(Arc::new(snap));
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -231,30 +230,28 @@ impl Control {
     /// Returns warnings (e.g. saved colors that no longer exist).
     pub fn reload(&self) -> Result<Vec<String>, ChangeError> {
         let config = self.source.load().map_err(ChangeError::BadConfig)?;
-        let mut live = self.lock();
-        let (_, warnings) = RouteTable::compile(
-            Arc::new(config.clone()),
-            &live,
-            &Vitals::default(),
-            &|_, _| None,
-        );
-        let next = live.clone();
-        let config = Arc::new(config);
-        let snap = build(config, &next, &self.vitals).map_err(ChangeError::BadConfig)?;
+        let live = self.lock();
+        let (snap, warnings) = build(Arc::new(config), &live, &self.vitals, &self.metrics)
+            .map_err(ChangeError::BadConfig)?;
         self.current.store(Arc::new(snap));
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        *live = next;
         Ok(warnings)
     }
 }
 
-/// Compiles a snapshot: the table plus per-route extensions.
-fn build(config: Arc<Config>, live: &LiveState, vitals: &Vitals) -> Result<Snapshot, Diagnostics> {
+/// Compiles a snapshot: the table plus per-route extensions. Returns
+/// warnings about saved state that no longer applies (also logged).
+fn build(
+    config: Arc<Config>,
+    live: &LiveState,
+    vitals: &Vitals,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(Snapshot, Vec<String>), Diagnostics> {
     let (table, warnings) = RouteTable::compile(config, live, vitals, &resolve);
-    for w in warnings {
+    for w in &warnings {
         tracing::warn!("{w}");
     }
-    let slots = crate::slots::build(&table)?;
-    Ok(Snapshot { table, slots })
+    let slots = crate::slots::build(&table, metrics)?;
+    Ok((Snapshot { table, slots }, warnings))
 }

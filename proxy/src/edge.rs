@@ -12,7 +12,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use routes::{Action, InFlight, MemberAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// How long a member that refused a connection is skipped.
 const EJECT_MS: u64 = 5_000;
@@ -23,6 +23,10 @@ pub struct Edge {
     pub control: Arc<Control>,
     /// Request id generator.
     pub ids: forwarded::RequestIds,
+    /// Access log sink.
+    pub access_log: crate::access_log::AccessLog,
+    /// Answers ACME HTTP-01 challenges on the plain listener, when ACME is on.
+    pub acme_http01: Option<Arc<dyn Fn(&str) -> Option<String> + Send + Sync>>,
 }
 
 /// Per-request state.
@@ -39,6 +43,9 @@ pub struct Ctx {
     tls: bool,
     start: Instant,
     request_id: Option<http::HeaderValue>,
+    body_limit: u64,
+    body_seen: u64,
+    static_bytes: u64,
 }
 
 impl Ctx {
@@ -82,15 +89,36 @@ impl ProxyHttp for Edge {
             tls: false,
             start: Instant::now(),
             request_id: None,
+            body_limit: u64::MAX,
+            body_seen: 0,
+            static_bytes: 0,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.control.load();
         ctx.tls = is_tls(session);
+        let limits = &snap.table.config.limits;
+        session.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
+        session.set_read_timeout(Some(limits.body_timeout));
         let req = session.req_header();
+        if req.headers.len() > limits.max_headers || header_bytes(req) > limits.max_header_bytes {
+            respond::text(session, 431, "request header fields too large\n", &[]).await?;
+            return Ok(true);
+        }
         let host = request_host(req);
         let path = req.uri.path();
+        if let Some(acme) = &self.acme_http01 {
+            if !ctx.tls {
+                if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
+                    match acme(token) {
+                        Some(answer) => respond::owned(session, 200, answer).await?,
+                        None => respond::text(session, 404, "unknown challenge\n", &[]).await?,
+                    }
+                    return Ok(true);
+                }
+            }
+        }
         let Some((site_idx, site)) = snap.table.site(host) else {
             respond::text(session, 404, "no site is configured for this host\n", &[]).await?;
             return Ok(true);
@@ -100,21 +128,68 @@ impl ProxyHttp for Edge {
             .iter()
             .position(|r| path.starts_with(r.prefix.as_str()))
         else {
+            ctx.site = site_idx;
             respond::text(session, 404, "not found\n", &[]).await?;
             return Ok(true);
         };
         let route = &site.routes[route_idx];
         ctx.site = site_idx;
         ctx.route = Some((site_idx, route_idx));
+        ctx.snap = Some(snap.clone());
+        if !crate::auth::ip_allowed(&route.allow, client_ip(session)) {
+            respond::text(session, 403, "forbidden\n", &[]).await?;
+            return Ok(true);
+        }
         if site.tls && !ctx.tls && !route.allow_http {
             let location = forwarded::https_location(req, snap.table.config.server.https);
             respond::redirect(session, 308, &location).await?;
             return Ok(true);
         }
+        let slot = snap.slots.get(route.slot);
+        if let Some(auth) = slot.and_then(|s| s.auth.as_ref()) {
+            let header = req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if auth.check(header).await == crate::auth::Verdict::Challenge {
+                respond::text(
+                    session,
+                    401,
+                    "authentication required\n",
+                    &[(
+                        "www-authenticate",
+                        "Basic realm=\"restricted\", charset=\"UTF-8\"",
+                    )],
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        ctx.body_limit = route.max_body;
+        let req = session.req_header();
+        if let Some(len) = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > route.max_body {
+                session.set_keepalive(None);
+                respond::text(session, 413, "request body too large\n", &[]).await?;
+                return Ok(true);
+            }
+        }
         match &route.action {
             Action::Proxy(i) => {
                 ctx.service = *i;
-                ctx.snap = Some(snap);
+                if route.compress {
+                    if let Some(c) = session
+                        .downstream_modules_ctx
+                        .get_mut::<pingora::modules::http::compression::ResponseCompression>(
+                    ) {
+                        c.adjust_level(5);
+                    }
+                }
                 Ok(false)
             }
             Action::Redirect { to, status } => {
@@ -124,10 +199,8 @@ impl ProxyHttp for Edge {
                 Ok(true)
             }
             Action::Static(_) => {
-                let slot = route.slot;
                 let prefix_len = route.prefix.len();
-                ctx.snap = Some(snap.clone());
-                match snap.slots.get(slot).and_then(|s| s.files.clone()) {
+                match slot.and_then(|s| s.files.clone()) {
                     Some(files) => {
                         let _ = (files, prefix_len);
                         respond::text(session, 501, "static: wip\n", &[]).await?;
@@ -139,6 +212,25 @@ impl ProxyHttp for Edge {
                 Ok(true)
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_seen > ctx.body_limit {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body too large",
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -202,12 +294,13 @@ impl ProxyHttp for Edge {
     ) -> Box<Error> {
         if let Some(snap) = &ctx.snap {
             if let Some(svc) = snap.table.services.get(ctx.service) {
-                if let Some(m) = svc
-                    .pools
-                    .get(ctx.pool)
-                    .and_then(|p| p.members.get(ctx.member))
-                {
-                    m.health.eject(crate::clock::now_ms(), EJECT_MS);
+                if let Some(pool) = svc.pools.get(ctx.pool) {
+                    if let Some(m) = pool.members.get(ctx.member) {
+                        m.health.eject(crate::clock::now_ms(), EJECT_MS);
+                    }
+                    self.control
+                        .metrics
+                        .connect_error(&svc.name, pool.color.as_str());
                 }
                 let left = svc.pools[ctx.pool].members.len() as u32 > ctx.attempts;
                 if ctx.attempts <= svc.retries && left {
@@ -299,19 +392,107 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.in_flight = None;
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let Some(snap) = ctx.snap.take() else {
+            return;
+        };
+        let route = ctx
+            .route
+            .and_then(|(s, r)| snap.table.sites.get(s)?.routes.get(r));
+        let slot = route.and_then(|r| snap.slots.get(r.slot));
+        let proxied =
+            matches!(route.map(|r| &r.action), Some(Action::Proxy(_))) && ctx.attempts > 0;
+        let svc = proxied
+            .then(|| snap.table.services.get(ctx.service))
+            .flatten();
+        let pool = svc.and_then(|s| s.pools.get(ctx.pool));
+        let member = pool.and_then(|p| p.members.get(ctx.member));
         if e.is_none() {
-            if let Some(m) = ctx
-                .snap
-                .as_ref()
-                .and_then(|s| s.table.services.get(ctx.service))
-                .and_then(|s| s.pools.get(ctx.pool))
-                .and_then(|p| p.members.get(ctx.member))
-            {
+            if let Some(m) = member {
                 m.health.succeed();
             }
         }
-        let _ = session;
-        ctx.in_flight = None;
-        let _ = ctx.start.elapsed() > Duration::ZERO;
+        let elapsed = ctx.start.elapsed().as_secs_f64();
+        if let Some(slot) = slot {
+            let m = &slot.metrics;
+            match (proxied, m.colors.get(ctx.pool)) {
+                (true, Some(c)) => c.count(status),
+                _ => m.local.count(status),
+            }
+            m.duration.observe(elapsed);
+            if ctx.static_bytes > 0 {
+                m.static_bytes.inc_by(ctx.static_bytes);
+            }
+        }
+        let format = snap.table.config.access_log;
+        if format == routes::config::AccessLog::Off {
+            return;
+        }
+        let req = session.req_header();
+        let header = |n: http::header::HeaderName| {
+            req.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
+        let entry = crate::access_log::Entry {
+            client: client_ip(session)
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+            host: request_host(req),
+            method: req.method.as_str(),
+            uri: req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+            proto: if session.is_http2() {
+                "HTTP/2.0"
+            } else {
+                "HTTP/1.1"
+            },
+            status,
+            bytes: session.body_bytes_sent(),
+            duration: elapsed,
+            site: snap
+                .table
+                .sites
+                .get(ctx.site)
+                .map(|s| s.name.as_str())
+                .unwrap_or(""),
+            service: svc.map(|s| s.name.as_str()).unwrap_or(""),
+            color: pool.map(|p| p.color.as_str()).unwrap_or(""),
+            upstream: &upstream,
+            request_id: ctx
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+        };
+        self.access_log.log(format, &entry);
     }
+}
+
+/// Total bytes of the request's header names and values.
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().len())
+            .unwrap_or(1)
+}
+
+/// The client's IP address (IPv4-mapped IPv6 shown as IPv4).
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_canonical())
 }

@@ -1,7 +1,9 @@
 //! `duotone`: an edge proxy with TLS, static files and blue/green deploys.
 
+mod access_log;
 mod admin;
 mod admin_extras;
+mod auth;
 mod client;
 mod clock;
 mod control;

@@ -37,3 +37,14 @@ pub async fn redirect(session: &mut Session, status: u16, location: &str) -> Res
     resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
     session.write_response_header(Box::new(resp), true).await
 }
+
+/// Writes a complete `text/plain` response with an owned body.
+pub async fn owned(session: &mut Session, status: u16, body: String) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
+}

@@ -20,8 +20,12 @@ pub fn run(source: Source) -> Result<()> {
         .map_err(|d| anyhow::anyhow!("invalid config:\n{d}"))?;
     let server_cfg = config.server.clone();
     let limits = config.limits;
-    let control = Control::new(source, config)?;
     let metrics = Arc::new(crate::metrics::Metrics::new()?);
+    let control = Control::new(source, config, metrics.clone())?;
+    {
+        let c = control.clone();
+        metrics.set_state_sources(vec![Arc::new(move || crate::metrics::service_gauges(&c))]);
+    }
 
     let admin_listener = match server_cfg.admin {
         Some(addr) => {
@@ -53,6 +57,8 @@ pub fn run(source: Source) -> Result<()> {
     let edge = Edge {
         control: control.clone(),
         ids: Default::default(),
+        access_log: crate::access_log::AccessLog::start()?,
+        acme_http01: None,
     };
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "duotone");

@@ -7,21 +7,46 @@ use routes::{Action, Diagnostic, Diagnostics, KeyPath, Problem, RouteTable};
 use std::sync::Arc;
 
 /// What a route slot carries besides its pure description.
-#[derive(Default)]
 pub struct Slot {
     /// The file server of a static route.
     pub files: Option<Arc<()>>,
+    /// Basic auth, when the route has users.
+    pub auth: Option<crate::auth::BasicAuth>,
+    /// Metric handles.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// Builds a slot for every route of `table`.
-pub fn build(table: &RouteTable) -> Result<Vec<Slot>, Diagnostics> {
-    let mut slots: Vec<Slot> = (0..table.route_count()).map(|_| Slot::default()).collect();
+pub fn build(
+    table: &RouteTable,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Vec<Slot>, Diagnostics> {
+    let mut slots: Vec<Option<Slot>> = (0..table.route_count()).map(|_| None).collect();
     let mut errors = Vec::new();
     for site in &table.sites {
         for route in &site.routes {
+            let service = match route.action {
+                Action::Proxy(i) => table.services.get(i).map(|s| {
+                    (
+                        s.name.as_str(),
+                        s.pools.iter().map(|p| p.color.as_str()).collect(),
+                    )
+                }),
+                _ => None,
+            };
+            slots[route.slot] = Some(Slot {
+                files: None,
+                auth: (!route.basic_auth.is_empty())
+                    .then(|| crate::auth::BasicAuth::new(route.basic_auth.clone())),
+                metrics: metrics.route(&site.name, service),
+            });
             if let Action::Static(spec) = &route.action {
                 match Ok::<(), String>(()) {
-                    Ok(fs) => slots[route.slot].files = Some(Arc::new(fs)),
+                    Ok(fs) => {
+                        if let Some(slot) = slots[route.slot].as_mut() {
+                            slot.files = Some(Arc::new(fs));
+                        }
+                    }
                     Err(e) => errors.push(Diagnostic {
                         file: String::new(),
                         line: 0,
@@ -33,7 +58,7 @@ pub fn build(table: &RouteTable) -> Result<Vec<Slot>, Diagnostics> {
         }
     }
     if errors.is_empty() {
-        Ok(slots)
+        Ok(slots.into_iter().flatten().collect())
     } else {
         Err(Diagnostics(errors))
     }
