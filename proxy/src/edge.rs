@@ -95,18 +95,61 @@ impl ProxyHttp for Edge {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let snap = self.control.load();
+        let req = session.req_header();
+        if let Some((site_idx, site)) = snap.table.site(request_host(req)) {
+            ctx.site = site_idx;
+            let path = req.uri.path();
+            if let Some(r) = site
+                .routes
+                .iter()
+                .position(|r| path.starts_with(r.prefix.as_str()))
+            {
+                ctx.route = Some((site_idx, r));
+                if site.routes[r].compress {
+                    // Must happen before the compression module reads Accept-Encoding.
+                    if let Some(c) = session
+                        .downstream_modules_ctx
+                        .get_mut::<pingora::modules::http::compression::ResponseCompression>(
+                    ) {
+                        c.adjust_level(5);
+                    }
+                }
+            }
+        }
+        ctx.snap = Some(snap);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(snap) = ctx.snap.clone() else {
+            return Err(Error::explain(ErrorType::InternalError, "no snapshot"));
+        };
         ctx.tls = is_tls(session);
         let limits = &snap.table.config.limits;
-        session.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
+        // Pingora turns keep-alive off for messages that must close (e.g.
+        // both Content-Length and Transfer-Encoding); never turn it back on.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
+        }
         session.set_read_timeout(Some(limits.body_timeout));
         let req = session.req_header();
         if req.headers.len() > limits.max_headers || header_bytes(req) > limits.max_header_bytes {
             respond::text(session, 431, "request header fields too large\n", &[]).await?;
             return Ok(true);
         }
-        let host = request_host(req);
+        if is_smuggling_attempt(session) {
+            session.set_keepalive(None);
+            respond::text(
+                session,
+                400,
+                "conflicting or unsupported message framing\n",
+                &[],
+            )
+            .await?;
+            return Ok(true);
+        }
         let path = req.uri.path();
         if let Some(acme) = &self.acme_http01 {
             if !ctx.tls {
@@ -119,23 +162,20 @@ impl ProxyHttp for Edge {
                 }
             }
         }
-        let Some((site_idx, site)) = snap.table.site(host) else {
+        let Some(site) = snap
+            .table
+            .sites
+            .get(ctx.site)
+            .filter(|_| snap.table.site(request_host(req)).is_some())
+        else {
             respond::text(session, 404, "no site is configured for this host\n", &[]).await?;
             return Ok(true);
         };
-        let Some(route_idx) = site
-            .routes
-            .iter()
-            .position(|r| path.starts_with(r.prefix.as_str()))
-        else {
-            ctx.site = site_idx;
+        let Some((_, route_idx)) = ctx.route else {
             respond::text(session, 404, "not found\n", &[]).await?;
             return Ok(true);
         };
         let route = &site.routes[route_idx];
-        ctx.site = site_idx;
-        ctx.route = Some((site_idx, route_idx));
-        ctx.snap = Some(snap.clone());
         if !crate::auth::ip_allowed(&route.allow, client_ip(session)) {
             respond::text(session, 403, "forbidden\n", &[]).await?;
             return Ok(true);
@@ -473,6 +513,30 @@ impl ProxyHttp for Edge {
             user_agent: header(http::header::USER_AGENT),
         };
         self.access_log.log(format, &entry);
+    }
+}
+
+/// True for HTTP/1 framing that proxies and upstreams may read differently:
+/// Content-Length with Transfer-Encoding (Pingora drops the Content-Length,
+/// so the raw head is checked), or any coding other than a single `chunked`.
+fn is_smuggling_attempt(session: &Session) -> bool {
+    let req = session.req_header();
+    let mut te = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (te.next(), te.next()) {
+        (None, _) => false,
+        (Some(v), None) => {
+            if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return true;
+            }
+            let raw = session
+                .as_downstream()
+                .as_http1()
+                .map(|h1| h1.get_headers_raw_bytes())
+                .unwrap_or_default();
+            raw.split(|b| *b == b'\n')
+                .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+        }
+        (Some(_), Some(_)) => true,
     }
 }
 

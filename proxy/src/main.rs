@@ -6,6 +6,7 @@ mod admin_extras;
 mod auth;
 mod client;
 mod clock;
+mod conn;
 mod control;
 mod demo;
 mod edge;

@@ -70,6 +70,11 @@ pub struct Metrics {
 /// Help text and type of the state gauges.
 const GAUGES: &[(&str, &str, &[&str])] = &[
     (
+        "duotone_downstream_connections",
+        "Client connections open now.",
+        &[],
+    ),
+    (
         "duotone_in_flight_requests",
         "Requests being proxied now, per color.",
         &["service", "color"],
@@ -261,6 +266,9 @@ impl Metrics {
     /// Resolves the handles of one route.
     pub fn route(&self, site: &str, service: Option<(&str, Vec<&str>)>) -> RouteMetrics {
         let (svc, colors) = service.unwrap_or(("", Vec::new()));
+        for c in &colors {
+            self.connect_errors.with_label_values(&[svc, c]);
+        }
         RouteMetrics {
             local: self.status_counters(site, svc, ""),
             colors: colors

@@ -19,12 +19,22 @@ pub fn run(source: Source) -> Result<()> {
         .load()
         .map_err(|d| anyhow::anyhow!("invalid config:\n{d}"))?;
     let server_cfg = config.server.clone();
-    let limits = config.limits;
     let metrics = Arc::new(crate::metrics::Metrics::new()?);
+    let active = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let control = Control::new(source, config, metrics.clone())?;
     {
         let c = control.clone();
-        metrics.set_state_sources(vec![Arc::new(move || crate::metrics::service_gauges(&c))]);
+        let a = active.clone();
+        metrics.set_state_sources(vec![
+            Arc::new(move || crate::metrics::service_gauges(&c)),
+            Arc::new(move || {
+                vec![crate::metrics::StateGauge {
+                    name: "duotone_downstream_connections",
+                    labels: vec![],
+                    value: a.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                }]
+            }),
+        ]);
     }
 
     let admin_listener = match server_cfg.admin {
@@ -44,8 +54,8 @@ pub fn run(source: Source) -> Result<()> {
             .unwrap_or(2)
     });
     conf.work_stealing = false;
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(server_cfg.grace_period.as_secs().max(1));
+    conf.grace_period_seconds = Some(server_cfg.grace_period.as_secs().max(1));
+    conf.graceful_shutdown_timeout_seconds = Some(1);
     conf.upstream_keepalive_pool_size = 1024;
     conf.max_retries = 9;
     let state = server_cfg.state_dir.display().to_string();
@@ -60,14 +70,12 @@ pub fn run(source: Source) -> Result<()> {
         access_log: crate::access_log::AccessLog::start()?,
         acme_http01: None,
     };
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "duotone");
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut opts = HttpServerOptions::default();
-        opts.h2c = true;
-        app.server_options = Some(opts);
-    }
-    let _ = limits;
+    let mut app = pingora::proxy::http_proxy(&server.configuration, edge);
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = true;
+    app.server_options = Some(opts);
+    let guarded = crate::conn::Guarded::new(app, active.clone(), control.clone());
+    let mut proxy = pingora::services::listening::Service::new("duotone".to_string(), guarded);
     if let Some(addr) = server_cfg.http {
         proxy.add_tcp(&addr.to_string());
     }
@@ -90,6 +98,7 @@ pub fn run(source: Source) -> Result<()> {
             )
         }),
         extras,
+        active: active.clone(),
     };
     server.add_service(background_service("control", tasks));
     tracing::info!(
@@ -106,6 +115,7 @@ struct Tasks {
     control: Arc<Control>,
     admin: Option<(Arc<Admin>, std::net::TcpListener)>,
     extras: crate::admin_extras::Extras,
+    active: Arc<std::sync::atomic::AtomicI64>,
 }
 
 #[async_trait]
@@ -139,5 +149,17 @@ impl BackgroundService for Tasks {
             }
         });
         let _ = shutdown.changed().await;
+        // Graceful shutdown: Pingora has stopped accepting and closes idle
+        // keep-alive connections; exit as soon as the last one is done
+        // instead of always waiting out the whole grace period.
+        tracing::info!("shutting down: waiting for in-flight requests");
+        loop {
+            let open = self.active.load(std::sync::atomic::Ordering::Relaxed);
+            if open <= 0 {
+                tracing::info!("all client connections finished; exiting");
+                std::process::exit(0);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }

@@ -1,0 +1,246 @@
+//! Client connections before HTTP: a cap on concurrent connections, the
+//! active-connection gauge, and a deadline for the first request head
+//! (slowloris): a client that has not sent a complete head within
+//! `header_timeout` of connecting is cut off, however slowly it trickles.
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Wraps a Pingora app with connection limits and the head deadline.
+pub struct Guarded<A> {
+    inner: Arc<A>,
+    /// Currently open client connections (shared with metrics).
+    pub active: Arc<AtomicI64>,
+    control: Arc<crate::control::Control>,
+}
+
+impl<A> Guarded<A> {
+    /// Wraps `inner`; limits are read per connection so reloads apply.
+    pub fn new(inner: A, active: Arc<AtomicI64>, control: Arc<crate::control::Control>) -> Self {
+        Guarded {
+            inner: Arc::new(inner),
+            active,
+            control,
+        }
+    }
+}
+
+struct ActiveGuard(Arc<AtomicI64>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let limits = self.control.load().table.config.limits;
+        let now = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        let _guard = ActiveGuard(self.active.clone());
+        if now > limits.max_connections as i64 {
+            tracing::warn!(
+                active = now,
+                "max_connections reached: refusing a connection"
+            );
+            return None;
+        }
+        let stream: Stream = Box::new(HeadDeadline::new(stream, limits.header_timeout));
+        self.inner.process_new(stream, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// A stream that fails reads once `limit` has passed without a complete
+/// first request head (`\r\n\r\n`, which the HTTP/2 preface also contains).
+#[derive(Debug)]
+pub struct HeadDeadline {
+    inner: Stream,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    tail: [u8; 3],
+}
+
+impl HeadDeadline {
+    /// Arms the deadline now.
+    pub fn new(inner: Stream, limit: Duration) -> Self {
+        HeadDeadline {
+            inner,
+            sleep: Some(Box::pin(tokio::time::sleep(limit))),
+            tail: [0; 3],
+        }
+    }
+}
+
+/// True once `\r\n\r\n` appears in the bytes seen so far; `tail` keeps the
+/// last three bytes of earlier reads so the marker may span reads.
+fn head_end(tail: &mut [u8; 3], new: &[u8]) -> bool {
+    let mut joint = [0u8; 6];
+    let n = new.len().min(3);
+    joint[..3].copy_from_slice(tail);
+    joint[3..3 + n].copy_from_slice(&new[..n]);
+    if joint[..3 + n].windows(4).any(|w| w == b"\r\n\r\n")
+        || new.windows(4).any(|w| w == b"\r\n\r\n")
+    {
+        return true;
+    }
+    if new.len() >= 3 {
+        tail.copy_from_slice(&new[new.len() - 3..]);
+    } else {
+        tail.rotate_left(new.len());
+        tail[3 - new.len()..].copy_from_slice(new);
+    }
+    false
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if let Some(sleep) = this.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "client did not send a complete request head in time",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.sleep.is_some() {
+            if let Poll::Ready(Ok(())) = &res {
+                if head_end(&mut this.tail, &buf.filled()[before..]) {
+                    this.sleep = None;
+                }
+            }
+        }
+        res
+    }
+}
+
+impl AsyncWrite for HeadDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeadDeadline {
+    fn id(&self) -> pingora::protocols::UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadDeadline {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeadDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeadDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_head_end_across_reads() {
+        fn scan(parts: &[&[u8]]) -> bool {
+            let mut tail = [0u8; 3];
+            parts.iter().any(|p| super::head_end(&mut tail, p))
+        }
+        assert!(scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]));
+        assert!(scan(&[b"GET / HTTP/1.1\r\nHost: a\r", b"\n\r\n"]));
+        assert!(scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r", b"\n"]));
+        assert!(scan(&[b"\r", b"\n", b"\r", b"\n"]));
+        assert!(!scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"X-Slow: 1\r\n"]));
+    }
+}

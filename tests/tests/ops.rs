@@ -1,0 +1,474 @@
+//! Operations, end to end: metrics, access log, reloads (API and SIGHUP),
+//! limits, request smuggling, slowloris, basic auth, allow lists, compression
+//! and graceful shutdown.
+
+use e2e::client::{admin, raw, Http};
+use e2e::proxy::Proxy;
+use e2e::upstream::Upstream;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "ops-test-token-0123456789";
+
+fn config(app: &Upstream, extra_route: &str) -> String {
+    let hash = bcrypt::hash("wall-pass", 4).unwrap();
+    format!(
+        r#"
+[server]
+http = "{{http}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+admin_token = "{TOKEN}"
+grace_period = "10s"
+
+[limits]
+max_header_bytes = "8k"
+max_headers = 50
+max_body = "1k"
+header_timeout = "1s"
+
+[log]
+access = "json"
+
+[[sites]]
+hosts = ["*"]
+  [[sites.routes]]
+  path = "/"
+  service = "app"
+  [[sites.routes]]
+  path = "/big/"
+  service = "app"
+  max_body = "64k"
+  [[sites.routes]]
+  path = "/wall/"
+  service = "app"
+  basic_auth = ["staff:{hash}"]
+  [[sites.routes]]
+  path = "/internal/"
+  service = "app"
+  allow = ["10.0.0.0/8"]
+  [[sites.routes]]
+  path = "/gz/"
+  service = "app"
+  compress = true
+{extra_route}
+
+[services.app]
+colors.blue = ["{app}"]
+"#,
+        app = app.member()
+    )
+}
+
+async fn scrape(p: &Proxy) -> String {
+    admin("GET", &p.admin_url("/metrics"), Some(TOKEN), None)
+        .await
+        .unwrap()
+        .text()
+}
+
+fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_and_access_log() {
+    let app = Upstream::start("blue").await;
+    let p = Proxy::start(&config(&app, "")).await;
+    let http = Http::new();
+    for _ in 0..5 {
+        assert_eq!(http.get(&p.url("/x")).await.unwrap().status, 200);
+    }
+    assert_eq!(http.get(&p.url("/internal/x")).await.unwrap().status, 403);
+    // Requests are counted when their log phase ends, just after the response.
+    let m = e2e::eventually(Duration::from_secs(5), || async {
+        let m = scrape(&p).await;
+        (sample(
+            &m,
+            r#"duotone_request_duration_seconds_count{service="app",site="*"}"#,
+        ) >= 6.0)
+            .then_some(m)
+    })
+    .await
+    .expect("six requests counted");
+    assert_eq!(
+        sample(
+            &m,
+            r#"duotone_requests_total{color="blue",service="app",site="*",status_class="2xx"}"#
+        ),
+        5.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"duotone_requests_total{color="",service="app",site="*",status_class="4xx"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"duotone_request_duration_seconds_count{service="app",site="*"}"#
+        ),
+        6.0
+    );
+    assert_eq!(
+        sample(&m, r#"duotone_live_color{service="app",color="blue"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"duotone_in_flight_requests{service="app",color="blue"}"#
+        ),
+        0.0
+    );
+    assert!(m.contains("duotone_downstream_connections "), "{m}");
+    assert!(m.contains(r#"duotone_config_reloads_total{result="success"} 0"#));
+    for name in [
+        "duotone_member_up",
+        "duotone_upstream_connect_errors_total",
+        "duotone_static_bytes_total",
+        "duotone_color_weight",
+    ] {
+        assert!(m.contains(&format!("# TYPE {name}")), "{name} missing");
+    }
+    // Without the token, metrics are refused.
+    assert_eq!(
+        admin("GET", &p.admin_url("/metrics"), None, None)
+            .await
+            .unwrap()
+            .status,
+        401
+    );
+    // promtool, when installed, finds nothing to complain about.
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.trim().is_empty(),
+            "promtool: {text}"
+        );
+    }
+    // One JSON access log line per request, with the fields operators need.
+    let line = e2e::eventually(Duration::from_secs(5), || {
+        let log = p.log();
+        async move {
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["uri"] == "/internal/x")
+        }
+    })
+    .await
+    .expect("access log line");
+    assert_eq!(line["status"], 403);
+    assert_eq!(line["client"], "127.0.0.1");
+    assert_eq!(line["method"], "GET");
+    assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    let proxied = p
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["uri"] == "/x")
+        .count();
+    assert_eq!(proxied, 5);
+}
+
+#[tokio::test]
+async fn reload_under_load_drops_nothing_and_bad_config_keeps_old_routes() {
+    let app = Upstream::start("blue").await;
+    let app2 = Upstream::start("second").await;
+    let p = Proxy::start(&config(&app, "")).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (url, stop, ok, failed) = (p.url("/x"), stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            let http = Http::new();
+            while !stop.load(Ordering::Relaxed) {
+                match http.get(&url).await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    let route = |n: usize| {
+        format!(
+            "  [[sites.routes]]\n  path = \"/added-{n}/\"\n  service = \"second\"\n[services.second]\ncolors.blue = [\"{}\"]\n",
+            app2.member()
+        )
+    };
+    for n in 0..20 {
+        // Valid: the new route appears, nothing fails.
+        p.rewrite(&config(&app, &route(n)));
+        let r = admin("POST", &p.admin_url("/v1/reload"), Some(TOKEN), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = Http::new()
+            .get(&p.url(&format!("/added-{n}/y")))
+            .await
+            .unwrap();
+        assert_eq!(r.text(), "second");
+    }
+    // Invalid: refused with file:line, the running config stays.
+    std::fs::write(&p.config, "[server]\nhttp = \"{broken\"\n").unwrap();
+    let r = admin("POST", &p.admin_url("/v1/reload"), Some(TOKEN), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let reason = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains(&format!("{}:2: server.http:", p.config.display())),
+        "{reason}"
+    );
+    assert_eq!(
+        Http::new().get(&p.url("/added-19/y")).await.unwrap().text(),
+        "second"
+    );
+    // SIGHUP with the broken file also keeps serving.
+    p.signal(libc::SIGHUP);
+    let m = e2e::eventually(Duration::from_secs(5), || async {
+        let m = scrape(&p).await;
+        (sample(&m, r#"duotone_config_reloads_total{result="failure"}"#) >= 2.0).then_some(m)
+    })
+    .await
+    .expect("SIGHUP reload attempt counted");
+    assert_eq!(
+        sample(&m, r#"duotone_config_reloads_total{result="success"}"#),
+        20.0
+    );
+    // SIGHUP with a good file applies it.
+    p.rewrite(&config(&app, &route(99)));
+    p.signal(libc::SIGHUP);
+    let got = e2e::eventually(Duration::from_secs(5), || async {
+        Http::new()
+            .get(&p.url("/added-99/y"))
+            .await
+            .ok()
+            .filter(|r| r.text() == "second")
+    })
+    .await;
+    assert!(got.is_some(), "SIGHUP did not reload; log:\n{}", p.log());
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100);
+    println!(
+        "reload under load: {} requests, 0 failed",
+        ok.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test]
+async fn limits_smuggling_and_slowloris() {
+    let app = Upstream::start("blue").await;
+    let p = Proxy::start(&config(&app, "")).await;
+    let http = Http::new();
+    // Oversize header block and too many headers: 431.
+    let big = "a".repeat(9000);
+    assert_eq!(
+        http.get_with(&p.url("/"), &[("x-big", big.as_str())])
+            .await
+            .unwrap()
+            .status,
+        431
+    );
+    let many: Vec<(String, String)> = (0..60).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(http.get_with(&p.url("/"), &refs).await.unwrap().status, 431);
+    // Body limits: default 1k, the /big/ route 64k; declared and chunked.
+    let r = Http::new()
+        .send("POST", &p.url("/echo"), &[], vec![b'x'; 2048])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413);
+    let r = Http::new()
+        .send("POST", &p.url("/big/echo"), &[], vec![b'x'; 2048])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let chunked = format!(
+        "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n{}\r\n0\r\n\r\n",
+        "y".repeat(2048)
+    );
+    let out = raw(p.ports.http, chunked.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out:?}");
+    // Smuggling: CL with TE, and codings other than chunked.
+    let hits_before = app.hits();
+    for attempt in [
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    ] {
+        let out = raw(p.ports.http, attempt.as_bytes(), Duration::from_secs(5)).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{attempt:?} -> {out:?}");
+    }
+    assert_eq!(
+        app.hits(),
+        hits_before,
+        "no smuggling attempt may reach the upstream"
+    );
+    // Slowloris: a head trickled byte by byte is cut off at header_timeout,
+    // while a normal client is served meanwhile.
+    let mut slow = tokio::net::TcpStream::connect(p.ports.http).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for i in 0..100 {
+            if slow
+                .write_all(format!("X-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return Some(i);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut buf = [0u8; 64];
+        match slow.read(&mut buf).await {
+            Ok(0) | Err(_) => Some(100),
+            Ok(_) => None,
+        }
+    });
+    for _ in 0..5 {
+        assert_eq!(http.get(&p.url("/x")).await.unwrap().status, 200);
+    }
+    let cut = tokio::time::timeout(Duration::from_secs(15), trickle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        cut.is_some_and(|i| i < 100),
+        "slowloris connection was not cut off"
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_allow_list_and_compression() {
+    let app = Upstream::start("blue").await;
+    let p = Proxy::start(&config(&app, "")).await;
+    let http = Http::new();
+    let r = http.get(&p.url("/wall/x")).await.unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").starts_with("Basic realm="));
+    use base64_engine::*;
+    let wrong = format!("Basic {}", b64("staff:nope"));
+    assert_eq!(
+        http.get_with(&p.url("/wall/x"), &[("authorization", &wrong)])
+            .await
+            .unwrap()
+            .status,
+        401
+    );
+    let right = format!("Basic {}", b64("staff:wall-pass"));
+    for _ in 0..3 {
+        let r = http
+            .get_with(&p.url("/wall/x"), &[("authorization", &right)])
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.text()), (200, "blue".to_string()));
+    }
+    assert_eq!(http.get(&p.url("/internal/x")).await.unwrap().status, 403);
+    // Compression only when the client accepts it (the upstream echoes JSON, > 20 bytes).
+    let r = http
+        .get_with(&p.url("/gz/echo"), &[("accept-encoding", "gzip")])
+        .await
+        .unwrap();
+    assert_eq!(r.header("content-encoding"), "gzip", "{:?}", r.headers);
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&r.body[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(text.contains("\"upstream\":\"blue\""), "{text}");
+    let r = http.get(&p.url("/gz/echo")).await.unwrap();
+    assert_eq!(r.header("content-encoding"), "");
+    assert!(r.text().contains("\"upstream\":\"blue\""));
+    // Routes without compress = true are never compressed.
+    let r = http
+        .get_with(&p.url("/echo"), &[("accept-encoding", "gzip")])
+        .await
+        .unwrap();
+    assert_eq!(r.header("content-encoding"), "");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_exits() {
+    let app = Upstream::start("blue").await;
+    let mut p = Proxy::start(&config(&app, "")).await;
+    let url = p.url("/slow?ms=1500");
+    let slow = tokio::spawn(async move { Http::new().get(&url).await });
+    e2e::eventually(Duration::from_secs(5), || async {
+        let m = scrape(&p).await;
+        (sample(
+            &m,
+            r#"duotone_in_flight_requests{service="app",color="blue"}"#,
+        ) >= 1.0)
+            .then_some(())
+    })
+    .await
+    .expect("slow request in flight");
+    p.signal(libc::SIGTERM);
+    let r = slow
+        .await
+        .unwrap()
+        .expect("in-flight request completes during shutdown");
+    assert_eq!((r.status, r.text()), (200, "blue".to_string()));
+    let code = p.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "log:\n{}", p.log());
+    assert!(tokio::net::TcpStream::connect(p.ports.http).await.is_err());
+}
+
+mod base64_engine {
+    /// Standard base64 without padding issues, for Basic credentials.
+    pub fn b64(s: &str) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for c in b.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for i in 0..4 {
+                if i <= c.len() {
+                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
