@@ -66,15 +66,25 @@ pub fn apply(
     tls: bool,
     request_id: Option<http::HeaderValue>,
 ) -> Result<()> {
-    let host = crate::edge::request_host(session.req_header()).to_string();
+    let client = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    set_headers(up, client, tls, request_id)
+}
+
+/// The pure part of [`apply`]: rewrites `up` given the client address.
+pub fn set_headers(
+    up: &mut RequestHeader,
+    client: Option<std::net::IpAddr>,
+    tls: bool,
+    request_id: Option<http::HeaderValue>,
+) -> Result<()> {
+    let host = crate::edge::request_host(up).to_string();
     if up.headers.get(http::header::HOST).is_none() && !host.is_empty() {
         up.insert_header(http::header::HOST, host.as_str())?;
     }
-    if let Some(ip) = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-    {
+    if let Some(ip) = client {
         let ip = ip.to_canonical().to_string();
         up.insert_header("x-forwarded-for", ip.as_str())?;
         up.insert_header("x-real-ip", ip.as_str())?;
@@ -143,6 +153,25 @@ mod tests {
         req.insert_header("x-request-id", "bad id with spaces")
             .unwrap();
         assert_ne!(ids.for_request(&req), "bad id with spaces");
+    }
+
+    #[test]
+    fn sets_forwarded_headers_over_client_values() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("host", "example.com").unwrap();
+        req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
+        req.insert_header("forwarded", "for=6.6.6.6").unwrap();
+        set_headers(
+            &mut req,
+            Some("::ffff:10.0.0.7".parse().unwrap()),
+            true,
+            None,
+        )
+        .unwrap();
+        assert_eq!(req.headers["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(req.headers["x-forwarded-proto"], "https");
+        assert_eq!(req.headers["x-forwarded-host"], "example.com");
+        assert!(req.headers.get("forwarded").is_none());
     }
 
     #[test]

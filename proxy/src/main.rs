@@ -1,26 +1,7 @@
 //! `duotone`: an edge proxy with TLS, static files and blue/green deploys.
 
-mod access_log;
-mod admin;
-mod admin_extras;
-mod auth;
-mod client;
-mod clock;
-mod conn;
-mod control;
-mod demo;
-mod edge;
-mod forwarded;
-mod health;
-mod metrics;
-mod persist;
-mod respond;
-mod server;
-mod slots;
-// mod static_files;
-mod views;
-
 use clap::{Parser, Subcommand};
+use duotone::{client, control, demo, server, AdminArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,17 +14,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-}
-
-/// How the CLI reaches the admin API.
-#[derive(clap::Args, Clone)]
-pub struct AdminArgs {
-    /// Admin API base URL.
-    #[arg(long, env = "DUOTONE_ADMIN", default_value = "http://127.0.0.1:9090")]
-    pub admin: String,
-    /// Admin bearer token.
-    #[arg(long, env = "DUOTONE_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -22,7 +22,10 @@ pub struct Resp {
 impl Resp {
     /// A header as a string ("" when absent).
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// The body as text.
@@ -61,7 +64,9 @@ impl Http {
     /// HTTP/2 with prior knowledge (h2c).
     pub fn h2() -> Self {
         Http {
-            client: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
         }
     }
 
@@ -78,13 +83,18 @@ impl Http {
             b = b.header(*k, *v);
         }
         let req = b.body(Full::new(body.into()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req)).await??;
+        let resp =
+            tokio::time::timeout(Duration::from_secs(10), self.client.request(req)).await??;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
             .await??
             .to_bytes();
-        Ok(Resp { status, headers, body })
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// GET.
@@ -116,7 +126,12 @@ pub async fn admin(
         headers.push(("authorization", a.as_str()));
     }
     Http::new()
-        .send(method, url, &headers, Bytes::from(body.unwrap_or("").to_string()))
+        .send(
+            method,
+            url,
+            &headers,
+            Bytes::from(body.unwrap_or("").to_string()),
+        )
         .await
 }
 

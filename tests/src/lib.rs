@@ -32,3 +32,4 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("no free port")
 }
+pub mod bluegreen;

@@ -76,7 +76,10 @@ impl Proxy {
             ports,
             dir,
             config,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         p.spawn().await;
         p
@@ -84,8 +87,11 @@ impl Proxy {
 
     /// Rewrites the config file from a template (same ports and dirs).
     pub fn rewrite(&self, template: &str) {
-        std::fs::write(&self.config, Self::render(template, &self.ports, self.dir.path()))
-            .expect("rewrite config");
+        std::fs::write(
+            &self.config,
+            Self::render(template, &self.ports, self.dir.path()),
+        )
+        .expect("rewrite config");
     }
 
     /// Starts (or restarts) the child and waits until it serves.
@@ -109,7 +115,10 @@ impl Proxy {
         self.child = Some(child);
         let admin = self.ports.admin;
         let up = crate::eventually(Duration::from_secs(20), || async move {
-            crate::client::get_status(&format!("http://{admin}/healthz")).await.ok().filter(|s| *s == 200)
+            crate::client::get_status(&format!("http://{admin}/healthz"))
+                .await
+                .ok()
+                .filter(|s| *s == 200)
         })
         .await;
         if up.is_none() {
@@ -190,7 +199,9 @@ impl Drop for Proxy {
 /// Runs `duotone ARGS…` to completion; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(duotone_bin());
-    cmd.args(args).env_remove("DUOTONE_ADMIN").env_remove("DUOTONE_ADMIN_TOKEN");
+    cmd.args(args)
+        .env_remove("DUOTONE_ADMIN")
+        .env_remove("DUOTONE_ADMIN_TOKEN");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -44,17 +44,27 @@ impl Drop for Upstream {
 impl Upstream {
     /// Starts on an ephemeral loopback TCP port.
     pub async fn start(name: &str) -> Upstream {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = l.local_addr().expect("addr");
         let state = Arc::new(State::default());
         let (n, st) = (name.to_string(), state.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = l.accept().await else { continue };
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
                 serve_conn(s, n.clone(), st.clone());
             }
         });
-        Upstream { name: name.into(), addr: Some(addr), path: None, state, task }
+        Upstream {
+            name: name.into(),
+            addr: Some(addr),
+            path: None,
+            state,
+            task,
+        }
     }
 
     /// Starts on a unix socket at `path`.
@@ -65,11 +75,19 @@ impl Upstream {
         let (n, st) = (name.to_string(), state.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = l.accept().await else { continue };
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
                 serve_conn(s, n.clone(), st.clone());
             }
         });
-        Upstream { name: name.into(), addr: None, path: Some(path), state, task }
+        Upstream {
+            name: name.into(),
+            addr: None,
+            path: Some(path),
+            state,
+            task,
+        }
     }
 
     /// The member string for a duotone config.
@@ -152,7 +170,10 @@ async fn handle(req: Request<Incoming>, name: &str, state: &State) -> Response<F
                 "headers": h,
             });
             let mut r = reply(200, body.to_string());
-            r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
             r
         }
         _ => reply(200, name.to_string()),
@@ -161,12 +182,17 @@ async fn handle(req: Request<Incoming>, name: &str, state: &State) -> Response<F
 
 fn websocket(req: Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-        return Response::builder().status(400).body(Full::new(Bytes::from_static(b"not a websocket request"))).unwrap_or_default();
+        return Response::builder()
+            .status(400)
+            .body(Full::new(Bytes::from_static(b"not a websocket request")))
+            .unwrap_or_default();
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let name = name.to_string();
     tokio::spawn(async move {
-        let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
         let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             tokio_tungstenite::tungstenite::protocol::Role::Server,
@@ -175,8 +201,15 @@ fn websocket(req: Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
         .await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_text() || msg.is_binary() {
-                let text = format!("{name}: {}", msg.into_text().map(|t| t.to_string()).unwrap_or_default());
-                if ws.send(tokio_tungstenite::tungstenite::Message::text(text)).await.is_err() {
+                let text = format!(
+                    "{name}: {}",
+                    msg.into_text().map(|t| t.to_string()).unwrap_or_default()
+                );
+                if ws
+                    .send(tokio_tungstenite::tungstenite::Message::text(text))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             } else if msg.is_close() {

@@ -89,7 +89,12 @@ async fn routes_by_host_and_longest_prefix_and_unix_sockets() {
     assert_eq!(r.header("location"), "https://new.test/old/page?x=1");
     // HTTP/2 cleartext (prior knowledge) reaches the same upstream.
     let r = Http::h2().get(&p.url("/default/h2")).await.unwrap();
-    assert_eq!((r.status, r.text()), (200, "api".to_string()), "{:?}", r.headers);
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "api".to_string()),
+        "{:?}",
+        r.headers
+    );
 }
 
 #[tokio::test]
@@ -102,12 +107,19 @@ async fn sets_forwarded_headers_and_request_id() {
     let r = Http::new()
         .get_with(
             &p.url("/headers"),
-            &[("host", "app.test"), ("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")],
+            &[
+                ("host", "app.test"),
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-proto", "https"),
+            ],
         )
         .await
         .unwrap();
     let h = &r.json()["headers"];
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "client-supplied XFF must not be trusted");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "client-supplied XFF must not be trusted"
+    );
     assert_eq!(h["x-real-ip"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "app.test");
@@ -117,7 +129,10 @@ async fn sets_forwarded_headers_and_request_id() {
     assert_eq!(r.header("x-request-id"), id);
     // A sane incoming request id is kept end to end.
     let r = Http::new()
-        .get_with(&p.url("/headers"), &[("host", "app.test"), ("x-request-id", "trace-42")])
+        .get_with(
+            &p.url("/headers"),
+            &[("host", "app.test"), ("x-request-id", "trace-42")],
+        )
         .await
         .unwrap();
     assert_eq!(r.json()["headers"]["x-request-id"], "trace-42");
@@ -134,12 +149,23 @@ async fn websocket_echo_through_the_proxy() {
         format!("ws://{}/ws", p.ports.http),
     )
     .unwrap();
-    req.headers_mut().insert("host", "app.test".parse().unwrap());
-    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.expect("websocket handshake through proxy");
+    req.headers_mut()
+        .insert("host", "app.test".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket handshake through proxy");
     assert_eq!(resp.status(), 101);
     for i in 0..3 {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(format!("ping {i}"))).await.unwrap();
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
+            "ping {i}"
+        )))
+        .await
+        .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(msg.into_text().unwrap().as_str(), format!("app: ping {i}"));
     }
     ws.close(None).await.unwrap();
@@ -209,10 +235,17 @@ async fn malformed_requests_get_4xx_not_a_hang() {
         b"G\x00T / HTTP/1.1\r\nHost: app.test\r\n\r\n",
     ] {
         let out = raw(p.ports.http, bad, Duration::from_secs(5)).await;
-        assert!(out.starts_with("HTTP/1.1 400"), "{:?} -> {out:?}", String::from_utf8_lossy(bad));
+        assert!(
+            out.starts_with("HTTP/1.1 400"),
+            "{:?} -> {out:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
     // Still serving afterwards.
-    let r = Http::new().get_with(&p.url("/"), &[("host", "app.test")]).await.unwrap();
+    let r = Http::new()
+        .get_with(&p.url("/"), &[("host", "app.test")])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
 }
 
@@ -228,8 +261,16 @@ fn invalid_config_is_a_clear_error_and_nonzero_exit() {
     let path = cfg.to_str().unwrap();
     let (code, _out, err) = run_cli(&["check", "-c", path], &[]);
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("{path}:8: sites[0].routes[0].service: unknown service \"nope\"")), "{err}");
-    assert!(err.contains(&format!("{path}:11: services.api.colors.blue[1]:")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{path}:8: sites[0].routes[0].service: unknown service \"nope\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{path}:11: services.api.colors.blue[1]:")),
+        "{err}"
+    );
     let (code, _out, err) = run_cli(&["run", "-c", path], &[]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown service \"nope\""), "{err}");

@@ -1,0 +1,1 @@
+//! Benchmarks live in `benches/` (criterion) and `load/` (side-by-side proxies).
