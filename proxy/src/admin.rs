@@ -63,7 +63,10 @@ impl Admin {
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
             .unwrap_or("");
         given.as_bytes().ct_eq(token.as_bytes()).into()
     }
@@ -116,7 +119,14 @@ impl Admin {
                     Ok(b) => b.unwrap_or_default(),
                     Err(r) => return r,
                 };
-                match self.control.flip(&name, body.to.as_deref(), body.force) {
+                let (control, svc, to, force) = (
+                    self.control.clone(),
+                    name.clone(),
+                    body.to.clone(),
+                    body.force,
+                );
+                let result = blocking(move || control.flip(&svc, to.as_deref(), force)).await;
+                match result {
                     Ok(()) => {
                         tracing::info!(service = %name, to = ?body.to, force = body.force, "flipped");
                         self.service_json(&name)
@@ -137,7 +147,8 @@ impl Admin {
                         ),
                         Err(r) => return r,
                     };
-                match self.control.set_weights(&name, weights) {
+                let (control, svc) = (self.control.clone(), name.clone());
+                match blocking(move || control.set_weights(&svc, weights)).await {
                     Ok(()) => self
                         .service_json(&name)
                         .map(|v| json_resp(StatusCode::OK, v))
@@ -146,7 +157,8 @@ impl Admin {
                 }
             }
             (&Method::POST, ["v1", "reload"]) => {
-                let result = self.control.reload();
+                let control = self.control.clone();
+                let result = blocking(move || control.reload()).await;
                 self.extras.reloaded(result.is_ok());
                 match result {
                     Ok(warnings) => {
@@ -177,6 +189,19 @@ impl Admin {
             _ => error(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
         }
     }
+}
+
+/// Runs a control-plane change (it compiles a table and fsyncs the state
+/// file) off the async workers, so health checks and other admin requests
+/// are not held up meanwhile.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ChangeError> + Send + 'static,
+) -> Result<T, ChangeError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(ChangeError::Internal(anyhow::anyhow!(
+            "change task failed: {e}"
+        )))
+    })
 }
 
 /// Body of `POST /v1/services/{name}/flip`.
@@ -210,7 +235,13 @@ async fn read_json<T: serde::de::DeserializeOwned>(
             Err(error(StatusCode::BAD_REQUEST, "empty body"))
         };
     }
-    serde_json::from_slice(&body)
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+    // Serde would also read a struct from an array; only objects are meant.
+    if !value.is_object() {
+        return Err(error(StatusCode::BAD_REQUEST, "expected a JSON object"));
+    }
+    serde_json::from_value(value)
         .map(Some)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
 }

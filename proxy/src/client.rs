@@ -297,6 +297,67 @@ fn shell(cmd: &str, color: &str, old: &str) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `color` of `service` is healthy by checks made after now.
+///
+/// A verdict learned before the start command ran (say, from the instance
+/// that a previous deploy stopped a moment ago) says nothing about the new
+/// one, so with active checks a member counts only once its last check
+/// passed and that check began after this call: the check count has moved
+/// by two (checks of a member run one after another).
+fn wait_healthy(api: &Api, service: &str, color: &str, old: &str, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    let checks = |s: &ServiceView| -> BTreeMap<String, u64> {
+        s.colors
+            .get(color)
+            .map(|c| {
+                c.members
+                    .iter()
+                    .map(|m| (m.addr.clone(), m.checks))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = api.service(service)?;
+    if !first.active_checks {
+        eprintln!(
+            "warning: service {service} has no active health check (health = {{ path = \"/healthz\" }}), \
+             so {color} counts as healthy as soon as its start command returns"
+        );
+    }
+    let baseline = checks(&first);
+    loop {
+        let s = api.service(service)?;
+        let c = s
+            .colors
+            .get(color)
+            .with_context(|| format!("service {service} has no color {color:?} any more"))?;
+        let fresh = |m: &crate::views::MemberView| {
+            let before = baseline.get(&m.addr).copied().unwrap_or(0);
+            m.healthy && m.last_check_ok == Some(true) && m.checks >= before + 2
+        };
+        if c.healthy && (!s.active_checks || c.members.iter().any(fresh)) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            let why = c
+                .members
+                .iter()
+                .map(|m| {
+                    let last = match m.last_check_ok {
+                        Some(true) => "last check passed",
+                        Some(false) => "last check failed",
+                        None => "not checked yet",
+                    };
+                    format!("{} {} ({last})", m.addr, m.health)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            bail!("{color} did not become healthy within {limit:?} [{why}]; {old} stays live");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `duotone deploy`: start idle color, wait healthy, flip, drain, stop old.
 /// Any failure before the flip leaves the old color live.
 pub fn deploy(a: &DeployArgs) -> Result<()> {
@@ -327,17 +388,7 @@ pub fn deploy(a: &DeployArgs) -> Result<()> {
     println!("[1/5] starting {new}");
     shell(&a.start, &new, &old)?;
     println!("[2/5] waiting for {new} to be healthy (up to {health_limit:?})");
-    let start = Instant::now();
-    loop {
-        let s = api.service(&a.service)?;
-        if s.colors.get(&new).is_some_and(|c| c.healthy) {
-            break;
-        }
-        if start.elapsed() > health_limit {
-            bail!("{new} did not become healthy within {health_limit:?}; {old} stays live");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_healthy(&api, &a.service, &new, &old, health_limit)?;
     println!("[3/5] flipping {} to {new}", a.service);
     api.ok(
         http::Method::POST,

@@ -66,6 +66,9 @@ impl Source {
     }
 }
 
+/// Largest accepted sum of canary weights.
+pub const MAX_WEIGHT_TOTAL: u64 = 1_000_000;
+
 /// Why an admin change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -212,8 +215,15 @@ impl Control {
                 "service {service:?} has no color {bad:?}"
             )));
         }
-        if weights.values().map(|w| u64::from(*w)).sum::<u64>() == 0 {
+        let total = weights.values().map(|w| u64::from(*w)).sum::<u64>();
+        if total == 0 {
             return Err(ChangeError::Invalid("weights must not all be zero".into()));
+        }
+        // Weights are summed into a u32 when compiled; keep them readable too.
+        if total > MAX_WEIGHT_TOTAL {
+            return Err(ChangeError::Invalid(format!(
+                "weights add up to {total}; the most is {MAX_WEIGHT_TOTAL} (use e.g. percentages)"
+            )));
         }
         let mut next = live.clone();
         next.services.insert(

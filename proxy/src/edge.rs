@@ -60,6 +60,15 @@ fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
+/// A small number naming the current worker thread.
+fn worker_index() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    thread_local! {
+        static INDEX: u64 = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i)
+}
+
 /// The request's host: `:authority` for HTTP/2, else the Host header.
 pub fn request_host(req: &RequestHeader) -> &str {
     if let Some(a) = req.uri.authority() {
@@ -316,6 +325,10 @@ impl ProxyHttp for Edge {
                 ))
             }
         };
+        // One upstream pool per worker thread: a pooled connection's idle
+        // watcher then runs on the thread that reuses it, avoiding Pingora's
+        // cross-thread hand-off (which drops the connection when it races).
+        peer.group_key = worker_index();
         let t = &svc.timeouts;
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);

@@ -61,8 +61,13 @@ pub async fn run(control: Arc<Control>) {
                 (t, ok)
             });
         }
-        while let Some(Ok((t, ok))) = set.join_next().await {
-            record(&t, &ok, &mut streaks);
+        // Keep going past a failed probe task: stopping here would drop
+        // (abort) the other probes of this round unrecorded.
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok((t, ok)) => record(&t, &ok, &mut streaks),
+                Err(e) => tracing::error!("health probe task failed: {e}"),
+            }
         }
     }
 }
@@ -96,6 +101,7 @@ fn record(t: &Target, ok: &Result<(), String>, streaks: &mut HashMap<String, i64
         }
         t.health.set_up(up);
     }
+    t.health.record_check(ok.is_ok());
 }
 
 async fn probe(t: &Target) -> Result<(), String> {

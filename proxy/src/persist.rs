@@ -14,9 +14,11 @@ pub fn live_path(state_dir: &Path) -> PathBuf {
     state_dir.join(LIVE_FILE)
 }
 
-/// Reads the saved live state; a missing file is an empty state.
+/// Reads the saved live state; a missing file is an empty state. Also
+/// removes temp files that a killed process left behind.
 pub fn read_live(state_dir: &Path) -> Result<LiveState> {
     let path = live_path(state_dir);
+    remove_stale_temps(&path);
     match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not a valid live state file", path.display())),
@@ -45,6 +47,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))?;
     Ok(())
+}
+
+/// Removes temp files that a process killed in the middle of
+/// [`write_atomic`] left next to `path` (`.NAME.PID.tmp`). Files of live
+/// processes (e.g. the old process during an upgrade) are kept.
+pub fn remove_stale_temps(path: &Path) {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists();
+        if !alive {
+            match fs::remove_file(e.path()) {
+                Ok(()) => tracing::info!("removed {} left by an interrupted write", file),
+                Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+            }
+        }
+    }
 }
 
 /// Saves the live state.
@@ -89,6 +122,15 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+        // A temp file from a dead process goes; one from a live process stays.
+        let dead = dir.join(format!(".{LIVE_FILE}.4294967295.tmp"));
+        let mine = dir.join(format!(".{LIVE_FILE}.{}.tmp", std::process::id()));
+        fs::write(&dead, b"{").unwrap();
+        fs::write(&mine, b"{").unwrap();
+        read_live(&dir).unwrap();
+        assert!(!dead.exists());
+        assert!(mine.exists());
+        fs::remove_file(&mine).unwrap();
         fs::write(live_path(&dir), b"{torn").unwrap();
         assert!(read_live(&dir).is_err());
         fs::remove_dir_all(&dir).unwrap();

@@ -13,6 +13,10 @@ pub struct ServiceView {
     pub live: String,
     /// Canary weights, when set.
     pub weights: Option<BTreeMap<String, u32>>,
+    /// True when the service has active health checks (then a member counts
+    /// as healthy only after passing one).
+    #[serde(default)]
+    pub active_checks: bool,
     /// Per color.
     pub colors: BTreeMap<String, ColorView>,
 }
@@ -43,6 +47,12 @@ pub struct MemberView {
     pub ejected: bool,
     /// Can take traffic now.
     pub healthy: bool,
+    /// Active checks completed so far.
+    #[serde(default)]
+    pub checks: u64,
+    /// Whether the last active check passed (absent before the first one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_ok: Option<bool>,
 }
 
 impl ServiceView {
@@ -65,6 +75,8 @@ impl ServiceView {
                             ejected: m.health.is_ejected(now_ms),
                             healthy: m.health.is_available(now_ms)
                                 && (!checked || state == HealthState::Up),
+                            checks: m.health.checks(),
+                            last_check_ok: m.health.last_check_ok(),
                         }
                     })
                     .collect();
@@ -86,6 +98,7 @@ impl ServiceView {
             weights: svc
                 .weight_pairs()
                 .map(|w| w.into_iter().map(|(c, w)| (c.to_string(), w)).collect()),
+            active_checks: checked,
             colors,
         }
     }

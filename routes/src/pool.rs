@@ -5,7 +5,7 @@ use crate::config::{HealthSpec, Timeouts};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A deployment color such as `blue` or `green`.
@@ -120,6 +120,10 @@ pub struct MemberHealth {
     ejected_until_ms: AtomicU64,
     /// Consecutive connect failures seen on the request path.
     failures: AtomicU64,
+    /// Active checks completed so far.
+    checks: AtomicU64,
+    /// Whether the last completed active check passed.
+    last_check_ok: AtomicBool,
 }
 
 impl Default for MemberHealth {
@@ -128,6 +132,8 @@ impl Default for MemberHealth {
             state: AtomicU8::new(0),
             ejected_until_ms: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
+            last_check_ok: AtomicBool::new(false),
         }
     }
 }
@@ -159,6 +165,24 @@ impl MemberHealth {
             self.ejected_until_ms.store(0, Ordering::Relaxed);
             self.failures.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// Records the outcome of one active check, after any verdict it led
+    /// to was set with [`MemberHealth::set_up`]. Lets callers tell a fresh
+    /// check from a verdict learned earlier (e.g. before a redeploy).
+    pub fn record_check(&self, ok: bool) {
+        self.last_check_ok.store(ok, Ordering::Release);
+        self.checks.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Active checks completed so far.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Acquire)
+    }
+
+    /// Whether the last active check passed (`None` before the first one).
+    pub fn last_check_ok(&self) -> Option<bool> {
+        (self.checks() > 0).then(|| self.last_check_ok.load(Ordering::Acquire))
     }
 
     /// True if requests may go to this member at `now_ms`.
@@ -424,6 +448,15 @@ mod tests {
             svc.weight_pairs().unwrap(),
             vec![(Color::new("blue"), 90), (Color::new("green"), 10)]
         );
+    }
+
+    #[test]
+    fn counts_active_checks() {
+        let h = MemberHealth::default();
+        assert_eq!((h.checks(), h.last_check_ok()), (0, None));
+        h.record_check(true);
+        h.record_check(false);
+        assert_eq!((h.checks(), h.last_check_ok()), (2, Some(false)));
     }
 
     #[test]

@@ -127,7 +127,10 @@ impl FlipLoad {
             let color = r.text();
             if color != r.header("x-upstream") {
                 self.wrong.fetch_add(1, Ordering::Relaxed);
-                self.sample(format!("body {color:?} but x-upstream {:?}", r.header("x-upstream")));
+                self.sample(format!(
+                    "body {color:?} but x-upstream {:?}",
+                    r.header("x-upstream")
+                ));
             }
             // Flip k is the latest one whose call started before this request.
             let k = s0.div_ceil(2);
@@ -136,7 +139,7 @@ impl FlipLoad {
                     m.entry(k).or_insert(now);
                 }
             }
-            if s0 % 2 == 0 && s1 == s0 {
+            if s0 & 1 == 0 && s1 == s0 {
                 self.checked.fetch_add(1, Ordering::Relaxed);
                 if color != self.target(k) {
                     self.wrong.fetch_add(1, Ordering::Relaxed);

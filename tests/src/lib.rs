@@ -33,3 +33,4 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 pub mod bluegreen;
+pub mod pebble;

@@ -23,7 +23,10 @@ impl Validators {
     /// Derives validators from size, mtime (with nanos) and inode, plus the
     /// content-coding suffix so every representation has its own tag.
     pub fn new(meta: &Metadata, coding: Coding) -> Self {
-        let since = meta.modified().ok().and_then(|m| m.duration_since(UNIX_EPOCH).ok());
+        let since = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(UNIX_EPOCH).ok());
         let (secs, nanos) = since.map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
         let mut h = Fnv::default();
         h.write(meta.len());
@@ -98,7 +101,11 @@ pub(crate) fn evaluate(method: &Method, headers: &HeaderMap, v: &Validators) -> 
     }
     if let Some(list) = joined(headers, IF_NONE_MATCH) {
         if matches_list(&list, &v.etag, false) {
-            return if get_or_head { Outcome::NotModified } else { Outcome::PreconditionFailed };
+            return if get_or_head {
+                Outcome::NotModified
+            } else {
+                Outcome::PreconditionFailed
+            };
         }
     } else if get_or_head {
         if let (Some(since), Some(m)) = (date(headers, IF_MODIFIED_SINCE), v.modified) {

@@ -28,6 +28,7 @@ pub(crate) struct RelPath {
 pub(crate) fn decode(rel: &str) -> Result<RelPath, ()> {
     let mut segments = Vec::new();
     let mut last_raw = None;
+    let mut trailing_slash = rel.ends_with('/');
     for raw in rel.split('/') {
         if raw.is_empty() {
             continue; // `a//b` is `a/b` (nginx merge_slashes)
@@ -40,10 +41,12 @@ pub(crate) fn decode(rel: &str) -> Result<RelPath, ()> {
         if seg.contains(['\0', '/', '\\']) || seg == ".." {
             return Err(());
         }
-        last_raw = Some(raw.to_owned());
         if seg == "." {
+            trailing_slash = true; // `dir/.` names the directory itself
             continue;
         }
+        trailing_slash = rel.ends_with('/');
+        last_raw = Some(raw.to_owned());
         let mut comps = Path::new(&seg).components();
         match (comps.next(), comps.next()) {
             (Some(Component::Normal(c)), None) if c == seg.as_str() => {}
@@ -54,7 +57,7 @@ pub(crate) fn decode(rel: &str) -> Result<RelPath, ()> {
     Ok(RelPath {
         segments,
         last_raw,
-        trailing_slash: rel.ends_with('/'),
+        trailing_slash,
     })
 }
 
@@ -84,8 +87,9 @@ pub(crate) type Refusal = StatusCode;
 /// What a resolved request path names.
 #[derive(Debug)]
 pub(crate) enum Target {
-    /// A regular file (canonical path) under the root.
-    File(PathBuf),
+    /// A regular file under the root: its canonical path and the name it was
+    /// requested by (drives Content-Type and the immutable-hash check).
+    File { path: PathBuf, name: String },
     /// A directory requested without trailing slash: redirect to `location`.
     Redirect(String),
 }
@@ -109,7 +113,8 @@ pub(crate) fn resolve(
         return if rel.trailing_slash {
             Err(StatusCode::NOT_FOUND)
         } else {
-            Ok(Target::File(canon))
+            let name = rel.segments.last().cloned().unwrap_or_default();
+            Ok(Target::File { path: canon, name })
         };
     }
     if !meta.is_dir() {
@@ -120,13 +125,17 @@ pub(crate) fn resolve(
     };
     if !rel.trailing_slash {
         if let Some(last) = &rel.last_raw {
-            return Ok(Target::Redirect(format!("{last}/")));
+            // `./` keeps a segment like `a:b` from reading as a URI scheme.
+            return Ok(Target::Redirect(format!("./{last}/")));
         }
     }
     let canon = contained(root, &canon.join(index), follow_symlinks)?;
     let meta = std::fs::metadata(&canon).map_err(|e| io_status(&e))?;
     if meta.is_file() {
-        Ok(Target::File(canon))
+        Ok(Target::File {
+            path: canon,
+            name: index.to_owned(),
+        })
     } else {
         Err(StatusCode::NOT_FOUND)
     }
@@ -135,7 +144,11 @@ pub(crate) fn resolve(
 /// Canonicalizes `path` and checks it stays under `root`; without
 /// `follow_symlinks` the canonical form must equal `path` itself (the path has
 /// no `.`/`..`/empty segments, so any difference means a symlink).
-pub(crate) fn contained(root: &Path, path: &Path, follow_symlinks: bool) -> Result<PathBuf, Refusal> {
+pub(crate) fn contained(
+    root: &Path,
+    path: &Path,
+    follow_symlinks: bool,
+) -> Result<PathBuf, Refusal> {
     let canon = std::fs::canonicalize(path).map_err(|e| io_status(&e))?;
     if !canon.starts_with(root) || (!follow_symlinks && canon != path) {
         return Err(StatusCode::NOT_FOUND);
@@ -198,6 +211,12 @@ mod tests {
         assert_eq!(segs("caf%C3%A9"), ["café"]);
         assert_eq!(segs(""), Vec::<String>::new());
         assert!(decode("a/").expect("valid").trailing_slash);
+        assert!(decode("a/.").expect("valid").trailing_slash);
+        assert!(!decode("a/./b").expect("valid").trailing_slash);
+        assert_eq!(
+            decode("a/b%20c").expect("valid").last_raw.as_deref(),
+            Some("b%20c")
+        );
         // decoded exactly once: %252e stays the literal "%2e"
         assert_eq!(segs("%252e%252e"), ["%2e%2e"]);
     }

@@ -1,0 +1,30 @@
+//! Duotone's certificate layer: ACME (via `rustls-acme`), static certificate
+//! files, self-signed fallbacks, SNI resolution and the Pingora listener glue.
+//!
+//! The proxy builds one [`CertStore`] from its config, hands
+//! [`CertStore::resolver`] (or [`listener::add_https`]) to its HTTPS listener,
+//! answers `/.well-known/acme-challenge/{token}` on the plain listener with
+//! [`CertStore::http01_key_auth`], and spawns [`CertStore::run`].
+//!
+//! All rustls objects built here use the `ring` provider explicitly.
+
+#![warn(missing_docs)]
+
+mod cache;
+mod certs;
+mod driver;
+mod entry;
+mod error;
+pub mod listener;
+mod resolver;
+mod sni;
+mod spec;
+mod store;
+pub mod tls;
+
+pub use certs::CertMeta;
+pub use error::CertError;
+pub use sni::{normalize_host, HostIndex};
+pub use spec::{AcmeSettings, CertSource, CertSpec, Challenge};
+pub use store::{CertInfo, CertStore};
+pub use tls::{default_tls_versions, server_config};

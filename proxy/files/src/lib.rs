@@ -1,0 +1,133 @@
+//! Static and media file serving at the edge, with Whitenoise/nginx semantics,
+//! independent of any HTTP server framework.
+//!
+//! Build one [`FileServer`] per static route, call [`FileServer::respond`] per
+//! request, write the returned [`Reply`] status and headers, then stream a
+//! [`Body::File`] with [`read_chunk`] in bounded chunks.
+//!
+//! Behaviour: GET/HEAD only (405 otherwise); strict path decoding (400 on
+//! `..`, encoded `/` or `\`, NUL, bad escapes) and canonical containment
+//! under the root (404 on escape); strong ETag + Last-Modified with
+//! If-Match/If-Unmodified-Since (412), If-None-Match/If-Modified-Since (304);
+//! single byte ranges with If-Range (multiple ranges → full 200);
+//! precompressed `.br`/`.zst`/`.gz` sidecars by Accept-Encoding; immutable
+//! caching for content-hashed names.
+
+#![warn(missing_docs)]
+
+mod body;
+mod cache;
+mod conditional;
+mod content_type;
+mod encoding;
+mod error;
+mod path;
+mod range;
+mod serve;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use body::{read_chunk, Body, FileBody, DEFAULT_CHUNK_SIZE};
+pub use error::FilesError;
+
+/// Configuration of one static route.
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    /// Directory served; canonicalized by [`FileServer::new`].
+    pub root: PathBuf,
+    /// Serve `x.br` / `x.zst` / `x.gz` sidecars of `x` by Accept-Encoding
+    /// (and send `Vary: Accept-Encoding` on every file response).
+    pub precompressed: bool,
+    /// Send `public, max-age=<immutable_max_age>, immutable` for
+    /// content-hashed names (`app.3f2a9c81b7d4.css`).
+    pub immutable_hashed: bool,
+    /// File served for directory requests (e.g. `index.html`); `None`: 404.
+    pub index: Option<String>,
+    /// Follow symlinks whose target stays inside the root; outside the root
+    /// is always refused (404). `false`: any symlink component → 404.
+    pub follow_symlinks: bool,
+    /// max-age for everything not immutable (`public, max-age=N, must-revalidate`).
+    pub max_age: Duration,
+    /// max-age for content-hashed names when `immutable_hashed` is set.
+    pub immutable_max_age: Duration,
+}
+
+impl FileOptions {
+    /// Options for `root` with defaults: no sidecars, no immutable caching,
+    /// no index, no symlinks, max-age 60 s, immutable max-age one year.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FileOptions {
+            root: root.into(),
+            precompressed: false,
+            immutable_hashed: false,
+            index: None,
+            follow_symlinks: false,
+            max_age: Duration::from_secs(60),
+            immutable_max_age: Duration::from_secs(31_536_000),
+        }
+    }
+}
+
+/// Serves files under one root. Cheap to clone (shared `Arc`); holds no
+/// open files and no caches between requests.
+#[derive(Debug, Clone)]
+pub struct FileServer {
+    inner: Arc<FileOptions>,
+}
+
+impl FileServer {
+    /// Validates the options and canonicalizes the root (must be an existing
+    /// directory).
+    pub fn new(mut opts: FileOptions) -> Result<Self, FilesError> {
+        let root = std::fs::canonicalize(&opts.root).map_err(|source| FilesError::Root {
+            path: opts.root.clone(),
+            source,
+        })?;
+        if !root.is_dir() {
+            return Err(FilesError::NotADirectory(opts.root));
+        }
+        if let Some(index) = &opts.index {
+            let plain = matches!(path::decode(index), Ok(p) if p.segments.len() == 1 && p.segments[0] == *index);
+            if !plain || index.contains('%') {
+                return Err(FilesError::InvalidIndex(index.clone()));
+            }
+        }
+        opts.root = root;
+        Ok(FileServer {
+            inner: Arc::new(opts),
+        })
+    }
+
+    /// The effective options (root canonicalized).
+    pub fn options(&self) -> &FileOptions {
+        &self.inner
+    }
+
+    /// Answers one request. `rel` is the request path after the route prefix,
+    /// still percent-encoded, without query. Never fails: errors become
+    /// 400/403/404/405/412/416/500 replies.
+    ///
+    /// Filesystem work runs in one `tokio::task::spawn_blocking` call, so this
+    /// must be called within a Tokio runtime.
+    pub async fn respond(
+        &self,
+        method: &http::Method,
+        rel: &str,
+        headers: &http::HeaderMap,
+    ) -> Reply {
+        serve::respond(&self.inner, method, rel, headers).await
+    }
+}
+
+/// What to send: status, headers (incl. Content-Length) and body.
+#[derive(Debug)]
+pub struct Reply {
+    /// Response status.
+    pub status: http::StatusCode,
+    /// Response headers; `Content-Length` is set whenever a body may follow.
+    pub headers: http::HeaderMap,
+    /// Response body; [`Body::Empty`] for HEAD, 304, 416 and redirects.
+    pub body: Body,
+}

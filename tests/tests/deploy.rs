@@ -1,0 +1,438 @@
+//! `duotone deploy` and `deploy/bluegreen.sh`, end to end: real shell
+//! commands start and stop colors; each color's upstream passes its health
+//! check only once its start command has created a marker file.
+
+use e2e::bluegreen::GatedUpstream;
+use e2e::client::{admin, Http};
+use e2e::proxy::{duotone_bin, run_cli, Proxy};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const TOKEN: &str = "deploy-test-token-0123456789";
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    blue: GatedUpstream,
+    green: GatedUpstream,
+    p: Proxy,
+}
+
+impl Fixture {
+    /// Blue is running and live; green's app is not started.
+    async fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let blue = GatedUpstream::start("blue", dir.path().join("blue.ready")).await;
+        let green = GatedUpstream::start("green", dir.path().join("green.ready")).await;
+        std::fs::write(&blue.marker, "").unwrap();
+        let p = Proxy::start(&format!(
+            r#"
+[server]
+http = "{{http}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+admin_token = "{TOKEN}"
+
+[[sites]]
+hosts = ["*"]
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+
+[services.api]
+live = "blue"
+health = {{ path = "/healthz", interval = "100ms" }}
+colors.blue = ["{blue}"]
+colors.green = ["{green}"]
+"#,
+            blue = blue.member(),
+            green = green.member()
+        ))
+        .await;
+        let f = Fixture {
+            dir,
+            blue,
+            green,
+            p,
+        };
+        f.wait(|v| {
+            v["colors"]["blue"]["healthy"] == true
+                && v["colors"]["green"]["members"][0]["health"] == "down"
+        })
+        .await;
+        f
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Shell commands that mark the color ready / not ready and log the call.
+    fn start_cmd(&self) -> String {
+        let d = self.dir.path().display();
+        format!("touch {d}/{{color}}.ready && echo \"$DUOTONE_COLOR from $DUOTONE_OLD_COLOR\" >> {d}/started")
+    }
+
+    fn stop_cmd(&self) -> String {
+        let d = self.dir.path().display();
+        format!("rm {d}/{{color}}.ready && echo $DUOTONE_COLOR >> {d}/stopped")
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+
+    async fn service(&self) -> serde_json::Value {
+        let r = admin(
+            "GET",
+            &self.p.admin_url("/v1/services/api"),
+            Some(TOKEN),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    async fn wait(&self, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let last = std::sync::Mutex::new(serde_json::Value::Null);
+        let got = e2e::eventually(Duration::from_secs(10), || async {
+            let v = self.service().await;
+            *last.lock().unwrap() = v.clone();
+            f(&v).then_some(v)
+        })
+        .await;
+        got.unwrap_or_else(|| panic!("timed out; state: {:#}", last.lock().unwrap()))
+    }
+
+    async fn answer(&self) -> String {
+        let r = Http::new().get(&self.p.url("/")).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DUOTONE_ADMIN", self.p.admin_url("")),
+            ("DUOTONE_ADMIN_TOKEN", TOKEN.to_string()),
+        ]
+    }
+
+    /// Runs `duotone deploy ARGS` off the async runtime.
+    async fn deploy(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["deploy".to_string(), "--service".into(), "api".into()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let env = self.env();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            run_cli(&args, &env)
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// Clients that count failed requests until stopped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU64>,
+    ok: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(url: String, clients: usize) -> Traffic {
+        let (stop, failed, ok) = (Arc::default(), Arc::default(), Arc::default());
+        let tasks =
+            (0..clients)
+                .map(|_| {
+                    let (stop, failed, ok, url): (
+                        Arc<AtomicBool>,
+                        Arc<AtomicU64>,
+                        Arc<AtomicU64>,
+                        _,
+                    ) = (
+                        Arc::clone(&stop),
+                        Arc::clone(&failed),
+                        Arc::clone(&ok),
+                        url.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let http = Http::new();
+                        while !stop.load(Ordering::SeqCst) {
+                            match http.get(&url).await {
+                                Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                                _ => failed.fetch_add(1, Ordering::Relaxed),
+                            };
+                            tokio::task::yield_now().await;
+                        }
+                    })
+                })
+                .collect();
+        Traffic {
+            stop,
+            failed,
+            ok,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_starts_waits_flips_drains_and_stops() {
+    let f = Fixture::new().await;
+    let traffic = Traffic::start(f.p.url("/"), 4);
+    let (start, stop) = (f.start_cmd(), f.stop_cmd());
+    let (code, out, err) = f
+        .deploy(&[
+            "--start",
+            &start,
+            "--stop",
+            &stop,
+            "--health-timeout",
+            "10s",
+        ])
+        .await;
+    let (ok, failed) = traffic.finish().await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        failed, 0,
+        "{failed} failed requests during the deploy ({ok} ok)"
+    );
+    assert!(ok > 0);
+    assert!(out.contains("api is live on green"), "{out}");
+    assert_eq!(f.log("started"), "green from blue\n");
+    assert_eq!(f.log("stopped"), "blue\n");
+    assert!(!f.blue.marker.exists() && f.green.marker.exists());
+    assert_eq!(f.service().await["live"], "green");
+    assert_eq!(f.answer().await, "green");
+    assert!(f.green.hits() > 0);
+
+    // Deploying again right away goes back to blue — but blue was just
+    // stopped, and its start command here does not make it healthy. Health
+    // learned before the start command must not count: the deploy fails and
+    // green stays live.
+    let (code, out, err) = f
+        .deploy(&["--start", "true", "--stop", &stop, "--health-timeout", "1s"])
+        .await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("did not become healthy"), "{err}");
+    assert_eq!(f.service().await["live"], "green");
+    assert_eq!(f.answer().await, "green");
+    assert_eq!(f.log("stopped"), "blue\n", "stop must not run");
+
+    // And a real start of blue deploys it.
+    let (code, out, err) = f
+        .deploy(&[
+            "--start",
+            &start,
+            "--stop",
+            &stop,
+            "--health-timeout",
+            "10s",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(f.log("started"), "green from blue\nblue from green\n");
+    assert_eq!(f.log("stopped"), "blue\ngreen\n");
+    assert_eq!(f.answer().await, "blue");
+}
+
+#[tokio::test]
+async fn failing_start_command_keeps_the_old_color() {
+    let f = Fixture::new().await;
+    let stop = f.stop_cmd();
+    let (code, out, err) = f
+        .deploy(&["--start", "echo starting {color}; exit 3", "--stop", &stop])
+        .await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(out.contains("starting green"), "{out}");
+    assert!(err.contains("command failed"), "{err}");
+    assert_eq!(f.service().await["live"], "blue");
+    assert_eq!(f.answer().await, "blue");
+    assert_eq!(f.log("stopped"), "");
+    assert!(f.blue.marker.exists());
+}
+
+#[tokio::test]
+async fn new_color_never_healthy_times_out_and_keeps_the_old_color() {
+    let f = Fixture::new().await;
+    let d = f.dir.path().display().to_string();
+    let stop = f.stop_cmd();
+    let started = std::time::Instant::now();
+    let (code, out, err) = f
+        .deploy(&[
+            "--start",
+            &format!("touch {d}/{{color}}.started"),
+            "--stop",
+            &stop,
+            "--health-timeout",
+            "1s",
+        ])
+        .await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(
+        err.contains("green did not become healthy within 1s") && err.contains("blue stays live"),
+        "{err}"
+    );
+    assert!(f.path("green.started").exists());
+    assert_eq!(f.service().await["live"], "blue");
+    assert_eq!(f.answer().await, "blue");
+    assert_eq!(f.log("stopped"), "");
+    assert!(f.blue.marker.exists());
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/bluegreen.sh")
+        .canonicalize()
+        .expect("deploy/bluegreen.sh")
+}
+
+/// Runs `deploy/bluegreen.sh ARGS` with the admin API in the environment.
+async fn run_script(
+    f: &Fixture,
+    args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(script()).args(args);
+    cmd.env("DUOTONE_BIN", duotone_bin());
+    for (k, v) in f.env() {
+        cmd.env(k, v);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run bluegreen.sh"))
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn bluegreen_sh_wraps_deploy() {
+    let f = Fixture::new().await;
+    let (start, stop) = (f.start_cmd(), f.stop_cmd());
+
+    // Plain commands.
+    let (code, out, err) = run_script(
+        &f,
+        &[
+            "api",
+            "--start",
+            &start,
+            "--stop",
+            &stop,
+            "--health-timeout",
+            "10s",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(f.log("started"), "green from blue\n");
+    assert_eq!(f.log("stopped"), "blue\n");
+    assert_eq!(f.answer().await, "green");
+
+    // Compose mode, with a stand-in `docker` on PATH (no engine here) that
+    // logs its arguments and plays the app: `up` makes the color ready.
+    let bin = f.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let d = f.dir.path().display().to_string();
+    let fake = bin.join("docker");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {d}/docker.log\ncase \"$*\" in\n  *' up -d') touch {d}/$DUOTONE_COLOR.ready ;;\n  *' down') rm -f {d}/$DUOTONE_COLOR.ready ;;\nesac\n"
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&fake)
+        .status()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let compose = format!("{d}/my app/compose.yml");
+    let (code, out, err) = run_script(
+        &f,
+        &[
+            "api",
+            "-p",
+            "shop's {color}",
+            "-f",
+            &compose,
+            "--health-timeout",
+            "10s",
+        ],
+        &[("PATH", &path)],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        f.log("docker.log"),
+        format!(
+            "compose -p shop's blue -f {compose} up -d\ncompose -p shop's green -f {compose} down\n"
+        )
+    );
+    assert_eq!(f.answer().await, "blue");
+    assert!(!f.green.marker.exists());
+
+    // A project name without {color} gets "-{color}" appended.
+    let (code, out, err) = run_script(
+        &f,
+        &["api", "-p", "shop", "--to", "green"],
+        &[("PATH", &path)],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(f
+        .log("docker.log")
+        .ends_with("compose -p shop-green up -d\ncompose -p shop-blue down\n"));
+    assert_eq!(f.answer().await, "green");
+
+    // Usage errors exit 2 and change nothing; a refused deploy passes its status through.
+    let (code, _, err) = run_script(&f, &["api"], &[]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("missing --start"), "{err}");
+    let (code, _, err) = run_script(&f, &["api", "--start", "true", "--bogus"], &[]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown argument: --bogus"), "{err}");
+    let (code, _, err) = run_script(&f, &["api", "--start", "exit 1"], &[]).await;
+    assert_eq!(code, 1, "{err}");
+    // Wrong token: the admin API refuses before anything runs.
+    let (code, _, err) = run_script(
+        &f,
+        &["api", "--start", &start],
+        &[("DUOTONE_ADMIN_TOKEN", "wrong-wrong-wrong-wrong")],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("401"), "{err}");
+    assert_eq!(f.answer().await, "green");
+    assert_eq!(f.log("started"), "green from blue\n");
+}
