@@ -100,6 +100,8 @@ pub struct Control {
     generation: std::sync::atomic::AtomicU64,
     /// Metrics, whose handles each snapshot resolves.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Certificates, when the proxy was started with TLS sites.
+    certs: Option<Arc<acme::CertStore>>,
 }
 
 /// Resolves a member host name once, when a table is compiled.
@@ -113,6 +115,7 @@ impl Control {
         source: Source,
         config: Config,
         metrics: Arc<crate::metrics::Metrics>,
+        certs: Option<Arc<acme::CertStore>>,
     ) -> Result<Arc<Self>> {
         std::fs::create_dir_all(&config.server.state_dir)
             .with_context(|| format!("creating state_dir {}", config.server.state_dir.display()))?;
@@ -127,6 +130,7 @@ impl Control {
             live: Mutex::new(live),
             generation: 0.into(),
             metrics,
+            certs,
         }))
     }
 
@@ -241,8 +245,22 @@ impl Control {
     pub fn reload(&self) -> Result<Vec<String>, ChangeError> {
         let config = self.source.load().map_err(ChangeError::BadConfig)?;
         let live = self.lock();
-        let (snap, warnings) = build(Arc::new(config), &live, &self.vitals, &self.metrics)
+        let (snap, mut warnings) = build(Arc::new(config), &live, &self.vitals, &self.metrics)
             .map_err(ChangeError::BadConfig)?;
+        let specs = crate::tls::cert_specs(&snap.table.config);
+        match &self.certs {
+            Some(store) => store.replace_specs(specs).map_err(|e| {
+                ChangeError::BadConfig(Diagnostics(vec![routes::Diagnostic {
+                    file: self.source.name(),
+                    line: 0,
+                    key: "sites.tls".into(),
+                    message: e.to_string(),
+                }]))
+            })?,
+            None if !specs.is_empty() => warnings
+                .push("TLS sites were added: restart duotone to open the https listener".into()),
+            None => {}
+        }
         self.current.store(Arc::new(snap));
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

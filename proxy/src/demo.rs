@@ -20,7 +20,7 @@ hosts = ["*"]
 
   [[sites.routes]]
   path = "/static/"
-  static = { root = "{static}", precompressed = true, immutable_hashed = true }
+  static = { root = "{static}", precompressed = true, immutable_hashed = true, index = true }
 
   [[sites.routes]]
   path = "/"

@@ -251,8 +251,9 @@ impl ProxyHttp for Edge {
                 let prefix_len = route.prefix.len();
                 match slot.and_then(|s| s.files.clone()) {
                     Some(files) => {
-                        let _ = (files, prefix_len);
-                        respond::text(session, 501, "static: wip\n", &[]).await?;
+                        let hsts = site.hsts.as_deref().filter(|_| ctx.tls);
+                        ctx.static_bytes =
+                            crate::static_files::serve(session, &files, prefix_len, hsts).await?;
                     }
                     None => {
                         respond::text(session, 500, "static route unavailable\n", &[]).await?;

@@ -18,6 +18,8 @@ pub mod persist;
 pub mod respond;
 pub mod server;
 pub mod slots;
+pub mod static_files;
+pub mod tls;
 pub mod views;
 
 /// How the CLI reaches the admin API.

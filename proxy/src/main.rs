@@ -151,7 +151,20 @@ fn main() -> ExitCode {
 }
 
 fn check(config: PathBuf) -> ExitCode {
-    match control::Source::File(config.clone()).load() {
+    let loaded = control::Source::File(config.clone()).load().and_then(|c| {
+        if c.sites.iter().any(|s| s.tls != routes::config::Tls::Off) {
+            duotone::tls::store(&c).map_err(|e| {
+                routes::Diagnostics(vec![routes::Diagnostic {
+                    file: config.display().to_string(),
+                    line: 0,
+                    key: "sites.tls".into(),
+                    message: e.to_string(),
+                }])
+            })?;
+        }
+        Ok(c)
+    });
+    match loaded {
         Ok(c) => {
             println!(
                 "{}: ok ({} sites, {} services)",

@@ -19,14 +19,27 @@ pub fn run(source: Source) -> Result<()> {
         .load()
         .map_err(|d| anyhow::anyhow!("invalid config:\n{d}"))?;
     let server_cfg = config.server.clone();
+    let certs = if config
+        .sites
+        .iter()
+        .any(|s| s.tls != routes::config::Tls::Off)
+    {
+        Some(crate::tls::store(&config).context("loading certificates")?)
+    } else {
+        None
+    };
     let metrics = Arc::new(crate::metrics::Metrics::new()?);
     let active = Arc::new(std::sync::atomic::AtomicI64::new(0));
-    let control = Control::new(source, config, metrics.clone())?;
+    let control = Control::new(source, config, metrics.clone(), certs.clone())?;
     {
         let c = control.clone();
         let a = active.clone();
         metrics.set_state_sources(vec![
             Arc::new(move || crate::metrics::service_gauges(&c)),
+            Arc::new({
+                let certs = certs.clone();
+                move || certs.as_deref().map(crate::tls::gauges).unwrap_or_default()
+            }),
             Arc::new(move || {
                 vec![crate::metrics::StateGauge {
                     name: "duotone_downstream_connections",
@@ -68,7 +81,10 @@ pub fn run(source: Source) -> Result<()> {
         control: control.clone(),
         ids: Default::default(),
         access_log: crate::access_log::AccessLog::start()?,
-        acme_http01: None,
+        acme_http01: certs.clone().map(|store| {
+            Arc::new(move |token: &str| store.http01_key_auth(token))
+                as Arc<dyn Fn(&str) -> Option<String> + Send + Sync>
+        }),
     };
     let mut app = pingora::proxy::http_proxy(&server.configuration, edge);
     let mut opts = HttpServerOptions::default();
@@ -79,11 +95,18 @@ pub fn run(source: Source) -> Result<()> {
     if let Some(addr) = server_cfg.http {
         proxy.add_tcp(&addr.to_string());
     }
+    if let (Some(addr), Some(store)) = (server_cfg.https, &certs) {
+        acme::listener::add_https(&mut proxy, &addr.to_string(), store.clone())
+            .context("setting up the https listener")?;
+    }
     server.add_service(proxy);
 
     let extras = crate::admin_extras::Extras {
         metrics,
-        certs: None,
+        certs: certs.clone().map(|store| {
+            Arc::new(move || crate::tls::certificates_json(&store))
+                as Arc<dyn Fn() -> serde_json::Value + Send + Sync>
+        }),
     };
     let tasks = Tasks {
         control: control.clone(),
@@ -99,6 +122,7 @@ pub fn run(source: Source) -> Result<()> {
         }),
         extras,
         active: active.clone(),
+        certs: certs.clone(),
     };
     server.add_service(background_service("control", tasks));
     tracing::info!(
@@ -116,6 +140,7 @@ struct Tasks {
     admin: Option<(Arc<Admin>, std::net::TcpListener)>,
     extras: crate::admin_extras::Extras,
     active: Arc<std::sync::atomic::AtomicI64>,
+    certs: Option<Arc<acme::CertStore>>,
 }
 
 #[async_trait]
@@ -130,6 +155,9 @@ impl BackgroundService for Tasks {
             }
         }
         tokio::spawn(crate::health::run(self.control.clone()));
+        if let Some(store) = &self.certs {
+            tokio::spawn(store.clone().run());
+        }
         let control = self.control.clone();
         let extras = self.extras.clone();
         tokio::spawn(async move {

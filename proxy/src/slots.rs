@@ -9,7 +9,7 @@ use std::sync::Arc;
 /// What a route slot carries besides its pure description.
 pub struct Slot {
     /// The file server of a static route.
-    pub files: Option<Arc<()>>,
+    pub files: Option<Arc<files::FileServer>>,
     /// Basic auth, when the route has users.
     pub auth: Option<crate::auth::BasicAuth>,
     /// Metric handles.
@@ -41,7 +41,7 @@ pub fn build(
                 metrics: metrics.route(&site.name, service),
             });
             if let Action::Static(spec) = &route.action {
-                match Ok::<(), String>(()) {
+                match files::FileServer::new(crate::static_files::options(spec)) {
                     Ok(fs) => {
                         if let Some(slot) = slots[route.slot].as_mut() {
                             slot.files = Some(Arc::new(fs));

@@ -25,7 +25,13 @@ pub fn options(spec: &StaticSpec) -> FileOptions {
 
 /// Answers the request from `files`; `prefix_len` bytes of the path are the route prefix.
 /// Returns the number of body bytes sent.
-pub async fn serve(session: &mut Session, files: &FileServer, prefix_len: usize) -> Result<u64> {
+/// `hsts` is added on HTTPS responses of sites that enable it.
+pub async fn serve(
+    session: &mut Session,
+    files: &FileServer,
+    prefix_len: usize,
+    hsts: Option<&str>,
+) -> Result<u64> {
     let req = session.req_header();
     let path = req.uri.path();
     let rel = path.get(prefix_len..).unwrap_or("");
@@ -33,6 +39,9 @@ pub async fn serve(session: &mut Session, files: &FileServer, prefix_len: usize)
     let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len()))?;
     for (k, v) in reply.headers.iter() {
         resp.append_header(k.clone(), v.clone())?;
+    }
+    if let Some(h) = hsts {
+        resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, h)?;
     }
     match reply.body {
         Body::Empty => {
