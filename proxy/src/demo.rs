@@ -54,11 +54,10 @@ fn start_upstream(rt: &tokio::runtime::Runtime, color: &'static str) -> Result<S
                                 req.uri().path()
                             )
                         };
-                        let resp = http::Response::builder()
+                        http::Response::builder()
                             .header("content-type", "text/plain; charset=utf-8")
                             .header("x-color", color)
-                            .body(Full::new(Bytes::from(body)));
-                        resp
+                            .body(Full::new(Bytes::from(body)))
                     },
                 );
                 let _ = hyper::server::conn::http1::Builder::new()

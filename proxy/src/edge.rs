@@ -17,6 +17,9 @@ use std::time::Instant;
 /// How long a member that refused a connection is skipped.
 const EJECT_MS: u64 = 5_000;
 
+/// Answers ACME HTTP-01 challenges: token → key authorization.
+pub type Http01Answers = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// The proxy application.
 pub struct Edge {
     /// The control plane (routing snapshot, live state).
@@ -26,7 +29,7 @@ pub struct Edge {
     /// Access log sink.
     pub access_log: crate::access_log::AccessLog,
     /// Answers ACME HTTP-01 challenges on the plain listener, when ACME is on.
-    pub acme_http01: Option<Arc<dyn Fn(&str) -> Option<String> + Send + Sync>>,
+    pub acme_http01: Option<Http01Answers>,
 }
 
 /// Per-request state.

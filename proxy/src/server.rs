@@ -60,20 +60,24 @@ pub fn run(source: Source) -> Result<()> {
         None => None,
     };
 
-    let mut conf = ServerConf::default();
-    conf.threads = server_cfg.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
-    conf.work_stealing = false;
-    conf.grace_period_seconds = Some(server_cfg.grace_period.as_secs().max(1));
-    conf.graceful_shutdown_timeout_seconds = Some(1);
-    conf.upstream_keepalive_pool_size = 1024;
-    conf.max_retries = 9;
     let state = server_cfg.state_dir.display().to_string();
-    conf.pid_file = format!("{state}/duotone.pid");
-    conf.upgrade_sock = format!("{state}/upgrade.sock");
+    let conf = ServerConf {
+        threads: server_cfg.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+        // One single-threaded runtime per worker: no cross-thread task
+        // stealing on the request path (measured faster on 2 cores).
+        work_stealing: false,
+        grace_period_seconds: Some(server_cfg.grace_period.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 1024,
+        max_retries: 9,
+        pid_file: format!("{state}/duotone.pid"),
+        upgrade_sock: format!("{state}/upgrade.sock"),
+        ..Default::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -83,7 +87,7 @@ pub fn run(source: Source) -> Result<()> {
         access_log: crate::access_log::AccessLog::start()?,
         acme_http01: certs.clone().map(|store| {
             Arc::new(move |token: &str| store.http01_key_auth(token))
-                as Arc<dyn Fn(&str) -> Option<String> + Send + Sync>
+                as crate::edge::Http01Answers
         }),
     };
     let mut app = pingora::proxy::http_proxy(&server.configuration, edge);

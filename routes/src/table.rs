@@ -148,7 +148,7 @@ impl RouteTable {
                     compile_route(r, slot - 1, &config, config.limits.max_body)
                 })
                 .collect();
-            routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
             sites.push(Site {
                 name: s.name().to_string(),
                 tls: s.tls != crate::config::Tls::Off,
