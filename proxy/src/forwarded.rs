@@ -74,35 +74,61 @@ pub fn apply(
 }
 
 /// The pure part of [`apply`]: rewrites `up` given the client address.
+/// Header values are built once and shared (cheap `Bytes` clones).
 pub fn set_headers(
     up: &mut RequestHeader,
     client: Option<std::net::IpAddr>,
     tls: bool,
     request_id: Option<http::HeaderValue>,
 ) -> Result<()> {
-    let host = crate::edge::request_host(up).to_string();
-    if up.headers.get(http::header::HOST).is_none() && !host.is_empty() {
-        up.insert_header(http::header::HOST, host.as_str())?;
+    let host = match up.headers.get(http::header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => {
+            let authority = up.uri.authority().map(|a| a.as_str()).unwrap_or("");
+            let v = http::HeaderValue::from_str(authority).ok().filter(|v| !v.is_empty());
+            if let Some(v) = &v {
+                up.insert_header(http::header::HOST, v.clone())?;
+            }
+            v
+        }
+    };
+    match client.map(|ip| ip_value(ip.to_canonical())) {
+        Some(ip) => {
+            up.insert_header("x-forwarded-for", ip.clone())?;
+            up.insert_header("x-real-ip", ip)?;
+        }
+        None => {
+            up.remove_header("x-forwarded-for");
+            up.remove_header("x-real-ip");
+        }
     }
-    if let Some(ip) = client {
-        let ip = ip.to_canonical().to_string();
-        up.insert_header("x-forwarded-for", ip.as_str())?;
-        up.insert_header("x-real-ip", ip.as_str())?;
-    } else {
-        up.remove_header("x-forwarded-for");
-        up.remove_header("x-real-ip");
+    up.insert_header(
+        "x-forwarded-proto",
+        http::HeaderValue::from_static(if tls { "https" } else { "http" }),
+    )?;
+    match host {
+        Some(h) => up.insert_header("x-forwarded-host", h)?,
+        None => {
+            up.remove_header("x-forwarded-host");
+        }
     }
-    up.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
-    if host.is_empty() {
-        up.remove_header("x-forwarded-host");
-    } else {
-        up.insert_header("x-forwarded-host", host.as_str())?;
+    if up.headers.contains_key("forwarded") {
+        up.remove_header("forwarded");
     }
-    up.remove_header("forwarded");
     if let Some(id) = request_id {
         up.insert_header("x-request-id", id)?;
     }
     Ok(())
+}
+
+/// An IP address as a header value, formatted without a heap `String`.
+fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let n = cursor.position() as usize;
+    http::HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
 }
 
 /// Removes the first `n` bytes (the route prefix) from the request path,
