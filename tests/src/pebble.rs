@@ -125,6 +125,16 @@ impl Pebble {
         Ok(())
     }
 
+    /// Changes the ports Pebble dials for HTTP-01 and TLS-ALPN-01 (e.g. a
+    /// proxy's listeners, known only once it runs). Takes effect at the next
+    /// [`Pebble::start`] / [`Pebble::restart`]; the directory URL and
+    /// `ca_bundle` stay the same.
+    pub fn set_challenge_ports(&mut self, http_port: u16, tls_port: u16) -> anyhow::Result<()> {
+        self.opts.http_port = http_port;
+        self.opts.tls_port = tls_port;
+        self.write_config()
+    }
+
     fn config_path(&self) -> PathBuf {
         self.dir.path().join("pebble-config.json")
     }

@@ -75,14 +75,28 @@ fn localize(text: &str, dir: &Path) -> String {
             .extension()
             .is_some_and(|x| ["pem", "crt", "key"].iter().any(|e| x == *e));
         if is_file {
+            // `duotone check` loads certificates, so write a real pair: every
+            // key file gets the same key and every other file its certificate.
             std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(path, "").expect("touch");
+            let (cert, key) = test_pair();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            std::fs::write(path, if name.contains("key") { key } else { cert }).expect("write pem");
         } else {
             std::fs::create_dir_all(path).expect("mkdir");
         }
         rest = &after[end..];
     }
     out
+}
+
+/// One self-signed certificate and key (PEM), made once per test process.
+fn test_pair() -> (&'static str, &'static str) {
+    static PAIR: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    let (c, k) = PAIR.get_or_init(|| {
+        let ck = rcgen::generate_simple_self_signed(vec!["example.com".to_string()]).expect("rcgen");
+        (ck.cert.pem(), ck.key_pair.serialize_pem())
+    });
+    (c.as_str(), k.as_str())
 }
 
 /// `grace_period` of deploy/duotone.toml in seconds.
