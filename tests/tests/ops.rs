@@ -472,3 +472,45 @@ mod base64_engine {
         out
     }
 }
+
+#[tokio::test]
+async fn max_connections_refuses_the_excess() {
+    let app = Upstream::start("blue").await;
+    let cfg = format!(
+        "[server]\nhttp = \"{{http}}\"\nadmin = \"{{admin}}\"\nstate_dir = \"{{state}}\"\n[limits]\nmax_connections = 2\n[[sites]]\nhosts = [\"*\"]\n  [[sites.routes]]\n  path = \"/\"\n  service = \"app\"\n[services.app]\ncolors.blue = [\"{}\"]\n",
+        app.member()
+    );
+    let p = Proxy::start(&cfg).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(p.ports.http).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(s);
+    }
+    // A third connection is closed without an answer while two are open.
+    let out = raw(
+        p.ports.http,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(out, "", "the third connection must be refused");
+    drop(held);
+    let ok = e2e::eventually(Duration::from_secs(5), || async {
+        Http::new()
+            .get(&p.url("/"))
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
+    assert!(
+        ok.is_some(),
+        "connections are accepted again once others close"
+    );
+}
