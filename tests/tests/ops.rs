@@ -514,3 +514,43 @@ async fn max_connections_refuses_the_excess() {
         "connections are accepted again once others close"
     );
 }
+
+#[tokio::test]
+async fn live_colors_set_through_the_api_survive_a_reload() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let cfg = format!(
+        "[server]\nhttp = \"{{http}}\"\nadmin = \"{{admin}}\"\nstate_dir = \"{{state}}\"\nadmin_token = \"{TOKEN}\"\n[[sites]]\nhosts = [\"*\"]\n  [[sites.routes]]\n  path = \"/\"\n  service = \"app\"\n[services.app]\nlive = \"blue\"\ncolors.blue = [\"{}\"]\ncolors.green = [\"{}\"]\n",
+        blue.member(),
+        green.member()
+    );
+    let p = Proxy::start(&cfg).await;
+    let http = Http::new();
+    assert_eq!(http.get(&p.url("/")).await.unwrap().text(), "blue");
+    let r = admin(
+        "POST",
+        &p.admin_url("/v1/services/app/flip"),
+        Some(TOKEN),
+        Some(r#"{"to":"green"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = admin("POST", &p.admin_url("/v1/reload"), Some(TOKEN), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(http.get(&p.url("/")).await.unwrap().text(), "green");
+    p.signal(libc::SIGHUP);
+    let m = e2e::eventually(Duration::from_secs(5), || async {
+        let m = scrape(&p).await;
+        (sample(&m, r#"duotone_config_reloads_total{result="success"}"#) >= 2.0).then_some(m)
+    })
+    .await
+    .expect("SIGHUP reload counted");
+    assert_eq!(
+        sample(&m, r#"duotone_live_color{service="app",color="green"}"#),
+        1.0
+    );
+    assert_eq!(http.get(&p.url("/")).await.unwrap().text(), "green");
+}
