@@ -96,6 +96,21 @@ enum Cmd {
     Deploy(client::DeployArgs),
 }
 
+/// mimalloc's `arena_eager_commit` option number (mimalloc 2.x).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Commits mimalloc arena memory as it is used rather than all at once
+/// (idle RSS ≈ 14 MiB instead of ≈ 23 MiB). It must run before the first
+/// Rust allocation creates the arena, hence a constructor, not `main`.
+extern "C" fn lazy_arena_commit() {
+    // SAFETY: setting a mimalloc option has no memory-safety preconditions.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static LAZY_ARENA_COMMIT: extern "C" fn() = lazy_arena_commit;
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()

@@ -1,5 +1,5 @@
 //! Glue between the `files` crate and Pingora: serve a static route's file
-//! in bounded chunks.
+//! from memory (small files) or in bounded chunks.
 
 use files::{Body, FileOptions, FileServer};
 use pingora::http::ResponseHeader;
@@ -7,8 +7,9 @@ use pingora::proxy::Session;
 use pingora::Result;
 use routes::config::StaticSpec;
 
-/// Chunk size for file bodies.
-const CHUNK: usize = 64 * 1024;
+/// Chunk size for streamed file bodies: few blocking-pool trips per file,
+/// still bounded memory per download.
+const CHUNK: usize = 256 * 1024;
 
 /// File server options for a static route.
 pub fn options(spec: &StaticSpec) -> FileOptions {
@@ -20,6 +21,7 @@ pub fn options(spec: &StaticSpec) -> FileOptions {
         follow_symlinks: spec.follow_symlinks,
         max_age: spec.max_age,
         immutable_max_age: std::time::Duration::from_secs(31_536_000),
+        ..FileOptions::new(&spec.root)
     }
 }
 
@@ -45,6 +47,10 @@ pub async fn serve(
     }
     match reply.body {
         Body::Empty => {
+            session.write_response_header(Box::new(resp), true).await?;
+            Ok(0)
+        }
+        Body::Bytes(b) if b.is_empty() => {
             session.write_response_header(Box::new(resp), true).await?;
             Ok(0)
         }

@@ -35,21 +35,49 @@ async fn demo_serves_blue_then_green_and_static_files() {
     })
     .await
     .expect("demo answers");
-    assert!(first.text().starts_with("Hello from blue!"), "{}", first.text());
+    assert!(
+        first.text().starts_with("Hello from blue!"),
+        "{}",
+        first.text()
+    );
     // The green upstream passes its health check, then the flip goes through.
     let flipped = e2e::eventually(Duration::from_secs(10), || {
         let a = format!("http://{admin_addr}/v1/services/app/flip");
-        async move { admin("POST", &a, None, Some(r#"{"to":"green"}"#)).await.ok().filter(|r| r.status == 200) }
+        async move {
+            admin("POST", &a, None, Some(r#"{"to":"green"}"#))
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+        }
     })
     .await
     .expect("flip to green");
     assert_eq!(flipped.json()["live"], "green");
-    assert!(http.get(&url).await.unwrap().text().starts_with("Hello from green!"));
-    let css = http.get(&format!("http://{listen}/static/app.3f2a9c81b7d4.css")).await.unwrap();
+    assert!(http
+        .get(&url)
+        .await
+        .unwrap()
+        .text()
+        .starts_with("Hello from green!"));
+    let css = http
+        .get(&format!("http://{listen}/static/app.3f2a9c81b7d4.css"))
+        .await
+        .unwrap();
     assert_eq!(css.status, 200);
-    assert_eq!(css.header("cache-control"), "public, max-age=31536000, immutable");
+    assert_eq!(
+        css.header("cache-control"),
+        "public, max-age=31536000, immutable"
+    );
     let index = http.get(&format!("http://{listen}/static/")).await.unwrap();
-    assert!(index.text().contains("Served by duotone"), "{}", index.text());
-    let metrics = admin("GET", &format!("http://{admin_addr}/metrics"), None, None).await.unwrap();
-    assert!(metrics.text().contains("duotone_live_color{service=\"app\",color=\"green\"} 1"));
+    assert!(
+        index.text().contains("Served by duotone"),
+        "{}",
+        index.text()
+    );
+    let metrics = admin("GET", &format!("http://{admin_addr}/metrics"), None, None)
+        .await
+        .unwrap();
+    assert!(metrics
+        .text()
+        .contains("duotone_live_color{service=\"app\",color=\"green\"} 1"));
 }

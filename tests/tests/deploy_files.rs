@@ -93,7 +93,8 @@ fn localize(text: &str, dir: &Path) -> String {
 fn test_pair() -> (&'static str, &'static str) {
     static PAIR: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
     let (c, k) = PAIR.get_or_init(|| {
-        let ck = rcgen::generate_simple_self_signed(vec!["example.com".to_string()]).expect("rcgen");
+        let ck =
+            rcgen::generate_simple_self_signed(vec!["example.com".to_string()]).expect("rcgen");
         (ck.cert.pem(), ck.key_pair.serialize_pem())
     });
     (c.as_str(), k.as_str())

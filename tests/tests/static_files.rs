@@ -239,7 +239,9 @@ async fn content_types_validators_and_conditionals() {
     // A changed file gets a new ETag and is served again.
     std::thread::sleep(Duration::from_millis(20));
     env.tree.write("media/upload.txt", "MEDIA-UPLOAD-v2");
-    let c = env.get("/media/upload.txt", &[("if-none-match", etag)]).await;
+    let c = env
+        .get("/media/upload.txt", &[("if-none-match", etag)])
+        .await;
     assert_eq!((c.status, c.text().as_str()), (200, "MEDIA-UPLOAD-v2"));
     assert_ne!(c.header("etag"), etag);
 }
@@ -308,7 +310,11 @@ async fn precompressed_sidecars_by_accept_encoding() {
     let path = "/static/app.css";
     let cases: [(Option<&str>, &str, &str); 7] = [
         (None, "", "body{color:red}"),
-        (Some("br;q=0.5, gzip;q=1"), "gzip", "GZIP-SIDECAR-OF-APP-CSS"),
+        (
+            Some("br;q=0.5, gzip;q=1"),
+            "gzip",
+            "GZIP-SIDECAR-OF-APP-CSS",
+        ),
         (Some("gzip, br"), "br", "BROTLI-SIDECAR-OF-APP-CSS!"),
         (Some("gzip, br;q=0"), "gzip", "GZIP-SIDECAR-OF-APP-CSS"),
         (Some("br;q=0"), "", "body{color:red}"),
@@ -331,7 +337,11 @@ async fn precompressed_sidecars_by_accept_encoding() {
         }
     }
     let distinct: std::collections::BTreeSet<_> = etags.values().collect();
-    assert_eq!(distinct.len(), 3, "identity, gzip and br ETags differ: {etags:?}");
+    assert_eq!(
+        distinct.len(),
+        3,
+        "identity, gzip and br ETags differ: {etags:?}"
+    );
     // A sidecar's ETag revalidates that sidecar only.
     let gz = &etags["gzip"];
     let r = env
@@ -601,7 +611,8 @@ async fn download(
     let range_header = range
         .map(|(a, b)| format!("Range: bytes={a}-{b}\r\n"))
         .unwrap_or_default();
-    let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{range_header}Connection: close\r\n\r\n");
+    let req =
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\n{range_header}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("send");
     let mut buf = vec![0u8; 256 * 1024];
     let mut head = Vec::new();
@@ -658,7 +669,10 @@ async fn download(
         check(&buf[..n], got);
         got += n as u64;
     }
-    assert_eq!(got, content_length, "{target} {range:?}: short or long body");
+    assert_eq!(
+        got, content_length,
+        "{target} {range:?}: short or long body"
+    );
     for (off, want, matched) in &pending {
         assert_eq!(*matched, want.len(), "probe at {off} not fully seen");
     }

@@ -184,7 +184,11 @@ async fn connect(
     Ok((tls, peer))
 }
 
-async fn handshake(addr: SocketAddr, sni: Option<&str>, client: Client<'_>) -> anyhow::Result<Peer> {
+async fn handshake(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    client: Client<'_>,
+) -> anyhow::Result<Peer> {
     Ok(connect(addr, sni, client).await?.1)
 }
 
@@ -203,8 +207,8 @@ async fn https_get(
             let (mut sender, conn) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
             tokio::spawn(conn);
-            let req = http::Request::get(format!("https://{host}{path}"))
-                .body(Empty::<Bytes>::new())?;
+            let req =
+                http::Request::get(format!("https://{host}{path}")).body(Empty::<Bytes>::new())?;
             sender.send_request(req).await?
         } else {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
@@ -515,7 +519,9 @@ async fn ca_down_at_first_start_then_certificate_without_restart() {
 
     // Healthy without a CA: health, plain routes, the fallback certificate.
     assert_eq!(
-        e2e::client::get_status(&p.admin_url("/healthz")).await.unwrap(),
+        e2e::client::get_status(&p.admin_url("/healthz"))
+            .await
+            .unwrap(),
         200
     );
     let r = Http::new()
@@ -592,9 +598,7 @@ impl TestCa {
         let mut params =
             CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
                 .unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, hosts[0]);
+        params.distinguished_name.push(DnType::CommonName, hosts[0]);
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = params.signed_by(&leaf_key, &self.cert, &self.key).unwrap();
         let write = |path: &Path, text: String| {
@@ -623,7 +627,11 @@ impl StaticSetup {
         let app = Upstream::start("app").await;
         let ca = TestCa::new();
         let files = tempfile::tempdir().unwrap();
-        let leaf = ca.issue(&["static.test"], &files.path().join("cert.pem"), &files.path().join("key.pem"));
+        let leaf = ca.issue(
+            &["static.test"],
+            &files.path().join("cert.pem"),
+            &files.path().join("key.pem"),
+        );
         std::fs::create_dir(files.path().join("www")).unwrap();
         std::fs::write(files.path().join("www/hello.txt"), "hello\n").unwrap();
         let config = format!(
@@ -688,12 +696,24 @@ async fn static_certificate_rotation_redirects_and_hsts() {
     assert_eq!(peer.leaf(), s.leaf);
     assert_eq!((r.status, r.text().as_str()), (200, "app"));
     let hsts = r.header("strict-transport-security").to_string();
-    assert!(hsts.contains("max-age="), "HSTS on a proxied response: {hsts:?}");
-    let (_, r, _) = https_get(https, "static.test", "/files/hello.txt", Client::trusting(&roots))
-        .await
-        .expect("static file");
+    assert!(
+        hsts.contains("max-age="),
+        "HSTS on a proxied response: {hsts:?}"
+    );
+    let (_, r, _) = https_get(
+        https,
+        "static.test",
+        "/files/hello.txt",
+        Client::trusting(&roots),
+    )
+    .await
+    .expect("static file");
     assert_eq!((r.status, r.text().as_str()), (200, "hello\n"));
-    assert_eq!(r.header("strict-transport-security"), hsts, "HSTS on a static file");
+    assert_eq!(
+        r.header("strict-transport-security"),
+        hsts,
+        "HSTS on a static file"
+    );
     let info = certificate(p, "static.test").await;
     assert_eq!(info["source"], "static", "{info}");
 
@@ -742,7 +762,9 @@ async fn static_certificate_rotation_redirects_and_hsts() {
         assert!(!peer.chain.is_empty());
     }
     assert_eq!(
-        e2e::client::get_status(&p.admin_url("/healthz")).await.unwrap(),
+        e2e::client::get_status(&p.admin_url("/healthz"))
+            .await
+            .unwrap(),
         200
     );
 
@@ -824,7 +846,10 @@ async fn tls_13_and_12_accepted_11_refused() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!out.status.success(), "TLS 1.1 handshake succeeded:\n{text}");
+    assert!(
+        !out.status.success(),
+        "TLS 1.1 handshake succeeded:\n{text}"
+    );
     assert!(
         !text.contains("no protocols available"),
         "openssl never sent a TLS 1.1 hello:\n{text}"

@@ -1,9 +1,10 @@
 //! Response bodies and bounded-memory streaming of file bodies.
 
-use std::io::{self, SeekFrom};
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use bytes::Bytes;
 
 /// Recommended chunk size for [`read_chunk`]: 64 KiB.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
@@ -13,7 +14,7 @@ pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
 pub enum Body {
     /// No body (HEAD, 304, 416, redirects).
     Empty,
-    /// A small in-memory body (error pages).
+    /// An in-memory body (error pages, small files).
     Bytes(Bytes),
     /// A byte range of an open file; stream it with [`read_chunk`].
     File(FileBody),
@@ -37,24 +38,23 @@ impl Body {
 
 /// An open file plus the byte range of it to send.
 ///
-/// Holds exactly one file handle, released when dropped.
+/// Holds exactly one file handle, released when dropped (or when the last
+/// read in flight finishes).
 #[derive(Debug)]
 pub struct FileBody {
-    file: tokio::fs::File,
+    file: Arc<File>,
     offset: u64,
     len: u64,
     sent: u64,
-    positioned: bool,
 }
 
 impl FileBody {
-    pub(crate) fn new(file: tokio::fs::File, offset: u64, len: u64) -> Self {
+    pub(crate) fn new(file: File, offset: u64, len: u64) -> Self {
         FileBody {
-            file,
+            file: Arc::new(file),
             offset,
             len,
             sent: 0,
-            positioned: false,
         }
     }
 
@@ -82,32 +82,56 @@ impl FileBody {
 /// Reads the next chunk of at most `buf_size` bytes (at least 1 is used);
 /// `Ok(None)` once all `len` bytes were returned.
 ///
-/// Memory stays bounded by `buf_size` per call. If the file shrank since it
-/// was opened, this fails with [`io::ErrorKind::UnexpectedEof`] (the
-/// Content-Length was already promised, so the caller must abort the response).
+/// One positioned read in one `spawn_blocking` call per chunk, straight into
+/// the returned buffer. Memory stays bounded by `buf_size` per call. If the
+/// file shrank since it was opened, this fails with
+/// [`io::ErrorKind::UnexpectedEof`] (the Content-Length was already promised,
+/// so the caller must abort the response).
 pub async fn read_chunk(body: &mut FileBody, buf_size: usize) -> io::Result<Option<Bytes>> {
     let remaining = body.remaining();
     if remaining == 0 {
         return Ok(None);
     }
-    if !body.positioned {
-        body.file.seek(SeekFrom::Start(body.offset)).await?;
-        body.positioned = true;
-    }
     let want = usize::try_from(remaining)
         .unwrap_or(usize::MAX)
         .min(buf_size.max(1));
-    let mut buf = BytesMut::with_capacity(want);
-    while buf.len() < want {
-        let limit = (want - buf.len()) as u64;
-        let n = (&mut body.file).take(limit).read_buf(&mut buf).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while being served",
-            ));
+    let file = body.file.clone();
+    let pos = body.offset + body.sent;
+    // Allocated (and later freed, once written) on the calling thread, so
+    // the allocator reuses it there rather than growing a blocking-pool
+    // thread's heap.
+    let mut buf = vec![0u8; want];
+    let chunk = tokio::task::spawn_blocking(move || {
+        let mut got = 0;
+        while got < want {
+            match read_at(&file, &mut buf[got..], pos + got as u64) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while being served",
+                    ))
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-    }
-    body.sent += buf.len() as u64;
-    Ok(Some(buf.freeze()))
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(io::Error::other)??;
+    body.sent += chunk.len() as u64;
+    Ok(Some(chunk))
+}
+
+/// One positioned read (does not move any file cursor).
+#[cfg(unix)]
+pub(crate) fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, pos)
+}
+
+/// One positioned read (moves the cursor, which nobody else uses).
+#[cfg(windows)]
+pub(crate) fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, pos)
 }

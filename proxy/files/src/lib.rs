@@ -12,6 +12,13 @@
 //! single byte ranges with If-Range (multiple ranges → full 200);
 //! precompressed `.br`/`.zst`/`.gz` sidecars by Accept-Encoding; immutable
 //! caching for content-hashed names.
+//!
+//! Small files (up to [`SMALL_FILE`] bytes) are read whole in the same
+//! blocking call that locates them and kept in a bounded per-server cache;
+//! a cached answer is used only while a `stat` of the file still shows the
+//! same (device, inode, size, mtime, ctime) and for at most
+//! [`FileOptions::cache_ttl`], so a changed file is served fresh at once and
+//! new sidecars or index files are picked up within the TTL.
 
 #![warn(missing_docs)]
 
@@ -21,6 +28,7 @@ mod conditional;
 mod content_type;
 mod encoding;
 mod error;
+mod memo;
 mod path;
 mod range;
 mod serve;
@@ -31,6 +39,7 @@ use std::time::Duration;
 
 pub use body::{read_chunk, Body, FileBody, DEFAULT_CHUNK_SIZE};
 pub use error::FilesError;
+pub use memo::SMALL_FILE;
 
 /// Configuration of one static route.
 #[derive(Debug, Clone)]
@@ -52,11 +61,16 @@ pub struct FileOptions {
     pub max_age: Duration,
     /// max-age for content-hashed names when `immutable_hashed` is set.
     pub immutable_max_age: Duration,
+    /// How long a cached small-file answer may be reused (each reuse still
+    /// checks the file's identity with one `stat`); `Duration::ZERO`
+    /// disables the cache.
+    pub cache_ttl: Duration,
 }
 
 impl FileOptions {
     /// Options for `root` with defaults: no sidecars, no immutable caching,
-    /// no index, no symlinks, max-age 60 s, immutable max-age one year.
+    /// no index, no symlinks, max-age 60 s, immutable max-age one year,
+    /// small-file cache TTL 2 s.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         FileOptions {
             root: root.into(),
@@ -66,15 +80,23 @@ impl FileOptions {
             follow_symlinks: false,
             max_age: Duration::from_secs(60),
             immutable_max_age: Duration::from_secs(31_536_000),
+            cache_ttl: memo::DEFAULT_TTL,
         }
     }
 }
 
 /// Serves files under one root. Cheap to clone (shared `Arc`); holds no
-/// open files and no caches between requests.
+/// open files between requests, only the bounded small-file cache.
 #[derive(Debug, Clone)]
 pub struct FileServer {
-    inner: Arc<FileOptions>,
+    inner: Arc<Inner>,
+}
+
+/// What a [`FileServer`] shares between its clones.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub opts: FileOptions,
+    pub memo: memo::Memo,
 }
 
 impl FileServer {
@@ -95,14 +117,15 @@ impl FileServer {
             }
         }
         opts.root = root;
+        let memo = memo::Memo::new(opts.cache_ttl);
         Ok(FileServer {
-            inner: Arc::new(opts),
+            inner: Arc::new(Inner { opts, memo }),
         })
     }
 
     /// The effective options (root canonicalized).
     pub fn options(&self) -> &FileOptions {
-        &self.inner
+        &self.inner.opts
     }
 
     /// Answers one request. `rel` is the request path after the route prefix,
@@ -110,7 +133,8 @@ impl FileServer {
     /// 400/403/404/405/412/416/500 replies.
     ///
     /// Filesystem work runs in one `tokio::task::spawn_blocking` call, so this
-    /// must be called within a Tokio runtime.
+    /// must be called within a Tokio runtime; a cached small file costs one
+    /// `stat` on the calling thread instead.
     pub async fn respond(
         &self,
         method: &http::Method,

@@ -14,27 +14,100 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use crate::body::{Body, FileBody};
 use crate::conditional::{self, Outcome, Validators};
 use crate::encoding::{self, Coding};
+use crate::memo::{self, Stamp};
 use crate::path::{self, Target};
 use crate::range::{self, RangeDecision};
-use crate::{cache, content_type, FileOptions, Reply};
+use crate::{cache, content_type, FileOptions, Inner, Reply};
 
 /// What the blocking lookup found.
 enum Located {
     Redirect(String),
     File {
+        /// Canonical path of the representation (the file or its sidecar).
+        path: PathBuf,
         file: File,
         meta: Metadata,
         coding: Coding,
         name: String,
+        /// The whole content, for small files read consistently.
+        content: Option<Bytes>,
     },
 }
 
+/// One representation (a file or a sidecar), ready to answer from: its
+/// validators, the headers every answer about it carries, and for small
+/// files the content itself.
+#[derive(Debug)]
+pub(crate) struct Repr {
+    len: u64,
+    validators: Validators,
+    /// ETag, Last-Modified, Cache-Control, Vary, Accept-Ranges, nosniff.
+    base: HeaderMap,
+    content_type: HeaderValue,
+    coding: Coding,
+    content: Option<Bytes>,
+}
+
+impl Repr {
+    fn new(opts: &FileOptions, meta: &Metadata, coding: Coding, name: &str) -> Repr {
+        let validators = Validators::new(meta, coding);
+        let mut base = HeaderMap::with_capacity(8);
+        set(&mut base, ETAG, &validators.etag);
+        if let Some(lm) = validators.last_modified() {
+            set(&mut base, LAST_MODIFIED, &lm);
+        }
+        let cc = cache::cache_control(
+            name,
+            opts.immutable_hashed,
+            opts.max_age,
+            opts.immutable_max_age,
+        );
+        set(&mut base, CACHE_CONTROL, &cc);
+        if opts.precompressed {
+            base.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+        }
+        base.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        base.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        let content_type = HeaderValue::from_str(&content_type::for_name(name))
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+        Repr {
+            len: meta.len(),
+            validators,
+            base,
+            content_type,
+            coding,
+            content: None,
+        }
+    }
+
+    /// Approximate heap bytes held by a cached copy.
+    pub fn cached_size(&self) -> usize {
+        self.content.as_ref().map_or(0, Bytes::len) + 512
+    }
+
+    #[cfg(test)]
+    pub fn for_test(content: Vec<u8>) -> Repr {
+        Repr {
+            len: content.len() as u64,
+            validators: Validators {
+                etag: "\"t\"".into(),
+                modified: None,
+            },
+            base: HeaderMap::new(),
+            content_type: HeaderValue::from_static("text/plain"),
+            coding: Coding::Identity,
+            content: Some(Bytes::from(content)),
+        }
+    }
+}
+
 pub(crate) async fn respond(
-    opts: &std::sync::Arc<FileOptions>,
+    inner: &std::sync::Arc<Inner>,
     method: &Method,
     rel: &str,
     headers: &HeaderMap,
 ) -> Reply {
+    let opts = &inner.opts;
     let head = method == Method::HEAD;
     if method != Method::GET && !head {
         let mut reply = error(StatusCode::METHOD_NOT_ALLOWED, false);
@@ -43,16 +116,23 @@ pub(crate) async fn respond(
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return reply;
     }
-    let Ok(rel) = path::decode(rel) else {
-        return error(StatusCode::BAD_REQUEST, head);
-    };
     let codings = if opts.precompressed {
         encoding::candidates(headers)
     } else {
         vec![Coding::Identity]
     };
-    let task_opts = opts.clone();
-    let located = tokio::task::spawn_blocking(move || locate(&task_opts, &rel, &codings)).await;
+    let key = memo::codings_key(&codings);
+    // Only successfully located files are cached, so a hit implies `rel`
+    // decodes and resolves.
+    if let Some(repr) = inner.memo.lookup(rel, key) {
+        return file_reply(head, headers, &repr, None);
+    }
+    let Ok(decoded) = path::decode(rel) else {
+        return error(StatusCode::BAD_REQUEST, head);
+    };
+    let task = inner.clone();
+    let located =
+        tokio::task::spawn_blocking(move || locate(&task.opts, &decoded, &codings)).await;
     match located {
         Ok(Ok(Located::Redirect(location))) => {
             let mut reply = error(StatusCode::MOVED_PERMANENTLY, head);
@@ -63,18 +143,33 @@ pub(crate) async fn respond(
             reply
         }
         Ok(Ok(Located::File {
+            path,
             file,
             meta,
             coding,
             name,
-        })) => file_reply(opts, head, headers, file, &meta, coding, &name),
+            content,
+        })) => {
+            let mut repr = Repr::new(opts, &meta, coding, &name);
+            match content {
+                Some(content) => {
+                    repr.content = Some(content);
+                    let repr = std::sync::Arc::new(repr);
+                    inner
+                        .memo
+                        .insert(rel, key, path, Stamp::of(&meta), repr.clone());
+                    file_reply(head, headers, &repr, None)
+                }
+                None => file_reply(head, headers, &repr, Some(file)),
+            }
+        }
         Ok(Err(status)) => error(status, head),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, head),
     }
 }
 
 /// Blocking part: resolve the path, then open the best acceptable sidecar or
-/// the file itself.
+/// the file itself; read it whole when small.
 fn locate(
     opts: &FileOptions,
     rel: &path::RelPath,
@@ -95,54 +190,57 @@ fn locate(
         // Any problem with a sidecar just means "not available".
         if let Ok(p) = path::contained(&opts.root, &sidecar, opts.follow_symlinks) {
             if let Ok((file, meta)) = path::open_regular(&p) {
+                let content = read_small(&file, &meta);
                 return Ok(Located::File {
+                    path: p,
                     file,
                     meta,
                     coding,
                     name,
+                    content,
                 });
             }
         }
     }
     let (file, meta) = path::open_regular(&canon)?;
+    let content = read_small(&file, &meta);
     Ok(Located::File {
+        path: canon,
         file,
         meta,
         coding: Coding::Identity,
         name,
+        content,
     })
 }
 
-fn file_reply(
-    opts: &FileOptions,
-    head: bool,
-    req: &HeaderMap,
-    file: File,
-    meta: &Metadata,
-    coding: Coding,
-    name: &str,
-) -> Reply {
-    let v = Validators::new(meta, coding);
-    let mut h = HeaderMap::new();
-    set(&mut h, ETAG, &v.etag);
-    if let Some(lm) = v.last_modified() {
-        set(&mut h, LAST_MODIFIED, &lm);
+/// The whole content of a file of at most [`memo::SMALL_FILE`] bytes, if it
+/// reads back exactly `meta.len()` bytes and did not change meanwhile.
+fn read_small(file: &File, meta: &Metadata) -> Option<Bytes> {
+    let len = usize::try_from(meta.len()).ok()?;
+    if meta.len() > memo::SMALL_FILE {
+        return None;
     }
-    let cc = cache::cache_control(
-        name,
-        opts.immutable_hashed,
-        opts.max_age,
-        opts.immutable_max_age,
-    );
-    set(&mut h, CACHE_CONTROL, &cc);
-    if opts.precompressed {
-        h.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match crate::body::read_at(file, &mut buf[got..], got as u64) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got += n,
+        }
     }
-    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    let after = file.metadata().ok()?;
+    (Stamp::of(&after) == Stamp::of(meta)).then(|| Bytes::from(buf))
+}
+
+/// The answer about `repr`: 200/206/304/412/416. The body comes from the
+/// cached content when there is one, else from `file`.
+fn file_reply(head: bool, req: &HeaderMap, repr: &Repr, file: Option<File>) -> Reply {
+    let v = &repr.validators;
+    let mut h = repr.base.clone();
 
     let method = if head { Method::HEAD } else { Method::GET };
-    match conditional::evaluate(&method, req, &v) {
+    match conditional::evaluate(&method, req, v) {
         Outcome::Proceed => {}
         Outcome::NotModified => {
             return Reply {
@@ -162,14 +260,14 @@ fn file_reply(
         }
     }
 
-    let len = meta.len();
+    let len = repr.len;
     let decision = match req.get(RANGE).and_then(|r| r.to_str().ok()) {
         // Range is only defined for GET (RFC 9110 §14.2).
         Some(range) if !head => {
             let if_range = req
                 .get(http::header::IF_RANGE)
                 .map(|ir| ir.to_str().unwrap_or(""));
-            if if_range.is_none_or(|ir| conditional::if_range_holds(ir, &v)) {
+            if if_range.is_none_or(|ir| conditional::if_range_holds(ir, v)) {
                 range::decide(range, len)
             } else {
                 RangeDecision::Full
@@ -193,19 +291,20 @@ fn file_reply(
             };
         }
     };
-    set(&mut h, CONTENT_TYPE, &content_type::for_name(name));
-    if let Some(token) = coding.token() {
+    h.insert(CONTENT_TYPE, repr.content_type.clone());
+    if let Some(token) = repr.coding.token() {
         h.insert(CONTENT_ENCODING, HeaderValue::from_static(token));
     }
     h.insert(CONTENT_LENGTH, HeaderValue::from(count));
     let body = if head {
         Body::Empty
+    } else if let Some(content) = &repr.content {
+        // `offset + count <= len == content.len()` (range::decide clamps).
+        Body::Bytes(content.slice(offset as usize..(offset + count) as usize))
+    } else if let Some(file) = file {
+        Body::File(FileBody::new(file, offset, count))
     } else {
-        Body::File(FileBody::new(
-            tokio::fs::File::from_std(file),
-            offset,
-            count,
-        ))
+        return error(StatusCode::INTERNAL_SERVER_ERROR, head);
     };
     Reply {
         status,

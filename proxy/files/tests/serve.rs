@@ -667,7 +667,8 @@ async fn large_sparse_file_streams_in_bounded_chunks() {
 #[tokio::test]
 async fn shrinking_file_is_an_error_not_a_short_body() {
     let fx = Fixture::new();
-    let p = fx.write("s.bin", &[7u8; 10_000]);
+    // Larger than files::SMALL_FILE, so it streams from the open file.
+    let p = fx.write("s.bin", &[7u8; 200_000]);
     let srv = fx.server(|_| {});
     let r = srv.respond(&Method::GET, "s.bin", &HeaderMap::new()).await;
     let Body::File(mut body) = r.body else {
