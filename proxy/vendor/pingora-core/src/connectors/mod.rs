@@ -260,8 +260,20 @@ impl TransportConnector {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
+                        // Duotone patch: compare the address cached in the
+                        // stream's socket digest (one getpeername per
+                        // connection) instead of calling getpeername on
+                        // every reuse; fall back to the fd check without one.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        let same_peer = match stream
+                            .get_socket_digest()
+                            .and_then(|d| d.peer_addr().cloned())
+                        {
+                            Some(addr) => &addr == peer.address(),
+                            None => peer.matches_fd(stream.id()),
+                        };
+                        #[cfg(unix)]
+                        if same_peer
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
