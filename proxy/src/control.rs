@@ -102,6 +102,8 @@ pub struct Control {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Certificates, when the proxy was started with TLS sites.
     certs: Option<Arc<acme::CertStore>>,
+    /// Whether the response compression module was installed at start.
+    pub compression_installed: std::sync::OnceLock<bool>,
 }
 
 /// Resolves a member host name once, when a table is compiled.
@@ -131,6 +133,7 @@ impl Control {
             generation: 0.into(),
             metrics,
             certs,
+            compression_installed: std::sync::OnceLock::new(),
         }))
     }
 
@@ -247,6 +250,15 @@ impl Control {
         let live = self.lock();
         let (snap, mut warnings) = build(Arc::new(config), &live, &self.vitals, &self.metrics)
             .map_err(ChangeError::BadConfig)?;
+        let wants = snap
+            .table
+            .sites
+            .iter()
+            .any(|s| s.routes.iter().any(|r| r.compress));
+        if wants && !self.compression_installed.get().copied().unwrap_or(false) {
+            warnings
+                .push("compress = true was added: restart duotone to enable compression".into());
+        }
         let specs = crate::tls::cert_specs(&snap.table.config);
         match &self.certs {
             Some(store) => store.replace_specs(specs).map_err(|e| {

@@ -30,6 +30,9 @@ pub struct Edge {
     pub access_log: crate::access_log::AccessLog,
     /// Answers ACME HTTP-01 challenges on the plain listener, when ACME is on.
     pub acme_http01: Option<Http01Answers>,
+    /// Whether any route compresses responses (the compression module is
+    /// only installed then, so other configs pay nothing for it).
+    pub compression: bool,
 }
 
 /// Per-request state.
@@ -86,6 +89,15 @@ pub fn request_host(req: &RequestHeader) -> &str {
 #[async_trait]
 impl ProxyHttp for Edge {
     type CTX = Ctx;
+
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        if self.compression {
+            // Disabled by default; enabled per request for `compress = true` routes.
+            modules.add_module(
+                pingora::modules::http::compression::ResponseCompressionBuilder::enable(0),
+            );
+        }
+    }
 
     fn new_ctx(&self) -> Ctx {
         Ctx {

@@ -85,7 +85,9 @@ pub fn set_headers(
         Some(h) => Some(h.clone()),
         None => {
             let authority = up.uri.authority().map(|a| a.as_str()).unwrap_or("");
-            let v = http::HeaderValue::from_str(authority).ok().filter(|v| !v.is_empty());
+            let v = http::HeaderValue::from_str(authority)
+                .ok()
+                .filter(|v| !v.is_empty());
             if let Some(v) = &v {
                 up.insert_header(http::header::HOST, v.clone())?;
             }
@@ -128,7 +130,8 @@ fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
     let _ = write!(cursor, "{ip}");
     let n = cursor.position() as usize;
-    http::HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
+    http::HeaderValue::from_bytes(&buf[..n])
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
 }
 
 /// Removes the first `n` bytes (the route prefix) from the request path,

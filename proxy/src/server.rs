@@ -81,13 +81,15 @@ pub fn run(source: Source) -> Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let compression = config_has_compression(&control);
+    let _ = control.compression_installed.set(compression);
     let edge = Edge {
         control: control.clone(),
         ids: Default::default(),
         access_log: crate::access_log::AccessLog::start()?,
+        compression,
         acme_http01: certs.clone().map(|store| {
-            Arc::new(move |token: &str| store.http01_key_auth(token))
-                as crate::edge::Http01Answers
+            Arc::new(move |token: &str| store.http01_key_auth(token)) as crate::edge::Http01Answers
         }),
     };
     let mut app = pingora::proxy::http_proxy(&server.configuration, edge);
@@ -136,6 +138,16 @@ pub fn run(source: Source) -> Result<()> {
         "duotone running"
     );
     server.run_forever()
+}
+
+/// True when any route of the running config has `compress = true`.
+fn config_has_compression(control: &Control) -> bool {
+    control
+        .load()
+        .table
+        .sites
+        .iter()
+        .any(|s| s.routes.iter().any(|r| r.compress))
 }
 
 /// Background work next to the proxy.

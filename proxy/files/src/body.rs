@@ -82,9 +82,11 @@ impl FileBody {
 /// Reads the next chunk of at most `buf_size` bytes (at least 1 is used);
 /// `Ok(None)` once all `len` bytes were returned.
 ///
-/// One positioned read in one `spawn_blocking` call per chunk, straight into
-/// the returned buffer. Memory stays bounded by `buf_size` per call. If the
-/// file shrank since it was opened, this fails with
+/// On Linux, what is already in the page cache is read on the calling thread
+/// without blocking (`preadv2` with `RWF_NOWAIT`); the rest is read with
+/// positioned reads in one `spawn_blocking` call. Either way the bytes go
+/// straight into the returned buffer. Memory stays bounded by `buf_size` per
+/// call. If the file shrank since it was opened, this fails with
 /// [`io::ErrorKind::UnexpectedEof`] (the Content-Length was already promised,
 /// so the caller must abort the response).
 pub async fn read_chunk(body: &mut FileBody, buf_size: usize) -> io::Result<Option<Bytes>> {
@@ -95,33 +97,118 @@ pub async fn read_chunk(body: &mut FileBody, buf_size: usize) -> io::Result<Opti
     let want = usize::try_from(remaining)
         .unwrap_or(usize::MAX)
         .min(buf_size.max(1));
-    let file = body.file.clone();
     let pos = body.offset + body.sent;
     // Allocated (and later freed, once written) on the calling thread, so
     // the allocator reuses it there rather than growing a blocking-pool
     // thread's heap.
-    let mut buf = vec![0u8; want];
-    let chunk = tokio::task::spawn_blocking(move || {
-        let mut got = 0;
-        while got < want {
-            match read_at(&file, &mut buf[got..], pos + got as u64) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file shrank while being served",
-                    ))
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+    let mut buf: Vec<u8> = Vec::with_capacity(want);
+    #[cfg(target_os = "linux")]
+    while buf.len() < want {
+        match sys::pread_into(&body.file, &mut buf, want, pos, true) {
+            Ok(n) if n > 0 => {}
+            // EOF, EAGAIN (not cached), EOPNOTSUPP, EINTR, …: the blocking
+            // path retries, and reports a short file or a real error.
+            _ => break,
         }
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(io::Error::other)??;
-    body.sent += chunk.len() as u64;
-    Ok(Some(chunk))
+    }
+    if buf.len() < want {
+        let file = body.file.clone();
+        buf = tokio::task::spawn_blocking(move || fill(&file, buf, want, pos))
+            .await
+            .map_err(io::Error::other)??;
+    }
+    body.sent += buf.len() as u64;
+    Ok(Some(Bytes::from(buf)))
+}
+
+fn shrank() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "file shrank while being served",
+    )
+}
+
+/// Blocking: reads until `buf` holds `want` bytes of the file from `pos`.
+fn fill(file: &File, mut buf: Vec<u8>, want: usize, pos: u64) -> io::Result<Vec<u8>> {
+    while buf.len() < want {
+        match sys::pread_into(file, &mut buf, want, pos, false) {
+            Ok(0) => return Err(shrank()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf)
+}
+
+/// One positioned read into `buf`'s spare capacity: appends up to
+/// `want - buf.len()` bytes read at `pos + buf.len()`.
+#[cfg(unix)]
+mod sys {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+
+    pub(super) fn pread_into(
+        file: &File,
+        buf: &mut Vec<u8>,
+        want: usize,
+        pos: u64,
+        nowait: bool,
+    ) -> io::Result<usize> {
+        let filled = buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..want - filled];
+        let off = libc::off_t::try_from(pos + filled as u64)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let fd = file.as_raw_fd();
+        #[cfg(target_os = "linux")]
+        let n = if nowait {
+            let iov = libc::iovec {
+                iov_base: spare.as_mut_ptr().cast(),
+                iov_len: spare.len(),
+            };
+            // SAFETY: `iov` describes `spare`, writable memory owned by `buf`;
+            // the kernel writes at most `iov_len` bytes into it.
+            unsafe { libc::preadv2(fd, &iov, 1, off, libc::RWF_NOWAIT) }
+        } else {
+            // SAFETY: as above, for `pread`.
+            unsafe { libc::pread(fd, spare.as_mut_ptr().cast(), spare.len(), off) }
+        };
+        #[cfg(not(target_os = "linux"))]
+        let n = {
+            let _ = nowait;
+            // SAFETY: `spare` is writable memory of `spare.len()` bytes owned
+            // by `buf`; the kernel writes at most that many bytes into it.
+            unsafe { libc::pread(fd, spare.as_mut_ptr().cast(), spare.len(), off) }
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // SAFETY: the kernel initialized the first `n` spare bytes.
+        unsafe { buf.set_len(filled + n) };
+        Ok(n)
+    }
+}
+
+#[cfg(windows)]
+mod sys {
+    use std::fs::File;
+    use std::io;
+
+    pub(super) fn pread_into(
+        file: &File,
+        buf: &mut Vec<u8>,
+        want: usize,
+        pos: u64,
+        _nowait: bool,
+    ) -> io::Result<usize> {
+        let filled = buf.len();
+        buf.resize(want, 0);
+        let r = super::read_at(file, &mut buf[filled..], pos + filled as u64);
+        buf.truncate(filled + *r.as_ref().unwrap_or(&0));
+        r
+    }
 }
 
 /// One positioned read (does not move any file cursor).

@@ -741,3 +741,93 @@ async fn permission_denied_is_403() {
         StatusCode::FORBIDDEN
     );
 }
+
+#[tokio::test]
+async fn small_files_come_from_memory_and_stay_fresh() {
+    let fx = Fixture::new();
+    let p = fx.write("a.css", b"version-one");
+    set_mtime(&p, 1_700_000_000);
+    let srv = fx.server(|o| o.precompressed = true);
+    let first = srv.respond(&Method::GET, "a.css", &HeaderMap::new()).await;
+    assert!(matches!(&first.body, Body::Bytes(b) if b.as_ref() == b"version-one"));
+    // Hits answer the same, ranges included.
+    let (again, body) = get(&srv, "a.css", &[]).await;
+    assert_eq!(body, b"version-one");
+    assert_eq!(again.headers, first.headers);
+    let (r, body) = get(&srv, "a.css", &[("range", "bytes=-3")]).await;
+    assert_eq!((r.status, body.as_slice()), (StatusCode::PARTIAL_CONTENT, &b"one"[..]));
+    // Same size, same mtime, new content: still seen at once (ctime moves).
+    std::thread::sleep(Duration::from_millis(10));
+    fs::write(&p, b"version-two").expect("rewrite");
+    set_mtime(&p, 1_700_000_000);
+    assert_eq!(get(&srv, "a.css", &[]).await.1, b"version-two");
+    // Replaced by a new file (new inode), then removed.
+    let tmp = fx.root.join("a.css.tmp");
+    fs::write(&tmp, b"version-3").expect("write");
+    fs::rename(&tmp, &p).expect("rename");
+    assert_eq!(get(&srv, "a.css", &[]).await.1, b"version-3");
+    fs::remove_file(&p).expect("rm");
+    assert_eq!(get(&srv, "a.css", &[]).await.0.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn cache_ttl_bounds_staleness_of_resolution() {
+    let fx = Fixture::new();
+    fx.write("b.js", b"plain");
+    let gz = [("accept-encoding", "gzip")];
+    let srv = fx.server(|o| {
+        o.precompressed = true;
+        o.cache_ttl = Duration::from_millis(200);
+    });
+    assert_eq!(get(&srv, "b.js", &gz).await.1, b"plain");
+    // A sidecar that appears is used once the entry expires.
+    fx.write("b.js.gz", b"GZ");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (r, body) = get(&srv, "b.js", &gz).await;
+    assert_eq!((hdr(&r, "content-encoding"), body.as_slice()), (Some("gzip"), &b"GZ"[..]));
+    // Without a cache it is used at once.
+    let uncached = fx.server(|o| {
+        o.precompressed = true;
+        o.cache_ttl = Duration::ZERO;
+    });
+    fx.write("c.js", b"plain");
+    assert_eq!(get(&uncached, "c.js", &gz).await.1, b"plain");
+    fx.write("c.js.gz", b"GZ");
+    assert_eq!(get(&uncached, "c.js", &gz).await.1, b"GZ");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn cached_file_swapped_for_a_symlink_is_not_served() {
+    use std::os::unix::fs::symlink;
+    let fx = Fixture::new();
+    let p = fx.write("swap.txt", b"inside");
+    fx.write("dir/in.txt", b"in-dir");
+    for follow in [false, true] {
+        let srv = fx.server(|o| {
+            o.follow_symlinks = follow;
+            o.cache_ttl = Duration::from_secs(3600);
+        });
+        fs::write(&p, b"inside").expect("write");
+        assert_eq!(get(&srv, "swap.txt", &[]).await.1, b"inside");
+        assert_eq!(get(&srv, "dir/in.txt", &[]).await.1, b"in-dir");
+        // The file, then a directory on the path, become links out of the root.
+        fs::remove_file(&p).expect("rm");
+        symlink(fx.outside().join("secret.txt"), &p).expect("symlink");
+        let moved = fx.outside().join("moved-dir");
+        fs::rename(fx.root.join("dir"), &moved).expect("mv dir");
+        fs::create_dir(fx.outside().join("evil")).expect("mkdir");
+        fs::write(fx.outside().join("evil/in.txt"), SECRET).expect("write");
+        symlink(fx.outside().join("evil"), fx.root.join("dir")).expect("symlink");
+        for rel in ["swap.txt", "dir/in.txt"] {
+            let (r, body) = get(&srv, rel, &[]).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{rel} follow={follow}");
+            assert!(!body.windows(SECRET.len()).any(|w| w == SECRET));
+        }
+        // restore for the next round
+        fs::remove_file(&p).expect("rm link");
+        fs::remove_file(fx.root.join("dir")).expect("rm link");
+        fs::remove_dir_all(fx.outside().join("evil")).expect("rm evil");
+        fs::rename(&moved, fx.root.join("dir")).expect("mv back");
+    }
+}
