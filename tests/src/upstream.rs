@@ -20,6 +20,8 @@ pub struct State {
     pub unhealthy: AtomicBool,
     /// Requests served.
     pub hits: AtomicU64,
+    /// Paths of the requests served, in arrival order.
+    pub paths: std::sync::Mutex<Vec<String>>,
 }
 
 /// A running upstream server; stops when dropped.
@@ -104,6 +106,15 @@ impl Upstream {
         self.state.hits.load(Ordering::Relaxed)
     }
 
+    /// Requests served so far whose path starts with `prefix`.
+    pub fn hits_on(&self, prefix: &str) -> usize {
+        self.state
+            .paths
+            .lock()
+            .map(|p| p.iter().filter(|x| x.starts_with(prefix)).count())
+            .unwrap_or(0)
+    }
+
     /// Makes `/healthz` fail or pass.
     pub fn set_healthy(&self, healthy: bool) {
         self.state.unhealthy.store(!healthy, Ordering::Relaxed);
@@ -152,6 +163,9 @@ async fn handle(req: Request<Incoming>, name: &str, state: &State) -> Response<F
         };
     }
     state.hits.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut p) = state.paths.lock() {
+        p.push(path.clone());
+    }
     match path.as_str() {
         "/ws" => websocket(req, name),
         "/slow" => {

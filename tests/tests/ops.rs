@@ -324,20 +324,20 @@ async fn limits_smuggling_and_slowloris() {
     );
     let out = raw(p.ports.http, chunked.as_bytes(), Duration::from_secs(5)).await;
     assert!(out.starts_with("HTTP/1.1 413"), "{out:?}");
-    // Smuggling: CL with TE, and codings other than chunked.
-    let hits_before = app.hits();
+    // Smuggling: CL with TE, and codings other than chunked. (Counted by
+    // path: the 413 above may still reach the upstream as it is cut off.)
     for attempt in [
-        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
-        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        "POST /smuggle HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /smuggle HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "POST /smuggle HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+        "POST /smuggle HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
     ] {
         let out = raw(p.ports.http, attempt.as_bytes(), Duration::from_secs(5)).await;
         assert!(out.starts_with("HTTP/1.1 400"), "{attempt:?} -> {out:?}");
     }
     assert_eq!(
-        app.hits(),
-        hits_before,
+        app.hits_on("/smuggle"),
+        0,
         "no smuggling attempt may reach the upstream"
     );
     // Slowloris: a head trickled byte by byte is cut off at header_timeout,

@@ -580,6 +580,16 @@ async fn traversal_is_refused_and_never_leaks() {
         );
         assert!(!text.contains("TOP-"));
     }
+    // A file served (and cached) a moment ago, then swapped for a link out
+    // of the root, is refused at once.
+    let real = env.tree.path("static/inner/real.txt");
+    fs::remove_file(&real).expect("rm");
+    symlink(env.tree.path("secret"), &real).expect("symlink");
+    let r = raw_get(addr, "/static/inner/real.txt").await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(!r.text.contains(SECRET));
+    let r = raw_get(addr, "/static/inner/alias.txt").await;
+    assert_eq!(r.status, 404, "{}", r.text);
     // The proxy is still healthy after all that.
     let r = env.get("/static/app.css", &[]).await;
     assert_eq!(r.status, 200);

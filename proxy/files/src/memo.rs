@@ -61,7 +61,9 @@ impl Stamp {
             .modified()
             .ok()
             .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or((0, 0), |d| (d.as_secs() as i64, i64::from(d.subsec_nanos())));
+            .map_or((0, 0), |d| {
+                (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+            });
         Stamp {
             dev: 0,
             ino: 0,
@@ -185,7 +187,7 @@ impl Memo {
             let mut n = 0usize;
             state.remove_where(|_| {
                 n += 1;
-                n % 4 == 0
+                n & 3 == 0
             });
         }
         if state.entries + 1 > MAX_ENTRIES || state.bytes + size > MAX_BYTES {
@@ -193,14 +195,18 @@ impl Memo {
         }
         state.entries += 1;
         state.bytes += size;
-        state.map.entry(rel.into()).or_default().push(Arc::new(Entry {
-            codings,
-            path,
-            stamp,
-            created: Instant::now(),
-            size,
-            repr,
-        }));
+        state
+            .map
+            .entry(rel.into())
+            .or_default()
+            .push(Arc::new(Entry {
+                codings,
+                path,
+                stamp,
+                created: Instant::now(),
+                size,
+                repr,
+            }));
     }
 
     #[cfg(test)]
@@ -237,7 +243,13 @@ mod tests {
         let memo = Memo::new(Duration::from_secs(60));
         let repr = Arc::new(Repr::for_test(vec![0u8; 40 * 1024]));
         for i in 0..(MAX_ENTRIES + 10) {
-            memo.insert(&format!("k{i}"), 4, p.clone(), Stamp::of(&meta), repr.clone());
+            memo.insert(
+                &format!("k{i}"),
+                4,
+                p.clone(),
+                Stamp::of(&meta),
+                repr.clone(),
+            );
             let (n, bytes) = memo.counts();
             assert!(n <= MAX_ENTRIES && bytes <= MAX_BYTES, "{n} {bytes}");
         }

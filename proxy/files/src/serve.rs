@@ -19,7 +19,9 @@ use crate::path::{self, Target};
 use crate::range::{self, RangeDecision};
 use crate::{cache, content_type, FileOptions, Inner, Reply};
 
-/// What the blocking lookup found.
+/// What the blocking lookup found (one per request, moved once: its size
+/// does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Located {
     Redirect(String),
     File {
@@ -131,8 +133,7 @@ pub(crate) async fn respond(
         return error(StatusCode::BAD_REQUEST, head);
     };
     let task = inner.clone();
-    let located =
-        tokio::task::spawn_blocking(move || locate(&task.opts, &decoded, &codings)).await;
+    let located = tokio::task::spawn_blocking(move || locate(&task.opts, &decoded, &codings)).await;
     match located {
         Ok(Ok(Located::Redirect(location))) => {
             let mut reply = error(StatusCode::MOVED_PERMANENTLY, head);

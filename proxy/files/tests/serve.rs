@@ -755,7 +755,10 @@ async fn small_files_come_from_memory_and_stay_fresh() {
     assert_eq!(body, b"version-one");
     assert_eq!(again.headers, first.headers);
     let (r, body) = get(&srv, "a.css", &[("range", "bytes=-3")]).await;
-    assert_eq!((r.status, body.as_slice()), (StatusCode::PARTIAL_CONTENT, &b"one"[..]));
+    assert_eq!(
+        (r.status, body.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &b"one"[..])
+    );
     // Same size, same mtime, new content: still seen at once (ctime moves).
     std::thread::sleep(Duration::from_millis(10));
     fs::write(&p, b"version-two").expect("rewrite");
@@ -767,7 +770,10 @@ async fn small_files_come_from_memory_and_stay_fresh() {
     fs::rename(&tmp, &p).expect("rename");
     assert_eq!(get(&srv, "a.css", &[]).await.1, b"version-3");
     fs::remove_file(&p).expect("rm");
-    assert_eq!(get(&srv, "a.css", &[]).await.0.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&srv, "a.css", &[]).await.0.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -784,7 +790,10 @@ async fn cache_ttl_bounds_staleness_of_resolution() {
     fx.write("b.js.gz", b"GZ");
     tokio::time::sleep(Duration::from_millis(250)).await;
     let (r, body) = get(&srv, "b.js", &gz).await;
-    assert_eq!((hdr(&r, "content-encoding"), body.as_slice()), (Some("gzip"), &b"GZ"[..]));
+    assert_eq!(
+        (hdr(&r, "content-encoding"), body.as_slice()),
+        (Some("gzip"), &b"GZ"[..])
+    );
     // Without a cache it is used at once.
     let uncached = fx.server(|o| {
         o.precompressed = true;
