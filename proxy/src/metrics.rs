@@ -75,6 +75,16 @@ const GAUGES: &[(&str, &str, &[&str])] = &[
         &[],
     ),
     (
+        "duotone_open_files",
+        "Files held open by static routes now (limits.max_open_files caps it).",
+        &[],
+    ),
+    (
+        "duotone_open_files_waiting",
+        "Static-file requests waiting for a file handle now.",
+        &[],
+    ),
+    (
         "duotone_in_flight_requests",
         "Requests being proxied now, per color.",
         &["service", "color"],

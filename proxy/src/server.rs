@@ -40,6 +40,7 @@ pub fn run(source: Source) -> Result<()> {
                 let certs = certs.clone();
                 move || certs.as_deref().map(crate::tls::gauges).unwrap_or_default()
             }),
+            Arc::new(crate::static_files::gauges),
             Arc::new(move || {
                 vec![crate::metrics::StateGauge {
                     name: "duotone_downstream_connections",

@@ -23,6 +23,7 @@ pub fn build(
 ) -> Result<Vec<Slot>, Diagnostics> {
     let mut slots: Vec<Option<Slot>> = (0..table.route_count()).map(|_| None).collect();
     let mut errors = Vec::new();
+    let open_files = crate::static_files::open_files(table.config.limits.max_open_files);
     for site in &table.sites {
         for route in &site.routes {
             let service = match route.action {
@@ -41,7 +42,8 @@ pub fn build(
                 metrics: metrics.route(&site.name, service),
             });
             if let Action::Static(spec) = &route.action {
-                match files::FileServer::new(crate::static_files::options(spec)) {
+                match files::FileServer::new(crate::static_files::options(spec, open_files.clone()))
+                {
                     Ok(fs) => {
                         if let Some(slot) = slots[route.slot].as_mut() {
                             slot.files = Some(Arc::new(fs));

@@ -1,26 +1,68 @@
 //! Glue between the `files` crate and Pingora: serve a static route's file
 //! from memory (small files) or in bounded chunks.
 
-use files::{Body, FileOptions, FileServer};
+use files::{Body, FileOptions, FileServer, OpenFiles};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use routes::config::StaticSpec;
+use std::sync::Mutex;
 
-/// Chunk size for streamed file bodies: few blocking-pool trips per file,
-/// still bounded memory per download.
+/// Chunk size for streamed file bodies (256 KiB): few blocking-pool trips
+/// per file, still bounded memory per download.
 const CHUNK: usize = 256 * 1024;
 
-/// File server options for a static route.
-pub fn options(spec: &StaticSpec) -> FileOptions {
+static SHARED: Mutex<Option<OpenFiles>> = Mutex::new(None);
+
+/// Gauges of the current open-files bound: files held open and requests
+/// waiting for one.
+pub fn gauges() -> Vec<crate::metrics::StateGauge> {
+    let shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let (open, waiting) = shared
+        .as_ref()
+        .map_or((0, 0), |o| (o.in_use(), o.waiting()));
+    vec![
+        crate::metrics::StateGauge {
+            name: "duotone_open_files",
+            labels: vec![],
+            value: open as f64,
+        },
+        crate::metrics::StateGauge {
+            name: "duotone_open_files_waiting",
+            labels: vec![],
+            value: waiting as f64,
+        },
+    ]
+}
+
+/// The process-wide bound on files held open by static routes (file
+/// descriptors are a process resource). Reused across reloads while the
+/// limit stays the same; a new limit applies to requests that start after
+/// the reload.
+pub fn open_files(limit: usize) -> OpenFiles {
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    match shared.as_ref() {
+        Some(o) if o.limit() == limit.max(1) => o.clone(),
+        _ => {
+            let o = OpenFiles::new(limit);
+            *shared = Some(o.clone());
+            o
+        }
+    }
+}
+
+/// File server options for a static route; `open_files` bounds the files
+/// held open by all static routes together.
+pub fn options(spec: &StaticSpec, open_files: OpenFiles) -> FileOptions {
     FileOptions {
+        open_files: Some(open_files),
         root: spec.root.clone(),
         precompressed: spec.precompressed,
         immutable_hashed: spec.immutable_hashed,
         index: spec.index.clone(),
         follow_symlinks: spec.follow_symlinks,
         max_age: spec.max_age,
-        immutable_max_age: std::time::Duration::from_secs(31_536_000),
+        immutable_max_age: spec.immutable_max_age,
         ..FileOptions::new(&spec.root)
     }
 }

@@ -139,6 +139,8 @@ pub struct StaticSpec {
     pub follow_symlinks: bool,
     /// max-age for names without a hash.
     pub max_age: Duration,
+    /// max-age for hashed names when `immutable_hashed` is set.
+    pub immutable_max_age: Duration,
 }
 
 /// One route of a site.
@@ -285,6 +287,9 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Concurrent connections.
     pub max_connections: usize,
+    /// Files held open at once by all static routes together (lookups and
+    /// streamed bodies); requests beyond it wait for a handle.
+    pub max_open_files: usize,
 }
 
 impl Default for Limits {
@@ -297,6 +302,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
             max_connections: 10_000,
+            max_open_files: 1024,
         }
     }
 }

@@ -158,6 +158,8 @@ pub struct RawStatic {
     pub follow_symlinks: Option<bool>,
     /// Cache max-age for names without a hash.
     pub max_age: Option<String>,
+    /// Cache max-age for hashed names (with `immutable_hashed`).
+    pub immutable_max_age: Option<String>,
 }
 
 /// `index = true | "index.htm"`.
@@ -241,6 +243,8 @@ pub struct RawLimits {
     pub keepalive_timeout: Option<String>,
     /// Most concurrent client connections.
     pub max_connections: Option<usize>,
+    /// Most files held open at once by static routes.
+    pub max_open_files: Option<usize>,
 }
 
 /// `[log]`.

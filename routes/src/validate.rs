@@ -486,6 +486,11 @@ fn check_static(c: &mut Checker, at: KeyPath, s: &RawStatic) -> StaticSpec {
         index,
         follow_symlinks: s.follow_symlinks.unwrap_or(true),
         max_age: c.duration(at.key("max_age"), &s.max_age, Duration::from_secs(60)),
+        immutable_max_age: c.duration(
+            at.key("immutable_max_age"),
+            &s.immutable_max_age,
+            Duration::from_secs(31_536_000),
+        ),
     }
 }
 
@@ -618,6 +623,16 @@ fn check_limits(c: &mut Checker, l: &RawLimits) -> Limits {
     if !(1024..=1 << 20).contains(&max_header_bytes) {
         c.err(at.key("max_header_bytes"), "must be between 1k and 1m");
     }
+    // Pingora refuses more than 256 header lines (with a 400) before we see them.
+    if l.max_headers.is_some_and(|n| !(1..=256).contains(&n)) {
+        c.err(at.key("max_headers"), "must be between 1 and 256");
+    }
+    if l.max_connections == Some(0) {
+        c.err(at.key("max_connections"), "must be at least 1");
+    }
+    if l.max_open_files == Some(0) {
+        c.err(at.key("max_open_files"), "must be at least 1");
+    }
     Limits {
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(d.max_header_bytes),
         max_headers: l.max_headers.unwrap_or(d.max_headers),
@@ -634,5 +649,6 @@ fn check_limits(c: &mut Checker, l: &RawLimits) -> Limits {
             d.keepalive_timeout,
         ),
         max_connections: l.max_connections.unwrap_or(d.max_connections),
+        max_open_files: l.max_open_files.unwrap_or(d.max_open_files),
     }
 }

@@ -147,3 +147,19 @@ fn weights_must_name_colors() {
         "{e:?}"
     );
 }
+
+#[test]
+fn limits_out_of_range_are_named() {
+    let text =
+        format!("{GOOD}\n[limits]\nmax_headers = 300\nmax_connections = 0\nmax_open_files = 0\n");
+    let errs = errors(&text);
+    for key in ["max_headers", "max_connections", "max_open_files"] {
+        assert!(
+            errs.iter().any(|e| e.contains(&format!("limits.{key}"))),
+            "{key} not named in {errs:#?}"
+        );
+    }
+    let ok = format!("{GOOD}\n[limits]\nmax_headers = 256\nmax_open_files = 64\n");
+    let c = load("d.toml", &ok, env).unwrap();
+    assert_eq!((c.limits.max_headers, c.limits.max_open_files), (256, 64));
+}

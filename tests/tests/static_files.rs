@@ -103,6 +103,9 @@ hosts = ["*"]
   [[sites.routes]]
   path = "/media/"
   static = {{ root = "{media_root}", follow_symlinks = false }}
+  [[sites.routes]]
+  path = "/assets/"
+  static = {{ root = "{static_root}", immutable_hashed = true, immutable_max_age = "24h" }}
 
 [services.app]
 colors.blue = ["{app}"]
@@ -368,6 +371,12 @@ async fn cache_control_index_head_and_methods() {
     assert_eq!(
         r.header("cache-control"),
         "public, max-age=31536000, immutable"
+    );
+    let r = env.get("/assets/app.3f2a9c81b7d4.css", &[]).await;
+    assert_eq!(
+        r.header("cache-control"),
+        "public, max-age=86400, immutable",
+        "immutable_max_age is configurable"
     );
     for path in ["/static/app.css", "/static/page.html"] {
         let r = env.get(path, &[]).await;
@@ -748,4 +757,116 @@ async fn large_file_streams_with_bounded_memory() {
         size / MIB
     );
     assert!(rss_after.saturating_sub(rss_before) / 1024 < 32);
+}
+
+/// The proxy's open descriptors that point at `file`.
+fn fds_on(pid: i32, file: &std::path::Path) -> usize {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| fs::read_link(e.path()).is_ok_and(|t| t == file))
+        .count()
+}
+
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length to its end; returns the
+/// status and the body length.
+async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, u64) {
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let (status, length, mut got) = loop {
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed before the head ended");
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+            let status = text[9..12].parse().expect("status");
+            let length: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            break (status, length, (head.len() - end - 4) as u64);
+        }
+    };
+    while got < length {
+        let n = s.read(&mut buf).await.expect("read body");
+        assert!(n > 0, "body cut at {got} of {length}");
+        got += n as u64;
+    }
+    (status, got)
+}
+
+#[tokio::test]
+async fn open_files_are_capped_and_waiting_downloads_complete() {
+    let tree = Tree::new();
+    tree.populate();
+    let app = Upstream::start("app").await;
+    let cfg = format!("{}\n[limits]\nmax_open_files = 2\n", config(&tree, &app));
+    let proxy = Proxy::start(&cfg).await;
+    let size = 64 * MIB;
+    let path = tree.path("media/big.bin");
+    fs::File::create(&path)
+        .and_then(|f| f.set_len(size))
+        .expect("sparse file");
+    let path = fs::canonicalize(&path).expect("canonical");
+    // Five clients ask for the file and read nothing yet: two streams hold
+    // a handle (blocked on full socket buffers), three wait for one.
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(proxy.ports.http)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /media/big.bin HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("send");
+        conns.push(s);
+    }
+    let url = proxy.admin_url("/metrics");
+    let metrics = || async {
+        let m = e2e::client::admin("GET", &url, None, None)
+            .await
+            .ok()?
+            .text();
+        let open = gauge(&m, "duotone_open_files")?;
+        let waiting = gauge(&m, "duotone_open_files_waiting")?;
+        Some((open, waiting))
+    };
+    // (A permit is taken just before the file is opened: wait for both.)
+    let pid = proxy.pid();
+    let seen = e2e::eventually(Duration::from_secs(20), || async {
+        let m = metrics().await.filter(|&(o, w)| o == 2.0 && w == 3.0);
+        m.filter(|_| fds_on(pid, &path) == 2)
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "never 2 open and 3 waiting: {:?}, {} descriptors on the file",
+        metrics().await,
+        fds_on(pid, &path)
+    );
+    // Read everything: the waiting downloads get their turn and complete.
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut s| tokio::spawn(async move { read_response(&mut s).await }))
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("join"), (200, size));
+    }
+    let idle = e2e::eventually(Duration::from_secs(10), || async {
+        metrics().await.filter(|&(o, w)| o == 0.0 && w == 0.0)
+    })
+    .await;
+    assert!(
+        idle.is_some(),
+        "handles not released: {:?}",
+        metrics().await
+    );
+    assert_eq!(fds_on(proxy.pid(), &path), 0);
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::open_files::Permit;
+
 /// Recommended chunk size for [`read_chunk`]: 64 KiB.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
 
@@ -38,20 +40,32 @@ impl Body {
 
 /// An open file plus the byte range of it to send.
 ///
-/// Holds exactly one file handle, released when dropped (or when the last
-/// read in flight finishes).
+/// Holds exactly one file handle, and its [`OpenFiles`](crate::OpenFiles)
+/// permit if the server is bounded; both are released when the body is
+/// dropped (or when the last read in flight finishes).
 #[derive(Debug)]
 pub struct FileBody {
-    file: Arc<File>,
+    handle: Arc<Handle>,
     offset: u64,
     len: u64,
     sent: u64,
 }
 
+/// The open file and its permit, shared with reads in flight.
+#[derive(Debug)]
+struct Handle {
+    /// Declared first, so the file is closed before the permit is released.
+    file: File,
+    _permit: Option<Permit>,
+}
+
 impl FileBody {
-    pub(crate) fn new(file: File, offset: u64, len: u64) -> Self {
+    pub(crate) fn new(file: File, permit: Option<Permit>, offset: u64, len: u64) -> Self {
         FileBody {
-            file: Arc::new(file),
+            handle: Arc::new(Handle {
+                file,
+                _permit: permit,
+            }),
             offset,
             len,
             sent: 0,
@@ -104,7 +118,7 @@ pub async fn read_chunk(body: &mut FileBody, buf_size: usize) -> io::Result<Opti
     let mut buf: Vec<u8> = Vec::with_capacity(want);
     #[cfg(target_os = "linux")]
     while buf.len() < want {
-        match sys::pread_into(&body.file, &mut buf, want, pos, true) {
+        match sys::pread_into(&body.handle.file, &mut buf, want, pos, true) {
             Ok(n) if n > 0 => {}
             // EOF, EAGAIN (not cached), EOPNOTSUPP, EINTR, …: the blocking
             // path retries, and reports a short file or a real error.
@@ -112,8 +126,8 @@ pub async fn read_chunk(body: &mut FileBody, buf_size: usize) -> io::Result<Opti
         }
     }
     if buf.len() < want {
-        let file = body.file.clone();
-        buf = tokio::task::spawn_blocking(move || fill(&file, buf, want, pos))
+        let handle = body.handle.clone();
+        buf = tokio::task::spawn_blocking(move || fill(&handle.file, buf, want, pos))
             .await
             .map_err(io::Error::other)??;
     }

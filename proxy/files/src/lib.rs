@@ -19,6 +19,12 @@
 //! same (device, inode, size, mtime, ctime) and for at most
 //! [`FileOptions::cache_ttl`], so a changed file is served fresh at once and
 //! new sidecars or index files are picked up within the TTL.
+//!
+//! Larger files stream from the open file, which a [`FileBody`] holds until
+//! dropped. To bound the descriptors this takes, give servers an
+//! [`OpenFiles`] limit in [`FileOptions::open_files`]: each lookup and each
+//! streamed body then holds a permit, and requests beyond the limit wait for
+//! one (cache hits need none).
 
 #![warn(missing_docs)]
 
@@ -29,6 +35,7 @@ mod content_type;
 mod encoding;
 mod error;
 mod memo;
+mod open_files;
 mod path;
 mod range;
 mod serve;
@@ -40,6 +47,7 @@ use std::time::Duration;
 pub use body::{read_chunk, Body, FileBody, DEFAULT_CHUNK_SIZE};
 pub use error::FilesError;
 pub use memo::SMALL_FILE;
+pub use open_files::OpenFiles;
 
 /// Configuration of one static route.
 #[derive(Debug, Clone)]
@@ -65,12 +73,16 @@ pub struct FileOptions {
     /// checks the file's identity with one `stat`); `Duration::ZERO`
     /// disables the cache.
     pub cache_ttl: Duration,
+    /// Bounds the files this server (and every server sharing the handle)
+    /// holds open at once: each lookup and each streamed body holds a
+    /// permit; requests beyond the limit wait for one. `None`: unbounded.
+    pub open_files: Option<OpenFiles>,
 }
 
 impl FileOptions {
     /// Options for `root` with defaults: no sidecars, no immutable caching,
     /// no index, no symlinks, max-age 60 s, immutable max-age one year,
-    /// small-file cache TTL 2 s.
+    /// small-file cache TTL 2 s, no bound on open files.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         FileOptions {
             root: root.into(),
@@ -81,12 +93,15 @@ impl FileOptions {
             max_age: Duration::from_secs(60),
             immutable_max_age: Duration::from_secs(31_536_000),
             cache_ttl: memo::DEFAULT_TTL,
+            open_files: None,
         }
     }
 }
 
 /// Serves files under one root. Cheap to clone (shared `Arc`); holds no
-/// open files between requests, only the bounded small-file cache.
+/// open files between requests (only the bounded small-file cache), just
+/// those of lookups in progress and of streamed bodies still alive, at most
+/// [`FileOptions::open_files`] of them when set.
 #[derive(Debug, Clone)]
 pub struct FileServer {
     inner: Arc<Inner>,
@@ -134,7 +149,8 @@ impl FileServer {
     ///
     /// Filesystem work runs in one `tokio::task::spawn_blocking` call, so this
     /// must be called within a Tokio runtime; a cached small file costs one
-    /// `stat` on the calling thread instead.
+    /// `stat` on the calling thread instead. With
+    /// [`FileOptions::open_files`] set, that call first waits for a permit.
     pub async fn respond(
         &self,
         method: &http::Method,

@@ -15,6 +15,7 @@ use crate::body::{Body, FileBody};
 use crate::conditional::{self, Outcome, Validators};
 use crate::encoding::{self, Coding};
 use crate::memo::{self, Stamp};
+use crate::open_files::Permit;
 use crate::path::{self, Target};
 use crate::range::{self, RangeDecision};
 use crate::{cache, content_type, FileOptions, Inner, Reply};
@@ -132,10 +133,22 @@ pub(crate) async fn respond(
     let Ok(decoded) = path::decode(rel) else {
         return error(StatusCode::BAD_REQUEST, head);
     };
+    // A bounded server takes its permit before opening anything (a cache
+    // hit above opens nothing). The permit travels with the lookup's result,
+    // so it is released only once what was opened is closed, even if this
+    // future is dropped meanwhile.
+    let permit = match &opts.open_files {
+        Some(open_files) => match open_files.acquire().await {
+            Some(permit) => Some(permit),
+            None => return error(StatusCode::SERVICE_UNAVAILABLE, head),
+        },
+        None => None,
+    };
     let task = inner.clone();
-    let located = tokio::task::spawn_blocking(move || locate(&task.opts, &decoded, &codings)).await;
+    let located =
+        tokio::task::spawn_blocking(move || (locate(&task.opts, &decoded, &codings), permit)).await;
     match located {
-        Ok(Ok(Located::Redirect(location))) => {
+        Ok((Ok(Located::Redirect(location)), _permit)) => {
             let mut reply = error(StatusCode::MOVED_PERMANENTLY, head);
             match HeaderValue::from_str(&location) {
                 Ok(v) => reply.headers.insert(LOCATION, v),
@@ -143,17 +156,22 @@ pub(crate) async fn respond(
             };
             reply
         }
-        Ok(Ok(Located::File {
-            path,
-            file,
-            meta,
-            coding,
-            name,
-            content,
-        })) => {
+        Ok((
+            Ok(Located::File {
+                path,
+                file,
+                meta,
+                coding,
+                name,
+                content,
+            }),
+            permit,
+        )) => {
             let mut repr = Repr::new(opts, &meta, coding, &name);
             match content {
                 Some(content) => {
+                    drop(file);
+                    drop(permit);
                     repr.content = Some(content);
                     let repr = std::sync::Arc::new(repr);
                     inner
@@ -161,10 +179,10 @@ pub(crate) async fn respond(
                         .insert(rel, key, path, Stamp::of(&meta), repr.clone());
                     file_reply(head, headers, &repr, None)
                 }
-                None => file_reply(head, headers, &repr, Some(file)),
+                None => file_reply(head, headers, &repr, Some((file, permit))),
             }
         }
-        Ok(Err(status)) => error(status, head),
+        Ok((Err(status), _permit)) => error(status, head),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, head),
     }
 }
@@ -235,8 +253,14 @@ fn read_small(file: &File, meta: &Metadata) -> Option<Bytes> {
 }
 
 /// The answer about `repr`: 200/206/304/412/416. The body comes from the
-/// cached content when there is one, else from `file`.
-fn file_reply(head: bool, req: &HeaderMap, repr: &Repr, file: Option<File>) -> Reply {
+/// cached content when there is one, else from `file`, which keeps its
+/// permit; answers without a file body close both here.
+fn file_reply(
+    head: bool,
+    req: &HeaderMap,
+    repr: &Repr,
+    file: Option<(File, Option<Permit>)>,
+) -> Reply {
     let v = &repr.validators;
     let mut h = repr.base.clone();
 
@@ -302,8 +326,8 @@ fn file_reply(head: bool, req: &HeaderMap, repr: &Repr, file: Option<File>) -> R
     } else if let Some(content) = &repr.content {
         // `offset + count <= len == content.len()` (range::decide clamps).
         Body::Bytes(content.slice(offset as usize..(offset + count) as usize))
-    } else if let Some(file) = file {
-        Body::File(FileBody::new(file, offset, count))
+    } else if let Some((file, permit)) = file {
+        Body::File(FileBody::new(file, permit, offset, count))
     } else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, head);
     };

@@ -2,9 +2,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use files::{read_chunk, Body, FileOptions, FileServer, FilesError, Reply, DEFAULT_CHUNK_SIZE};
+use files::{
+    read_chunk, Body, FileOptions, FileServer, FilesError, OpenFiles, Reply, DEFAULT_CHUNK_SIZE,
+};
 use http::{HeaderMap, Method, StatusCode};
 
 const SECRET: &[u8] = b"TOP-SECRET-OUTSIDE-ROOT";
@@ -839,4 +841,219 @@ async fn cached_file_swapped_for_a_symlink_is_not_served() {
         fs::remove_dir_all(fx.outside().join("evil")).expect("rm evil");
         fs::rename(&moved, fx.root.join("dir")).expect("mv back");
     }
+}
+
+/// Larger than `files::SMALL_FILE`, so it streams from the open file.
+const LARGE: usize = 200_000;
+
+/// Waits (bounded) until `cond` holds; assertions are made on state after.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A server bounded to `limit` open files, and the shared bound.
+fn bounded(fx: &Fixture, limit: usize) -> (FileServer, OpenFiles) {
+    let open = OpenFiles::new(limit);
+    let srv = fx.server(|o| {
+        o.open_files = Some(open.clone());
+        o.cache_ttl = Duration::from_secs(3600);
+    });
+    (srv, open)
+}
+
+#[tokio::test]
+async fn open_files_limit_makes_lookups_wait_for_streamed_bodies() {
+    let fx = Fixture::new();
+    fx.write("a.bin", &[1u8; LARGE]);
+    fx.write("b.bin", &[2u8; LARGE + 1]);
+    let (srv, open) = bounded(&fx, 1);
+    assert_eq!((open.limit(), open.in_use(), open.waiting()), (1, 0, 0));
+
+    let a = srv.respond(&Method::GET, "a.bin", &HeaderMap::new()).await;
+    let Body::File(mut a_body) = a.body else {
+        panic!("expected a file body")
+    };
+    assert_eq!(open.in_use(), 1);
+    let chunk = read_chunk(&mut a_body, 4096).await.expect("read");
+    assert_eq!(chunk.map(|c| c.len()), Some(4096));
+
+    let other = srv.clone();
+    let b = tokio::spawn(async move {
+        other
+            .respond(&Method::GET, "b.bin", &HeaderMap::new())
+            .await
+    });
+    until("B to wait for a permit", || open.waiting() == 1).await;
+    assert_eq!(open.in_use(), 1);
+    assert!(!b.is_finished(), "B answered while A held the only permit");
+
+    drop(a_body);
+    let mut b = b.await.expect("join");
+    assert_eq!(b.status, StatusCode::OK);
+    assert_eq!(hdr(&b, "content-length"), Some("200001"));
+    assert!(matches!(b.body, Body::File(_)));
+    assert_eq!((open.in_use(), open.waiting()), (1, 0));
+    let body = collect(std::mem::replace(&mut b.body, Body::Empty)).await;
+    assert_eq!(body, vec![2u8; LARGE + 1]);
+    assert_eq!((open.in_use(), open.waiting()), (0, 0));
+}
+
+#[tokio::test]
+async fn cache_hits_need_no_open_files_permit() {
+    let fx = Fixture::new();
+    fx.write("a.css", b"body{}");
+    fx.write("b.css", b"b{}");
+    fx.write("big.bin", &[0u8; LARGE]);
+    let (srv, open) = bounded(&fx, 1);
+    // Warm the cache: this lookup opens the file, so it takes the permit.
+    assert_eq!(get(&srv, "a.css", &[]).await.1, b"body{}");
+    assert_eq!(open.in_use(), 0);
+
+    let big = srv
+        .respond(&Method::GET, "big.bin", &HeaderMap::new())
+        .await;
+    assert!(matches!(big.body, Body::File(_)));
+    assert_eq!(open.in_use(), 1);
+    for _ in 0..50 {
+        let (r, body) = tokio::time::timeout(Duration::from_secs(10), get(&srv, "a.css", &[]))
+            .await
+            .expect("a cache hit must not wait for a permit");
+        assert_eq!(
+            (r.status, body.as_slice()),
+            (StatusCode::OK, &b"body{}"[..])
+        );
+    }
+    // Requests refused before any lookup need none either.
+    assert_eq!(
+        get(&srv, "a%2fb.css", &[]).await.0.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        req(&srv, Method::POST, "a.css", &[]).await.0.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!((open.in_use(), open.waiting()), (1, 0));
+
+    // An uncached file does wait; giving up on it leaves no waiter behind.
+    let other = srv.clone();
+    let miss = tokio::spawn(async move { get(&other, "b.css", &[]).await.1 });
+    until("the miss to wait", || open.waiting() == 1).await;
+    miss.abort();
+    assert!(miss.await.expect_err("aborted").is_cancelled());
+    assert_eq!((open.in_use(), open.waiting()), (1, 0));
+
+    drop(big);
+    assert_eq!(open.in_use(), 0);
+    assert_eq!(get(&srv, "b.css", &[]).await.1, b"b{}");
+    assert_eq!(open.in_use(), 0);
+}
+
+#[tokio::test]
+async fn answers_without_a_streamed_body_release_their_permit() {
+    let fx = Fixture::new();
+    fx.write("big.bin", &[5u8; LARGE]);
+    fx.write("dir/index.html", b"<p>");
+    let open = OpenFiles::new(1);
+    let srv = fx.server(|o| {
+        o.open_files = Some(open.clone());
+        o.index = Some("index.html".into());
+    });
+    let (r, body) = get(&srv, "big.bin", &[]).await;
+    assert_eq!(body.len(), LARGE);
+    let etag = hdr(&r, "etag").expect("etag").to_owned();
+    type Case<'a> = (Method, &'a str, &'a [(&'a str, &'a str)], StatusCode);
+    let cases: [Case; 6] = [
+        (Method::HEAD, "big.bin", &[], StatusCode::OK),
+        (
+            Method::GET,
+            "big.bin",
+            &[("if-none-match", &etag)],
+            StatusCode::NOT_MODIFIED,
+        ),
+        (
+            Method::GET,
+            "big.bin",
+            &[("if-match", "\"other\"")],
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            Method::GET,
+            "big.bin",
+            &[("range", "bytes=999999-")],
+            StatusCode::RANGE_NOT_SATISFIABLE,
+        ),
+        (Method::GET, "missing.bin", &[], StatusCode::NOT_FOUND),
+        (Method::GET, "dir", &[], StatusCode::MOVED_PERMANENTLY),
+    ];
+    for (method, rel, h, status) in cases {
+        let (r, _) = tokio::time::timeout(Duration::from_secs(10), req(&srv, method, rel, h))
+            .await
+            .expect("a leaked permit would make this wait");
+        assert_eq!(r.status, status, "{rel} {h:?}");
+        assert_eq!(open.in_use(), 0, "{rel} {h:?}");
+    }
+    assert_eq!(get(&srv, "dir/", &[]).await.1, b"<p>");
+    assert_eq!(open.in_use(), 0);
+}
+
+/// Shares one bound between two servers, and counts the process's real
+/// descriptors into the root while more bodies are requested than allowed.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn open_descriptors_stay_within_the_limit() {
+    let fx = Fixture::new();
+    for i in 0..6u8 {
+        fx.write(&format!("big{i}.bin"), &vec![i; LARGE]);
+    }
+    let (srv, open) = bounded(&fx, 2);
+    let twin = fx.server(|o| o.open_files = Some(open.clone()));
+    let root = srv.options().root.clone();
+    let open_fds = || {
+        fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(&root))
+            .count()
+    };
+    assert_eq!(open_fds(), 0);
+
+    let mut tasks: Vec<_> = (0..6u8)
+        .map(|i| {
+            let srv = if i % 2 == 0 {
+                srv.clone()
+            } else {
+                twin.clone()
+            };
+            tokio::spawn(async move {
+                let rel = format!("big{i}.bin");
+                (i, srv.respond(&Method::GET, &rel, &HeaderMap::new()).await)
+            })
+        })
+        .collect();
+    // Two replies hold their bodies (inside the finished tasks); four wait.
+    until("two bodies and four waiters", || {
+        open.waiting() == 4 && tasks.iter().filter(|t| t.is_finished()).count() == 2
+    })
+    .await;
+    assert_eq!(open.in_use(), 2);
+    assert_eq!(open_fds(), 2);
+
+    while !tasks.is_empty() {
+        until("a reply", || tasks.iter().any(|t| t.is_finished())).await;
+        let fds = open_fds();
+        assert!(fds <= 2, "{fds} files open with a limit of 2");
+        assert!(open.in_use() <= 2);
+        let done = tasks
+            .iter()
+            .position(|t| t.is_finished())
+            .expect("finished");
+        let (i, reply) = tasks.swap_remove(done).await.expect("join");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(collect(reply.body).await, vec![i; LARGE]);
+    }
+    assert_eq!((open_fds(), open.in_use(), open.waiting()), (0, 0, 0));
 }
