@@ -175,6 +175,10 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         let path = req.uri.path();
+        if routes::path::has_dot_segment(path) {
+            respond::text(session, 400, "dot segments are not allowed in paths\n", &[]).await?;
+            return Ok(true);
+        }
         if let Some(acme) = &self.acme_http01 {
             if !ctx.tls {
                 if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
@@ -319,7 +323,8 @@ impl ProxyHttp for Edge {
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
                 "no upstream member left to try",
-            ));
+            )
+            .into_up());
         };
         ctx.member = i;
         if i < 64 {
@@ -338,7 +343,8 @@ impl ProxyHttp for Edge {
                 return Err(Error::explain(
                     ErrorType::ConnectNoRoute,
                     format!("cannot resolve upstream {addr}"),
-                ))
+                )
+                .into_up())
             }
         };
         // One upstream pool per worker thread: a pooled connection's idle

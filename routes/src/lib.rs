@@ -11,6 +11,7 @@ pub mod duration;
 pub mod env;
 pub mod host;
 pub mod load;
+pub mod path;
 pub mod pool;
 pub mod raw;
 pub mod state;

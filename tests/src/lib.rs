@@ -32,5 +32,27 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("no free port")
 }
+/// A loopback address that accepts no connection: a listener whose accept
+/// queue is full, so further SYNs are dropped and connects hang. Keep the
+/// returned guard alive while it is used.
+pub fn blackhole() -> (
+    std::net::SocketAddr,
+    Vec<std::net::TcpStream>,
+    tokio::net::TcpListener,
+) {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = sock.local_addr().expect("local addr");
+    let listener = sock.listen(1).expect("listen");
+    let mut fill = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)) {
+            Ok(s) => fill.push(s),
+            Err(_) => break,
+        }
+    }
+    (addr, fill, listener)
+}
 pub mod bluegreen;
 pub mod pebble;

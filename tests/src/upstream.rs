@@ -20,6 +20,8 @@ pub struct State {
     pub unhealthy: AtomicBool,
     /// Requests served.
     pub hits: AtomicU64,
+    /// Connections accepted.
+    pub conns: AtomicU64,
     /// Paths of the requests served, in arrival order.
     pub paths: std::sync::Mutex<Vec<String>>,
 }
@@ -106,6 +108,11 @@ impl Upstream {
         self.state.hits.load(Ordering::Relaxed)
     }
 
+    /// Connections accepted so far.
+    pub fn conns(&self) -> u64 {
+        self.state.conns.load(Ordering::Relaxed)
+    }
+
     /// Requests served so far whose path starts with `prefix`.
     pub fn hits_on(&self, prefix: &str) -> usize {
         self.state
@@ -125,6 +132,7 @@ fn serve_conn<S>(s: S, name: String, state: Arc<State>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    state.conns.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let svc = hyper::service::service_fn(move |req| {
             let (name, state) = (name.clone(), state.clone());

@@ -175,6 +175,7 @@ async fn websocket_echo_through_the_proxy() {
 async fn upstream_down_is_502_and_slow_upstream_is_504() {
     let b = Upstream::start("api").await;
     let dead = e2e::free_port();
+    let (hole, _queued, _listener) = e2e::blackhole();
     let cfg = format!(
         r#"
 [server]
@@ -201,6 +202,17 @@ colors.blue = ["{b}"]
 read_timeout = "300ms"
 [services.mixed]
 colors.blue = ["127.0.0.1:{dead}", "{b}"]
+  [[sites.routes]]
+  path = "/ghost/"
+  service = "ghost"
+  [[sites.routes]]
+  path = "/hole/"
+  service = "hole"
+[services.ghost]
+colors.blue = ["nosuchhost.invalid:80"]
+[services.hole]
+colors.blue = ["{hole}"]
+connect_timeout = "300ms"
 "#,
         b = b.member()
     );
@@ -214,6 +226,13 @@ colors.blue = ["127.0.0.1:{dead}", "{b}"]
     assert!(r.text().contains("gateway timeout"));
     let r = http.get(&p.url("/slow?ms=10")).await.unwrap();
     assert_eq!(r.status, 200);
+    // A member whose name does not resolve: 502, not an internal error.
+    let r = http.get(&p.url("/ghost/x")).await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    // A member that never completes the handshake: connect timeout, 504.
+    let r = http.get(&p.url("/hole/x")).await.unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("gateway timeout"));
     // A member refusing connections is retried on the other member: no errors.
     for _ in 0..20 {
         let r = http.get(&p.url("/mixed/x")).await.unwrap();
@@ -233,6 +252,10 @@ async fn malformed_requests_get_4xx_not_a_hang() {
         &b"GET / HTTP/1.1\r\nHost: app.test\r\nBad Header\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
         b"G\x00T / HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        // Dot segments could route past a prefix's auth: refused.
+        b"GET /api/../admin HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        b"GET /api/%2e%2E/admin HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        b"GET /./api/ HTTP/1.1\r\nHost: app.test\r\n\r\n",
     ] {
         let out = raw(p.ports.http, bad, Duration::from_secs(5)).await;
         assert!(
@@ -241,6 +264,11 @@ async fn malformed_requests_get_4xx_not_a_hang() {
             String::from_utf8_lossy(bad)
         );
     }
+    assert_eq!(
+        a.hits() + b.hits(),
+        0,
+        "nothing refused reached an upstream"
+    );
     // Still serving afterwards.
     let r = Http::new()
         .get_with(&p.url("/"), &[("host", "app.test")])
@@ -276,4 +304,38 @@ fn invalid_config_is_a_clear_error_and_nonzero_exit() {
     assert!(err.contains("unknown service \"nope\""), "{err}");
     let (code, out, _) = run_cli(&["check", "-c", "/nonexistent/duotone.toml"], &[]);
     assert_eq!(code, 1, "{out}");
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let a = Upstream::start("app").await;
+    let b = Upstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Upstream::start_unix("sock", dir.path().join("s.sock")).await;
+    let p = Proxy::start(&two_sites(&a, &b, &s)).await;
+    let http = Http::new();
+    for i in 0..60 {
+        let r = http
+            .get_with(&p.url(&format!("/n{i}")), &[("host", "app.test")])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let r = http
+            .get_with(&p.url("/sock/x"), &[("host", "app.test")])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(a.hits(), 60);
+    // One pool per proxy worker thread: a handful of connections, not 60.
+    assert!(
+        a.conns() <= 4,
+        "{} TCP connections for 60 requests",
+        a.conns()
+    );
+    assert!(
+        s.conns() <= 4,
+        "{} unix connections for 60 requests",
+        s.conns()
+    );
 }
