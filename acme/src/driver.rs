@@ -150,11 +150,13 @@ fn drive(ctx: &AcmeCtx, entry: Arc<Entry>) -> BoxFuture<'static, ()> {
         .challenge_type(challenge)
         .state();
     entry.challenge.store(Some(state.resolver()));
+    let totals = ctx.totals.clone();
     tracing::info!(cert = %name, domains = ?entry.acme_domains, directory = %ctx.directory_url, "starting ACME");
     Box::pin(async move {
         while let Some(event) = state.next().await {
             match event {
                 Ok(EventOk::DeployedNewCert) => {
+                    totals.renewals.fetch_add(1, Ordering::Relaxed);
                     let n = entry.stats.renewals.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::info!(cert = %name, issued = n, "ACME certificate issued");
                 }
@@ -163,6 +165,7 @@ fn drive(ctx: &AcmeCtx, entry: Arc<Entry>) -> BoxFuture<'static, ()> {
                 }
                 Ok(ok) => tracing::debug!(cert = %name, event = ?ok, "ACME event"),
                 Err(err) => {
+                    totals.failures.fetch_add(1, Ordering::Relaxed);
                     let n = entry.stats.failures.fetch_add(1, Ordering::Relaxed) + 1;
                     let msg = err.to_string();
                     tracing::warn!(cert = %name, failures = n, error = %msg, "ACME attempt failed; retrying with backoff");

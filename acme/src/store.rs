@@ -59,6 +59,18 @@ pub(crate) struct AcmeCtx {
     pub client: Arc<ClientConfig>,
     pub cache_dir: PathBuf,
     pub account_lock: Arc<Mutex<()>>,
+    /// Outcomes over the process lifetime, across reloads (monotonic).
+    pub totals: Arc<AcmeTotals>,
+}
+
+/// ACME outcomes counted since the process started, whatever certificates
+/// later reloads remove.
+#[derive(Debug, Default)]
+pub(crate) struct AcmeTotals {
+    /// Certificates issued or renewed.
+    pub renewals: AtomicU64,
+    /// Failed ACME attempts.
+    pub failures: AtomicU64,
 }
 
 /// All certificates of the proxy; share it as `Arc<CertStore>`.
@@ -125,6 +137,19 @@ impl CertStore {
             client,
             cache_dir,
             account_lock: Arc::new(Mutex::new(())),
+            totals: Arc::new(AcmeTotals::default()),
+        })
+    }
+
+    /// ACME issuances and failures since the process started: `(renewals,
+    /// failures)`, never decreasing (unlike the per-certificate counts, which
+    /// go with their certificate on reload).
+    pub fn acme_totals(&self) -> (u64, u64) {
+        self.acme.as_ref().map_or((0, 0), |a| {
+            (
+                a.totals.renewals.load(Ordering::Relaxed),
+                a.totals.failures.load(Ordering::Relaxed),
+            )
         })
     }
 

@@ -62,18 +62,23 @@ impl BasicAuth {
         let Some((user, pass)) = pair.split_once(':') else {
             return Verdict::Challenge;
         };
-        let Some(hash) = self
-            .users
-            .iter()
-            .find(|(u, _)| u == user)
-            .map(|(_, h)| h.clone())
-        else {
-            return Verdict::Challenge;
+        // An unknown user costs the same bcrypt run as a wrong password, so
+        // response times do not tell which user names exist.
+        let (known, hash) = match self.users.iter().find(|(u, _)| u == user) {
+            Some((_, h)) => (true, h.clone()),
+            None => (
+                false,
+                self.users
+                    .first()
+                    .map(|(_, h)| h.clone())
+                    .unwrap_or_default(),
+            ),
         };
         let pass = pass.to_string();
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
             .await
-            .unwrap_or(false);
+            .unwrap_or(false)
+            && known;
         if !ok {
             return Verdict::Challenge;
         }

@@ -165,3 +165,60 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Err(format!("status {status}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(rise: u32, fall: u32) -> Target {
+        Target {
+            key: "blue/127.0.0.1:1".into(),
+            addr: MemberAddr::Named("127.0.0.1".into(), 1),
+            resolved: None,
+            health: Arc::new(MemberHealth::default()),
+            spec: HealthSpec {
+                path: "/healthz".into(),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                rise,
+                fall,
+                host: None,
+            },
+        }
+    }
+
+    fn run(t: &Target, streaks: &mut HashMap<String, i64>, results: &[bool]) -> Vec<HealthState> {
+        results
+            .iter()
+            .map(|ok| {
+                let r = if *ok { Ok(()) } else { Err("boom".to_string()) };
+                record(t, &r, streaks);
+                t.health.state()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fall_and_rise_thresholds_are_honoured() {
+        use HealthState::{Down, Up};
+        let t = target(2, 3);
+        let mut s = HashMap::new();
+        // The first verdict is immediate; then it takes `fall` failures in a
+        // row to go down and `rise` successes in a row to come back.
+        assert_eq!(
+            run(&t, &mut s, &[true, false, false, true, false, false, false]),
+            [Up, Up, Up, Up, Up, Up, Down]
+        );
+        assert_eq!(
+            run(&t, &mut s, &[true, false, true, true]),
+            [Down, Down, Down, Up]
+        );
+    }
+
+    #[test]
+    fn first_failure_marks_a_new_member_down() {
+        let t = target(2, 3);
+        let mut s = HashMap::new();
+        assert_eq!(run(&t, &mut s, &[false]), [HealthState::Down]);
+    }
+}

@@ -85,15 +85,16 @@ pub fn gauges(store: &CertStore) -> Vec<crate::metrics::StateGauge> {
             value: c.not_after as f64,
         })
         .collect();
+    let (renewals, failures) = store.acme_totals();
     out.push(crate::metrics::StateGauge {
         name: "duotone_acme_renewals_total",
         labels: vec![],
-        value: list.iter().map(|c| c.renewals as f64).sum(),
+        value: renewals as f64,
     });
     out.push(crate::metrics::StateGauge {
         name: "duotone_acme_failures_total",
         labels: vec![],
-        value: list.iter().map(|c| c.failures as f64).sum(),
+        value: failures as f64,
     });
     out
 }

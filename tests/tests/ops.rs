@@ -76,7 +76,7 @@ fn sample(metrics: &str, prefix: &str) -> f64 {
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{metrics}"))
 }
 
 #[tokio::test]
