@@ -112,7 +112,9 @@ extern "C" fn lazy_arena_commit() {
 static LAZY_ARENA_COMMIT: extern "C" fn() = lazy_arena_commit;
 
 fn main() -> ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Before any rustls config exists: ring restricted to the safe suites,
+    // in Duotone's order (Pingora's listeners use the process default).
+    acme::tls::install_default_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

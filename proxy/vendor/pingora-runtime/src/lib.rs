@@ -568,6 +568,22 @@ impl Runtime {
 // only NoStealRuntime set the pools in thread threads
 static CURRENT_HANDLE: Lazy<ThreadLocal<Pools>> = Lazy::new(ThreadLocal::new);
 
+/// Duotone patch: the [Handle] of worker `i` (modulo the worker count) of the
+/// current `NoSteal` runtime, or the current runtime's [Handle] otherwise.
+/// Lets a service start one listener task per worker thread, so accepted
+/// connections (which stay on the thread that accepted them) use every
+/// worker. Panics outside any runtime.
+pub fn worker_handle(i: usize) -> Handle {
+    if let Some(pools) = CURRENT_HANDLE.get() {
+        if let Some(pools) = pools.get() {
+            if !pools.is_empty() {
+                return pools[i % pools.len()].clone();
+            }
+        }
+    }
+    Handle::current()
+}
+
 /// Return the [Handle] of current runtime.
 /// If the current thread is under a `Steal` runtime, the current [Handle] is returned.
 /// If the current thread is under a `NoSteal` runtime, the [Handle] of a random thread

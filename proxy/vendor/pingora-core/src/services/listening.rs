@@ -299,14 +299,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
         let app_logic = Arc::new(app_logic);
 
         let mut handlers = Vec::new();
+        let _ = runtime;
 
         endpoints.into_iter().for_each(|endpoint| {
-            for _ in 0..listeners_per_fd {
+            for i in 0..listeners_per_fd {
                 let shutdown = shutdown.clone();
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
 
-                let jh = runtime.spawn(async move {
+                // Duotone patch: listener task `i` runs on worker `i`, not all
+                // on the current one (connections stay on the accepting thread).
+                let jh = pingora_runtime::worker_handle(i).spawn(async move {
                     Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
                 });
 
