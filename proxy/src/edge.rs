@@ -508,6 +508,10 @@ impl ProxyHttp for Edge {
             return;
         }
         let req = session.req_header();
+        if ctx.request_id.is_none() {
+            // Answered locally (static, redirect, 4xx): still one id per line.
+            ctx.request_id = Some(self.ids.for_request(req));
+        }
         let header = |n: http::header::HeaderName| {
             req.headers
                 .get(n)

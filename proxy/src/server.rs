@@ -19,6 +19,7 @@ pub fn run(source: Source) -> Result<()> {
         .load()
         .map_err(|d| anyhow::anyhow!("invalid config:\n{d}"))?;
     let server_cfg = config.server.clone();
+    let idle = config.limits.keepalive_timeout;
     let certs = if config
         .sites
         .iter()
@@ -101,6 +102,9 @@ pub fn run(source: Source) -> Result<()> {
     let mut app = pingora::proxy::http_proxy(&server.configuration, edge);
     let mut opts = HttpServerOptions::default();
     opts.h2c = true;
+    // HTTP/2 connections idle this long are closed, as HTTP/1 keep-alive
+    // ones are (a changed keepalive_timeout reaches h2 at the next restart).
+    opts.h2_idle_timeout = Some(idle);
     app.server_options = Some(opts);
     let guarded = crate::conn::Guarded::new(app, active.clone(), control.clone());
     let mut proxy = pingora::services::listening::Service::new("duotone".to_string(), guarded);

@@ -187,13 +187,31 @@ async fn metrics_and_access_log() {
     assert_eq!(line["client"], "127.0.0.1");
     assert_eq!(line["method"], "GET");
     assert!(line["time"].as_str().unwrap().ends_with('Z'));
-    let proxied = p
+    assert!(
+        !line["request_id"].as_str().unwrap_or("").is_empty(),
+        "local answers carry a request id too: {line}"
+    );
+    let proxied: Vec<serde_json::Value> = p
         .log()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["uri"] == "/x")
-        .count();
-    assert_eq!(proxied, 5);
+        .collect();
+    assert_eq!(proxied.len(), 5);
+    let l = &proxied[0];
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["service"], "app");
+    assert_eq!(l["color"], "blue");
+    assert_eq!(l["upstream"], app.member());
+    assert!(
+        l["host"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("127.0.0.1")),
+        "{l}"
+    );
+    assert!(l["bytes"].as_u64().is_some_and(|b| b > 0), "{l}");
+    assert!(l["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{l}");
+    assert_eq!(l["request_id"].as_str().map(str::len), Some(24), "{l}");
 }
 
 #[tokio::test]
@@ -553,4 +571,51 @@ async fn live_colors_set_through_the_api_survive_a_reload() {
         1.0
     );
     assert_eq!(http.get(&p.url("/")).await.unwrap().text(), "green");
+}
+
+/// Reads until the peer closes; true if it did within `limit`.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn idle_keepalive_and_h2_connections_are_closed() {
+    let app = Upstream::start("blue").await;
+    let cfg = format!(
+        "[server]\nhttp = \"{{http}}\"\nadmin = \"{{admin}}\"\nstate_dir = \"{{state}}\"\n[limits]\nkeepalive_timeout = \"1s\"\n[[sites]]\nhosts = [\"*\"]\n  [[sites.routes]]\n  path = \"/\"\n  service = \"app\"\n[services.app]\ncolors.blue = [\"{}\"]\n",
+        app.member()
+    );
+    let p = Proxy::start(&cfg).await;
+    // HTTP/1.1: one request, then silence.
+    let mut h1 = tokio::net::TcpStream::connect(p.ports.http).await.unwrap();
+    h1.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    h1.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // HTTP/2 (prior knowledge): preface and SETTINGS, then silence.
+    let mut h2 = tokio::net::TcpStream::connect(p.ports.http).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // Both are closed by the proxy well before this generous bound.
+    assert!(
+        closed_within(&mut h1, Duration::from_secs(15)).await,
+        "idle HTTP/1.1 connection left open"
+    );
+    assert!(
+        closed_within(&mut h2, Duration::from_secs(15)).await,
+        "idle HTTP/2 connection left open"
+    );
 }
