@@ -1,7 +1,8 @@
 //! Client connections before HTTP: a cap on concurrent connections, the
-//! active-connection gauge, and a deadline for the first request head
+//! active-connection gauge, and a deadline for every request head
 //! (slowloris): a client that has not sent a complete head within
-//! `header_timeout` of connecting is cut off, however slowly it trickles.
+//! `header_timeout` of connecting, or of the first byte of a later request
+//! on a keep-alive connection, is cut off, however slowly it trickles.
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -73,11 +74,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 }
 
 /// A stream that fails reads once `limit` has passed without a complete
-/// first request head (`\r\n\r\n`, which the HTTP/2 preface also contains).
+/// request head (`\r\n\r\n`, which the HTTP/2 preface also contains): the
+/// first one from connect, later ones (after [`HeadDeadline::next_request`])
+/// from their first byte, so keep-alive idle time is not counted.
 #[derive(Debug)]
 pub struct HeadDeadline {
     inner: Stream,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    limit: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Whether a head is being read against the deadline.
+    armed: bool,
+    /// Set when a request ended: the next bytes start a new head.
+    next_head: std::sync::atomic::AtomicBool,
     tail: [u8; 3],
 }
 
@@ -86,8 +94,25 @@ impl HeadDeadline {
     pub fn new(inner: Stream, limit: Duration) -> Self {
         HeadDeadline {
             inner,
-            sleep: Some(Box::pin(tokio::time::sleep(limit))),
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            armed: true,
+            next_head: std::sync::atomic::AtomicBool::new(false),
             tail: [0; 3],
+        }
+    }
+
+    /// Marks the end of an HTTP/1 request: the next bytes read begin a new
+    /// head, which gets `limit` from its first byte.
+    pub fn next_request(&self) {
+        self.next_head.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the end of a request on the connection `stream`, if it is one
+    /// of ours (a no-op for HTTP/2 and other streams).
+    pub fn request_done(stream: Option<&Stream>) {
+        if let Some(h) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
+            h.next_request();
         }
     }
 }
@@ -120,20 +145,30 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if let Some(sleep) = this.sleep.as_mut() {
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "client did not send a complete request head in time",
-                )));
-            }
+        if this.armed && this.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client did not send a complete request head in time",
+            )));
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.sleep.is_some() {
-            if let Poll::Ready(Ok(())) = &res {
-                if head_end(&mut this.tail, &buf.filled()[before..]) {
-                    this.sleep = None;
+        if let Poll::Ready(Ok(())) = &res {
+            let new = &buf.filled()[before..];
+            if this.armed {
+                if head_end(&mut this.tail, new) {
+                    this.armed = false;
+                }
+            } else if !new.is_empty() && this.next_head.swap(false, Ordering::Relaxed) {
+                // A new head starts; most arrive whole in this one read.
+                this.tail = [0; 3];
+                if !head_end(&mut this.tail, new) {
+                    this.armed = true;
+                    let deadline = tokio::time::Instant::now() + this.limit;
+                    this.sleep.as_mut().reset(deadline);
+                    // Register the timer's waker before the next read waits
+                    // (it cannot be due yet: `limit` is in the future).
+                    let _ = this.sleep.as_mut().poll(cx);
                 }
             }
         }

@@ -468,6 +468,7 @@ impl ProxyHttp for Edge {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.in_flight = None;
+        crate::conn::HeadDeadline::request_done(session.as_downstream().stream());
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -392,6 +392,53 @@ async fn limits_smuggling_and_slowloris() {
         cut.is_some_and(|i| i < 100),
         "slowloris connection was not cut off"
     );
+    // The same on a keep-alive connection: one quick request, then the next
+    // head trickled. Idle time before it does not count, its trickle does.
+    let mut slow = tokio::net::TcpStream::connect(p.ports.http).await.unwrap();
+    slow.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\nblue") {
+        let n = slow.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "first response cut: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    let trickle = tokio::spawn(async move {
+        for i in 0..100 {
+            let line = if i == 0 {
+                "GET /x HTTP/1.1\r\n".to_string()
+            } else {
+                format!("X-{i}: y\r\n")
+            };
+            if slow.write_all(line.as_bytes()).await.is_err() {
+                return Some(i);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut buf = [0u8; 64];
+        match slow.read(&mut buf).await {
+            Ok(0) | Err(_) => Some(100),
+            Ok(_) => None,
+        }
+    });
+    for _ in 0..5 {
+        assert_eq!(http.get(&p.url("/x")).await.unwrap().status, 200);
+    }
+    let cut = tokio::time::timeout(Duration::from_secs(15), trickle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        cut.is_some_and(|i| i < 100),
+        "slowloris on a keep-alive connection was not cut off"
+    );
 }
 
 #[tokio::test]
