@@ -15,6 +15,12 @@ use std::sync::Arc;
 /// Runs Duotone with the config from `source` until SIGTERM/SIGINT.
 /// Never returns on success (Pingora exits the process).
 pub fn run(source: Source) -> Result<()> {
+    // Until the reload handler is installed (with the background tasks), a
+    // SIGHUP must not kill the proxy: ignore it. The handler replaces this.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let config = source
         .load()
         .map_err(|d| anyhow::anyhow!("invalid config:\n{d}"))?;

@@ -666,3 +666,63 @@ async fn idle_keepalive_and_h2_connections_are_closed() {
         "idle HTTP/2 connection left open"
     );
 }
+
+/// Whether `pid` ignores SIGHUP (bit 0 of SigIgn in /proc/PID/status).
+fn ignores_sighup(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & 1 == 1)
+}
+
+#[tokio::test]
+async fn sighup_during_startup_does_not_kill_the_proxy() {
+    let app = Upstream::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = e2e::proxy::Ports {
+        http: std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port())),
+        https: std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port())),
+        admin: std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port())),
+    };
+    let file = dir.path().join("duotone.toml");
+    std::fs::write(&file, Proxy::render(&config(&app, ""), &ports, dir.path())).unwrap();
+    let mut child = tokio::process::Command::new(e2e::proxy::duotone_bin())
+        .arg("run")
+        .arg("-c")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // As soon as the proxy has started to run (SIGHUP ignored), before it
+    // is ready: a SIGHUP now must be harmless.
+    // (Polled without pauses: startup takes milliseconds, then the reload
+    // handler replaces the ignore.)
+    let start = std::time::Instant::now();
+    while !ignores_sighup(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "SIGHUP is never ignored during startup"
+        );
+        tokio::task::yield_now().await;
+    }
+    unsafe {
+        libc::kill(pid as i32, libc::SIGHUP);
+    }
+    let admin = ports.admin;
+    let up = e2e::eventually(Duration::from_secs(20), || async move {
+        e2e::client::get_status(&format!("http://{admin}/healthz"))
+            .await
+            .ok()
+            .filter(|s| *s == 200)
+    })
+    .await;
+    assert!(up.is_some(), "proxy did not come up after an early SIGHUP");
+    assert!(child.try_wait().unwrap().is_none(), "proxy exited");
+}
