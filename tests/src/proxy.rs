@@ -113,15 +113,7 @@ impl Proxy {
         }
         let child = cmd.spawn().expect("spawn duotone");
         self.child = Some(child);
-        let admin = self.ports.admin;
-        let up = crate::eventually(Duration::from_secs(20), || async move {
-            crate::client::get_status(&format!("http://{admin}/healthz"))
-                .await
-                .ok()
-                .filter(|s| *s == 200)
-        })
-        .await;
-        if up.is_none() {
+        if !wait_healthy(self.ports.admin, Duration::from_secs(20)).await {
             panic!("duotone did not start; log:\n{}", self.log());
         }
         // The proxy listener comes up with the admin one; wait for it too.
@@ -194,6 +186,19 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Waits until `GET /healthz` on the admin address answers 200; false if
+/// it does not within `limit`.
+pub async fn wait_healthy(admin: SocketAddr, limit: Duration) -> bool {
+    crate::eventually(limit, || async move {
+        crate::client::get_status(&format!("http://{admin}/healthz"))
+            .await
+            .ok()
+            .filter(|s| *s == 200)
+    })
+    .await
+    .is_some()
 }
 
 /// Runs `duotone ARGS…` to completion; returns (exit code, stdout, stderr).

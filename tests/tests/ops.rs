@@ -308,6 +308,43 @@ async fn reload_under_load_drops_nothing_and_bad_config_keeps_old_routes() {
     );
 }
 
+/// Trickles a request head on `slow` (`first` line, then a header line every
+/// 100 ms, 10 s in all) while normal requests keep being served; true if the
+/// proxy cut the trickling connection off before it finished.
+async fn slowloris_is_cut(
+    mut slow: tokio::net::TcpStream,
+    first: &'static str,
+    http: &Http,
+    p: &Proxy,
+) -> bool {
+    let trickle = tokio::spawn(async move {
+        for i in 0..100 {
+            let line = if i == 0 {
+                first.to_string()
+            } else {
+                format!("X-{i}: y\r\n")
+            };
+            if slow.write_all(line.as_bytes()).await.is_err() {
+                return Some(i);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut buf = [0u8; 64];
+        match slow.read(&mut buf).await {
+            Ok(0) | Err(_) => Some(100),
+            Ok(_) => None,
+        }
+    });
+    for _ in 0..5 {
+        assert_eq!(http.get(&p.url("/x")).await.unwrap().status, 200);
+    }
+    let cut = tokio::time::timeout(Duration::from_secs(15), trickle)
+        .await
+        .unwrap()
+        .unwrap();
+    cut.is_some_and(|i| i < 100)
+}
+
 #[tokio::test]
 async fn limits_smuggling_and_slowloris() {
     let app = Upstream::start("blue").await;
@@ -364,32 +401,8 @@ async fn limits_smuggling_and_slowloris() {
     slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
         .await
         .unwrap();
-    let trickle = tokio::spawn(async move {
-        for i in 0..100 {
-            if slow
-                .write_all(format!("X-{i}: y\r\n").as_bytes())
-                .await
-                .is_err()
-            {
-                return Some(i);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut buf = [0u8; 64];
-        match slow.read(&mut buf).await {
-            Ok(0) | Err(_) => Some(100),
-            Ok(_) => None,
-        }
-    });
-    for _ in 0..5 {
-        assert_eq!(http.get(&p.url("/x")).await.unwrap().status, 200);
-    }
-    let cut = tokio::time::timeout(Duration::from_secs(15), trickle)
-        .await
-        .unwrap()
-        .unwrap();
     assert!(
-        cut.is_some_and(|i| i < 100),
+        slowloris_is_cut(slow, "X-0: y\r\n", &http, &p).await,
         "slowloris connection was not cut off"
     );
     // The same on a keep-alive connection: one quick request, then the next
@@ -410,33 +423,8 @@ async fn limits_smuggling_and_slowloris() {
         got.extend_from_slice(&buf[..n]);
     }
     assert!(got.starts_with(b"HTTP/1.1 200"));
-    let trickle = tokio::spawn(async move {
-        for i in 0..100 {
-            let line = if i == 0 {
-                "GET /x HTTP/1.1\r\n".to_string()
-            } else {
-                format!("X-{i}: y\r\n")
-            };
-            if slow.write_all(line.as_bytes()).await.is_err() {
-                return Some(i);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut buf = [0u8; 64];
-        match slow.read(&mut buf).await {
-            Ok(0) | Err(_) => Some(100),
-            Ok(_) => None,
-        }
-    });
-    for _ in 0..5 {
-        assert_eq!(http.get(&p.url("/x")).await.unwrap().status, 200);
-    }
-    let cut = tokio::time::timeout(Duration::from_secs(15), trickle)
-        .await
-        .unwrap()
-        .unwrap();
     assert!(
-        cut.is_some_and(|i| i < 100),
+        slowloris_is_cut(slow, "GET /x HTTP/1.1\r\n", &http, &p).await,
         "slowloris on a keep-alive connection was not cut off"
     );
 }
@@ -715,14 +703,9 @@ async fn sighup_during_startup_does_not_kill_the_proxy() {
     unsafe {
         libc::kill(pid as i32, libc::SIGHUP);
     }
-    let admin = ports.admin;
-    let up = e2e::eventually(Duration::from_secs(20), || async move {
-        e2e::client::get_status(&format!("http://{admin}/healthz"))
-            .await
-            .ok()
-            .filter(|s| *s == 200)
-    })
-    .await;
-    assert!(up.is_some(), "proxy did not come up after an early SIGHUP");
+    assert!(
+        e2e::proxy::wait_healthy(ports.admin, Duration::from_secs(20)).await,
+        "proxy did not come up after an early SIGHUP"
+    );
     assert!(child.try_wait().unwrap().is_none(), "proxy exited");
 }

@@ -282,7 +282,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
         shutdown: ShutdownWatch,
         listeners_per_fd: usize,
     ) {
-        let runtime = current_handle();
         let endpoints = self
             .listeners
             .build(
@@ -299,7 +298,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
         let app_logic = Arc::new(app_logic);
 
         let mut handlers = Vec::new();
-        let _ = runtime;
 
         endpoints.into_iter().for_each(|endpoint| {
             for i in 0..listeners_per_fd {
