@@ -25,15 +25,23 @@ pub struct Guarded<A> {
     /// Currently open client connections (shared with metrics).
     pub active: Arc<AtomicI64>,
     control: Arc<crate::control::Control>,
+    lane: Option<crate::lane::Lane>,
 }
 
 impl<A> Guarded<A> {
     /// Wraps `inner`; limits are read per connection so reloads apply.
-    pub fn new(inner: A, active: Arc<AtomicI64>, control: Arc<crate::control::Control>) -> Self {
+    /// With a `lane`, HTTP/1 requests it serves never reach `inner`.
+    pub fn new(
+        inner: A,
+        active: Arc<AtomicI64>,
+        control: Arc<crate::control::Control>,
+        lane: Option<crate::lane::Lane>,
+    ) -> Self {
         Guarded {
             inner: Arc::new(inner),
             active,
             control,
+            lane,
         }
     }
 }
@@ -63,8 +71,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             );
             return None;
         }
-        let stream: Stream = Box::new(HeadDeadline::new(stream, limits.header_timeout));
-        self.inner.process_new(stream, shutdown).await;
+        let mut stream = HeadDeadline::new(stream, limits.header_timeout);
+        if let Some(lane) = &self.lane {
+            match lane.serve(&mut stream, shutdown).await {
+                crate::lane::End::Closed => {
+                    stream.shutdown().await;
+                    return None;
+                }
+                crate::lane::End::Handoff(read) => stream.unread(read),
+            }
+        }
+        self.inner.process_new(Box::new(stream), shutdown).await;
         None
     }
 
@@ -87,6 +104,9 @@ pub struct HeadDeadline {
     /// Set when a request ended: the next bytes start a new head.
     next_head: std::sync::atomic::AtomicBool,
     tail: [u8; 3],
+    /// Bytes read by the lane and handed back: served before the socket.
+    unread: Vec<u8>,
+    unread_at: usize,
 }
 
 impl HeadDeadline {
@@ -99,7 +119,54 @@ impl HeadDeadline {
             armed: true,
             next_head: std::sync::atomic::AtomicBool::new(false),
             tail: [0; 3],
+            unread: Vec::new(),
+            unread_at: 0,
         }
+    }
+
+    /// Puts `bytes` back in front of the stream: the next reads (and
+    /// peeks) return them first. They have been through the head deadline.
+    pub fn unread(&mut self, mut bytes: Vec<u8>) {
+        bytes.extend_from_slice(&self.unread[self.unread_at..]);
+        self.unread = bytes;
+        self.unread_at = 0;
+    }
+
+    /// Reads from the socket, enforcing the head deadline.
+    fn poll_read_socket(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self;
+        if this.armed && this.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client did not send a complete request head in time",
+            )));
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &res {
+            let new = &buf.filled()[before..];
+            if this.armed {
+                if head_end(&mut this.tail, new) {
+                    this.armed = false;
+                }
+            } else if !new.is_empty() && this.next_head.swap(false, Ordering::Relaxed) {
+                // A new head starts; most arrive whole in this one read.
+                this.tail = [0; 3];
+                if !head_end(&mut this.tail, new) {
+                    this.armed = true;
+                    let deadline = tokio::time::Instant::now() + this.limit;
+                    this.sleep.as_mut().reset(deadline);
+                    // Register the timer's waker before the next read waits
+                    // (it cannot be due yet: `limit` is in the future).
+                    let _ = this.sleep.as_mut().poll(cx);
+                }
+            }
+        }
+        res
     }
 
     /// Marks the end of an HTTP/1 request: the next bytes read begin a new
@@ -145,34 +212,18 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.armed && this.sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "client did not send a complete request head in time",
-            )));
-        }
-        let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &res {
-            let new = &buf.filled()[before..];
-            if this.armed {
-                if head_end(&mut this.tail, new) {
-                    this.armed = false;
-                }
-            } else if !new.is_empty() && this.next_head.swap(false, Ordering::Relaxed) {
-                // A new head starts; most arrive whole in this one read.
-                this.tail = [0; 3];
-                if !head_end(&mut this.tail, new) {
-                    this.armed = true;
-                    let deadline = tokio::time::Instant::now() + this.limit;
-                    this.sleep.as_mut().reset(deadline);
-                    // Register the timer's waker before the next read waits
-                    // (it cannot be due yet: `limit` is in the future).
-                    let _ = this.sleep.as_mut().poll(cx);
-                }
+        if this.unread_at < this.unread.len() {
+            let rest = &this.unread[this.unread_at..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.unread_at += n;
+            if this.unread_at == this.unread.len() {
+                this.unread = Vec::new();
+                this.unread_at = 0;
             }
+            return Poll::Ready(Ok(()));
         }
-        res
+        this.poll_read_socket(cx, buf)
     }
 }
 
@@ -260,7 +311,26 @@ impl GetSocketDigest for HeadDeadline {
 #[async_trait]
 impl Peek for HeadDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if self.unread_at == self.unread.len() {
+            return self.inner.try_peek(buf).await;
+        }
+        // Like the socket's peek: wait for `buf.len()` bytes, keep them unread.
+        let mut bytes = self.unread.split_off(self.unread_at);
+        self.unread.clear();
+        self.unread_at = 0;
+        let mut chunk = [0u8; 64];
+        while bytes.len() < buf.len() {
+            let mut rb = ReadBuf::new(&mut chunk);
+            std::future::poll_fn(|cx| self.poll_read_socket(cx, &mut rb)).await?;
+            if rb.filled().is_empty() {
+                self.unread(bytes);
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            bytes.extend_from_slice(rb.filled());
+        }
+        buf.copy_from_slice(&bytes[..buf.len()]);
+        self.unread(bytes);
+        Ok(true)
     }
 }
 

@@ -25,9 +25,9 @@ pub struct Edge {
     /// The control plane (routing snapshot, live state).
     pub control: Arc<Control>,
     /// Request id generator.
-    pub ids: forwarded::RequestIds,
+    pub ids: Arc<forwarded::RequestIds>,
     /// Access log sink.
-    pub access_log: crate::access_log::AccessLog,
+    pub access_log: Arc<crate::access_log::AccessLog>,
     /// Answers ACME HTTP-01 challenges on the plain listener, when ACME is on.
     pub acme_http01: Option<Http01Answers>,
     /// Whether any route compresses responses (the compression module is

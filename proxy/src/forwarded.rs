@@ -26,11 +26,18 @@ impl Default for RequestIds {
 impl RequestIds {
     /// A fresh id.
     pub fn next(&self) -> http::HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 24];
-        hex(self.prefix, &mut buf[..16]);
-        hex(n, &mut buf[16..]);
+        self.write_next(&mut buf);
         http::HeaderValue::from_bytes(&buf).unwrap_or_else(|_| http::HeaderValue::from_static("0"))
+    }
+
+    /// Writes a fresh id (24 hex digits) into `out`, which must hold 24 bytes.
+    pub fn write_next(&self, out: &mut [u8]) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Some((prefix, counter)) = out.get_mut(..24).map(|o| o.split_at_mut(16)) {
+            hex(self.prefix, prefix);
+            hex(n, counter);
+        }
     }
 
     /// The client's X-Request-Id when it is sane (1–128 visible ASCII

@@ -96,10 +96,18 @@ pub fn run(source: Source) -> Result<()> {
 
     let compression = config_has_compression(&control);
     let _ = control.compression_installed.set(compression);
+    let ids = Arc::new(crate::forwarded::RequestIds::default());
+    let access_log = Arc::new(crate::access_log::AccessLog::start()?);
+    let lane = crate::lane::Lane {
+        control: control.clone(),
+        ids: ids.clone(),
+        access_log: access_log.clone(),
+        acme: certs.is_some(),
+    };
     let edge = Edge {
         control: control.clone(),
-        ids: Default::default(),
-        access_log: crate::access_log::AccessLog::start()?,
+        ids,
+        access_log,
         compression,
         acme_http01: certs.clone().map(|store| {
             Arc::new(move |token: &str| store.http01_key_auth(token)) as crate::edge::Http01Answers
@@ -112,7 +120,8 @@ pub fn run(source: Source) -> Result<()> {
     // ones are (a changed keepalive_timeout reaches h2 at the next restart).
     opts.h2_idle_timeout = Some(idle);
     app.server_options = Some(opts);
-    let guarded = crate::conn::Guarded::new(app, active.clone(), control.clone());
+    let lane = lane_enabled().then_some(lane);
+    let guarded = crate::conn::Guarded::new(app, active.clone(), control.clone(), lane);
     let mut proxy = pingora::services::listening::Service::new("duotone".to_string(), guarded);
     if let Some(addr) = server_cfg.http {
         proxy.add_listener(
@@ -157,6 +166,16 @@ pub fn run(source: Source) -> Result<()> {
         "duotone running"
     );
     server.run_forever()
+}
+
+/// Whether HTTP/1.1 requests take the lane (on unless `DUOTONE_LANE=off`,
+/// which sends every request through Pingora's full path).
+fn lane_enabled() -> bool {
+    let on = std::env::var("DUOTONE_LANE").map_or(true, |v| v != "off" && v != "0");
+    if !on {
+        tracing::info!("DUOTONE_LANE=off: every request takes Pingora's path");
+    }
+    on
 }
 
 /// True when any route of the running config has `compress = true`.

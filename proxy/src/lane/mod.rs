@@ -1,0 +1,221 @@
+//! The lane: Duotone's own HTTP/1.1 loop for the common request, one routed
+//! to a service and proxied over a pooled upstream connection, with no task,
+//! channel or header map per request: the head is parsed in place, the
+//! upstream head written straight from it, and the response relayed.
+//!
+//! Everything else (static files, redirects, auth, allow lists, compression,
+//! upgrades, chunked or large uploads, HTTP/1.0, HTTP/2, bad or oversized
+//! heads, ACME challenges) is handed to Pingora's full path together with
+//! the bytes already read; Pingora then serves the rest of the connection,
+//! exactly as without the lane.
+
+mod relay;
+mod request;
+mod response;
+mod upstream;
+
+use crate::access_log::{AccessLog, Entry};
+use crate::conn::HeadDeadline;
+use crate::control::{Control, Snapshot};
+use crate::forwarded::RequestIds;
+use pingora::protocols::{GetSocketDigest, Ssl, ALPN};
+use pingora::server::ShutdownWatch;
+use request::{LogFields, Parsed, Plan};
+use routes::config::AccessLog as LogFormat;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The lane's shared state.
+pub struct Lane {
+    /// The control plane (routing snapshot).
+    pub control: Arc<Control>,
+    /// Request ids, shared with Pingora's path.
+    pub ids: Arc<RequestIds>,
+    /// Access log, shared with Pingora's path.
+    pub access_log: Arc<AccessLog>,
+    /// Whether ACME HTTP-01 challenges are answered (by Pingora's path).
+    pub acme: bool,
+}
+
+/// How the lane left a connection.
+pub enum End {
+    /// Closed (or to be closed): nothing more to do.
+    Closed,
+    /// Pingora's path takes over; these bytes were read and not consumed.
+    Handoff(Vec<u8>),
+}
+
+/// What happened to one proxied request.
+pub struct Outcome {
+    /// Status sent to the client (0: none).
+    pub status: u16,
+    /// Response body bytes sent to the client.
+    pub bytes: u64,
+    /// The pool (color) chosen.
+    pub pool: usize,
+    /// The member last tried.
+    pub member: Option<usize>,
+    /// The exchange completed without error.
+    pub ok: bool,
+    /// The client connection can serve another request.
+    pub keep_client: bool,
+}
+
+impl Lane {
+    /// Serves requests on `io` until the connection ends or a request
+    /// needs Pingora's path.
+    pub async fn serve(&self, io: &mut HeadDeadline, shutdown: &ShutdownWatch) -> End {
+        if matches!(io.selected_alpn_proto(), Some(ALPN::H2)) {
+            return End::Handoff(Vec::new());
+        }
+        let tls = io.get_ssl_digest().is_some();
+        let ip = client_ip(io);
+        let mut shutdown = shutdown.clone();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut out: Vec<u8> = Vec::new();
+        let mut served = 0u64;
+        let conn = request::Conn {
+            tls,
+            client_ip: &ip,
+            acme: self.acme,
+        };
+        let mut snap = self.control.load();
+        loop {
+            let mut log;
+            let plan = loop {
+                if !buf.is_empty() {
+                    // The routing table as of this request's arrival.
+                    snap = self.control.load();
+                    let config = &snap.table.config;
+                    let head_limit = config.limits.max_header_bytes.saturating_add(4096);
+                    log = (config.access_log != LogFormat::Off).then(LogFields::default);
+                    match request::plan(&buf, &snap, &conn, &self.ids, &mut out, log.as_mut()) {
+                        Parsed::Partial if buf.len() < head_limit => {}
+                        Parsed::Proxy(p) => break p,
+                        Parsed::Partial | Parsed::Handoff => return End::Handoff(buf),
+                    }
+                }
+                let limits = snap.table.config.limits;
+                let read = if buf.is_empty() && served > 0 {
+                    // Idle between requests: keep-alive timeout, and leave
+                    // at once on graceful shutdown.
+                    tokio::select! {
+                        biased;
+                        r = within(limits.keepalive_timeout, read_some(io, &mut buf)) => r,
+                        _ = shutdown.changed() => return End::Closed,
+                    }
+                } else {
+                    // The head deadline (HeadDeadline) bounds this.
+                    Ok(read_some(io, &mut buf).await)
+                };
+                match read {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return End::Closed,
+                }
+            };
+            let start = Instant::now();
+            let limits = snap.table.config.limits;
+            let need = plan.head_len + plan.body_len;
+            while buf.len() < need {
+                match within(limits.body_timeout, read_some(io, &mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return End::Closed,
+                }
+            }
+            out.extend_from_slice(&buf[plan.head_len..need]);
+            let outcome = relay::exchange(self, &snap, &plan, &out, io, tls).await;
+            buf.drain(..need);
+            io.next_request();
+            served += 1;
+            self.finish(&snap, &plan, &outcome, start, log, &ip);
+            if !outcome.keep_client || plan.close || *shutdown.borrow() {
+                return End::Closed;
+            }
+        }
+    }
+
+    /// Metrics, passive health and the access log line for one request.
+    fn finish(
+        &self,
+        snap: &Snapshot,
+        plan: &Plan,
+        o: &Outcome,
+        start: Instant,
+        log: Option<LogFields>,
+        ip: &str,
+    ) {
+        let Some(site) = snap.table.sites.get(plan.site) else {
+            return;
+        };
+        let Some(route) = site.routes.get(plan.route) else {
+            return;
+        };
+        let svc = snap.table.services.get(plan.service);
+        let pool = svc.and_then(|s| s.pools.get(o.pool));
+        let member = pool.and_then(|p| p.members.get(o.member?));
+        if o.ok {
+            if let Some(m) = member {
+                m.health.succeed();
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        if let Some(slot) = snap.slots.get(route.slot) {
+            match slot.metrics.colors.get(o.pool) {
+                Some(c) => c.count(o.status),
+                None => slot.metrics.local.count(o.status),
+            }
+            slot.metrics.duration.observe(elapsed);
+        }
+        let Some(log) = log else {
+            return;
+        };
+        let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
+        let entry = Entry {
+            client: ip.to_string(),
+            host: &log.host,
+            method: &log.method,
+            uri: &log.uri,
+            proto: "HTTP/1.1",
+            status: o.status,
+            bytes: o.bytes as usize,
+            duration: elapsed,
+            site: &site.name,
+            service: svc.map(|s| s.name.as_str()).unwrap_or(""),
+            color: pool.map(|p| p.color.as_str()).unwrap_or(""),
+            upstream: &upstream,
+            request_id: std::str::from_utf8(plan.id.as_bytes()).unwrap_or(""),
+            referer: &log.referer,
+            user_agent: &log.user_agent,
+        };
+        self.access_log.log(snap.table.config.access_log, &entry);
+    }
+}
+
+/// The client's IP address as text (IPv4-mapped IPv6 shown as IPv4).
+fn client_ip(io: &HeadDeadline) -> String {
+    io.get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        .map(|ip| ip.to_canonical().to_string())
+        .unwrap_or_default()
+}
+
+/// Reads what is available into the spare capacity of `buf`.
+async fn read_some<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    r.read_buf(buf).await
+}
+
+/// Runs `f` with a time limit; a future that is ready at once never
+/// touches the timer wheel.
+async fn within<F: Future>(limit: Duration, f: F) -> Result<F::Output, ()> {
+    let mut f = std::pin::pin!(f);
+    if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
+        return Ok(v);
+    }
+    tokio::time::timeout(limit, f).await.map_err(|_| ())
+}

@@ -1,0 +1,317 @@
+//! A client's request head: parsed in place, checked against the route, and
+//! rewritten into the upstream request head. Anything the lane does not
+//! serve itself (local answers, upgrades, chunked bodies, odd framing,
+//! limits exceeded) is a [`Parsed::Handoff`] to Pingora's full path, which
+//! then answers exactly as it always has.
+
+use crate::control::Snapshot;
+use routes::Action;
+
+/// The most header lines the lane parses (more: Pingora's path).
+const MAX_HEADERS: usize = 64;
+
+/// Largest request body the lane buffers whole (larger: Pingora's path).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What the connection knows about itself, for every request.
+pub struct Conn<'a> {
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    /// The client's IP address, formatted (empty when unknown).
+    pub client_ip: &'a str,
+    /// Whether plain-HTTP ACME challenges are answered (Pingora's path does).
+    pub acme: bool,
+}
+
+/// A request the lane proxies.
+pub struct Plan {
+    /// Bytes of the head in the read buffer.
+    pub head_len: usize,
+    /// Bytes of the body following it (Content-Length).
+    pub body_len: usize,
+    /// Site index in the table.
+    pub site: usize,
+    /// Route index in the site.
+    pub route: usize,
+    /// Service index in the table.
+    pub service: usize,
+    /// The client asked to close after this response.
+    pub close: bool,
+    /// A HEAD request (the response has no body).
+    pub head_method: bool,
+    /// The request id sent upstream and back to the client.
+    pub id: RequestId,
+}
+
+/// The outcome of looking at the bytes read so far.
+pub enum Parsed {
+    /// The head is not complete yet.
+    Partial,
+    /// Pingora's path serves this request (and the rest of the connection).
+    Handoff,
+    /// The lane proxies it; the upstream head has been written.
+    Proxy(Plan),
+}
+
+/// A request id on the stack: the client's when sane, else a fresh one.
+pub struct RequestId {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl RequestId {
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Request fields the access log needs, copied only when it is on.
+#[derive(Default)]
+pub struct LogFields {
+    /// Host header.
+    pub host: String,
+    /// Method.
+    pub method: String,
+    /// Path and query as received.
+    pub uri: String,
+    /// Referer header.
+    pub referer: String,
+    /// User-Agent header.
+    pub user_agent: String,
+}
+
+fn is(name: &str, lower: &str) -> bool {
+    name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
+}
+
+/// Headers never forwarded as received: hop-by-hop ones (Connection is
+/// read, the rest send the request to Pingora's path) and the forwarding
+/// headers Duotone sets itself as the edge.
+fn replaced(name: &str) -> bool {
+    is(name, "connection")
+        || is(name, "x-forwarded-for")
+        || is(name, "x-forwarded-proto")
+        || is(name, "x-forwarded-host")
+        || is(name, "x-real-ip")
+        || is(name, "forwarded")
+        || is(name, "x-request-id")
+}
+
+/// Parses `buf` and, for a request the lane serves, writes the upstream
+/// request head into `out` (cleared first) and fills `log` if given.
+pub fn plan(
+    buf: &[u8],
+    snap: &Snapshot,
+    conn: &Conn<'_>,
+    ids: &crate::forwarded::RequestIds,
+    out: &mut Vec<u8>,
+    log: Option<&mut LogFields>,
+) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Handoff,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Handoff;
+    };
+    if method == "CONNECT"
+        || !target.starts_with('/')
+        || !target
+            .bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && b != b'#')
+    {
+        return Parsed::Handoff;
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    if routes::path::has_dot_segment(path)
+        || (conn.acme && !conn.tls && path.starts_with("/.well-known/acme-challenge/"))
+    {
+        return Parsed::Handoff;
+    }
+    let limits = &snap.table.config.limits;
+    let mut host = None;
+    let mut length = None;
+    let mut close = false;
+    let mut client_id = None;
+    let mut header_bytes = target.len();
+    for h in req.headers.iter() {
+        let name = h.name;
+        header_bytes += name.len() + h.value.len() + 4;
+        if is(name, "host") {
+            if host.is_some() {
+                return Parsed::Handoff;
+            }
+            match std::str::from_utf8(h.value) {
+                Ok(v) if !v.is_empty() => host = Some(v),
+                _ => return Parsed::Handoff,
+            }
+        } else if is(name, "content-length") {
+            if length.is_some() {
+                return Parsed::Handoff;
+            }
+            match parse_length(h.value) {
+                Some(n) => length = Some(n),
+                None => return Parsed::Handoff,
+            }
+        } else if is(name, "connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let t = token.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+                    return Parsed::Handoff;
+                }
+            }
+        } else if is(name, "x-request-id") {
+            client_id = Some(h.value);
+        } else if is(name, "transfer-encoding")
+            || is(name, "upgrade")
+            || is(name, "expect")
+            || is(name, "te")
+            || is(name, "trailer")
+            || is(name, "keep-alive")
+            || is(name, "proxy-connection")
+        {
+            return Parsed::Handoff;
+        }
+    }
+    if req.headers.len() > limits.max_headers || header_bytes > limits.max_header_bytes {
+        return Parsed::Handoff;
+    }
+    let Some(host) = host else {
+        return Parsed::Handoff;
+    };
+    let Some((site_idx, site)) = snap.table.site(host) else {
+        return Parsed::Handoff;
+    };
+    let Some(route_idx) = site
+        .routes
+        .iter()
+        .position(|r| path.starts_with(r.prefix.as_str()))
+    else {
+        return Parsed::Handoff;
+    };
+    let route = &site.routes[route_idx];
+    let Action::Proxy(service) = route.action else {
+        return Parsed::Handoff;
+    };
+    let body_len = length.unwrap_or(0);
+    let auth = snap.slots.get(route.slot).is_none_or(|s| s.auth.is_some());
+    if route.compress
+        || !route.allow.is_empty()
+        || auth
+        || (site.tls && !conn.tls && !route.allow_http)
+        || body_len > route.max_body
+        || body_len > MAX_BODY as u64
+    {
+        return Parsed::Handoff;
+    }
+    let id = request_id(client_id, ids);
+
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    if route.strip_prefix {
+        let rest = target.get(route.prefix.len()..).unwrap_or("");
+        if !rest.starts_with('/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(rest.as_bytes());
+    } else {
+        out.extend_from_slice(target.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        if !replaced(h.name) {
+            header(out, h.name.as_bytes(), h.value);
+        }
+    }
+    if !conn.client_ip.is_empty() {
+        header(out, b"x-forwarded-for", conn.client_ip.as_bytes());
+        header(out, b"x-real-ip", conn.client_ip.as_bytes());
+    }
+    let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
+    header(out, b"x-forwarded-proto", proto);
+    header(out, b"x-forwarded-host", host.as_bytes());
+    header(out, b"x-request-id", id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+
+    if let Some(log) = log {
+        log.host = host.to_string();
+        log.method = method.to_string();
+        log.uri = target.to_string();
+        let value = |n: &str| {
+            req.headers
+                .iter()
+                .find(|h| is(h.name, n))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                .unwrap_or_default()
+        };
+        log.referer = value("referer");
+        log.user_agent = value("user-agent");
+    }
+    Parsed::Proxy(Plan {
+        head_len,
+        body_len: body_len as usize,
+        site: site_idx,
+        route: route_idx,
+        service,
+        close,
+        head_method: method == "HEAD",
+        id,
+    })
+}
+
+/// Appends `name: value\r\n`.
+pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A Content-Length value: ASCII digits only, no sign, at most 18 of them.
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn request_id(client: Option<&[u8]>, ids: &crate::forwarded::RequestIds) -> RequestId {
+    let mut id = RequestId {
+        buf: [0; 128],
+        len: 0,
+    };
+    match client {
+        Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) => {
+            id.buf[..v.len()].copy_from_slice(v);
+            id.len = v.len();
+        }
+        _ => {
+            ids.write_next(&mut id.buf[..24]);
+            id.len = 24;
+        }
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_length;
+
+    #[test]
+    fn content_lengths() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b" 42 "), Some(42));
+        assert_eq!(parse_length(b"+1"), None);
+        assert_eq!(parse_length(b"1,1"), None);
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"9999999999999999999"), None);
+    }
+}

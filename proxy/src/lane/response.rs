@@ -1,0 +1,367 @@
+//! An upstream's response head, rewritten for the client, and the framing
+//! of the body that follows it.
+
+use super::request::header;
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const MAX_HEADERS: usize = 128;
+
+/// How the response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding, forwarded as is.
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed upstream response head.
+pub struct Head {
+    /// Bytes of the head in the read buffer.
+    pub len: usize,
+    /// Status code.
+    pub status: u16,
+    /// Body framing.
+    pub framing: Framing,
+    /// The upstream connection may be reused once the body is read.
+    pub reusable: bool,
+}
+
+/// The outcome of looking at the upstream's bytes so far.
+pub enum Parsed {
+    /// Not complete yet.
+    Partial,
+    /// An interim 1xx response of this many bytes: skip it.
+    Interim(usize),
+    /// Invalid or unsupported (the client gets 502).
+    Invalid,
+    /// A final response; the client head has been written.
+    Done(Head),
+}
+
+/// What the client head must carry besides the upstream's headers.
+pub struct Extra<'a> {
+    /// The request was HEAD.
+    pub head_method: bool,
+    /// Strict-Transport-Security value (TLS sites with HSTS).
+    pub hsts: Option<&'a str>,
+    /// X-Request-Id value.
+    pub request_id: &'a [u8],
+    /// Tell the client the connection closes after this response.
+    pub close: bool,
+}
+
+fn is(name: &str, lower: &str) -> bool {
+    name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
+}
+
+/// Parses the response head in `buf` and writes the client's head into
+/// `out` (cleared first).
+pub fn parse(buf: &[u8], extra: &Extra<'_>, out: &mut Vec<u8>) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Invalid,
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Parsed::Invalid;
+    };
+    if status == 101 || !(100..600).contains(&status) {
+        return Parsed::Invalid;
+    }
+    if status < 200 {
+        return Parsed::Interim(len);
+    }
+    let mut length = None;
+    let mut chunked = false;
+    let mut reusable = version == 1;
+    let mut has_date = false;
+    for h in resp.headers.iter() {
+        if is(h.name, "content-length") {
+            match super::request::parse_length(h.value) {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                _ => return Parsed::Invalid,
+            }
+        } else if is(h.name, "transfer-encoding") {
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
+            if chunked || !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Parsed::Invalid;
+            }
+            chunked = true;
+        } else if is(h.name, "connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let t = token.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+                    // Headers named here would have to go: rare, not worth it.
+                    return Parsed::Invalid;
+                }
+            }
+        } else if is(h.name, "date") {
+            has_date = true;
+        }
+    }
+    let framing = if extra.head_method || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        reusable = false;
+        Framing::Close
+    };
+    if chunked && length.is_some() {
+        reusable = false;
+    }
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // 200..=599: three digits.
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
+    out.push(b' ');
+    match resp.reason.filter(|r| !r.is_empty()) {
+        Some(r) => out.extend_from_slice(r.as_bytes()),
+        None => out.extend_from_slice(
+            http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Unknown")
+                .as_bytes(),
+        ),
+    }
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let n = h.name;
+        let dropped = is(n, "connection")
+            || is(n, "keep-alive")
+            || is(n, "proxy-connection")
+            || is(n, "upgrade")
+            || is(n, "x-request-id")
+            || (chunked && is(n, "content-length"))
+            || (extra.hsts.is_some() && is(n, "strict-transport-security"));
+        if !dropped {
+            header(out, n.as_bytes(), h.value);
+        }
+    }
+    if !has_date {
+        date(out);
+    }
+    if let Some(hsts) = extra.hsts {
+        header(out, b"strict-transport-security", hsts.as_bytes());
+    }
+    header(out, b"x-request-id", extra.request_id);
+    if extra.close || framing == Framing::Close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Parsed::Done(Head {
+        len,
+        status,
+        framing,
+        reusable,
+    })
+}
+
+/// Appends a `date:` header, formatted at most once a second per thread.
+pub fn date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs || c.1.is_empty() {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        header(out, b"date", c.1.as_bytes());
+    })
+}
+
+/// Follows a chunked body byte by byte (bulk over chunk data) to find
+/// where it ends, so it can be forwarded verbatim.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    state: State,
+    size: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum State {
+    #[default]
+    Size,
+    SizeDigits,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// A malformed chunked body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadChunk;
+
+impl Chunks {
+    /// True once the last chunk and the trailer section have been seen.
+    pub fn done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Consumes `buf`; returns how many of its bytes belong to the body
+    /// (all of them, unless the body ends inside `buf`).
+    pub fn feed(&mut self, buf: &[u8]) -> Result<usize, BadChunk> {
+        let mut i = 0;
+        while i < buf.len() && self.state != State::Done {
+            if self.state == State::Data {
+                let take = (buf.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                i += take;
+                self.size -= take as u64;
+                if self.size == 0 {
+                    self.state = State::DataCr;
+                }
+                continue;
+            }
+            let b = buf[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (State::Size | State::SizeDigits, _) if b.is_ascii_hexdigit() => {
+                    if self.size > (u64::MAX >> 8) {
+                        return Err(BadChunk);
+                    }
+                    let d = (b as char).to_digit(16).unwrap_or(0);
+                    self.size = self.size * 16 + u64::from(d);
+                    State::SizeDigits
+                }
+                (State::SizeDigits, b';' | b' ' | b'\t') => State::Extension,
+                (State::SizeDigits | State::Extension, b'\r') => State::SizeLf,
+                (State::Extension, b'\n') => return Err(BadChunk),
+                (State::Extension, _) => State::Extension,
+                (State::SizeLf, b'\n') if self.size == 0 => State::TrailerStart,
+                (State::SizeLf, b'\n') => State::Data,
+                (State::DataCr, b'\r') => State::DataLf,
+                (State::DataLf, b'\n') => State::Size,
+                (State::TrailerStart, b'\r') => State::EndLf,
+                (State::TrailerStart | State::TrailerLine, b'\n') => return Err(BadChunk),
+                (State::TrailerLine, b'\r') => State::TrailerLf,
+                (State::TrailerStart | State::TrailerLine, _) => State::TrailerLine,
+                (State::TrailerLf, b'\n') => State::TrailerStart,
+                (State::EndLf, b'\n') => State::Done,
+                _ => return Err(BadChunk),
+            };
+        }
+        Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(body: &[u8]) -> Result<usize, BadChunk> {
+        let mut c = Chunks::default();
+        let n = c.feed(body)?;
+        assert!(c.done(), "not done after {body:?}");
+        Ok(n)
+    }
+
+    #[test]
+    fn finds_the_end_of_chunked_bodies() {
+        assert_eq!(whole(b"0\r\n\r\n"), Ok(5));
+        assert_eq!(whole(b"5\r\nhello\r\n0\r\n\r\nNEXT"), Ok(15));
+        assert_eq!(
+            whole(b"a;ext=1\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n"),
+            Ok(34)
+        );
+        assert_eq!(whole(b"A\r\n0123456789\r\n0\r\n\r\n"), Ok(20));
+        let mut c = Chunks::default();
+        assert!(c.feed(b"5\r\nhello\r\n0\r\n\r\n").is_ok());
+        // Byte by byte gives the same answer.
+        let body = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: v\r\n\r\n";
+        let mut c = Chunks::default();
+        let mut total = 0;
+        for b in body.iter() {
+            total += c.feed(std::slice::from_ref(b)).unwrap();
+        }
+        assert!(c.done());
+        assert_eq!(total, body.len());
+    }
+
+    #[test]
+    fn rejects_malformed_chunks() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloX",
+            b"5\nhello",
+            b"\r\n",
+            b"0\r\n\n",
+            b"ffffffffffffffffff\r\n",
+        ] {
+            assert_eq!(Chunks::default().feed(bad), Err(BadChunk), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rewrites_response_heads() {
+        let extra = Extra {
+            head_method: false,
+            hsts: Some("max-age=1"),
+            request_id: b"id-1",
+            close: false,
+        };
+        let mut out = Vec::new();
+        let up = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Request-Id: theirs\r\nStrict-Transport-Security: max-age=9\r\nDate: x\r\n\r\nok";
+        let Parsed::Done(h) = parse(up, &extra, &mut out) else {
+            panic!("not parsed")
+        };
+        assert_eq!(h.len, up.len() - 2);
+        assert_eq!(h.framing, Framing::Length(2));
+        assert!(h.reusable);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: x\r\nstrict-transport-security: max-age=1\r\nx-request-id: id-1\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        let Parsed::Done(h) = parse(b"HTTP/1.0 200 OK\r\n\r\n", &extra, &mut out) else {
+            panic!("not parsed")
+        };
+        assert_eq!(h.framing, Framing::Close);
+        assert!(!h.reusable);
+        assert!(String::from_utf8_lossy(&out).contains("connection: close\r\n"));
+        assert!(matches!(
+            parse(b"HTTP/1.1 100 Continue\r\n\r\n", &extra, &mut out),
+            Parsed::Interim(25)
+        ));
+        assert!(matches!(
+            parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                &extra,
+                &mut out
+            ),
+            Parsed::Invalid
+        ));
+    }
+}

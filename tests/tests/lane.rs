@@ -1,0 +1,370 @@
+//! The HTTP/1.1 lane end to end: a scripted raw upstream answers with every
+//! framing (length, chunked, close-delimited, interim 1xx, garbage) and a
+//! raw client pipelines, mixes proxied and static requests on one
+//! connection, and checks exactly what reached the upstream.
+
+use e2e::proxy::Proxy;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Raw upstream: answers by path, records every request it received.
+struct Scripted {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    conns: Arc<Mutex<u32>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn answer(path: &str, request: &str) -> (Vec<u8>, bool) {
+    let ok =
+        |b: &str| format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len()).into_bytes();
+    match path {
+        "/chunked" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n"
+                .to_vec(),
+            true,
+        ),
+        "/close" => (b"HTTP/1.0 200 OK\r\n\r\nuntil the end".to_vec(), false),
+        "/interim" => (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                .to_vec(),
+            true,
+        ),
+        // Answers, then closes the kept-alive connection behind the proxy's back.
+        "/bye" => (ok("bye"), false),
+        "/garbage" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokTRAILING GARBAGE".to_vec(),
+            true,
+        ),
+        "/bad" => (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), false),
+        _ => (ok(request), true),
+    }
+}
+
+impl Scripted {
+    async fn start() -> Scripted {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let conns = Arc::new(Mutex::new(0));
+        let (s2, c2) = (seen.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                *c2.lock().unwrap() += 1;
+                let seen = s2.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(end) = head_end(&buf) else {
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let len = header(&head, "content-length")
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        while buf.len() < end + len {
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let request = String::from_utf8_lossy(&buf[..end + len]).into_owned();
+                        buf.drain(..end + len);
+                        seen.lock().unwrap().push(request.clone());
+                        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                        let (mut bytes, keep) = answer(&path, &request);
+                        if head.starts_with("HEAD ") {
+                            let end = head_end(&bytes).unwrap_or(bytes.len());
+                            bytes.truncate(end);
+                        }
+                        if s.write_all(&bytes).await.is_err() || !keep {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Scripted {
+            addr,
+            seen,
+            conns,
+            task,
+        }
+    }
+
+    fn last(&self) -> String {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A response read off a raw connection: status, head, decoded body.
+struct Resp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Reads what arrives within 10 s into `buf`; returns the count (0: closed).
+async fn read(s: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+    let mut chunk = [0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+        .await
+        .expect("response in time")
+        .expect("read");
+    buf.extend_from_slice(&chunk[..n]);
+    n
+}
+
+/// Reads one response (Content-Length, chunked, or until close; none for HEAD).
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_request: bool) -> Resp {
+    let end = loop {
+        if let Some(e) = head_end(buf) {
+            break e;
+        }
+        assert!(read(s, buf).await > 0, "closed before a response head");
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    let status = head[9..12].parse().unwrap();
+    let mut body = Vec::new();
+    if head_request {
+    } else if header(&head, "transfer-encoding").is_some() {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                assert!(read(s, buf).await > 0);
+            };
+            let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap(), 16).unwrap();
+            buf.drain(..line_end + 2);
+            if size == 0 {
+                // Trailer section up to the empty line.
+                loop {
+                    if buf.starts_with(b"\r\n") {
+                        buf.drain(..2);
+                        break;
+                    }
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        buf.drain(..i + 2);
+                        continue;
+                    }
+                    assert!(read(s, buf).await > 0);
+                }
+                break;
+            }
+            while buf.len() < size + 2 {
+                assert!(read(s, buf).await > 0);
+            }
+            body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+        }
+    } else if let Some(len) = header(&head, "content-length") {
+        let len: usize = len.parse().unwrap();
+        while buf.len() < len {
+            assert!(read(s, buf).await > 0);
+        }
+        body = buf.drain(..len).collect();
+    } else {
+        while read(s, buf).await > 0 {}
+        body = std::mem::take(buf);
+    }
+    Resp { status, head, body }
+}
+
+fn config(upstream: SocketAddr, www: &std::path::Path) -> String {
+    format!(
+        r#"
+[server]
+http = "{{http}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+
+[[sites]]
+hosts = ["app.test"]
+  [[sites.routes]]
+  path = "/static/"
+  static = {{ root = "{www}" }}
+  [[sites.routes]]
+  path = "/"
+  service = "app"
+
+[services.app]
+colors.blue = ["{upstream}"]
+read_timeout = "2s"
+"#,
+        www = www.display()
+    )
+}
+
+async fn setup() -> (Scripted, Proxy, tempfile::TempDir) {
+    let up = Scripted::start().await;
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("a.txt"), "static file\n").unwrap();
+    let p = Proxy::start(&config(up.addr, www.path())).await;
+    (up, p, www)
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n")
+}
+
+#[tokio::test]
+async fn every_response_framing_is_relayed_and_connections_stay_in_step() {
+    let (up, p, _www) = setup().await;
+    let mut c = TcpStream::connect(p.ports.http).await.unwrap();
+    let mut buf = Vec::new();
+
+    c.write_all(get("/chunked").as_bytes()).await.unwrap();
+    let r = read_response(&mut c, &mut buf, false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"hello world");
+    assert!(header(&r.head, "x-request-id").is_some(), "{}", r.head);
+
+    c.write_all(get("/interim").as_bytes()).await.unwrap();
+    let r = read_response(&mut c, &mut buf, false).await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"ok"[..]),
+        "{}",
+        r.head
+    );
+
+    // Trailing bytes after a response: relayed exactly, connection not reused.
+    for _ in 0..2 {
+        c.write_all(get("/garbage").as_bytes()).await.unwrap();
+        let r = read_response(&mut c, &mut buf, false).await;
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    }
+
+    // The upstream closes each kept-alive connection after answering: the
+    // next request still succeeds on a fresh one.
+    for _ in 0..5 {
+        c.write_all(get("/bye").as_bytes()).await.unwrap();
+        let r = read_response(&mut c, &mut buf, false).await;
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"bye"[..]));
+    }
+
+    c.write_all(get("/bad").as_bytes()).await.unwrap();
+    let r = read_response(&mut c, &mut buf, false).await;
+    assert_eq!(r.status, 502, "{}", r.head);
+    assert!(buf.is_empty());
+
+    // Close-delimited: the client is told, gets all of it, then EOF.
+    let mut c = TcpStream::connect(p.ports.http).await.unwrap();
+    let mut buf = Vec::new();
+    c.write_all(get("/close").as_bytes()).await.unwrap();
+    let r = read_response(&mut c, &mut buf, false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(header(&r.head, "connection"), Some("close"), "{}", r.head);
+    assert_eq!(r.body, b"until the end");
+    drop(up);
+}
+
+#[tokio::test]
+async fn pipelined_requests_bodies_and_handoff_on_one_connection() {
+    let (up, p, _www) = setup().await;
+    let mut c = TcpStream::connect(p.ports.http).await.unwrap();
+    let mut buf = Vec::new();
+    // Three pipelined requests in one write: GET, POST with a body, HEAD.
+    let batch = format!(
+        "{}POST /form HTTP/1.1\r\nHost: app.test\r\nContent-Length: 9\r\n\r\nname=duo!{}",
+        get("/one"),
+        "HEAD /three HTTP/1.1\r\nHost: app.test\r\n\r\n"
+    );
+    c.write_all(batch.as_bytes()).await.unwrap();
+    let r1 = read_response(&mut c, &mut buf, false).await;
+    assert!(String::from_utf8_lossy(&r1.body).starts_with("GET /one HTTP/1.1\r\n"));
+    let r2 = read_response(&mut c, &mut buf, false).await;
+    let echoed = String::from_utf8_lossy(&r2.body).into_owned();
+    assert!(echoed.starts_with("POST /form HTTP/1.1\r\n"), "{echoed}");
+    assert!(echoed.ends_with("\r\n\r\nname=duo!"), "{echoed}");
+    let r3 = read_response(&mut c, &mut buf, true).await;
+    assert_eq!(r3.status, 200);
+    assert!(header(&r3.head, "content-length").is_some());
+
+    // A static file (Pingora's path) then proxied requests again, same connection.
+    c.write_all(get("/static/a.txt").as_bytes()).await.unwrap();
+    let r = read_response(&mut c, &mut buf, false).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"static file\n"[..]));
+    c.write_all(get("/after").as_bytes()).await.unwrap();
+    let r = read_response(&mut c, &mut buf, false).await;
+    assert!(String::from_utf8_lossy(&r.body).starts_with("GET /after HTTP/1.1\r\n"));
+
+    // What reached the upstream: forwarding headers set by the edge, the
+    // client's spoofed ones and hop-by-hop ones gone.
+    let mut c = TcpStream::connect(p.ports.http).await.unwrap();
+    let mut buf = Vec::new();
+    c.write_all(
+        b"GET /h?q=1 HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Request-Id: trace-42\r\nConnection: keep-alive\r\nAccept: */*\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = read_response(&mut c, &mut buf, false).await;
+    assert_eq!(header(&r.head, "x-request-id"), Some("trace-42"));
+    let seen = up.last();
+    let head = seen.to_ascii_lowercase();
+    assert!(head.starts_with("get /h?q=1 http/1.1\r\n"), "{seen}");
+    assert_eq!(
+        header(&seen, "x-forwarded-for"),
+        Some("127.0.0.1"),
+        "{seen}"
+    );
+    assert_eq!(header(&seen, "x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(header(&seen, "x-forwarded-proto"), Some("http"));
+    assert_eq!(header(&seen, "x-forwarded-host"), Some("app.test"));
+    assert_eq!(header(&seen, "x-request-id"), Some("trace-42"));
+    assert_eq!(header(&seen, "accept"), Some("*/*"));
+    assert!(
+        !head.contains("6.6.6.6") && !head.contains("connection:"),
+        "{seen}"
+    );
+
+    // Connection: close from the client is honoured after the response.
+    c.write_all(b"GET /last HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut c, &mut buf, false).await;
+    assert_eq!(header(&r.head, "connection"), Some("close"));
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    assert_eq!(n, 0);
+    // All of it over very few upstream connections (kept alive per worker).
+    let conns = *up.conns.lock().unwrap();
+    assert!(conns <= 4, "{conns} upstream connections");
+}
