@@ -218,6 +218,9 @@ hosts = ["app.test"]
   path = "/static/"
   static = {{ root = "{www}" }}
   [[sites.routes]]
+  path = "/old/"
+  redirect = {{ to = "https://new.test$path", status = 301 }}
+  [[sites.routes]]
   path = "/"
   service = "app"
 
@@ -315,10 +318,18 @@ async fn pipelined_requests_bodies_and_handoff_on_one_connection() {
     assert_eq!(r3.status, 200);
     assert!(header(&r3.head, "content-length").is_some());
 
-    // A static file (Pingora's path) then proxied requests again, same connection.
+    // A static file (also on the lane), a redirect (handed to Pingora's
+    // path), then a proxied request again (on Pingora's path), one connection.
     c.write_all(get("/static/a.txt").as_bytes()).await.unwrap();
     let r = read_response(&mut c, &mut buf, false).await;
     assert_eq!((r.status, r.body.as_slice()), (200, &b"static file\n"[..]));
+    c.write_all(get("/old/page").as_bytes()).await.unwrap();
+    let r = read_response(&mut c, &mut buf, false).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        header(&r.head, "location"),
+        Some("https://new.test/old/page")
+    );
     c.write_all(get("/after").as_bytes()).await.unwrap();
     let r = read_response(&mut c, &mut buf, false).await;
     assert!(String::from_utf8_lossy(&r.body).starts_with("GET /after HTTP/1.1\r\n"));

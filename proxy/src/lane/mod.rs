@@ -1,14 +1,16 @@
-//! The lane: Duotone's own HTTP/1.1 loop for the common request, one routed
+//! The lane: Duotone's own HTTP/1.1 loop for the common requests, one routed
 //! to a service and proxied over a pooled upstream connection, with no task,
 //! channel or header map per request: the head is parsed in place, the
 //! upstream head written straight from it, and the response relayed.
 //!
-//! Everything else (static files, redirects, auth, allow lists, compression,
+//! Static files are answered on the lane too. Everything else (redirects,
+//! auth, allow lists, compression,
 //! upgrades, chunked or large uploads, HTTP/1.0, HTTP/2, bad or oversized
 //! heads, ACME challenges) is handed to Pingora's full path together with
 //! the bytes already read; Pingora then serves the rest of the connection,
 //! exactly as without the lane.
 
+mod local;
 mod relay;
 mod request;
 mod response;
@@ -20,7 +22,7 @@ use crate::control::{Control, Snapshot};
 use crate::forwarded::RequestIds;
 use pingora::protocols::{GetSocketDigest, Ssl, ALPN};
 use pingora::server::ShutdownWatch;
-use request::{LogFields, Parsed, Plan};
+use request::{LogFields, Parsed, Plan, Work};
 use routes::config::AccessLog as LogFormat;
 use std::future::Future;
 use std::sync::Arc;
@@ -54,7 +56,7 @@ pub struct Outcome {
     pub status: u16,
     /// Response body bytes sent to the client.
     pub bytes: u64,
-    /// The pool (color) chosen.
+    /// The pool (color) chosen (`usize::MAX` when answered locally).
     pub pool: usize,
     /// The member last tried.
     pub member: Option<usize>,
@@ -94,7 +96,7 @@ impl Lane {
                     log = (config.access_log != LogFormat::Off).then(LogFields::default);
                     match request::plan(&buf, &snap, &conn, &self.ids, &mut out, log.as_mut()) {
                         Parsed::Partial if buf.len() < head_limit => {}
-                        Parsed::Proxy(p) => break p,
+                        Parsed::Lane(p) => break p,
                         Parsed::Partial | Parsed::Handoff => return End::Handoff(buf),
                     }
                 }
@@ -125,8 +127,21 @@ impl Lane {
                     _ => return End::Closed,
                 }
             }
-            out.extend_from_slice(&buf[plan.head_len..need]);
-            let outcome = relay::exchange(self, &snap, &plan, &out, io, tls).await;
+            let outcome = match &plan.work {
+                Work::Proxy(service) => {
+                    out.extend_from_slice(&buf[plan.head_len..need]);
+                    relay::exchange(self, &snap, &plan, *service, &out, io, tls).await
+                }
+                Work::Static(req) => {
+                    let hsts = snap
+                        .table
+                        .sites
+                        .get(plan.site)
+                        .and_then(|s| s.hsts.as_deref())
+                        .filter(|_| tls);
+                    local::serve(req, hsts, plan.close, io, limits.body_timeout).await
+                }
+            };
             buf.drain(..need);
             io.next_request();
             served += 1;
@@ -153,7 +168,10 @@ impl Lane {
         let Some(route) = site.routes.get(plan.route) else {
             return;
         };
-        let svc = snap.table.services.get(plan.service);
+        let svc = match plan.work {
+            Work::Proxy(i) => snap.table.services.get(i),
+            Work::Static(_) => None,
+        };
         let pool = svc.and_then(|s| s.pools.get(o.pool));
         let member = pool.and_then(|p| p.members.get(o.member?));
         if o.ok {
@@ -168,6 +186,9 @@ impl Lane {
                 None => slot.metrics.local.count(o.status),
             }
             slot.metrics.duration.observe(elapsed);
+            if svc.is_none() && o.bytes > 0 {
+                slot.metrics.static_bytes.inc_by(o.bytes);
+            }
         }
         let Some(log) = log else {
             return;

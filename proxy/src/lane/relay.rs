@@ -44,6 +44,7 @@ pub async fn exchange(
     lane: &Lane,
     snap: &Snapshot,
     plan: &Plan,
+    service: usize,
     req: &[u8],
     io: &mut HeadDeadline,
     tls: bool,
@@ -57,7 +58,7 @@ pub async fn exchange(
         keep_client: false,
     };
     let body_timeout = snap.table.config.limits.body_timeout;
-    let Some(svc) = snap.table.services.get(plan.service) else {
+    let Some(svc) = snap.table.services.get(service) else {
         outcome.status = fail(io, plan, 502, body_timeout).await;
         return outcome;
     };

@@ -23,7 +23,7 @@ pub struct Conn<'a> {
     pub acme: bool,
 }
 
-/// A request the lane proxies.
+/// A request the lane serves.
 pub struct Plan {
     /// Bytes of the head in the read buffer.
     pub head_len: usize,
@@ -33,15 +33,46 @@ pub struct Plan {
     pub site: usize,
     /// Route index in the site.
     pub route: usize,
-    /// Service index in the table.
-    pub service: usize,
     /// The client asked to close after this response.
     pub close: bool,
     /// A HEAD request (the response has no body).
     pub head_method: bool,
-    /// The request id sent upstream and back to the client.
+    /// The request id (sent upstream and back to the client when proxied).
     pub id: RequestId,
+    /// What answers it.
+    pub work: Work,
 }
+
+/// Who answers a request the lane serves.
+pub enum Work {
+    /// A service (index in the table): the upstream head is in `out`.
+    Proxy(usize),
+    /// A static route's files.
+    Static(Box<StaticRequest>),
+}
+
+/// What a static route needs from the request.
+pub struct StaticRequest {
+    /// The route's file server.
+    pub files: std::sync::Arc<files::FileServer>,
+    /// The method.
+    pub method: http::Method,
+    /// The path after the route prefix, still percent-encoded.
+    pub rel: String,
+    /// The request headers the file server reads (validators, ranges, codings).
+    pub headers: http::HeaderMap,
+}
+
+/// Request headers a static route reads.
+const STATIC_HEADERS: [http::HeaderName; 7] = [
+    http::header::ACCEPT_ENCODING,
+    http::header::IF_MATCH,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_UNMODIFIED_SINCE,
+    http::header::RANGE,
+    http::header::IF_RANGE,
+];
 
 /// The outcome of looking at the bytes read so far.
 pub enum Parsed {
@@ -49,8 +80,8 @@ pub enum Parsed {
     Partial,
     /// Pingora's path serves this request (and the rest of the connection).
     Handoff,
-    /// The lane proxies it; the upstream head has been written.
-    Proxy(Plan),
+    /// The lane serves it (for a service, the upstream head is in `out`).
+    Lane(Plan),
 }
 
 /// A request id on the stack: the client's when sane, else a fresh one.
@@ -196,21 +227,56 @@ pub fn plan(
         return Parsed::Handoff;
     };
     let route = &site.routes[route_idx];
-    let Action::Proxy(service) = route.action else {
-        return Parsed::Handoff;
-    };
     let body_len = length.unwrap_or(0);
-    let auth = snap.slots.get(route.slot).is_none_or(|s| s.auth.is_some());
+    let slot = snap.slots.get(route.slot);
     if route.compress
         || !route.allow.is_empty()
-        || auth
+        || slot.is_none_or(|s| s.auth.is_some())
         || (site.tls && !conn.tls && !route.allow_http)
         || body_len > route.max_body
-        || body_len > MAX_BODY as u64
     {
         return Parsed::Handoff;
     }
     let id = request_id(client_id, ids);
+    let service = match &route.action {
+        Action::Proxy(service) if body_len <= MAX_BODY as u64 => *service,
+        Action::Static(_) if body_len == 0 => {
+            let Some(files) = slot.and_then(|s| s.files.clone()) else {
+                return Parsed::Handoff;
+            };
+            let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+                return Parsed::Handoff;
+            };
+            let mut map = http::HeaderMap::new();
+            for h in req.headers.iter() {
+                if let Some(name) = STATIC_HEADERS.iter().find(|n| is(h.name, n.as_str())) {
+                    match http::HeaderValue::from_bytes(h.value) {
+                        Ok(v) => map.append(name.clone(), v),
+                        Err(_) => return Parsed::Handoff,
+                    };
+                }
+            }
+            if let Some(log) = log {
+                fill_log(log, &req, host, target);
+            }
+            return Parsed::Lane(Plan {
+                head_len,
+                body_len: 0,
+                site: site_idx,
+                route: route_idx,
+                close,
+                head_method: method == http::Method::HEAD,
+                id,
+                work: Work::Static(Box::new(StaticRequest {
+                    files,
+                    method,
+                    rel: path.get(route.prefix.len()..).unwrap_or("").to_string(),
+                    headers: map,
+                })),
+            });
+        }
+        _ => return Parsed::Handoff,
+    };
 
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -241,29 +307,34 @@ pub fn plan(
     out.extend_from_slice(b"\r\n");
 
     if let Some(log) = log {
-        log.host = host.to_string();
-        log.method = method.to_string();
-        log.uri = target.to_string();
-        let value = |n: &str| {
-            req.headers
-                .iter()
-                .find(|h| is(h.name, n))
-                .map(|h| String::from_utf8_lossy(h.value).into_owned())
-                .unwrap_or_default()
-        };
-        log.referer = value("referer");
-        log.user_agent = value("user-agent");
+        fill_log(log, &req, host, target);
     }
-    Parsed::Proxy(Plan {
+    Parsed::Lane(Plan {
         head_len,
         body_len: body_len as usize,
         site: site_idx,
         route: route_idx,
-        service,
         close,
         head_method: method == "HEAD",
         id,
+        work: Work::Proxy(service),
     })
+}
+
+/// Copies what the access log needs out of the read buffer.
+fn fill_log(log: &mut LogFields, req: &httparse::Request<'_, '_>, host: &str, target: &str) {
+    log.host = host.to_string();
+    log.method = req.method.unwrap_or("").to_string();
+    log.uri = target.to_string();
+    let value = |n: &str| {
+        req.headers
+            .iter()
+            .find(|h| is(h.name, n))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            .unwrap_or_default()
+    };
+    log.referer = value("referer");
+    log.user_agent = value("user-agent");
 }
 
 /// Appends `name: value\r\n`.

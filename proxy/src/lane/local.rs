@@ -1,0 +1,95 @@
+//! Static files answered on the lane: the `files` crate decides (path
+//! safety, validators, ranges, codings, cache headers); this writes its
+//! reply, small bodies in the same write as the head.
+
+use super::request::{header, StaticRequest};
+use super::{within, Outcome};
+use crate::conn::HeadDeadline;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// Chunk size for streamed file bodies (as on Pingora's path).
+const CHUNK: usize = 256 * 1024;
+
+/// Answers `req` from its route's files; `hsts` is added on HTTPS
+/// responses of sites that enable it.
+pub async fn serve(
+    req: &StaticRequest,
+    hsts: Option<&str>,
+    close: bool,
+    io: &mut HeadDeadline,
+    timeout: Duration,
+) -> Outcome {
+    let reply = req.files.respond(&req.method, &req.rel, &req.headers).await;
+    let status = reply.status.as_u16();
+    let mut outcome = Outcome {
+        status,
+        bytes: 0,
+        pool: usize::MAX,
+        member: None,
+        ok: false,
+        keep_client: false,
+    };
+    let small = match &reply.body {
+        files::Body::Bytes(b) => b.len(),
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(512 + small);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(reply.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        reply
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in reply.headers.iter() {
+        header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(h) = hsts {
+        header(&mut out, b"strict-transport-security", h.as_bytes());
+    }
+    super::response::date(&mut out);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let file = match reply.body {
+        files::Body::Empty => None,
+        files::Body::Bytes(b) => {
+            out.extend_from_slice(&b);
+            outcome.bytes = b.len() as u64;
+            None
+        }
+        files::Body::File(f) => Some(f),
+    };
+    if !matches!(within(timeout, io.write_all(&out)).await, Ok(Ok(()))) {
+        return outcome;
+    }
+    if let Some(mut body) = file {
+        loop {
+            match files::read_chunk(&mut body, CHUNK).await {
+                Ok(Some(c)) => {
+                    if !matches!(within(timeout, io.write_all(&c)).await, Ok(Ok(()))) {
+                        return outcome;
+                    }
+                    outcome.bytes += c.len() as u64;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("reading static file: {e}");
+                    return outcome;
+                }
+            }
+        }
+    }
+    if !matches!(within(timeout, io.flush()).await, Ok(Ok(()))) {
+        return outcome;
+    }
+    outcome.ok = true;
+    outcome.keep_client = true;
+    outcome
+}
