@@ -4,11 +4,10 @@
 //! upstream head written straight from it, and the response relayed.
 //!
 //! Static files are answered on the lane too. Everything else (redirects,
-//! auth, allow lists, compression,
-//! upgrades, chunked or large uploads, HTTP/1.0, HTTP/2, bad or oversized
-//! heads, ACME challenges) is handed to Pingora's full path together with
-//! the bytes already read; Pingora then serves the rest of the connection,
-//! exactly as without the lane.
+//! auth, allow lists, compression, upgrades, chunked or large uploads,
+//! HTTP/1.0, HTTP/2, bad or oversized heads, ACME challenges) is handed to
+//! Pingora's full path together with the bytes already read; Pingora then
+//! serves the rest of the connection, exactly as without the lane.
 
 mod local;
 mod relay;
@@ -133,12 +132,7 @@ impl Lane {
                     relay::exchange(self, &snap, &plan, *service, &out, io, tls).await
                 }
                 Work::Static(req) => {
-                    let hsts = snap
-                        .table
-                        .sites
-                        .get(plan.site)
-                        .and_then(|s| s.hsts.as_deref())
-                        .filter(|_| tls);
+                    let hsts = hsts(&snap, plan.site, tls);
                     local::serve(req, hsts, plan.close, io, limits.body_timeout).await
                 }
             };
@@ -213,6 +207,15 @@ impl Lane {
         };
         self.access_log.log(snap.table.config.access_log, &entry);
     }
+}
+
+/// The site's Strict-Transport-Security value, on TLS connections only.
+fn hsts(snap: &Snapshot, site: usize, tls: bool) -> Option<&str> {
+    snap.table
+        .sites
+        .get(site)
+        .and_then(|s| s.hsts.as_deref())
+        .filter(|_| tls)
 }
 
 /// The client's IP address as text (IPv4-mapped IPv6 shown as IPv4).

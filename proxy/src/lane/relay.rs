@@ -68,12 +68,7 @@ pub async fn exchange(
         return outcome;
     };
     let _in_flight = pool.stats.begin();
-    let hsts = snap
-        .table
-        .sites
-        .get(plan.site)
-        .and_then(|s| s.hsts.as_deref())
-        .filter(|_| tls);
+    let hsts = super::hsts(snap, plan.site, tls);
     let extra = Extra {
         head_method: plan.head_method,
         hsts,

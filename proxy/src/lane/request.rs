@@ -112,7 +112,8 @@ pub struct LogFields {
     pub user_agent: String,
 }
 
-fn is(name: &str, lower: &str) -> bool {
+/// True when header `name` is `lower` (given in lower case), in any case.
+pub fn is(name: &str, lower: &str) -> bool {
     name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
 }
 

@@ -1,7 +1,7 @@
 //! An upstream's response head, rewritten for the client, and the framing
 //! of the body that follows it.
 
-use super::request::header;
+use super::request::{header, is};
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -54,10 +54,6 @@ pub struct Extra<'a> {
     pub request_id: &'a [u8],
     /// Tell the client the connection closes after this response.
     pub close: bool,
-}
-
-fn is(name: &str, lower: &str) -> bool {
-    name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
 }
 
 /// Parses the response head in `buf` and writes the client's head into
