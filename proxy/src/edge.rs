@@ -75,6 +75,26 @@ fn worker_index() -> u64 {
     INDEX.with(|i| *i)
 }
 
+/// After a failed connect to `member` of `svc`'s pool `pool`: ejects the
+/// member for a while, counts the error, and says whether another member
+/// may be tried after `attempts` attempts (both request paths use this).
+pub fn connect_failed(
+    control: &Control,
+    svc: &routes::Service,
+    pool: usize,
+    member: usize,
+    attempts: u32,
+) -> bool {
+    let Some(p) = svc.pools.get(pool) else {
+        return false;
+    };
+    if let Some(m) = p.members.get(member) {
+        m.health.eject(crate::clock::now_ms(), EJECT_MS);
+    }
+    control.metrics.connect_error(&svc.name, p.color.as_str());
+    attempts <= svc.retries && p.members.len() as u32 > attempts
+}
+
 /// The request's host: `:authority` for HTTP/2, else the Host header.
 pub fn request_host(req: &RequestHeader) -> &str {
     if let Some(a) = req.uri.authority() {
@@ -367,20 +387,13 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(snap) = &ctx.snap {
-            if let Some(svc) = snap.table.services.get(ctx.service) {
-                if let Some(pool) = svc.pools.get(ctx.pool) {
-                    if let Some(m) = pool.members.get(ctx.member) {
-                        m.health.eject(crate::clock::now_ms(), EJECT_MS);
-                    }
-                    self.control
-                        .metrics
-                        .connect_error(&svc.name, pool.color.as_str());
-                }
-                let left = svc.pools[ctx.pool].members.len() as u32 > ctx.attempts;
-                if ctx.attempts <= svc.retries && left {
-                    e.set_retry(true);
-                }
+        if let Some(svc) = ctx
+            .snap
+            .as_ref()
+            .and_then(|s| s.table.services.get(ctx.service))
+        {
+            if connect_failed(&self.control, svc, ctx.pool, ctx.member, ctx.attempts) {
+                e.set_retry(true);
             }
         }
         e

@@ -44,16 +44,15 @@ impl RequestIds {
     /// characters), else a fresh one.
     pub fn for_request(&self, req: &RequestHeader) -> http::HeaderValue {
         match req.headers.get("x-request-id") {
-            Some(v)
-                if !v.is_empty()
-                    && v.len() <= 128
-                    && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
-            {
-                v.clone()
-            }
+            Some(v) if is_sane_id(v.as_bytes()) => v.clone(),
             _ => self.next(),
         }
     }
+}
+
+/// Whether a client's X-Request-Id is kept: 1–128 visible ASCII characters.
+pub fn is_sane_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic())
 }
 
 /// Writes the low `out.len()` hex digits of `v` into `out`.

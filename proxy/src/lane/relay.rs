@@ -12,9 +12,6 @@ use crate::control::Snapshot;
 use routes::MemberAddr;
 use tokio::io::AsyncWriteExt;
 
-/// How long a member that refused a connection is skipped (as Pingora's path).
-const EJECT_MS: u64 = 5_000;
-
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -103,12 +100,13 @@ pub async fn exchange(
                 None => match within(t.connect, Conn::connect(key)).await {
                     Ok(Ok(c)) => c,
                     res => {
-                        member.health.eject(crate::clock::now_ms(), EJECT_MS);
-                        lane.control
-                            .metrics
-                            .connect_error(&svc.name, pool.color.as_str());
-                        let left = pool.members.len() as u32 > attempts;
-                        if attempts <= svc.retries && left {
+                        if crate::edge::connect_failed(
+                            &lane.control,
+                            svc,
+                            outcome.pool,
+                            i,
+                            attempts,
+                        ) {
                             continue 'members;
                         }
                         break 'members if res.is_err() { 504 } else { 502 };

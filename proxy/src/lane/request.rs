@@ -361,7 +361,7 @@ fn request_id(client: Option<&[u8]>, ids: &crate::forwarded::RequestIds) -> Requ
         len: 0,
     };
     match client {
-        Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) => {
+        Some(v) if crate::forwarded::is_sane_id(v) => {
             id.buf[..v.len()].copy_from_slice(v);
             id.len = v.len();
         }
