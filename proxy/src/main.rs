@@ -111,6 +111,11 @@ extern "C" fn lazy_arena_commit() {
 #[unsafe(link_section = ".init_array")]
 static LAZY_ARENA_COMMIT: extern "C" fn() = lazy_arena_commit;
 
+/// Log levels when `RUST_LOG` is unset. rustls logs only errors: its
+/// warnings are about single clients (an IP address sent as SNI, a fatal
+/// alert) and cost a formatted stderr line per handshake.
+const DEFAULT_LOG: &str = "info,rustls=error";
+
 fn main() -> ExitCode {
     // Before any rustls config exists: ring restricted to the safe suites,
     // in Duotone's order (Pingora's listeners use the process default).
@@ -118,7 +123,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();

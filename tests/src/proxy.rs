@@ -105,7 +105,8 @@ impl Proxy {
         cmd.arg("run")
             .arg("-c")
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            // The product's default levels, whatever the caller's RUST_LOG.
+            .env_remove("RUST_LOG")
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log));
         for (k, v) in &self.env {

@@ -865,3 +865,36 @@ async fn tls_13_and_12_accepted_11_refused() {
         .expect("GET after the refused TLS 1.1 client");
     assert_eq!(r.status, 200);
 }
+
+/// Clients that send an IP address as SNI (wrk, h2load, some health
+/// checkers) are served without a log line per handshake: rustls warns about
+/// such a hello, and at the default levels that warning is not written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_address_sni_handshakes_write_no_log_line() {
+    let s = StaticSetup::start().await;
+    let https = s.p.ports.https;
+    for _ in 0..3 {
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::process::Command::new("openssl")
+                .args(["s_client", "-connect", &https.to_string()])
+                .args(["-servername", "127.0.0.1"])
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("openssl s_client finished")
+        .expect("run openssl (./dev test installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The handshake completed (with the fallback certificate: no SNI).
+        assert!(text.contains("Cipher is TLS_"), "{text}");
+    }
+    // The proxy still answers, so anything it logged about those hellos is in the log by now.
+    let (_, r, _) = https_get(https, "static.test", "/", Client::trusting(&s.ca.roots()))
+        .await
+        .expect("GET after the IP-SNI clients");
+    assert_eq!(r.status, 200);
+    let log = s.p.log();
+    assert!(!log.contains("Illegal SNI"), "{log}");
+}
