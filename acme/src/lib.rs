@@ -6,7 +6,7 @@
 //! answers `/.well-known/acme-challenge/{token}` on the plain listener with
 //! [`CertStore::http01_key_auth`], and spawns [`CertStore::run`].
 //!
-//! All rustls objects built here use the `ring` provider explicitly.
+//! All rustls objects built here use [`tls::provider`] (aws-lc-rs) explicitly.
 
 #![warn(missing_docs)]
 

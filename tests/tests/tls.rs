@@ -18,7 +18,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
-    DigitallySignedStruct, ProtocolVersion, RootCertStore, SignatureScheme,
+    DigitallySignedStruct, HandshakeKind, ProtocolVersion, RootCertStore, SignatureScheme,
     SupportedProtocolVersion,
 };
 use std::net::SocketAddr;
@@ -131,6 +131,8 @@ struct Peer {
     chain: Vec<Vec<u8>>,
     alpn: Option<Vec<u8>>,
     version: Option<ProtocolVersion>,
+    /// Full or resumed.
+    kind: Option<HandshakeKind>,
 }
 
 impl Peer {
@@ -141,12 +143,8 @@ impl Peer {
 
 type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
-/// TLS handshake with `addr`; `sni` `None` sends no SNI (IP address name).
-async fn connect(
-    addr: SocketAddr,
-    sni: Option<&str>,
-    client: Client<'_>,
-) -> anyhow::Result<(TlsStream, Peer)> {
+/// A client config for `client` (a fresh session cache of its own).
+fn client_config(client: Client<'_>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let p = provider();
     let builder = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(client.versions)?;
@@ -160,11 +158,29 @@ async fn connect(
             .with_no_client_auth(),
     };
     config.alpn_protocols = client.alpn.iter().map(|a| a.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// TLS handshake with `addr`; `sni` `None` sends no SNI (IP address name).
+async fn connect(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    client: Client<'_>,
+) -> anyhow::Result<(TlsStream, Peer)> {
+    connect_with(addr, sni, client_config(client)?).await
+}
+
+/// TLS handshake with `addr` using `config` (and its session cache).
+async fn connect_with(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    config: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<(TlsStream, Peer)> {
     let name = match sni {
         Some(host) => ServerName::try_from(host.to_string())?,
         None => ServerName::IpAddress(addr.ip().into()),
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(config);
     let tls = tokio::time::timeout(Duration::from_secs(10), async {
         let tcp = TcpStream::connect(addr).await?;
         anyhow::Ok(connector.connect(name, tcp).await?)
@@ -180,6 +196,7 @@ async fn connect(
             .collect(),
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
         version: conn.protocol_version(),
+        kind: conn.handshake_kind(),
     };
     Ok((tls, peer))
 }
@@ -199,7 +216,17 @@ async fn https_get(
     path: &str,
     client: Client<'_>,
 ) -> anyhow::Result<(Peer, Resp, http::Version)> {
-    let (tls, peer) = connect(addr, Some(host), client).await?;
+    https_get_with(addr, host, path, client_config(client)?).await
+}
+
+/// [`https_get`] with a given client config (and its session cache).
+async fn https_get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<(Peer, Resp, http::Version)> {
+    let (tls, peer) = connect_with(addr, Some(host), config).await?;
     let io = TokioIo::new(tls);
     let h2 = peer.alpn.as_deref() == Some(&b"h2"[..]);
     let work = async {
@@ -864,6 +891,38 @@ async fn tls_13_and_12_accepted_11_refused() {
         .await
         .expect("GET after the refused TLS 1.1 client");
     assert_eq!(r.status, 200);
+}
+
+/// Session tickets: every client resumes its session, however many clients
+/// there are (a server-side cache would hold 256 sessions), on TLS 1.3 and
+/// on TLS 1.2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_resumes_by_session_ticket() {
+    let s = StaticSetup::start().await;
+    let roots = s.ca.roots();
+    let https = s.p.ports.https;
+    let cases: [(&[&'static SupportedProtocolVersion], usize); 2] = [
+        (&[&rustls::version::TLS13], 300),
+        (&[&rustls::version::TLS12], 20),
+    ];
+    for (versions, clients) in cases {
+        let configs: Vec<_> = (0..clients)
+            .map(|_| client_config(Client::trusting(&roots).versions(versions)).unwrap())
+            .collect();
+        for round in [HandshakeKind::Full, HandshakeKind::Resumed] {
+            for (i, config) in configs.iter().enumerate() {
+                let (peer, r, _) = https_get_with(https, "static.test", "/", config.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("{versions:?} client {i}: {e}"));
+                assert_eq!(r.status, 200);
+                assert_eq!(
+                    peer.kind,
+                    Some(round),
+                    "{versions:?} client {i} of {clients}"
+                );
+            }
+        }
+    }
 }
 
 /// Clients that send an IP address as SNI (wrk, h2load, some health

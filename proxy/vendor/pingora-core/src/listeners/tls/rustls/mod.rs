@@ -38,7 +38,13 @@ pub struct TlsSettings {
     client_cert_verifier: Option<Arc<dyn ClientCertVerifier>>,
     callbacks: Option<TlsAcceptCallbacks>,
     offload_threadpool: Option<(usize, usize)>,
+    // Duotone patch: a last say over the built `ServerConfig`.
+    config_hook: Option<ConfigHook>,
 }
+
+/// Duotone patch: adjusts the `ServerConfig` that [`TlsSettings::build`]
+/// makes (e.g. a session ticketer), after Pingora's own settings.
+pub type ConfigHook = Box<dyn FnOnce(&mut ServerConfig) + Send + Sync>;
 
 pub struct Acceptor {
     pub acceptor: RusTlsAcceptor,
@@ -98,6 +104,9 @@ impl TlsSettings {
         // order (the provider's: AES-GCM and ChaCha20, all AEAD with forward
         // secrecy) rather than the client's.
         config.ignore_client_order = true;
+        if let Some(hook) = self.config_hook {
+            hook(&mut config);
+        }
 
         Acceptor {
             acceptor: RusTlsAcceptor::from(Arc::new(config)),
@@ -119,6 +128,11 @@ impl TlsSettings {
     }
 
     /// Configure mTLS by providing a rustls client certificate verifier.
+    /// Duotone patch: `hook` adjusts the `ServerConfig` at the end of `build()`.
+    pub fn set_config_hook(&mut self, hook: ConfigHook) {
+        self.config_hook = Some(hook);
+    }
+
     pub fn set_client_cert_verifier(&mut self, verifier: Arc<dyn ClientCertVerifier>) {
         self.client_cert_verifier = Some(verifier);
     }
@@ -204,6 +218,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: None,
             offload_threadpool: None,
+            config_hook: None,
         })
     }
 
@@ -224,6 +239,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: Some(callbacks),
             offload_threadpool: None,
+            config_hook: None,
         })
     }
 }
