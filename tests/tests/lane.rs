@@ -46,6 +46,9 @@ fn answer(path: &str, request: &str) -> (Vec<u8>, bool) {
             true,
         ),
         "/bad" => (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), false),
+        // A head promising a body, then the connection closes.
+        "/cut" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(), false),
+        "/big" => (ok(&big_body()), true),
         _ => (ok(request), true),
     }
 }
@@ -87,6 +90,19 @@ impl Scripted {
                         buf.drain(..end + len);
                         seen.lock().unwrap().push(request.clone());
                         let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                        if path == "/split" {
+                            // Head and body in two writes with a pause between
+                            // (the proxy sees the head alone first).
+                            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+                            if s.write_all(head).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(30)).await;
+                            if s.write_all(b"later").await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
                         let (mut bytes, keep) = answer(&path, &request);
                         if head.starts_with("HEAD ") {
                             let end = head_end(&bytes).unwrap_or(bytes.len());
@@ -115,6 +131,11 @@ impl Scripted {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// 200 000 bytes of text, more than the proxy reads at once.
+fn big_body() -> String {
+    (0..20_000).map(|i| format!("{:09}\n", i)).collect()
 }
 
 fn head_end(buf: &[u8]) -> Option<usize> {
@@ -280,10 +301,31 @@ async fn every_response_framing_is_relayed_and_connections_stay_in_step() {
         assert_eq!((r.status, r.body.as_slice()), (200, &b"bye"[..]));
     }
 
+    // Head and body apart: one response, whole.
+    for _ in 0..2 {
+        c.write_all(get("/split").as_bytes()).await.unwrap();
+        let r = read_response(&mut c, &mut buf, false).await;
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"later"[..]));
+    }
+
+    // A body larger than one read, relayed byte for byte.
+    c.write_all(get("/big").as_bytes()).await.unwrap();
+    let r = read_response(&mut c, &mut buf, false).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == big_body().as_bytes(), "{} bytes", r.body.len());
+
     c.write_all(get("/bad").as_bytes()).await.unwrap();
     let r = read_response(&mut c, &mut buf, false).await;
     assert_eq!(r.status, 502, "{}", r.head);
     assert!(buf.is_empty());
+
+    // The upstream closes after a head that promised a body: nothing was
+    // sent to the client yet, so it gets a clean 502.
+    let mut c = TcpStream::connect(p.ports.http).await.unwrap();
+    let mut buf = Vec::new();
+    c.write_all(get("/cut").as_bytes()).await.unwrap();
+    let r = read_response(&mut c, &mut buf, false).await;
+    assert_eq!(r.status, 502, "{}", r.head);
 
     // Close-delimited: the client is told, gets all of it, then EOF.
     let mut c = TcpStream::connect(p.ports.http).await.unwrap();

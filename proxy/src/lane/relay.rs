@@ -15,8 +15,9 @@ use tokio::io::AsyncWriteExt;
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// Read size for response bodies.
-const CHUNK: usize = 16 * 1024;
+/// Read size for responses: a 16 KiB body and its head arrive in one
+/// read and leave in one write (pages are only touched as far as filled).
+const CHUNK: usize = 64 * 1024;
 
 /// How one attempt on one connection ended.
 enum Attempt {
@@ -194,6 +195,15 @@ async fn relay(
             }
         }
     };
+    if matches!(parsed.framing, Framing::Length(n) if n > 0) && rbuf.len() == parsed.len {
+        // Only the head so far (upstreams often write it apart from the
+        // body): wait for the body's first bytes and send both in one write.
+        match within(read_timeout, read_some(up, rbuf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Attempt::Failed(502),
+            Err(()) => return Attempt::Failed(504),
+        }
+    }
     let status = parsed.status;
     let mut reusable = parsed.reusable;
     let keep_client = parsed.framing != Framing::Close;
