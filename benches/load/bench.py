@@ -37,6 +37,7 @@ PEERS = ["nginx", "haproxy", "caddy", "traefik", "duotone"]
 STATIC_PEERS = ["nginx", "caddy", "duotone"]
 BODY_100 = ("duotone-bench-" * 8)[:99] + "\n"  # exactly 100 bytes
 assert len(BODY_100) == 100
+STIME_CLIENTS = 4  # parallel `openssl s_time` clients in tls-full
 SIZES = {"/": 100, "/16k": 16384, "/static/1k.bin": 1024, "/static/1m.bin": 1 << 20}
 
 # name -> (tool, scheme, path, peers, description)
@@ -55,6 +56,11 @@ SCENARIOS = {
                 "are resumed handshakes: with TLS 1.3 a PSK plus a fresh X25519 exchange, "
                 "no certificate signature (see the TLS section for what each peer "
                 "negotiated)"),
+    "tls-full": ("s_time", "https", "/", PEERS,
+                 "new TLS connection, full handshake, no resumption and no request "
+                 "(%d parallel `openssl s_time -new`); rps = handshakes/s; no latency "
+                 "figures (s_time reports none); the clients' certificate checks take most "
+                 "of the CPU" % STIME_CLIENTS),
     "static-1k": ("wrk", "http", "/static/1k.bin", STATIC_PEERS,
                   "static 1 KiB file, HTTP/1.1 keep-alive (wrk -t2 -c32)"),
     "static-1m": ("wrk", "http", "/static/1m.bin", STATIC_PEERS,
@@ -621,6 +627,16 @@ def parse_h2load(text, logfile):
     return r
 
 
+def parse_stime(text, wall_s):
+    """Sums the handshakes of parallel `openssl s_time` runs over the wall time."""
+    counts = [int(n) for n in re.findall(r"^(\d+) connections in [\d.]+s;", text, re.M)]
+    r = {"requests": sum(counts), "errors": 0}
+    r["rps"] = sum(counts) / wall_s if counts and wall_s > 0 else None
+    if len(counts) < STIME_CLIENTS:
+        r["errors"] = STIME_CLIENTS - len(counts)  # a client that printed no total
+    return r
+
+
 def load_cmd(kind, url, duration, tmp):
     if kind == "wrk":
         return ["wrk", "-t2", "-c32", "-d%ds" % duration, "--latency", url], None
@@ -633,6 +649,10 @@ def load_cmd(kind, url, duration, tmp):
             os.unlink(lf)
         return ["h2load", "-t2", "-c32", "-m10", "-D", str(duration),
                 "--log-file=" + lf, url], lf
+    if kind == "s_time":
+        hostport = url.split("://", 1)[1].split("/", 1)[0]
+        one = "openssl s_time -connect %s -new -time %d" % (hostport, duration)
+        return ["sh", "-c", " & ".join([one] * STIME_CLIENTS) + " & wait"], None
     raise ValueError(kind)
 
 
@@ -848,7 +868,12 @@ def main():
                 text, rc = run_bounded(cmd, duration + 30, clientlog)
                 c1, o1, w1 = cpu_ticks(p.pid), cpu_ticks(origin.pid), time.time()
                 k1, b1 = children_cpu_s(), busy_ticks()
-                r = parse_h2load(text, lf) if kind == "h2load" else parse_wrk(text)
+                if kind == "h2load":
+                    r = parse_h2load(text, lf)
+                elif kind == "s_time":
+                    r = parse_stime(text, w1 - w0)
+                else:
+                    r = parse_wrk(text)
                 r.update(scenario=s, peer=name, round=rnd + 1, exit=rc,
                          wall_s=round(w1 - w0, 3),
                          cpu_s=(c1 - c0) / CLK_TCK,
