@@ -415,6 +415,18 @@ impl ListenerEndpoint {
         ListenerEndpointBuilder::new()
     }
 
+    /// Duotone patch: this endpoint on a `dup` of its socket, registered with
+    /// the current runtime's reactor (see [`Listener::dup_here`]).
+    #[cfg(unix)]
+    pub(crate) fn dup_here(&self) -> std::io::Result<Self> {
+        Ok(ListenerEndpoint {
+            listen_addr: self.listen_addr.clone(),
+            listener: Arc::new(self.listener.dup_here()?),
+            #[cfg(feature = "connection_filter")]
+            connection_filter: self.connection_filter.clone(),
+        })
+    }
+
     pub fn as_str(&self) -> &str {
         self.listen_addr.as_ref()
     }

@@ -290,6 +290,18 @@ impl TransportStack {
         self.l4.as_str()
     }
 
+    /// Duotone patch: this stack on a `dup` of its listening socket,
+    /// registered with the current runtime's reactor.
+    #[cfg(unix)]
+    pub(crate) fn dup_here(&self) -> std::io::Result<Self> {
+        Ok(TransportStack {
+            l4: self.l4.dup_here()?,
+            tls: self.tls.clone(),
+            l4_buffer: self.l4_buffer,
+            pre_tls_callback: self.pre_tls_callback.clone(),
+        })
+    }
+
     pub async fn accept(&self) -> Result<UninitializedStream> {
         let stream = self.l4.accept().await?;
         Ok(UninitializedStream {

@@ -307,7 +307,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
 
                 // Duotone patch: listener task `i` runs on worker `i`, not all
                 // on the current one (connections stay on the accepting thread).
+                // Each task accepts on its own `dup` of the socket, registered
+                // with its worker's reactor: a new connection wakes that worker
+                // directly instead of through the reactor of the thread that
+                // bound the socket (a cross-thread wake-up per connection).
                 let jh = pingora_runtime::worker_handle(i).spawn(async move {
+                    #[cfg(unix)]
+                    let endpoint = match endpoint.dup_here() {
+                        Ok(local) => local,
+                        Err(e) => {
+                            error!("dup of listener {} failed: {e}", endpoint.as_str());
+                            endpoint
+                        }
+                    };
                     Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
                 });
 

@@ -81,6 +81,24 @@ impl Listener {
         }
     }
 
+    /// Duotone patch: another handle on the same listening socket (a `dup`),
+    /// registered with the reactor of the runtime this is called on, so the
+    /// task accepting on it is woken by its own thread's reactor.
+    #[cfg(unix)]
+    pub fn dup_here(&self) -> io::Result<Listener> {
+        use std::os::fd::AsFd;
+        match self {
+            Self::Tcp(l) => {
+                let std = std::net::TcpListener::from(l.as_fd().try_clone_to_owned()?);
+                Ok(Self::Tcp(TcpListener::from_std(std)?))
+            }
+            Self::Unix(l) => {
+                let std = std::os::unix::net::UnixListener::from(l.as_fd().try_clone_to_owned()?);
+                Ok(Self::Unix(UnixListener::from_std(std)?))
+            }
+        }
+    }
+
     /// Accept a connection from the listening endpoint
     pub async fn accept(&self) -> io::Result<Stream> {
         match &self {
