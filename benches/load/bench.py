@@ -2,7 +2,7 @@
 """Side-by-side load benchmark: nginx, HAProxy, Caddy, Traefik and Duotone
 as reverse proxies (and static file servers) in front of one nginx origin,
 all on 127.0.0.1. Standard library only. Usually started by run.sh, which
-installs the tools first; see README.md beside this file.
+installs the tools first; see the Performance section of the top-level README.
 
 Every process started here is in its own session and is killed by its PID
 (process group = that PID) on exit, error, Ctrl-C or SIGTERM.
