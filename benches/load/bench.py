@@ -180,6 +180,19 @@ def cpu_ticks(root):
     return total
 
 
+def user_ticks(root):
+    """utime alone (user space), summed like cpu_ticks."""
+    total = 0
+    for pid in tree(root):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                st = f.read()
+            total += int(st[st.rindex(")") + 2:].split()[11])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
 def _status_kb(pid, key):
     try:
         with open("/proc/%d/status" % pid) as f:
@@ -864,9 +877,11 @@ def main():
                 cmd, lf = load_cmd(kind, url, duration, tmp)
                 hwm_reset = reset_hwm(p.pid)
                 k0, b0 = children_cpu_s(), busy_ticks()
+                u0 = user_ticks(p.pid)
                 c0, o0, w0 = cpu_ticks(p.pid), cpu_ticks(origin.pid), time.time()
                 text, rc = run_bounded(cmd, duration + 30, clientlog)
                 c1, o1, w1 = cpu_ticks(p.pid), cpu_ticks(origin.pid), time.time()
+                u1 = user_ticks(p.pid)
                 k1, b1 = children_cpu_s(), busy_ticks()
                 if kind == "h2load":
                     r = parse_h2load(text, lf)
@@ -877,6 +892,7 @@ def main():
                 r.update(scenario=s, peer=name, round=rnd + 1, exit=rc,
                          wall_s=round(w1 - w0, 3),
                          cpu_s=(c1 - c0) / CLK_TCK,
+                         user_cpu_s=(u1 - u0) / CLK_TCK,
                          origin_cpu_s=(o1 - o0) / CLK_TCK,
                          client_cpu_s=round(k1 - k0, 3),
                          peak_rss_mib=rss_kb(p.pid, "VmHWM") / 1024.0,
@@ -887,6 +903,7 @@ def main():
                 other = (b1 - b0) / CLK_TCK - r["cpu_s"] - r["origin_cpu_s"] - r["client_cpu_s"]
                 r["other_cpu_pct"] = round(max(0.0, other) * 100 / (r["wall_s"] * NCPU), 1)
                 r["cpu_us_per_req"] = r["cpu_s"] * 1e6 / n if n else None
+                r["user_pct"] = 100.0 * r["user_cpu_s"] / r["cpu_s"] if r["cpu_s"] else None
                 r["origin_cpu_us_per_req"] = r["origin_cpu_s"] * 1e6 / n if n else None
                 runs.append(r)
                 done += 1
@@ -940,6 +957,7 @@ def summarize(runs, scen):
                 "p50_ms": med([r.get("p50_ms") for r in rs]),
                 "p99_ms": med([r.get("p99_ms") for r in rs]),
                 "cpu_us_per_req": med([r.get("cpu_us_per_req") for r in rs]),
+                "user_pct": med([r.get("user_pct") for r in rs]),
                 "origin_cpu_us_per_req": med([r.get("origin_cpu_us_per_req") for r in rs]),
                 "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
                 "other_cpu_pct": med([r.get("other_cpu_pct") for r in rs]),
@@ -984,7 +1002,9 @@ def render(m, st, summary, idle, skipped, broken, scen, tls):
              % (st["rounds"], st["duration_s"], st["warmup_s"], m["nproc"]))
     L.append("")
     L.append("CPU µs/req = the proxy's utime+stime (all its processes and threads, /proc/PID/stat) "
-             "over the run ÷ requests completed. Peak RSS = VmHWM summed over its processes, reset "
+             "over the run ÷ requests completed; user = the utime share of it (the rest is "
+             "kernel time: system calls and, on loopback, delivering each sent segment to its "
+             "receiver). Peak RSS = VmHWM summed over its processes, reset "
              "(clear_refs) before each run. Ratios are to nginx (rps: higher is better; CPU: lower "
              "is better). bg CPU = CPU used meanwhile by anything else on the machine (all "
              "busy time minus proxy, origin and load generator, % of all cores): above a few "
@@ -1000,8 +1020,9 @@ def render(m, st, summary, idle, skipped, broken, scen, tls):
             L.append("(no results)")
             L.append("")
             continue
-        L.append("| peer | req/s | rps ×nginx | p50 | p99 | CPU µs/req | CPU ×nginx | peak RSS MiB | errors | bg CPU |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        L.append("| peer | req/s | rps ×nginx | p50 | p99 | CPU µs/req | CPU ×nginx | user | "
+                 "peak RSS MiB | errors | bg CPU |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for peer in PEERS:
             v = res.get(peer)
             if not v:
@@ -1010,9 +1031,10 @@ def render(m, st, summary, idle, skipped, broken, scen, tls):
             if v["error_rate"] and v["error_rate"] > 0.001:
                 errs += " (%.1f%%)" % (100 * v["error_rate"])
             name = peer + (" (%s)" % v["protocol"] if v.get("protocol") not in (None, "h2") else "")
-            L.append("| %s | %s | %s | %s | %s | %s | %s | %.1f | %s | %s |" % (
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %s | %s |" % (
                 name, fmt(v["rps"], "int"), fmt(v["rps_ratio"], "x"), fmt(v["p50_ms"], "ms"),
                 fmt(v["p99_ms"], "ms"), fmt(v["cpu_us_per_req"], ""), fmt(v["cpu_ratio"], "x"),
+                "–" if v.get("user_pct") is None else "%.0f%%" % v["user_pct"],
                 v["peak_rss_mib"], errs,
                 "–" if v["other_cpu_pct"] is None else "%.0f%%" % v["other_cpu_pct"]))
         notes = ["%s: %s" % (p, r) for (p, ss), r in broken.items() if ss == s]
