@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the request path's pure parts: route
-//! matching on a 1 000-route table, weighted color choice, and the
-//! forwarding-header rewrite.
+//! matching on a 1 000-route table, weighted color choice, the
+//! forwarding-header rewrite on Pingora's path, and the lane's (HTTP/1.1)
+//! request-head rewrite and response-head parse.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
@@ -92,5 +93,63 @@ fn headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, matching, colors, headers);
+/// The lane's work per proxied HTTP/1.1 request, without I/O: parse the
+/// client head, route it, write the upstream head (forwarded headers,
+/// request id), then parse the upstream response and write the client head.
+fn lane(c: &mut Criterion) {
+    use duotone::lane::{request, response};
+    let state = tempfile::tempdir().expect("state dir");
+    let text = format!(
+        "[server]\nhttp = \"127.0.0.1:1\"\nadmin = \"off\"\nstate_dir = \"{}\"\n\
+         [[sites]]\nhosts = [\"example.com\"]\n[[sites.routes]]\npath = \"/\"\nservice = \"api\"\n\
+         [services.api]\ncolors.blue = [\"127.0.0.1:8001\"]\n",
+        state.path().display()
+    );
+    let source = duotone::control::Source::Embedded {
+        name: "bench.toml".into(),
+        text,
+    };
+    let config = source.load().expect("bench config");
+    let metrics = Arc::new(duotone::metrics::Metrics::new().expect("metrics"));
+    let control = duotone::control::Control::new(source, config, metrics, None).expect("control");
+    let snap = control.load();
+    let ids = duotone::forwarded::RequestIds::default();
+    let conn = request::Conn {
+        tls: false,
+        client_ip: "203.0.113.9",
+        acme: false,
+    };
+    let head = b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: example.com\r\n\
+        User-Agent: Mozilla/5.0 (X11; Linux x86_64) bench\r\nAccept: */*\r\n\
+        Accept-Encoding: gzip, br\r\nCookie: sessionid=0123456789abcdef\r\n\
+        X-Forwarded-For: 6.6.6.6\r\n\r\n";
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("lane: client head → upstream head", |b| {
+        b.iter(|| {
+            let parsed = request::plan(black_box(head), &snap, &conn, &ids, &mut out, None);
+            assert!(matches!(parsed, request::Parsed::Lane(_)));
+            out.len()
+        })
+    });
+    let upstream =
+        b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Thu, 26 Nov 2026 07:00:00 GMT\r\n\
+        Content-Type: text/html; charset=utf-8\r\nContent-Length: 100\r\n\
+        Vary: Cookie\r\nX-Frame-Options: DENY\r\n\r\n";
+    let extra = response::Extra {
+        head_method: false,
+        hsts: None,
+        request_id: b"0123456789abcdef",
+        close: false,
+    };
+    let mut client_head = Vec::with_capacity(1024);
+    c.bench_function("lane: upstream head → client head", |b| {
+        b.iter(|| {
+            let parsed = response::parse(black_box(upstream), &extra, &mut client_head);
+            assert!(matches!(parsed, response::Parsed::Done(_)));
+            client_head.len()
+        })
+    });
+}
+
+criterion_group!(benches, matching, colors, headers, lane);
 criterion_main!(benches);

@@ -11,8 +11,8 @@
 
 mod local;
 mod relay;
-mod request;
-mod response;
+pub mod request;
+pub mod response;
 mod upstream;
 
 use crate::access_log::{AccessLog, Entry};
