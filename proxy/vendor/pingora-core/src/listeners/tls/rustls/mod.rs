@@ -127,12 +127,12 @@ impl TlsSettings {
         self.alpn_protocols = Some(alpn.to_wire_protocols());
     }
 
-    /// Configure mTLS by providing a rustls client certificate verifier.
     /// Duotone patch: `hook` adjusts the `ServerConfig` at the end of `build()`.
     pub fn set_config_hook(&mut self, hook: ConfigHook) {
         self.config_hook = Some(hook);
     }
 
+    /// Configure mTLS by providing a rustls client certificate verifier.
     pub fn set_client_cert_verifier(&mut self, verifier: Arc<dyn ClientCertVerifier>) {
         self.client_cert_verifier = Some(verifier);
     }
