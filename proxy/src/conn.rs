@@ -5,7 +5,7 @@
 //! on a keep-alive connection, is cut off, however slowly it trickles.
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::Stream;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, ALPN,
@@ -19,18 +19,22 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// The client connection preface of cleartext HTTP/2 (h2c).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Wraps a Pingora app with connection limits and the head deadline.
 pub struct Guarded<A> {
     inner: Arc<A>,
     /// Currently open client connections (shared with metrics).
     pub active: Arc<AtomicI64>,
     control: Arc<crate::control::Control>,
-    lane: Option<crate::lane::Lane>,
+    lane: Option<Arc<crate::lane::Lane>>,
 }
 
 impl<A> Guarded<A> {
     /// Wraps `inner`; limits are read per connection so reloads apply.
-    /// With a `lane`, HTTP/1 requests it serves never reach `inner`.
+    /// With a `lane`, requests it serves (HTTP/1.1 connections and HTTP/2
+    /// streams) never reach `inner`.
     pub fn new(
         inner: A,
         active: Arc<AtomicI64>,
@@ -41,7 +45,7 @@ impl<A> Guarded<A> {
             inner: Arc::new(inner),
             active,
             control,
-            lane,
+            lane: lane.map(Arc::new),
         }
     }
 }
@@ -55,7 +59,7 @@ impl Drop for ActiveGuard {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -78,7 +82,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                     stream.shutdown().await;
                     return None;
                 }
-                crate::lane::End::Handoff(read) => stream.unread(read),
+                crate::lane::End::Handoff(read) => {
+                    // HTTP/2: by ALPN on TLS, by its preface in the clear.
+                    let h2 = match stream.get_ssl_digest() {
+                        Some(_) => matches!(stream.selected_alpn_proto(), Some(ALPN::H2)),
+                        None => read.starts_with(H2_PREFACE),
+                    };
+                    stream.unread(read);
+                    if h2 {
+                        let (lane, app) = (lane.clone(), self.inner.clone());
+                        crate::lane::h2::serve_connection(lane, app, stream, shutdown).await;
+                        return None;
+                    }
+                }
             }
         }
         self.inner.process_new(Box::new(stream), shutdown).await;

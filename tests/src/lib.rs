@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod proxy;
+pub mod scripted;
 pub mod upstream;
 
 use std::time::{Duration, Instant};

@@ -5,10 +5,12 @@
 //!
 //! Static files are answered on the lane too. Everything else (redirects,
 //! auth, allow lists, compression, upgrades, chunked or large uploads,
-//! HTTP/1.0, HTTP/2, bad or oversized heads, ACME challenges) is handed to
+//! HTTP/1.0, bad or oversized heads, ACME challenges) is handed to
 //! Pingora's full path together with the bytes already read; Pingora then
-//! serves the rest of the connection, exactly as without the lane.
+//! serves the rest of the connection, exactly as without the lane. HTTP/2
+//! streams are served per stream ([`h2`]).
 
+pub mod h2;
 mod local;
 mod relay;
 pub mod request;
@@ -129,7 +131,11 @@ impl Lane {
             let outcome = match &plan.work {
                 Work::Proxy(service) => {
                     out.extend_from_slice(&buf[plan.head_len..need]);
-                    relay::exchange(self, &snap, &plan, *service, &out, io, tls).await
+                    let mut client = relay::H1 {
+                        io,
+                        timeout: limits.body_timeout,
+                    };
+                    relay::exchange(self, &snap, &plan, *service, &out, &mut client, tls).await
                 }
                 Work::Static(req) => {
                     let hsts = hsts(&snap, plan.site, tls);
@@ -139,7 +145,7 @@ impl Lane {
             buf.drain(..need);
             io.next_request();
             served += 1;
-            self.finish(&snap, &plan, &outcome, start, log, &ip);
+            self.finish(&snap, &plan, &outcome, start, log, &ip, "HTTP/1.1");
             if !outcome.keep_client || plan.close || *shutdown.borrow() {
                 return End::Closed;
             }
@@ -147,6 +153,7 @@ impl Lane {
     }
 
     /// Metrics, passive health and the access log line for one request.
+    #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         snap: &Snapshot,
@@ -155,6 +162,7 @@ impl Lane {
         start: Instant,
         log: Option<LogFields>,
         ip: &str,
+        proto: &'static str,
     ) {
         let Some(site) = snap.table.sites.get(plan.site) else {
             return;
@@ -193,7 +201,7 @@ impl Lane {
             host: &log.host,
             method: &log.method,
             uri: &log.uri,
-            proto: "HTTP/1.1",
+            proto,
             status: o.status,
             bytes: o.bytes as usize,
             duration: elapsed,

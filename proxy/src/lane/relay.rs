@@ -1,10 +1,11 @@
 //! One proxied exchange: choose the pool and member, get a connection
 //! (pooled or new, retrying other members on connect failure and a fresh
 //! connection when a reused one turns out closed), send the request, relay
-//! the response head and body to the client.
+//! the response head and body to the client: an HTTP/1.1 connection or an
+//! HTTP/2 stream, through [`Client`].
 
 use super::request::Plan;
-use super::response::{self, Chunks, Extra, Framing};
+use super::response::{self, Chunks, Extra, Framing, HeadOut};
 use super::upstream::{self, Conn, Key};
 use super::{read_some, within, Lane, Outcome};
 use crate::conn::HeadDeadline;
@@ -36,15 +37,65 @@ enum Attempt {
     },
 }
 
-/// Proxies the request in `req` (upstream head and body) and writes the
+/// Where a proxied response goes: an HTTP/1.1 connection or an HTTP/2
+/// stream. Each applies its own client write timeout.
+pub trait Client {
+    /// The response head as this client's protocol writes it.
+    type Head: HeadOut + Default;
+    /// Chunked upstream bodies are passed on decoded (HTTP/2 has its own
+    /// framing) rather than verbatim.
+    const DECHUNK: bool;
+    /// Sends `head` followed by the first `body` bytes; `end`: the response
+    /// is complete. False when the client is gone.
+    async fn send_head(&mut self, head: &mut Self::Head, body: &[u8], end: bool) -> bool;
+    /// Sends more of the body; `end`: the response is complete.
+    async fn send_body(&mut self, body: &[u8], end: bool) -> bool;
+    /// Answers with a short 502 or 504 before anything else was sent.
+    async fn fail(&mut self, status: u16, head_method: bool);
+}
+
+/// An HTTP/1.1 client connection.
+pub struct H1<'a> {
+    /// The connection.
+    pub io: &'a mut HeadDeadline,
+    /// Client write timeout.
+    pub timeout: std::time::Duration,
+}
+
+impl Client for H1<'_> {
+    type Head = Vec<u8>;
+    const DECHUNK: bool = false;
+
+    async fn send_head(&mut self, head: &mut Vec<u8>, body: &[u8], end: bool) -> bool {
+        head.extend_from_slice(body);
+        self.send_body(head, end).await
+    }
+
+    async fn send_body(&mut self, body: &[u8], end: bool) -> bool {
+        if !matches!(
+            within(self.timeout, self.io.write_all(body)).await,
+            Ok(Ok(()))
+        ) {
+            return false;
+        }
+        // TLS (and buffered) streams may hold the tail until flushed.
+        !end || matches!(within(self.timeout, self.io.flush()).await, Ok(Ok(())))
+    }
+
+    async fn fail(&mut self, status: u16, head_method: bool) {
+        fail(self.io, head_method, status, self.timeout).await;
+    }
+}
+
+/// Proxies the request in `req` (upstream head and body) and sends the
 /// response, or a 502/504, to the client.
-pub async fn exchange(
+pub async fn exchange<C: Client>(
     lane: &Lane,
     snap: &Snapshot,
     plan: &Plan,
     service: usize,
     req: &[u8],
-    io: &mut HeadDeadline,
+    client: &mut C,
     tls: bool,
 ) -> Outcome {
     let mut outcome = Outcome {
@@ -55,14 +106,15 @@ pub async fn exchange(
         ok: false,
         keep_client: false,
     };
-    let body_timeout = snap.table.config.limits.body_timeout;
     let Some(svc) = snap.table.services.get(service) else {
-        outcome.status = fail(io, plan, 502, body_timeout).await;
+        client.fail(502, plan.head_method).await;
+        outcome.status = 502;
         return outcome;
     };
     outcome.pool = svc.choose_pool(fastrand::u32(..));
     let Some(pool) = svc.pools.get(outcome.pool) else {
-        outcome.status = fail(io, plan, 502, body_timeout).await;
+        client.fail(502, plan.head_method).await;
+        outcome.status = 502;
         return outcome;
     };
     let _in_flight = pool.stats.begin();
@@ -77,7 +129,7 @@ pub async fn exchange(
     let mut tried = 0u64;
     let mut attempts = 0u32;
     let mut rbuf = Vec::with_capacity(CHUNK);
-    let mut head = Vec::with_capacity(512);
+    let mut head = C::Head::default();
     let code = 'members: loop {
         attempts += 1;
         let Some(i) = pool.pick(crate::clock::now_ms(), tried) else {
@@ -115,15 +167,7 @@ pub async fn exchange(
                 },
             };
             let attempt = relay(
-                &mut up,
-                req,
-                &extra,
-                io,
-                &mut rbuf,
-                &mut head,
-                t.read,
-                t.write,
-                body_timeout,
+                &mut up, req, &extra, client, &mut rbuf, &mut head, t.read, t.write,
             )
             .await;
             match attempt {
@@ -149,22 +193,22 @@ pub async fn exchange(
             }
         }
     };
-    outcome.status = fail(io, plan, code, body_timeout).await;
+    client.fail(code, plan.head_method).await;
+    outcome.status = code;
     outcome
 }
 
 /// One attempt: request out, response head in, response relayed.
 #[allow(clippy::too_many_arguments)]
-async fn relay(
+async fn relay<C: Client>(
     up: &mut Conn,
     req: &[u8],
     extra: &Extra<'_>,
-    io: &mut HeadDeadline,
+    client: &mut C,
     rbuf: &mut Vec<u8>,
-    head: &mut Vec<u8>,
+    head: &mut C::Head,
     read_timeout: std::time::Duration,
     write_timeout: std::time::Duration,
-    client_timeout: std::time::Duration,
 ) -> Attempt {
     match within(write_timeout, up.write_all(req)).await {
         Ok(Ok(())) => {}
@@ -207,26 +251,45 @@ async fn relay(
     let status = parsed.status;
     let mut reusable = parsed.reusable;
     let keep_client = parsed.framing != Framing::Close;
-    let early = &rbuf[parsed.len..];
     let mut chunks = Chunks::default();
-    let (take, mut left) = match parsed.framing {
-        Framing::Empty => (0, 0),
-        Framing::Length(n) => {
-            let take = early.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-            (take, n - take as u64)
-        }
-        Framing::Chunked => match chunks.feed(early) {
-            Ok(n) => (n, 0),
-            Err(_) => return Attempt::Failed(502),
-        },
-        Framing::Close => (early.len(), 0),
+    let mut data = Vec::new();
+    let mut left = match parsed.framing {
+        Framing::Length(n) => n,
+        _ => 0,
     };
-    if take < early.len() {
+    // Takes the body's bytes out of `rbuf[from..]`: how many belong to
+    // it, and whether the body is complete.
+    let mut body = |rbuf: &[u8], data: &mut Vec<u8>| -> Result<(usize, bool), ()> {
+        let n = rbuf.len();
+        Ok(match parsed.framing {
+            Framing::Empty => (0, true),
+            Framing::Length(_) => {
+                let take = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+                left -= take as u64;
+                (take, left == 0)
+            }
+            Framing::Chunked if C::DECHUNK => {
+                data.clear();
+                (chunks.feed_data(rbuf, data).map_err(|_| ())?, chunks.done())
+            }
+            Framing::Chunked => (chunks.feed(rbuf).map_err(|_| ())?, chunks.done()),
+            Framing::Close => (n, false),
+        })
+    };
+    let Ok((take, mut done)) = body(&rbuf[parsed.len..], &mut data) else {
+        return Attempt::Failed(502);
+    };
+    if parsed.len + take < rbuf.len() {
         // Bytes past the response: the connection is out of step.
         reusable = false;
     }
-    head.extend_from_slice(&early[..take]);
-    let mut bytes = take as u64;
+    let dechunked = C::DECHUNK && parsed.framing == Framing::Chunked;
+    let first = if dechunked {
+        &data[..]
+    } else {
+        &rbuf[parsed.len..parsed.len + take]
+    };
+    let mut bytes = first.len() as u64;
     let relayed = |bytes, complete, reusable| Attempt::Relayed {
         status,
         bytes,
@@ -234,15 +297,9 @@ async fn relay(
         reusable,
         keep_client,
     };
-    if !matches!(within(client_timeout, io.write_all(head)).await, Ok(Ok(()))) {
+    if !client.send_head(head, first, done).await {
         return relayed(bytes, false, false);
     }
-    let mut done = match parsed.framing {
-        Framing::Empty => true,
-        Framing::Length(_) => left == 0,
-        Framing::Chunked => chunks.done(),
-        Framing::Close => false,
-    };
     while !done {
         rbuf.clear();
         let n = match within(read_timeout, read_some(up, rbuf)).await {
@@ -251,57 +308,41 @@ async fn relay(
         };
         if n == 0 {
             // Close-delimited bodies end here; others were cut short.
-            return relayed(bytes, parsed.framing == Framing::Close, false);
+            let complete = parsed.framing == Framing::Close;
+            let ended = complete && client.send_body(&[], true).await;
+            return relayed(bytes, ended, false);
         }
-        let take = match parsed.framing {
-            Framing::Length(_) => {
-                let take = n.min(usize::try_from(left).unwrap_or(usize::MAX));
-                left -= take as u64;
-                done = left == 0;
-                take
-            }
-            Framing::Chunked => match chunks.feed(&rbuf[..n]) {
-                Ok(take) => {
-                    done = chunks.done();
-                    take
-                }
-                Err(_) => return relayed(bytes, false, false),
-            },
-            _ => n,
+        let Ok((take, end)) = body(&rbuf[..n], &mut data) else {
+            return relayed(bytes, false, false);
         };
+        done = end;
         if take < n {
             reusable = false;
         }
-        if !matches!(
-            within(client_timeout, io.write_all(&rbuf[..take])).await,
-            Ok(Ok(()))
-        ) {
+        let out = if dechunked { &data[..] } else { &rbuf[..take] };
+        if !client.send_body(out, done).await {
             return relayed(bytes, false, false);
         }
-        bytes += take as u64;
-    }
-    // TLS (and buffered) streams may hold the tail until flushed.
-    if !matches!(within(client_timeout, io.flush()).await, Ok(Ok(()))) {
-        return relayed(bytes, false, false);
+        bytes += out.len() as u64;
     }
     relayed(bytes, true, reusable)
 }
 
-/// Answers the client with a short error (the connection then closes, as
-/// on Pingora's path); returns the status.
-async fn fail(
-    io: &mut HeadDeadline,
-    plan: &Plan,
-    status: u16,
-    timeout: std::time::Duration,
-) -> u16 {
-    let (reason, body) = match status {
+/// The reason phrase and body text of a 502 or 504 answer.
+pub fn failure(status: u16) -> (&'static str, &'static str) {
+    match status {
         504 => (
             "Gateway Timeout",
             "gateway timeout: the upstream did not answer in time\n",
         ),
         _ => ("Bad Gateway", "bad gateway: the upstream failed\n"),
-    };
+    }
+}
+
+/// Answers the client with a short error (the connection then closes, as
+/// on Pingora's path); returns the status.
+async fn fail(io: &mut HeadDeadline, head_method: bool, status: u16, timeout: std::time::Duration) {
+    let (reason, body) = failure(status);
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
     super::request::header(&mut out, b"content-type", b"text/plain; charset=utf-8");
@@ -314,7 +355,7 @@ async fn fail(
     response::date(&mut out);
     super::request::header(&mut out, b"connection", b"close");
     out.extend_from_slice(b"\r\n");
-    if !plan.head_method {
+    if !head_method {
         out.extend_from_slice(body.as_bytes());
     }
     let _ = tokio::time::timeout(timeout, async {
@@ -322,5 +363,4 @@ async fn fail(
         io.flush().await
     })
     .await;
-    status
 }

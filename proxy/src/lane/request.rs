@@ -120,7 +120,7 @@ pub fn is(name: &str, lower: &str) -> bool {
 /// Headers never forwarded as received: hop-by-hop ones (Connection is
 /// read, the rest send the request to Pingora's path) and the forwarding
 /// headers Duotone sets itself as the edge.
-fn replaced(name: &str) -> bool {
+pub fn replaced(name: &str) -> bool {
     is(name, "connection")
         || is(name, "x-forwarded-for")
         || is(name, "x-forwarded-proto")
@@ -217,27 +217,12 @@ pub fn plan(
     let Some(host) = host else {
         return Parsed::Handoff;
     };
-    let Some((site_idx, site)) = snap.table.site(host) else {
-        return Parsed::Handoff;
-    };
-    let Some(route_idx) = site
-        .routes
-        .iter()
-        .position(|r| path.starts_with(r.prefix.as_str()))
-    else {
-        return Parsed::Handoff;
-    };
-    let route = &site.routes[route_idx];
     let body_len = length.unwrap_or(0);
-    let slot = snap.slots.get(route.slot);
-    if route.compress
-        || !route.allow.is_empty()
-        || slot.is_none_or(|s| s.auth.is_some())
-        || (site.tls && !conn.tls && !route.allow_http)
-        || body_len > route.max_body
-    {
+    let Some((site_idx, route_idx)) = route(snap, conn, host, path, body_len) else {
         return Parsed::Handoff;
-    }
+    };
+    let route = &snap.table.sites[site_idx].routes[route_idx];
+    let slot = snap.slots.get(route.slot);
     let id = request_id(client_id, ids);
     let service = match &route.action {
         Action::Proxy(service) if body_len <= MAX_BODY as u64 => *service,
@@ -279,33 +264,13 @@ pub fn plan(
         _ => return Parsed::Handoff,
     };
 
-    out.clear();
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    if route.strip_prefix {
-        let rest = target.get(route.prefix.len()..).unwrap_or("");
-        if !rest.starts_with('/') {
-            out.push(b'/');
-        }
-        out.extend_from_slice(rest.as_bytes());
-    } else {
-        out.extend_from_slice(target.as_bytes());
-    }
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    request_line(out, method, target, route);
     for h in req.headers.iter() {
         if !replaced(h.name) {
             header(out, h.name.as_bytes(), h.value);
         }
     }
-    if !conn.client_ip.is_empty() {
-        header(out, b"x-forwarded-for", conn.client_ip.as_bytes());
-        header(out, b"x-real-ip", conn.client_ip.as_bytes());
-    }
-    let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
-    header(out, b"x-forwarded-proto", proto);
-    header(out, b"x-forwarded-host", host.as_bytes());
-    header(out, b"x-request-id", id.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    forwarding(out, conn, host, &id);
 
     if let Some(log) = log {
         fill_log(log, &req, host, target);
@@ -320,6 +285,66 @@ pub fn plan(
         id,
         work: Work::Proxy(service),
     })
+}
+
+/// The site and route (indices) for `host` and `path` when the lane may
+/// serve the request: not when the route compresses, has an allow list or
+/// auth, needs TLS the connection lacks, or the body is over its limit.
+pub fn route(
+    snap: &Snapshot,
+    conn: &Conn<'_>,
+    host: &str,
+    path: &str,
+    body_len: u64,
+) -> Option<(usize, usize)> {
+    let (site_idx, site) = snap.table.site(host)?;
+    let route_idx = site
+        .routes
+        .iter()
+        .position(|r| path.starts_with(r.prefix.as_str()))?;
+    let route = &site.routes[route_idx];
+    let slot = snap.slots.get(route.slot);
+    if route.compress
+        || !route.allow.is_empty()
+        || slot.is_none_or(|s| s.auth.is_some())
+        || (site.tls && !conn.tls && !route.allow_http)
+        || body_len > route.max_body
+    {
+        return None;
+    }
+    Some((site_idx, route_idx))
+}
+
+/// Starts the upstream head in `out` (cleared first): the request line,
+/// with the route's prefix stripped when it says so.
+pub fn request_line(out: &mut Vec<u8>, method: &str, target: &str, route: &routes::Route) {
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    if route.strip_prefix {
+        let rest = target.get(route.prefix.len()..).unwrap_or("");
+        if !rest.starts_with('/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(rest.as_bytes());
+    } else {
+        out.extend_from_slice(target.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// Ends the upstream head in `out` with the headers Duotone sets as the
+/// edge: X-Forwarded-For/-Proto/-Host, X-Real-IP and X-Request-Id.
+pub fn forwarding(out: &mut Vec<u8>, conn: &Conn<'_>, host: &str, id: &RequestId) {
+    if !conn.client_ip.is_empty() {
+        header(out, b"x-forwarded-for", conn.client_ip.as_bytes());
+        header(out, b"x-real-ip", conn.client_ip.as_bytes());
+    }
+    let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
+    header(out, b"x-forwarded-proto", proto);
+    header(out, b"x-forwarded-host", host.as_bytes());
+    header(out, b"x-request-id", id.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Copies what the access log needs out of the read buffer.
@@ -355,7 +380,8 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
     Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-fn request_id(client: Option<&[u8]>, ids: &crate::forwarded::RequestIds) -> RequestId {
+/// The client's request id when sane, else a fresh one.
+pub fn request_id(client: Option<&[u8]>, ids: &crate::forwarded::RequestIds) -> RequestId {
     let mut id = RequestId {
         buf: [0; 128],
         len: 0,

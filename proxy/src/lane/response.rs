@@ -56,9 +56,56 @@ pub struct Extra<'a> {
     pub close: bool,
 }
 
+/// Receives the client's response head, field by field: HTTP/1.1 bytes
+/// (`Vec<u8>`) or an HTTP/2 header block (`super::h2::Head`).
+pub trait HeadOut {
+    /// Starts a new head (dropping any earlier one) with its status line.
+    fn start(&mut self, status: u16, reason: Option<&str>);
+    /// Adds a header field.
+    fn header(&mut self, name: &str, value: &[u8]);
+    /// Ends the head; `close`: the client connection closes after it.
+    fn end(&mut self, close: bool);
+}
+
+impl HeadOut for Vec<u8> {
+    fn start(&mut self, status: u16, reason: Option<&str>) {
+        self.clear();
+        self.extend_from_slice(b"HTTP/1.1 ");
+        // 200..=599: three digits.
+        self.extend_from_slice(&[
+            b'0' + (status / 100) as u8,
+            b'0' + (status / 10 % 10) as u8,
+            b'0' + (status % 10) as u8,
+        ]);
+        self.push(b' ');
+        match reason.filter(|r| !r.is_empty()) {
+            Some(r) => self.extend_from_slice(r.as_bytes()),
+            None => self.extend_from_slice(
+                http::StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("Unknown")
+                    .as_bytes(),
+            ),
+        }
+        self.extend_from_slice(b"\r\n");
+    }
+
+    fn header(&mut self, name: &str, value: &[u8]) {
+        header(self, name.as_bytes(), value);
+    }
+
+    fn end(&mut self, close: bool) {
+        if close {
+            self.extend_from_slice(b"connection: close\r\n");
+        }
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Parses the response head in `buf` and writes the client's head into
-/// `out` (cleared first).
-pub fn parse(buf: &[u8], extra: &Extra<'_>, out: &mut Vec<u8>) -> Parsed {
+/// `out` (started afresh).
+pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -120,26 +167,7 @@ pub fn parse(buf: &[u8], extra: &Extra<'_>, out: &mut Vec<u8>) -> Parsed {
         reusable = false;
     }
 
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    // 200..=599: three digits.
-    out.extend_from_slice(&[
-        b'0' + (status / 100) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-    ]);
-    out.push(b' ');
-    match resp.reason.filter(|r| !r.is_empty()) {
-        Some(r) => out.extend_from_slice(r.as_bytes()),
-        None => out.extend_from_slice(
-            http::StatusCode::from_u16(status)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .unwrap_or("Unknown")
-                .as_bytes(),
-        ),
-    }
-    out.extend_from_slice(b"\r\n");
+    out.start(status, resp.reason);
     for h in resp.headers.iter() {
         let n = h.name;
         let dropped = is(n, "connection")
@@ -150,20 +178,17 @@ pub fn parse(buf: &[u8], extra: &Extra<'_>, out: &mut Vec<u8>) -> Parsed {
             || (chunked && is(n, "content-length"))
             || (extra.hsts.is_some() && is(n, "strict-transport-security"));
         if !dropped {
-            header(out, n.as_bytes(), h.value);
+            out.header(n, h.value);
         }
     }
     if !has_date {
-        date(out);
+        with_date(|d| out.header("date", d.as_bytes()));
     }
     if let Some(hsts) = extra.hsts {
-        header(out, b"strict-transport-security", hsts.as_bytes());
+        out.header("strict-transport-security", hsts.as_bytes());
     }
-    header(out, b"x-request-id", extra.request_id);
-    if extra.close || framing == Framing::Close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    out.header("x-request-id", extra.request_id);
+    out.end(extra.close || framing == Framing::Close);
     Parsed::Done(Head {
         len,
         status,
@@ -172,8 +197,14 @@ pub fn parse(buf: &[u8], extra: &Extra<'_>, out: &mut Vec<u8>) -> Parsed {
     })
 }
 
-/// Appends a `date:` header, formatted at most once a second per thread.
+/// Appends a `date:` header.
 pub fn date(out: &mut Vec<u8>) {
+    with_date(|d| header(out, b"date", d.as_bytes()));
+}
+
+/// Calls `f` with the current HTTP date, formatted at most once a second
+/// per thread.
+pub fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
     thread_local! {
         static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }
@@ -187,7 +218,7 @@ pub fn date(out: &mut Vec<u8>) {
         if c.0 != secs || c.1.is_empty() {
             *c = (secs, httpdate::fmt_http_date(now));
         }
-        header(out, b"date", c.1.as_bytes());
+        f(&c.1)
     })
 }
 
@@ -229,10 +260,21 @@ impl Chunks {
     /// Consumes `buf`; returns how many of its bytes belong to the body
     /// (all of them, unless the body ends inside `buf`).
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, BadChunk> {
+        self.feed_with(buf, |_| {})
+    }
+
+    /// Like [`Chunks::feed`], and appends the chunks' data (the decoded
+    /// body, without sizes, extensions or trailers) to `data`.
+    pub fn feed_data(&mut self, buf: &[u8], data: &mut Vec<u8>) -> Result<usize, BadChunk> {
+        self.feed_with(buf, |d| data.extend_from_slice(d))
+    }
+
+    fn feed_with(&mut self, buf: &[u8], mut on_data: impl FnMut(&[u8])) -> Result<usize, BadChunk> {
         let mut i = 0;
         while i < buf.len() && self.state != State::Done {
             if self.state == State::Data {
                 let take = (buf.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                on_data(&buf[i..i + take]);
                 i += take;
                 self.size -= take as u64;
                 if self.size == 0 {
@@ -294,6 +336,15 @@ mod tests {
         assert_eq!(whole(b"A\r\n0123456789\r\n0\r\n\r\n"), Ok(20));
         let mut c = Chunks::default();
         assert!(c.feed(b"5\r\nhello\r\n0\r\n\r\n").is_ok());
+        // Decoded, split anywhere, including inside sizes and CRLFs.
+        let body = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\n";
+        for cut in 0..body.len() {
+            let (mut c, mut data) = (Chunks::default(), Vec::new());
+            let a = c.feed_data(&body[..cut], &mut data).unwrap();
+            let b = c.feed_data(&body[cut..], &mut data).unwrap();
+            assert!(c.done() && a + b == body.len(), "cut at {cut}");
+            assert_eq!(data, b"hello world", "cut at {cut}");
+        }
         // Byte by byte gives the same answer.
         let body = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: v\r\n\r\n";
         let mut c = Chunks::default();

@@ -130,7 +130,9 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
-pub(crate) async fn accept_downstream_sessions<F>(
+// Duotone patch: public, so an app can run this loop with its own
+// per-stream dispatch (Duotone serves common streams on its own path).
+pub async fn accept_downstream_sessions<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
     mut shutdown: ShutdownWatch,
@@ -203,7 +205,7 @@ pub(crate) async fn accept_downstream_sessions<F>(
 /// the session is being processed (e.g. move it into the spawned task) so the
 /// accept loop's idle timeout can tell a busy connection from an idle one. It
 /// decrements the in-flight counter when dropped.
-pub(crate) struct StreamGuard(Arc<ActiveSessions>);
+pub struct StreamGuard(Arc<ActiveSessions>);  // Duotone patch: public
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
@@ -500,6 +502,16 @@ impl HttpSession {
             write_timeout: None,
             total_drain_timeout: None,
         })))
+    }
+
+    /// Duotone patch: the request head, its body and the response handle,
+    /// for a caller that answers the stream itself with the `h2` API.
+    pub fn into_h2_parts(self) -> (RequestHeader, RecvStream, SendResponse<Bytes>) {
+        (
+            self.request_header,
+            self.request_body_reader,
+            self.send_response,
+        )
     }
 
     /// The request sent from the client

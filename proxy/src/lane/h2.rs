@@ -1,0 +1,297 @@
+//! HTTP/2 on the lane. Pingora's accept loop still runs the connection
+//! (handshake, stream checks, graceful shutdown, idle timeout); each stream
+//! that is a body-less request proxied to a service is served here, over
+//! the lane's pooled HTTP/1.1 upstream connections, with no header map
+//! conversion, channel or second task per request. Every other stream goes
+//! to Pingora's full path as before.
+
+use super::relay::{self, Client};
+use super::request::{self, is, LogFields, Plan, Work};
+use super::response::HeadOut;
+use super::Lane;
+use ::h2::server::SendResponse;
+use ::h2::SendStream;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use pingora::apps::HttpServerApp;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::v2::server::{self as h2srv, HttpSession};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Digest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Ssl};
+use pingora::server::ShutdownWatch;
+use routes::config::AccessLog as LogFormat;
+use routes::Action;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What every stream of a connection shares.
+pub struct ConnInfo {
+    /// The client's IP address as text.
+    pub ip: String,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Runs an HTTP/2 connection: streams the lane serves are answered here,
+/// the rest by `app` (Pingora's path).
+pub async fn serve_connection<A>(
+    lane: Arc<Lane>,
+    app: Arc<A>,
+    stream: crate::conn::HeadDeadline,
+    shutdown: &ShutdownWatch,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let info = Arc::new(ConnInfo {
+        ip: super::client_ip(&stream),
+        tls: stream.get_ssl_digest().is_some(),
+    });
+    let digest = Arc::new(Digest {
+        ssl_digest: stream.get_ssl_digest(),
+        timing_digest: stream.get_timing_digest(),
+        proxy_digest: stream.get_proxy_digest(),
+        socket_digest: stream.get_socket_digest(),
+    });
+    let conn = match h2srv::handshake(Box::new(stream), app.h2_options()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("HTTP/2 handshake failed: {e}");
+            return;
+        }
+    };
+    let idle = app.server_options().and_then(|o| o.h2_idle_timeout);
+    let watch = shutdown.clone();
+    h2srv::accept_downstream_sessions(conn, digest, shutdown.clone(), idle, |session, guard| {
+        let (lane, app, info, shutdown) = (lane.clone(), app.clone(), info.clone(), watch.clone());
+        tokio::spawn(async move {
+            // Held for the stream's life: the idle timeout sees it busy.
+            let _guard = guard;
+            if let Some(session) = lane.serve_h2(session, &info).await {
+                app.process_new_http(ServerSession::new_http2(session), &shutdown)
+                    .await;
+            }
+        });
+    })
+    .await;
+}
+
+impl Lane {
+    /// Serves one HTTP/2 stream if it is a request the lane proxies;
+    /// otherwise gives it back untouched.
+    pub async fn serve_h2(&self, session: HttpSession, info: &ConnInfo) -> Option<HttpSession> {
+        let snap = self.control.load();
+        let config = &snap.table.config;
+        let conn = request::Conn {
+            tls: info.tls,
+            client_ip: &info.ip,
+            acme: self.acme,
+        };
+        let req = session.req_header();
+        if !session.is_body_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {
+            return Some(session);
+        }
+        let mut log = (config.access_log != LogFormat::Off).then(LogFields::default);
+        let mut out = Vec::with_capacity(512);
+        let Some((plan, service)) = plan(req, &snap, &conn, &self.ids, &mut out, log.as_mut())
+        else {
+            return Some(session);
+        };
+        let start = Instant::now();
+        let (_, _body, respond) = session.into_h2_parts();
+        let mut client = Stream {
+            respond,
+            body: None,
+            timeout: config.limits.body_timeout,
+        };
+        let outcome =
+            relay::exchange(self, &snap, &plan, service, &out, &mut client, info.tls).await;
+        self.finish(&snap, &plan, &outcome, start, log, &info.ip, "HTTP/2.0");
+        None
+    }
+}
+
+/// Checks a stream's request and, when the lane proxies it, writes the
+/// upstream HTTP/1.1 head into `out`; returns the plan and the service.
+fn plan(
+    req: &RequestHeader,
+    snap: &crate::control::Snapshot,
+    conn: &request::Conn<'_>,
+    ids: &crate::forwarded::RequestIds,
+    out: &mut Vec<u8>,
+    log: Option<&mut LogFields>,
+) -> Option<(Plan, usize)> {
+    let method = req.method.as_str();
+    let target = req.uri.path_and_query()?.as_str();
+    if req.method == http::Method::CONNECT
+        || !target.starts_with('/')
+        || !target
+            .bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && b != b'#')
+    {
+        return None;
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    if routes::path::has_dot_segment(path)
+        || (conn.acme && !conn.tls && path.starts_with("/.well-known/acme-challenge/"))
+    {
+        return None;
+    }
+    let limits = &snap.table.config.limits;
+    let header_bytes: usize = req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if req.headers.len() > limits.max_headers
+        || header_bytes + target.len() > limits.max_header_bytes
+    {
+        return None;
+    }
+    let host = crate::edge::request_host(req);
+    if host.is_empty() {
+        return None;
+    }
+    let (site, route_idx) = request::route(snap, conn, host, path, 0)?;
+    let route = &snap.table.sites[site].routes[route_idx];
+    let Action::Proxy(service) = route.action else {
+        return None;
+    };
+    let client_id = req.headers.get("x-request-id").map(|v| v.as_bytes());
+    let id = request::request_id(client_id, ids);
+
+    request::request_line(out, method, target, route);
+    request::header(out, b"host", host.as_bytes());
+    let mut cookies = 0;
+    for (name, value) in req.headers.iter() {
+        let n = name.as_str();
+        if n == "cookie" {
+            cookies += 1;
+        } else if n != "host" && n != "te" && !request::replaced(n) {
+            request::header(out, n.as_bytes(), value.as_bytes());
+        }
+    }
+    if cookies > 0 {
+        // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one
+        // (RFC 9113 §8.2.3).
+        out.extend_from_slice(b"cookie: ");
+        for (i, v) in req.headers.get_all(http::header::COOKIE).iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(v.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    request::forwarding(out, conn, host, &id);
+
+    if let Some(log) = log {
+        let value = |n: http::header::HeaderName| {
+            req.headers
+                .get(n)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        };
+        log.host = host.to_string();
+        log.method = method.to_string();
+        log.uri = target.to_string();
+        log.referer = value(http::header::REFERER);
+        log.user_agent = value(http::header::USER_AGENT);
+    }
+    let plan = Plan {
+        head_len: 0,
+        body_len: 0,
+        site,
+        route: route_idx,
+        close: false,
+        head_method: req.method == http::Method::HEAD,
+        id,
+        work: Work::Proxy(service),
+    };
+    Some((plan, service))
+}
+
+/// An HTTP/2 response head: status and header block.
+#[derive(Default)]
+pub struct Head {
+    status: u16,
+    headers: http::HeaderMap,
+}
+
+impl HeadOut for Head {
+    fn start(&mut self, status: u16, _reason: Option<&str>) {
+        self.status = status;
+        self.headers.clear();
+    }
+
+    fn header(&mut self, name: &str, value: &[u8]) {
+        // Connection-specific fields have no place in HTTP/2 (RFC 9113
+        // §8.2.2); the others of that kind never get here.
+        if is(name, "transfer-encoding") {
+            return;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            self.headers.append(n, v);
+        }
+    }
+
+    fn end(&mut self, _close: bool) {}
+}
+
+/// An HTTP/2 stream's response side.
+struct Stream {
+    respond: SendResponse<Bytes>,
+    body: Option<SendStream<Bytes>>,
+    timeout: Duration,
+}
+
+impl Client for Stream {
+    type Head = Head;
+    const DECHUNK: bool = true;
+
+    async fn send_head(&mut self, head: &mut Head, body: &[u8], end: bool) -> bool {
+        let Ok(status) = http::StatusCode::from_u16(head.status) else {
+            return false;
+        };
+        let mut resp = http::Response::new(());
+        *resp.status_mut() = status;
+        *resp.headers_mut() = std::mem::take(&mut head.headers);
+        let only_head = end && body.is_empty();
+        match self.respond.send_response(resp, only_head) {
+            Ok(s) => self.body = Some(s),
+            Err(_) => return false,
+        }
+        only_head || self.send_body(body, end).await
+    }
+
+    async fn send_body(&mut self, body: &[u8], end: bool) -> bool {
+        let Some(s) = self.body.as_mut() else {
+            return false;
+        };
+        if body.is_empty() && !end {
+            return true;
+        }
+        let data = Bytes::copy_from_slice(body);
+        pingora::protocols::http::v2::write_body(s, data, end, Some(self.timeout))
+            .await
+            .is_ok()
+    }
+
+    async fn fail(&mut self, status: u16, head_method: bool) {
+        let (_, text) = relay::failure(status);
+        let mut head = Head::default();
+        head.start(status, None);
+        head.header("content-type", b"text/plain; charset=utf-8");
+        head.header("content-length", text.len().to_string().as_bytes());
+        head.header("cache-control", b"no-store");
+        super::response::with_date(|d| head.header("date", d.as_bytes()));
+        let body = if head_method {
+            &b""[..]
+        } else {
+            text.as_bytes()
+        };
+        self.send_head(&mut head, body, true).await;
+    }
+}
