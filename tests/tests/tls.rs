@@ -727,6 +727,16 @@ async fn static_certificate_rotation_redirects_and_hsts() {
         hsts.contains("max-age="),
         "HSTS on a proxied response: {hsts:?}"
     );
+    // Over HTTP/2 the upstream still learns the client spoke HTTPS, to
+    // which host.
+    let (_, r, version) = https_get(https, "static.test", "/headers", Client::trusting(&roots))
+        .await
+        .expect("verified GET");
+    assert_eq!(version, http::Version::HTTP_2);
+    let seen = r.json();
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
+    assert_eq!(seen["headers"]["host"], "static.test", "{seen}");
+    assert_eq!(r.header("strict-transport-security"), hsts);
     let (_, r, _) = https_get(
         https,
         "static.test",

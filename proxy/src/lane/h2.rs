@@ -63,14 +63,16 @@ pub async fn serve_connection<A>(
     let watch = shutdown.clone();
     h2srv::accept_downstream_sessions(conn, digest, shutdown.clone(), idle, |session, guard| {
         let (lane, app, info, shutdown) = (lane.clone(), app.clone(), info.clone(), watch.clone());
-        tokio::spawn(async move {
+        // Boxed: the task then moves a pointer, not the whole stream state,
+        // when it is created and when it completes.
+        tokio::spawn(Box::pin(async move {
             // Held for the stream's life: the idle timeout sees it busy.
             let _guard = guard;
             if let Some(session) = lane.serve_h2(session, &info).await {
                 app.process_new_http(ServerSession::new_http2(session), &shutdown)
                     .await;
             }
-        });
+        }));
     })
     .await;
 }
@@ -229,10 +231,15 @@ impl HeadOut for Head {
         if is(name, "transfer-encoding") {
             return;
         }
-        if let (Ok(n), Ok(v)) = (
+        if let (Ok(n), Ok(mut v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_bytes(value),
         ) {
+            if n == "x-request-id" {
+                // Unique per response: kept out of the HPACK dynamic table,
+                // where it would only evict the fields that do repeat.
+                v.set_sensitive(true);
+            }
             self.headers.append(n, v);
         }
     }
