@@ -117,13 +117,19 @@ fn interval(ms: u64) -> tokio::time::Interval {
 /// The order/renewal loop of one ACME entry; never returns on its own.
 fn drive(ctx: &AcmeCtx, entry: Arc<Entry>) -> BoxFuture<'static, ()> {
     let name = entry.spec.name.clone();
+    // An issuance counts once the certificate is served: rustls-acme reports
+    // `DeployedNewCert` before its cache store, which is where it reaches us.
     let on_cert: OnCert = {
         let entry = entry.clone();
+        let totals = ctx.totals.clone();
         Arc::new(
             move |pem: &[u8]| match certs::parse_acme_pem(pem, &entry.spec.name) {
                 Ok(loaded) => {
                     tracing::info!(cert = %entry.spec.name, issuer = %loaded.meta.issuer, not_after = loaded.meta.not_after, "serving new ACME certificate");
                     entry.current.store(Some(Arc::new(loaded)));
+                    totals.renewals.fetch_add(1, Ordering::Relaxed);
+                    let n = entry.stats.renewals.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::info!(cert = %entry.spec.name, issued = n, "ACME certificate issued");
                 }
                 Err(e) => {
                     tracing::error!(cert = %entry.spec.name, error = %e, "CA returned an unusable certificate");
@@ -156,9 +162,7 @@ fn drive(ctx: &AcmeCtx, entry: Arc<Entry>) -> BoxFuture<'static, ()> {
         while let Some(event) = state.next().await {
             match event {
                 Ok(EventOk::DeployedNewCert) => {
-                    totals.renewals.fetch_add(1, Ordering::Relaxed);
-                    let n = entry.stats.renewals.fetch_add(1, Ordering::Relaxed) + 1;
-                    tracing::info!(cert = %name, issued = n, "ACME certificate issued");
+                    tracing::debug!(cert = %name, "ACME: new certificate obtained")
                 }
                 Ok(EventOk::DeployedCachedCert) => {
                     tracing::info!(cert = %name, "ACME: cached certificate deployed; renewal scheduled")
