@@ -1,9 +1,11 @@
 //! HTTP/2 on the lane. Pingora's accept loop still runs the connection
 //! (handshake, stream checks, graceful shutdown, idle timeout); each stream
 //! that is a body-less request proxied to a service is served here, over
-//! the lane's pooled HTTP/1.1 upstream connections, with no header map
-//! conversion, channel or second task per request. Every other stream goes
-//! to Pingora's full path as before.
+//! the lane's pooled HTTP/1.1 upstream connections: the upstream head is
+//! written straight from the stream's fields and the response head parsed
+//! in place, with none of Pingora's per-request proxy machinery (header
+//! conversions, body channels, connector pool). Every other stream goes to
+//! Pingora's full path as before.
 
 use super::relay::{self, Client};
 use super::request::{self, is, LogFields, Plan, Work};
@@ -223,6 +225,7 @@ impl HeadOut for Head {
     fn start(&mut self, status: u16, _reason: Option<&str>) {
         self.status = status;
         self.headers.clear();
+        self.headers.reserve(16);
     }
 
     fn header(&mut self, name: &str, value: &[u8]) {

@@ -70,6 +70,8 @@ pub trait HeadOut {
 impl HeadOut for Vec<u8> {
     fn start(&mut self, status: u16, reason: Option<&str>) {
         self.clear();
+        // One allocation for a typical head, not a doubling series.
+        self.reserve(512);
         self.extend_from_slice(b"HTTP/1.1 ");
         // 200..=599: three digits.
         self.extend_from_slice(&[
