@@ -87,6 +87,11 @@ async fn metrics_and_access_log() {
     for _ in 0..5 {
         assert_eq!(http.get(&p.url("/x")).await.unwrap().status, 200);
     }
+    // HTTP/2 streams are counted and logged the same way.
+    let h2 = Http::h2();
+    for _ in 0..3 {
+        assert_eq!(h2.get(&p.url("/x")).await.unwrap().status, 200);
+    }
     assert_eq!(http.get(&p.url("/internal/x")).await.unwrap().status, 403);
     // Requests are counted when their log phase ends, just after the response.
     let m = e2e::eventually(Duration::from_secs(5), || async {
@@ -94,17 +99,17 @@ async fn metrics_and_access_log() {
         (sample(
             &m,
             r#"duotone_request_duration_seconds_count{service="app",site="*"}"#,
-        ) >= 6.0)
+        ) >= 9.0)
             .then_some(m)
     })
     .await
-    .expect("six requests counted");
+    .expect("nine requests counted");
     assert_eq!(
         sample(
             &m,
             r#"duotone_requests_total{color="blue",service="app",site="*",status_class="2xx"}"#
         ),
-        5.0,
+        8.0,
         "{m}"
     );
     assert_eq!(
@@ -120,7 +125,7 @@ async fn metrics_and_access_log() {
             &m,
             r#"duotone_request_duration_seconds_count{service="app",site="*"}"#
         ),
-        6.0
+        9.0
     );
     assert_eq!(
         sample(&m, r#"duotone_live_color{service="app",color="blue"}"#),
@@ -197,7 +202,25 @@ async fn metrics_and_access_log() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["uri"] == "/x")
         .collect();
-    assert_eq!(proxied.len(), 5);
+    assert_eq!(proxied.len(), 8);
+    let protos = |p: &str| proxied.iter().filter(|l| l["proto"] == p).count();
+    assert_eq!(
+        (protos("HTTP/1.1"), protos("HTTP/2.0")),
+        (5, 3),
+        "{proxied:?}"
+    );
+    for l in &proxied {
+        assert_eq!(
+            (&l["status"], &l["service"], &l["color"], &l["upstream"]),
+            (
+                &200.into(),
+                &"app".into(),
+                &"blue".into(),
+                &app.member().into()
+            ),
+            "{l}"
+        );
+    }
     let l = &proxied[0];
     assert_eq!(l["status"], 200);
     assert_eq!(l["service"], "app");
