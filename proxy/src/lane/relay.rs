@@ -107,15 +107,11 @@ pub async fn exchange<C: Client>(
         keep_client: false,
     };
     let Some(svc) = snap.table.services.get(service) else {
-        client.fail(502, plan.head_method).await;
-        outcome.status = 502;
-        return outcome;
+        return failed(client, plan, outcome, 502).await;
     };
     outcome.pool = svc.choose_pool(fastrand::u32(..));
     let Some(pool) = svc.pools.get(outcome.pool) else {
-        client.fail(502, plan.head_method).await;
-        outcome.status = 502;
-        return outcome;
+        return failed(client, plan, outcome, 502).await;
     };
     let _in_flight = pool.stats.begin();
     let hsts = super::hsts(snap, plan.site, tls);
@@ -193,6 +189,16 @@ pub async fn exchange<C: Client>(
             }
         }
     };
+    failed(client, plan, outcome, code).await
+}
+
+/// Answers the client with `code` (502 or 504) and records it.
+async fn failed<C: Client>(
+    client: &mut C,
+    plan: &Plan,
+    mut outcome: Outcome,
+    code: u16,
+) -> Outcome {
     client.fail(code, plan.head_method).await;
     outcome.status = code;
     outcome
@@ -257,10 +263,10 @@ async fn relay<C: Client>(
         Framing::Length(n) => n,
         _ => 0,
     };
-    // Takes the body's bytes out of `rbuf[from..]`: how many belong to
-    // it, and whether the body is complete.
-    let mut body = |rbuf: &[u8], data: &mut Vec<u8>| -> Result<(usize, bool), ()> {
-        let n = rbuf.len();
+    // Of the response bytes `read`: how many belong to the body, and
+    // whether the body is complete (decoded chunk data goes to `data`).
+    let mut body = |read: &[u8], data: &mut Vec<u8>| -> Result<(usize, bool), ()> {
+        let n = read.len();
         Ok(match parsed.framing {
             Framing::Empty => (0, true),
             Framing::Length(_) => {
@@ -270,9 +276,9 @@ async fn relay<C: Client>(
             }
             Framing::Chunked if C::DECHUNK => {
                 data.clear();
-                (chunks.feed_data(rbuf, data).map_err(|_| ())?, chunks.done())
+                (chunks.feed_data(read, data).map_err(|_| ())?, chunks.done())
             }
-            Framing::Chunked => (chunks.feed(rbuf).map_err(|_| ())?, chunks.done()),
+            Framing::Chunked => (chunks.feed(read).map_err(|_| ())?, chunks.done()),
             Framing::Close => (n, false),
         })
     };
