@@ -203,12 +203,16 @@ impl HeadDeadline {
 /// True once `\r\n\r\n` appears in the bytes seen so far; `tail` keeps the
 /// last three bytes of earlier reads so the marker may span reads.
 fn head_end(tail: &mut [u8; 3], new: &[u8]) -> bool {
+    // Most heads arrive whole, with nothing after them.
+    if new.ends_with(b"\r\n\r\n") {
+        return true;
+    }
     let mut joint = [0u8; 6];
     let n = new.len().min(3);
     joint[..3].copy_from_slice(tail);
     joint[3..3 + n].copy_from_slice(&new[..n]);
     if joint[..3 + n].windows(4).any(|w| w == b"\r\n\r\n")
-        || new.windows(4).any(|w| w == b"\r\n\r\n")
+        || memchr::memmem::find(new, b"\r\n\r\n").is_some()
     {
         return true;
     }

@@ -187,6 +187,9 @@ impl RouteTable {
             host
         };
         let idx = self.exact.get(host).copied().or_else(|| {
+            if self.wildcard.is_empty() {
+                return self.default;
+            }
             let mut rest = host;
             while let Some(dot) = rest.find('.') {
                 rest = &rest[dot + 1..];

@@ -7,9 +7,11 @@
 //! conversions, body channels, connector pool). Every other stream goes to
 //! Pingora's full path as before.
 
+use super::field::Field;
 use super::relay::{self, Client};
-use super::request::{self, is, LogFields, Plan, Work};
+use super::request::{self, LogFields, Plan, Work};
 use super::response::HeadOut;
+use super::timer::Timer;
 use super::Lane;
 use ::h2::server::SendResponse;
 use ::h2::SendStream;
@@ -106,6 +108,7 @@ impl Lane {
             respond,
             body: None,
             timeout: config.limits.body_timeout,
+            upstream_timer: Timer::default(),
         };
         let outcome =
             relay::exchange(self, &snap, &plan, service, &out, &mut client, info.tls).await;
@@ -170,7 +173,7 @@ fn plan(
         let n = name.as_str();
         if n == "cookie" {
             cookies += 1;
-        } else if n != "host" && n != "te" && !request::replaced(n) {
+        } else if n != "host" && n != "te" && !request::replaced(Field::of(n)) {
             request::header(out, n.as_bytes(), value.as_bytes());
         }
     }
@@ -231,7 +234,7 @@ impl HeadOut for Head {
     fn header(&mut self, name: &str, value: &[u8]) {
         // Connection-specific fields have no place in HTTP/2 (RFC 9113
         // §8.2.2); the others of that kind never get here.
-        if is(name, "transfer-encoding") {
+        if Field::of(name) == Field::TransferEncoding {
             return;
         }
         if let (Ok(n), Ok(mut v)) = (
@@ -255,6 +258,7 @@ struct Stream {
     respond: SendResponse<Bytes>,
     body: Option<SendStream<Bytes>>,
     timeout: Duration,
+    upstream_timer: Timer,
 }
 
 impl Client for Stream {
@@ -303,5 +307,9 @@ impl Client for Stream {
             text.as_bytes()
         };
         self.send_head(&mut head, body, true).await;
+    }
+
+    fn upstream_timer(&mut self) -> &mut Timer {
+        &mut self.upstream_timer
     }
 }

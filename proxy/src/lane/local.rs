@@ -3,7 +3,8 @@
 //! reply, small bodies in the same write as the head.
 
 use super::request::{header, StaticRequest};
-use super::{within, Outcome};
+use super::timer::within;
+use super::Outcome;
 use crate::conn::HeadDeadline;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;

@@ -10,11 +10,13 @@
 //! serves the rest of the connection, exactly as without the lane. HTTP/2
 //! streams are served per stream ([`h2`]).
 
+mod field;
 pub mod h2;
 mod local;
 mod relay;
 pub mod request;
 pub mod response;
+mod timer;
 mod upstream;
 
 use crate::access_log::{AccessLog, Entry};
@@ -25,10 +27,9 @@ use pingora::protocols::{GetSocketDigest, Ssl, ALPN};
 use pingora::server::ShutdownWatch;
 use request::{LogFields, Parsed, Plan, Work};
 use routes::config::AccessLog as LogFormat;
-use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+use timer::Timer;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The lane's shared state.
@@ -80,6 +81,9 @@ impl Lane {
         let mut buf: Vec<u8> = Vec::new();
         let mut out: Vec<u8> = Vec::new();
         let mut served = 0u64;
+        // Waits on the client (keep-alive, body, writes) and on upstreams.
+        let mut client_timer = Timer::default();
+        let mut upstream_timer = Timer::default();
         let conn = request::Conn {
             tls,
             client_ip: &ip,
@@ -107,7 +111,7 @@ impl Lane {
                     // at once on graceful shutdown.
                     tokio::select! {
                         biased;
-                        r = within(limits.keepalive_timeout, read_some(io, &mut buf)) => r,
+                        r = client_timer.within(limits.keepalive_timeout, read_some(io, &mut buf)) => r,
                         _ = shutdown.changed() => return End::Closed,
                     }
                 } else {
@@ -123,7 +127,10 @@ impl Lane {
             let limits = snap.table.config.limits;
             let need = plan.head_len + plan.body_len;
             while buf.len() < need {
-                match within(limits.body_timeout, read_some(io, &mut buf)).await {
+                match client_timer
+                    .within(limits.body_timeout, read_some(io, &mut buf))
+                    .await
+                {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return End::Closed,
                 }
@@ -134,6 +141,8 @@ impl Lane {
                     let mut client = relay::H1 {
                         io,
                         timeout: limits.body_timeout,
+                        timer: &mut client_timer,
+                        upstream_timer: &mut upstream_timer,
                     };
                     relay::exchange(self, &snap, &plan, *service, &out, &mut client, tls).await
                 }
@@ -240,14 +249,4 @@ async fn read_some<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::i
         buf.reserve(4096);
     }
     r.read_buf(buf).await
-}
-
-/// Runs `f` with a time limit; a future that is ready at once never
-/// touches the timer wheel.
-async fn within<F: Future>(limit: Duration, f: F) -> Result<F::Output, ()> {
-    let mut f = std::pin::pin!(f);
-    if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
-        return Ok(v);
-    }
-    tokio::time::timeout(limit, f).await.map_err(|_| ())
 }

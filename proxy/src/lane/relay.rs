@@ -6,8 +6,9 @@
 
 use super::request::Plan;
 use super::response::{self, Chunks, Extra, Framing, HeadOut};
+use super::timer::{within, Timer};
 use super::upstream::{self, Conn, Key};
-use super::{read_some, within, Lane, Outcome};
+use super::{read_some, Lane, Outcome};
 use crate::conn::HeadDeadline;
 use crate::control::Snapshot;
 use routes::MemberAddr;
@@ -37,6 +38,42 @@ enum Attempt {
     },
 }
 
+/// A response read buffer of [`CHUNK`] bytes, taken from the thread's few
+/// spare ones and given back when dropped: allocating 64 KiB afresh for
+/// every request cost more than parsing the response.
+struct Spare(Vec<u8>);
+
+/// Spare buffers kept per thread (untouched pages stay unallocated).
+const SPARES: usize = 32;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Spare {
+    fn take() -> Spare {
+        let spare = SPARE.with(|s| s.borrow_mut().pop());
+        Spare(spare.unwrap_or_else(|| Vec::with_capacity(CHUNK)))
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        if buf.capacity() != CHUNK {
+            return;
+        }
+        buf.clear();
+        // `try_with`: a thread being torn down keeps nothing.
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARES {
+                s.push(buf);
+            }
+        });
+    }
+}
+
 /// Where a proxied response goes: an HTTP/1.1 connection or an HTTP/2
 /// stream. Each applies its own client write timeout.
 pub trait Client {
@@ -52,6 +89,8 @@ pub trait Client {
     async fn send_body(&mut self, body: &[u8], end: bool) -> bool;
     /// Answers with a short 502 or 504 before anything else was sent.
     async fn fail(&mut self, status: u16, head_method: bool);
+    /// The timer for waits on the upstream during this exchange.
+    fn upstream_timer(&mut self) -> &mut Timer;
 }
 
 /// An HTTP/1.1 client connection.
@@ -60,6 +99,10 @@ pub struct H1<'a> {
     pub io: &'a mut HeadDeadline,
     /// Client write timeout.
     pub timeout: std::time::Duration,
+    /// The connection's timer for client waits.
+    pub timer: &'a mut Timer,
+    /// The connection's timer for upstream waits.
+    pub upstream_timer: &'a mut Timer,
 }
 
 impl Client for H1<'_> {
@@ -72,18 +115,26 @@ impl Client for H1<'_> {
     }
 
     async fn send_body(&mut self, body: &[u8], end: bool) -> bool {
+        let timer = &mut *self.timer;
         if !matches!(
-            within(self.timeout, self.io.write_all(body)).await,
+            timer.within(self.timeout, self.io.write_all(body)).await,
             Ok(Ok(()))
         ) {
             return false;
         }
         // TLS (and buffered) streams may hold the tail until flushed.
-        !end || matches!(within(self.timeout, self.io.flush()).await, Ok(Ok(())))
+        !end || matches!(
+            timer.within(self.timeout, self.io.flush()).await,
+            Ok(Ok(()))
+        )
     }
 
     async fn fail(&mut self, status: u16, head_method: bool) {
         fail(self.io, head_method, status, self.timeout).await;
+    }
+
+    fn upstream_timer(&mut self) -> &mut Timer {
+        self.upstream_timer
     }
 }
 
@@ -124,7 +175,7 @@ pub async fn exchange<C: Client>(
     let t = &svc.timeouts;
     let mut tried = 0u64;
     let mut attempts = 0u32;
-    let mut rbuf = Vec::with_capacity(CHUNK);
+    let mut rbuf = Spare::take();
     let mut head = C::Head::default();
     let code = 'members: loop {
         attempts += 1;
@@ -163,7 +214,14 @@ pub async fn exchange<C: Client>(
                 },
             };
             let attempt = relay(
-                &mut up, req, &extra, client, &mut rbuf, &mut head, t.read, t.write,
+                &mut up,
+                req,
+                &extra,
+                client,
+                &mut rbuf.0,
+                &mut head,
+                t.read,
+                t.write,
             )
             .await;
             match attempt {
@@ -223,7 +281,11 @@ async fn relay<C: Client>(
     }
     rbuf.clear();
     let parsed = 'head: loop {
-        match within(read_timeout, read_some(up, rbuf)).await {
+        match client
+            .upstream_timer()
+            .within(read_timeout, read_some(up, rbuf))
+            .await
+        {
             Err(()) => return Attempt::Failed(504),
             Ok(Ok(n)) if n > 0 => {}
             _ if rbuf.is_empty() => return Attempt::Broken,
@@ -248,7 +310,11 @@ async fn relay<C: Client>(
     if matches!(parsed.framing, Framing::Length(n) if n > 0) && rbuf.len() == parsed.len {
         // Only the head so far (upstreams often write it apart from the
         // body): wait for the body's first bytes and send both in one write.
-        match within(read_timeout, read_some(up, rbuf)).await {
+        match client
+            .upstream_timer()
+            .within(read_timeout, read_some(up, rbuf))
+            .await
+        {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Attempt::Failed(502),
             Err(()) => return Attempt::Failed(504),
@@ -308,7 +374,11 @@ async fn relay<C: Client>(
     }
     while !done {
         rbuf.clear();
-        let n = match within(read_timeout, read_some(up, rbuf)).await {
+        let n = match client
+            .upstream_timer()
+            .within(read_timeout, read_some(up, rbuf))
+            .await
+        {
             Ok(Ok(n)) => n,
             _ => return relayed(bytes, false, false),
         };

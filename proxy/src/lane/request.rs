@@ -4,6 +4,7 @@
 //! limits exceeded) is a [`Parsed::Handoff`] to Pingora's full path, which
 //! then answers exactly as it always has.
 
+use super::field::Field;
 use crate::control::Snapshot;
 use routes::Action;
 
@@ -120,14 +121,8 @@ pub fn is(name: &str, lower: &str) -> bool {
 /// Headers never forwarded as received: hop-by-hop ones (Connection is
 /// read, the rest send the request to Pingora's path) and the forwarding
 /// headers Duotone sets itself as the edge.
-pub fn replaced(name: &str) -> bool {
-    is(name, "connection")
-        || is(name, "x-forwarded-for")
-        || is(name, "x-forwarded-proto")
-        || is(name, "x-forwarded-host")
-        || is(name, "x-real-ip")
-        || is(name, "forwarded")
-        || is(name, "x-request-id")
+pub fn replaced(field: Field) -> bool {
+    field == Field::Connection || field.forwarding()
 }
 
 /// Parses `buf` and, for a request the lane serves, writes the upstream
@@ -140,9 +135,10 @@ pub fn plan(
     out: &mut Vec<u8>,
     log: Option<&mut LogFields>,
 ) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    // Uninitialised: httparse fills only what it parses (no 2 KiB memset).
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Handoff,
@@ -170,45 +166,43 @@ pub fn plan(
     let mut close = false;
     let mut client_id = None;
     let mut header_bytes = target.len();
-    for h in req.headers.iter() {
-        let name = h.name;
-        header_bytes += name.len() + h.value.len() + 4;
-        if is(name, "host") {
-            if host.is_some() {
-                return Parsed::Handoff;
-            }
-            match std::str::from_utf8(h.value) {
-                Ok(v) if !v.is_empty() => host = Some(v),
-                _ => return Parsed::Handoff,
-            }
-        } else if is(name, "content-length") {
-            if length.is_some() {
-                return Parsed::Handoff;
-            }
-            match parse_length(h.value) {
-                Some(n) => length = Some(n),
-                None => return Parsed::Handoff,
-            }
-        } else if is(name, "connection") {
-            for token in h.value.split(|b| *b == b',') {
-                let t = token.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+    let mut fields = [Field::Other; MAX_HEADERS];
+    for (h, field) in req.headers.iter().zip(fields.iter_mut()) {
+        header_bytes += h.name.len() + h.value.len() + 4;
+        *field = Field::of(h.name);
+        match *field {
+            Field::Host => {
+                if host.is_some() {
                     return Parsed::Handoff;
                 }
+                match std::str::from_utf8(h.value) {
+                    Ok(v) if !v.is_empty() => host = Some(v),
+                    _ => return Parsed::Handoff,
+                }
             }
-        } else if is(name, "x-request-id") {
-            client_id = Some(h.value);
-        } else if is(name, "transfer-encoding")
-            || is(name, "upgrade")
-            || is(name, "expect")
-            || is(name, "te")
-            || is(name, "trailer")
-            || is(name, "keep-alive")
-            || is(name, "proxy-connection")
-        {
-            return Parsed::Handoff;
+            Field::ContentLength => {
+                if length.is_some() {
+                    return Parsed::Handoff;
+                }
+                match parse_length(h.value) {
+                    Some(n) => length = Some(n),
+                    None => return Parsed::Handoff,
+                }
+            }
+            Field::Connection => {
+                for token in h.value.split(|b| *b == b',') {
+                    let t = token.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+                        return Parsed::Handoff;
+                    }
+                }
+            }
+            Field::XRequestId => client_id = Some(h.value),
+            // Upgrades, chunked bodies, 100-continue and the like.
+            f if f.hop_by_hop() || f == Field::Expect => return Parsed::Handoff,
+            _ => {}
         }
     }
     if req.headers.len() > limits.max_headers || header_bytes > limits.max_header_bytes {
@@ -265,8 +259,8 @@ pub fn plan(
     };
 
     request_line(out, method, target, route);
-    for h in req.headers.iter() {
-        if !replaced(h.name) {
+    for (h, field) in req.headers.iter().zip(fields) {
+        if !replaced(field) {
             header(out, h.name.as_bytes(), h.value);
         }
     }

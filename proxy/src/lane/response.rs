@@ -1,7 +1,8 @@
 //! An upstream's response head, rewritten for the client, and the framing
 //! of the body that follows it.
 
-use super::request::{header, is};
+use super::field::Field;
+use super::request::header;
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -108,9 +109,14 @@ impl HeadOut for Vec<u8> {
 /// Parses the response head in `buf` and writes the client's head into
 /// `out` (started afresh).
 pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    // Uninitialised: httparse fills only what it parses (no 4 KiB memset).
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Invalid,
@@ -128,30 +134,34 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
     let mut chunked = false;
     let mut reusable = version == 1;
     let mut has_date = false;
-    for h in resp.headers.iter() {
-        if is(h.name, "content-length") {
-            match super::request::parse_length(h.value) {
+    let mut fields = [Field::Other; MAX_HEADERS];
+    for (h, field) in resp.headers.iter().zip(fields.iter_mut()) {
+        *field = Field::of(h.name);
+        match *field {
+            Field::ContentLength => match super::request::parse_length(h.value) {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                 _ => return Parsed::Invalid,
-            }
-        } else if is(h.name, "transfer-encoding") {
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
-            if chunked || !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Parsed::Invalid;
-            }
-            chunked = true;
-        } else if is(h.name, "connection") {
-            for token in h.value.split(|b| *b == b',') {
-                let t = token.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    reusable = false;
-                } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
-                    // Headers named here would have to go: rare, not worth it.
+            },
+            Field::TransferEncoding => {
+                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
+                if chunked || !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                     return Parsed::Invalid;
                 }
+                chunked = true;
             }
-        } else if is(h.name, "date") {
-            has_date = true;
+            Field::Connection => {
+                for token in h.value.split(|b| *b == b',') {
+                    let t = token.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        reusable = false;
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+                        // Headers named here would have to go: rare, not worth it.
+                        return Parsed::Invalid;
+                    }
+                }
+            }
+            Field::Date => has_date = true,
+            _ => {}
         }
     }
     let framing = if extra.head_method || status == 204 || status == 304 {
@@ -170,17 +180,19 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
     }
 
     out.start(status, resp.reason);
-    for h in resp.headers.iter() {
-        let n = h.name;
-        let dropped = is(n, "connection")
-            || is(n, "keep-alive")
-            || is(n, "proxy-connection")
-            || is(n, "upgrade")
-            || is(n, "x-request-id")
-            || (chunked && is(n, "content-length"))
-            || (extra.hsts.is_some() && is(n, "strict-transport-security"));
+    for (h, field) in resp.headers.iter().zip(fields) {
+        let dropped = match field {
+            Field::Connection
+            | Field::KeepAlive
+            | Field::ProxyConnection
+            | Field::Upgrade
+            | Field::XRequestId => true,
+            Field::ContentLength => chunked,
+            Field::StrictTransportSecurity => extra.hsts.is_some(),
+            _ => false,
+        };
         if !dropped {
-            out.header(n, h.value);
+            out.header(h.name, h.value);
         }
     }
     if !has_date {

@@ -1,0 +1,164 @@
+//! Header names the lane acts on, recognised in one step: a switch on the
+//! name's length, then at most two case-insensitive comparisons. Every
+//! header of every request and response passes through here, so this
+//! replaces chains of up to a dozen comparisons per header.
+
+/// A header name the lane treats specially, or [`Field::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `host`
+    Host,
+    /// `content-length`
+    ContentLength,
+    /// `transfer-encoding`
+    TransferEncoding,
+    /// `connection`
+    Connection,
+    /// `keep-alive`
+    KeepAlive,
+    /// `proxy-connection`
+    ProxyConnection,
+    /// `upgrade`
+    Upgrade,
+    /// `expect`
+    Expect,
+    /// `te`
+    Te,
+    /// `trailer`
+    Trailer,
+    /// `x-forwarded-for`
+    XForwardedFor,
+    /// `x-forwarded-proto`
+    XForwardedProto,
+    /// `x-forwarded-host`
+    XForwardedHost,
+    /// `x-real-ip`
+    XRealIp,
+    /// `forwarded`
+    Forwarded,
+    /// `x-request-id`
+    XRequestId,
+    /// `date`
+    Date,
+    /// `strict-transport-security`
+    StrictTransportSecurity,
+    /// Any other name.
+    Other,
+}
+
+impl Field {
+    /// The field `name` names, in any case.
+    pub fn of(name: &str) -> Field {
+        use Field::*;
+        let candidates: &[(&[u8], Field)] = match name.len() {
+            2 => &[(b"te", Te)],
+            4 => &[(b"host", Host), (b"date", Date)],
+            6 => &[(b"expect", Expect)],
+            7 => &[(b"upgrade", Upgrade), (b"trailer", Trailer)],
+            9 => &[(b"forwarded", Forwarded), (b"x-real-ip", XRealIp)],
+            10 => &[(b"connection", Connection), (b"keep-alive", KeepAlive)],
+            12 => &[(b"x-request-id", XRequestId)],
+            14 => &[(b"content-length", ContentLength)],
+            15 => &[(b"x-forwarded-for", XForwardedFor)],
+            16 => &[
+                (b"x-forwarded-host", XForwardedHost),
+                (b"proxy-connection", ProxyConnection),
+            ],
+            17 => &[
+                (b"transfer-encoding", TransferEncoding),
+                (b"x-forwarded-proto", XForwardedProto),
+            ],
+            25 => &[(b"strict-transport-security", StrictTransportSecurity)],
+            _ => return Other,
+        };
+        candidates
+            .iter()
+            .find(|(n, _)| eq_lower(name.as_bytes(), n))
+            .map_or(Other, |(_, f)| *f)
+    }
+
+    /// Hop-by-hop fields (RFC 9110 §7.6.1) and the request framing ones a
+    /// proxy must not forward as received.
+    pub fn hop_by_hop(self) -> bool {
+        use Field::*;
+        matches!(
+            self,
+            Connection | KeepAlive | ProxyConnection | Upgrade | Te | Trailer | TransferEncoding
+        )
+    }
+
+    /// Request fields Duotone sets itself as the edge (dropped when received).
+    pub fn forwarding(self) -> bool {
+        use Field::*;
+        matches!(
+            self,
+            XForwardedFor | XForwardedProto | XForwardedHost | XRealIp | Forwarded | XRequestId
+        )
+    }
+}
+
+/// `name` (token characters, as every parsed field name is) equals
+/// `lower` (lower-case letters and `-`, same length) in any case, eight
+/// bytes at a time. Setting bit 5 lower-cases a letter, keeps `-`, and
+/// maps no other token character onto a letter or `-`.
+fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let (words, rest) = name.as_chunks::<8>();
+    let (lower_words, lower_rest) = lower.as_chunks::<8>();
+    words.len() == lower_words.len()
+        && rest.len() == lower_rest.len()
+        && words
+            .iter()
+            .zip(lower_words)
+            .all(|(a, b)| u64::from_ne_bytes(*a) | CASE == u64::from_ne_bytes(*b))
+        && rest.iter().zip(lower_rest).all(|(a, b)| a | 0x20 == *b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Field;
+
+    #[test]
+    fn every_name_is_recognised_in_any_case_and_nothing_else() {
+        let all = [
+            ("host", Field::Host),
+            ("content-length", Field::ContentLength),
+            ("transfer-encoding", Field::TransferEncoding),
+            ("connection", Field::Connection),
+            ("keep-alive", Field::KeepAlive),
+            ("proxy-connection", Field::ProxyConnection),
+            ("upgrade", Field::Upgrade),
+            ("expect", Field::Expect),
+            ("te", Field::Te),
+            ("trailer", Field::Trailer),
+            ("x-forwarded-for", Field::XForwardedFor),
+            ("x-forwarded-proto", Field::XForwardedProto),
+            ("x-forwarded-host", Field::XForwardedHost),
+            ("x-real-ip", Field::XRealIp),
+            ("forwarded", Field::Forwarded),
+            ("x-request-id", Field::XRequestId),
+            ("date", Field::Date),
+            ("strict-transport-security", Field::StrictTransportSecurity),
+        ];
+        for (name, field) in all {
+            assert_eq!(Field::of(name), field, "{name}");
+            assert_eq!(Field::of(&name.to_ascii_uppercase()), field, "{name}");
+        }
+        // Same length, one byte apart (incl. `_` and `.` where `-` is).
+        for other in [
+            "",
+            "t",
+            "hosts",
+            "user-agent",
+            "x-forwarded-fox",
+            "x_forwarded_for",
+            "x.real.ip",
+            "content-type",
+            "dat",
+            "hosT1",
+            "strict-transport-securitz",
+        ] {
+            assert_eq!(Field::of(other), Field::Other, "{other}");
+        }
+    }
+}
