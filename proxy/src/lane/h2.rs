@@ -163,7 +163,7 @@ fn plan(
     let Action::Proxy(service) = route.action else {
         return None;
     };
-    let client_id = req.headers.get("x-request-id").map(|v| v.as_bytes());
+    let client_id = req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes());
     let id = request::request_id(client_id, ids);
 
     request::request_line(out, method, target, route);
@@ -237,11 +237,12 @@ impl HeadOut for Head {
         if Field::of(name) == Field::TransferEncoding {
             return;
         }
-        if let (Ok(n), Ok(mut v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            if n == "x-request-id" {
+        let n = match common_name(name) {
+            Some(n) => Ok(n),
+            None => HeaderName::from_bytes(name.as_bytes()),
+        };
+        if let (Ok(n), Ok(mut v)) = (n, HeaderValue::from_bytes(value)) {
+            if n == X_REQUEST_ID {
                 // Unique per response: kept out of the HPACK dynamic table,
                 // where it would only evict the fields that do repeat.
                 v.set_sensitive(true);
@@ -251,6 +252,45 @@ impl HeadOut for Head {
     }
 
     fn end(&mut self, _close: bool) {}
+}
+
+/// The request id field.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The `HeaderName` of the response fields seen most, in any case, found
+/// by one match on the lower-cased bytes; `None`: parse it (slower, and
+/// it validates). Names here are already tokens (httparse checked them).
+fn common_name(name: &str) -> Option<HeaderName> {
+    use http::header;
+    let mut buf = [0u8; 32];
+    let lower = buf.get_mut(..name.len())?;
+    for (l, b) in lower.iter_mut().zip(name.bytes()) {
+        *l = b.to_ascii_lowercase();
+    }
+    Some(match &*lower {
+        b"date" => header::DATE,
+        b"server" => header::SERVER,
+        b"content-type" => header::CONTENT_TYPE,
+        b"content-length" => header::CONTENT_LENGTH,
+        b"x-request-id" => X_REQUEST_ID,
+        b"cache-control" => header::CACHE_CONTROL,
+        b"etag" => header::ETAG,
+        b"last-modified" => header::LAST_MODIFIED,
+        b"vary" => header::VARY,
+        b"set-cookie" => header::SET_COOKIE,
+        b"location" => header::LOCATION,
+        b"expires" => header::EXPIRES,
+        b"age" => header::AGE,
+        b"accept-ranges" => header::ACCEPT_RANGES,
+        b"content-encoding" => header::CONTENT_ENCODING,
+        b"strict-transport-security" => header::STRICT_TRANSPORT_SECURITY,
+        b"x-frame-options" => header::X_FRAME_OPTIONS,
+        b"x-content-type-options" => header::X_CONTENT_TYPE_OPTIONS,
+        b"referrer-policy" => header::REFERRER_POLICY,
+        b"content-security-policy" => header::CONTENT_SECURITY_POLICY,
+        b"access-control-allow-origin" => header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        _ => return None,
+    })
 }
 
 /// An HTTP/2 stream's response side.
@@ -311,5 +351,26 @@ impl Client for Stream {
 
     fn upstream_timer(&mut self) -> &mut Timer {
         &mut self.upstream_timer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{common_name, X_REQUEST_ID};
+    use http::header;
+
+    #[test]
+    fn common_names_are_found_in_any_case_and_others_left_to_parsing() {
+        assert_eq!(common_name("Content-Type"), Some(header::CONTENT_TYPE));
+        assert_eq!(common_name("DATE"), Some(header::DATE));
+        assert_eq!(common_name("x-request-id"), Some(X_REQUEST_ID));
+        assert_eq!(
+            common_name("Strict-Transport-Security"),
+            Some(header::STRICT_TRANSPORT_SECURITY)
+        );
+        assert_eq!(common_name("x-custom"), None);
+        assert_eq!(common_name("content-typ"), None);
+        assert_eq!(common_name(&"a".repeat(40)), None);
+        assert_eq!(common_name(""), None);
     }
 }
