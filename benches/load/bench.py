@@ -329,6 +329,13 @@ http {{
       proxy_pass http://origin;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      # What the app behind needs to know, as Duotone, Caddy and Traefik
+      # send by default.
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Real-IP $remote_addr;
     }}
     location /static/ {{ root {www}; }}
   }}
@@ -359,6 +366,13 @@ defaults
 frontend fe
   bind 127.0.0.1:{http}
   bind 127.0.0.1:{https} ssl crt {pem} alpn h2,http/1.1
+  # What the app behind needs to know, as Duotone, Caddy and Traefik send
+  # by default.
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+  http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Real-IP %[src]
   default_backend be
 backend be
   server origin 127.0.0.1:{origin}
@@ -998,7 +1012,9 @@ def render(m, st, summary, idle, skipped, broken, scen, tls):
     L.append("Settings: %d round(s) per scenario, peers interleaved each round; %d s per run "
              "after %d s warm-up; medians over rounds (peak RSS: max). All on 127.0.0.1: "
              "one nginx origin (1 worker), each proxy with 2 workers/threads, upstream "
-             "keep-alive, access logs off. Load generator shares the same %d cores."
+             "keep-alive, access logs off, and each telling the origin the client's address, "
+             "scheme and host (X-Forwarded-For/-Proto/-Host, and X-Real-IP where the proxy "
+             "sets it: Duotone, nginx, HAProxy, Traefik). Load generator shares the same %d cores."
              % (st["rounds"], st["duration_s"], st["warmup_s"], m["nproc"]))
     L.append("")
     L.append("CPU µs/req = the proxy's utime+stime (all its processes and threads, /proc/PID/stat) "
