@@ -12,7 +12,8 @@
 # workers traced) on 127.0.0.1, sends 10 000 and then, in a fresh process,
 # 30 000 requests with h2load, and prints the difference over 20 000:
 # start-up and shutdown cancel out. The proxies are set up as in the load
-# benchmark (2 workers/threads, upstream keep-alive, no access log). Needs
+# benchmark (2 workers/threads, upstream keep-alive, no access log, the
+# client's address, scheme and host passed to the origin). Needs
 # valgrind, nginx, h2load (nghttp2-client), curl, openssl, haproxy for
 # --peer haproxy, and a release build (cargo build --release -p duotone).
 # Every process it starts runs under timeout(1) and is stopped by PID.
@@ -112,7 +113,14 @@ http {
     ssl_certificate $DIR/cert.pem;
     ssl_certificate_key $DIR/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
-    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / {
+      proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Real-IP \$remote_addr;
+    }
   }
 }
 EOF
@@ -132,6 +140,11 @@ defaults
 frontend fe
   bind 127.0.0.1:$HTTP
   bind 127.0.0.1:$HTTPS ssl crt $DIR/haproxy.pem alpn h2,http/1.1
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https if { ssl_fc }
+  http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Real-IP %[src]
   default_backend be
 backend be
   server origin 127.0.0.1:$ORIGIN
