@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -729,7 +730,42 @@ def machine():
 # --------------------------------------------------------------------------
 # main
 
+def fixtures(tmp):
+    """A self-signed certificate and the static files, in `tmp`: (cert, key, www)."""
+    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30",
+                    "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=30)
+    os.chmod(key, 0o644)
+    www = os.path.join(tmp, "www")
+    os.makedirs(os.path.join(www, "static"))
+    write(os.path.join(www, "static", "1k.bin"), ("s" * 63 + "\n") * 16)
+    with open(os.path.join(www, "static", "1m.bin"), "wb") as f:
+        f.write((b"m" * 1023 + b"\n") * 1024)
+    return cert, key, www
+
+
+def write_configs(tmp, peer):
+    """Writes the origin's and `peer`'s configs (as the benchmark runs them)
+    into `tmp` and prints, for a shell to eval, their ports and commands:
+    ORIGIN, HTTP, HTTPS, origin_cmd=(...), proxy_cmd=(...)."""
+    cert, key, www = fixtures(tmp)
+    oport = free_port()
+    ports = {"http": free_port(), "https": free_port(), "admin": free_port()}
+    ocmd, _ = make_origin(tmp, oport)
+    pcmd, _ = MAKERS[peer](tmp, ports, oport, www, cert, key)
+    q = lambda cmd: " ".join(shlex.quote(c) for c in cmd)
+    print("ORIGIN=%d HTTP=%d HTTPS=%d" % (oport, ports["http"], ports["https"]))
+    print("origin_cmd=(%s)" % q(ocmd))
+    print("proxy_cmd=(%s)" % q(pcmd))
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--write-configs":
+        # For benches/instructions/run.sh: the same setup, one peer.
+        return write_configs(sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 round, 3 s runs, 1 s warm-up")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per scenario (default 3)")
@@ -773,19 +809,7 @@ def main():
         atexit.register(shutil.rmtree, tmp, True)
     log("work dir: %s" % tmp)
 
-    # fixtures: cert, static files
-    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30",
-                    "-subj", "/CN=localhost", "-addext",
-                    "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=30)
-    os.chmod(key, 0o644)
-    www = os.path.join(tmp, "www")
-    os.makedirs(os.path.join(www, "static"))
-    write(os.path.join(www, "static", "1k.bin"), ("s" * 63 + "\n") * 16)
-    with open(os.path.join(www, "static", "1m.bin"), "wb") as f:
-        f.write((b"m" * 1023 + b"\n") * 1024)
+    cert, key, www = fixtures(tmp)
 
     # origin
     oport = free_port()
