@@ -97,6 +97,22 @@ impl Field {
     }
 }
 
+/// Reads a Connection field's value: `Some(true)` when it asks to close,
+/// `Some(false)` for `keep-alive` or nothing; `None` when it names other
+/// fields, which the lane does not remove (the caller gives the message up).
+pub fn connection_close(value: &[u8]) -> Option<bool> {
+    let mut close = false;
+    for token in value.split(|b| *b == b',') {
+        let t = token.trim_ascii();
+        if t.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
+            return None;
+        }
+    }
+    Some(close)
+}
+
 /// `name` (token characters, as every parsed field name is) equals
 /// `lower` (lower-case letters and `-`, same length) in any case, eight
 /// bytes at a time. Setting bit 5 lower-cases a letter, keeps `-`, and
@@ -116,7 +132,17 @@ fn eq_lower(name: &[u8], lower: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Field;
+    use super::{connection_close, Field};
+
+    #[test]
+    fn connection_values() {
+        assert_eq!(connection_close(b"close"), Some(true));
+        assert_eq!(connection_close(b"Keep-Alive"), Some(false));
+        assert_eq!(connection_close(b" keep-alive , CLOSE"), Some(true));
+        assert_eq!(connection_close(b""), Some(false));
+        assert_eq!(connection_close(b"close, x-secret"), None);
+        assert_eq!(connection_close(b"upgrade"), None);
+    }
 
     #[test]
     fn every_name_is_recognised_in_any_case_and_nothing_else() {

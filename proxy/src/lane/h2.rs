@@ -232,13 +232,11 @@ impl HeadOut for Head {
     }
 
     fn header(&mut self, name: &str, value: &[u8]) {
-        // Connection-specific fields have no place in HTTP/2 (RFC 9113
-        // §8.2.2); the others of that kind never get here.
-        if Field::of(name) == Field::TransferEncoding {
-            return;
-        }
         let n = match common_name(name) {
             Some(n) => Ok(n),
+            // Connection-specific fields have no place in HTTP/2 (RFC 9113
+            // §8.2.2); the others of that kind never get here.
+            None if Field::of(name) == Field::TransferEncoding => return,
             None => HeaderName::from_bytes(name.as_bytes()),
         };
         if let (Ok(n), Ok(mut v)) = (n, HeaderValue::from_bytes(value)) {

@@ -189,16 +189,10 @@ pub fn plan(
                     None => return Parsed::Handoff,
                 }
             }
-            Field::Connection => {
-                for token in h.value.split(|b| *b == b',') {
-                    let t = token.trim_ascii();
-                    if t.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
-                        return Parsed::Handoff;
-                    }
-                }
-            }
+            Field::Connection => match super::field::connection_close(h.value) {
+                Some(c) => close |= c,
+                None => return Parsed::Handoff,
+            },
             Field::XRequestId => client_id = Some(h.value),
             // Upgrades, chunked bodies, 100-continue and the like.
             f if f.hop_by_hop() || f == Field::Expect => return Parsed::Handoff,

@@ -149,17 +149,11 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
                 }
                 chunked = true;
             }
-            Field::Connection => {
-                for token in h.value.split(|b| *b == b',') {
-                    let t = token.trim_ascii();
-                    if t.eq_ignore_ascii_case(b"close") {
-                        reusable = false;
-                    } else if !t.eq_ignore_ascii_case(b"keep-alive") && !t.is_empty() {
-                        // Headers named here would have to go: rare, not worth it.
-                        return Parsed::Invalid;
-                    }
-                }
-            }
+            Field::Connection => match super::field::connection_close(h.value) {
+                Some(close) => reusable &= !close,
+                // Headers named here would have to go: rare, not worth it.
+                None => return Parsed::Invalid,
+            },
             Field::Date => has_date = true,
             _ => {}
         }

@@ -8,10 +8,19 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
+/// Polls `f` once: its output if it is ready at once.
+async fn ready_now<F: Future>(mut f: Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        Poll::Ready(v) => Poll::Ready(Some(v)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
 /// Runs `f` with a time limit, using a one-off timer if it has to wait.
 pub async fn within<F: Future>(limit: Duration, f: F) -> Result<F::Output, ()> {
     let mut f = std::pin::pin!(f);
-    if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
+    if let Some(v) = ready_now(f.as_mut()).await {
         return Ok(v);
     }
     tokio::time::timeout(limit, f).await.map_err(|_| ())
@@ -29,7 +38,7 @@ impl Timer {
     /// Runs `f` for at most `limit`: `Err` when the time ran out first.
     pub async fn within<F: Future>(&mut self, limit: Duration, f: F) -> Result<F::Output, ()> {
         let mut f = std::pin::pin!(f);
-        if let Poll::Ready(v) = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
+        if let Some(v) = ready_now(f.as_mut()).await {
             return Ok(v);
         }
         let deadline = Instant::now() + limit;
