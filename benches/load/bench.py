@@ -886,7 +886,7 @@ def main():
             if (name, s) in broken:
                 log("SKIP %s/%s: %s" % (name, s, broken[(name, s)]))
 
-    # runs: for each scenario, rounds of A B C … interleaved
+    # runs: for each scenario, rounds of A B C … interleaved (B C … A next round)
     runs = []
     clientlog = os.path.join(tmp, "clients.log")
     total = sum(len([n for n in SCENARIOS[s][3] if n in running and (n, s) not in broken])
@@ -896,7 +896,10 @@ def main():
         kind, scheme, path, spe, _ = SCENARIOS[s]
         order = [n for n in spe if n in running and (n, s) not in broken]
         for rnd in range(rounds):
-            for name in order:
+            # each round starts one peer later, so no peer always runs in the
+            # same position (e.g. right after a heavy one)
+            k = rnd % len(order) if order else 0
+            for name in order[k:] + order[:k]:
                 p, ports = running[name]
                 if p.poll() is not None:
                     log("  %s died (exit %s); skipping the rest of its runs" % (name, p.returncode))
@@ -1033,7 +1036,7 @@ def render(m, st, summary, idle, skipped, broken, scen, tls):
     L.append("")
     L.append("Tools: " + " · ".join("%s: %s" % (k, v) for k, v in m["versions"].items()))
     L.append("")
-    L.append("Settings: %d round(s) per scenario, peers interleaved each round; %d s per run "
+    L.append("Settings: %d round(s) per scenario, peers interleaved each round (each round starting one peer later); %d s per run "
              "after %d s warm-up; medians over rounds (peak RSS: max). All on 127.0.0.1: "
              "one nginx origin (1 worker), each proxy with 2 workers/threads, upstream "
              "keep-alive, access logs off, and each telling the origin the client's address, "
