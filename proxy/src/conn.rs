@@ -1,5 +1,6 @@
 //! Client connections before HTTP: a cap on concurrent connections, the
-//! active-connection gauge, and a deadline for every request head
+//! open-connection gauges (in total and per worker), and a deadline for
+//! every request head
 //! (slowloris): a client that has not sent a complete head within
 //! `header_timeout` of connecting, or of the first byte of a later request
 //! on a keep-alive connection, is cut off, however slowly it trickles.
@@ -11,9 +12,10 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, ALPN,
 };
 use pingora::server::ShutdownWatch;
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,11 +24,81 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The client connection preface of cleartext HTTP/2 (h2c).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Open client connections, in total and per worker thread.
+#[derive(Debug)]
+pub struct Connections {
+    total: AtomicI64,
+    workers: Box<[AtomicI64]>,
+    /// Hands out worker numbers to threads, in the order they first serve
+    /// a connection.
+    next_worker: AtomicUsize,
+}
+
+thread_local! {
+    /// This thread's worker number (`usize::MAX`: none yet).
+    static WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+impl Connections {
+    /// Counters for `workers` worker threads.
+    pub fn new(workers: usize) -> Arc<Connections> {
+        Arc::new(Connections {
+            total: AtomicI64::new(0),
+            workers: (0..workers.max(1)).map(|_| AtomicI64::new(0)).collect(),
+            next_worker: AtomicUsize::new(0),
+        })
+    }
+
+    /// Counts a connection on the calling worker until the guard drops;
+    /// returns the new total too.
+    pub fn open(self: &Arc<Self>) -> (i64, Open) {
+        let worker = WORKER.with(|w| {
+            if w.get() == usize::MAX {
+                w.set(self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len());
+            }
+            w.get()
+        });
+        self.workers[worker].fetch_add(1, Ordering::Relaxed);
+        let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = Open {
+            conns: self.clone(),
+            worker,
+        };
+        (total, guard)
+    }
+
+    /// Connections open now.
+    pub fn total(&self) -> i64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now on each worker thread.
+    pub fn per_worker(&self) -> Vec<i64> {
+        self.workers
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// One counted open connection.
+pub struct Open {
+    conns: Arc<Connections>,
+    worker: usize,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.conns.workers[self.worker].fetch_sub(1, Ordering::Relaxed);
+        self.conns.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Wraps a Pingora app with connection limits and the head deadline.
 pub struct Guarded<A> {
     inner: Arc<A>,
-    /// Currently open client connections (shared with metrics).
-    pub active: Arc<AtomicI64>,
+    /// Open client connections (shared with metrics).
+    pub conns: Arc<Connections>,
     control: Arc<crate::control::Control>,
     lane: Option<Arc<crate::lane::Lane>>,
 }
@@ -37,24 +109,16 @@ impl<A> Guarded<A> {
     /// streams) never reach `inner`.
     pub fn new(
         inner: A,
-        active: Arc<AtomicI64>,
+        conns: Arc<Connections>,
         control: Arc<crate::control::Control>,
         lane: Option<crate::lane::Lane>,
     ) -> Self {
         Guarded {
             inner: Arc::new(inner),
-            active,
+            conns,
             control,
             lane: lane.map(Arc::new),
         }
-    }
-}
-
-struct ActiveGuard(Arc<AtomicI64>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -66,8 +130,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let limits = self.control.load().table.config.limits;
-        let now = self.active.fetch_add(1, Ordering::Relaxed) + 1;
-        let _guard = ActiveGuard(self.active.clone());
+        let (now, _open) = self.conns.open();
         if now > limits.max_connections as i64 {
             tracing::warn!(
                 active = now,

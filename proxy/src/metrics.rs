@@ -75,6 +75,11 @@ const GAUGES: &[(&str, &str, &[&str])] = &[
         &[],
     ),
     (
+        "duotone_worker_connections",
+        "Client connections open now, per worker thread (a new connection goes to the worker with the fewest).",
+        &["worker"],
+    ),
+    (
         "duotone_open_files",
         "Files held open by static routes now (limits.max_open_files caps it).",
         &[],
@@ -310,6 +315,27 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
+}
+
+/// Open client connections, in total and per worker thread.
+pub fn connection_gauges(conns: &crate::conn::Connections) -> Vec<StateGauge> {
+    let mut gauges = vec![StateGauge {
+        name: "duotone_downstream_connections",
+        labels: vec![],
+        value: conns.total() as f64,
+    }];
+    gauges.extend(
+        conns
+            .per_worker()
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| StateGauge {
+                name: "duotone_worker_connections",
+                labels: vec![("worker", i.to_string())],
+                value: n as f64,
+            }),
+    );
+    gauges
 }
 
 /// State gauges of the services in the current snapshot.

@@ -36,11 +36,16 @@ pub fn run(source: Source) -> Result<()> {
         None
     };
     let metrics = Arc::new(crate::metrics::Metrics::new()?);
-    let active = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let threads = server_cfg.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let conns = crate::conn::Connections::new(threads);
     let control = Control::new(source, config, metrics.clone(), certs.clone())?;
     {
         let c = control.clone();
-        let a = active.clone();
+        let conns = conns.clone();
         metrics.set_state_sources(vec![
             Arc::new(move || crate::metrics::service_gauges(&c)),
             Arc::new({
@@ -48,13 +53,7 @@ pub fn run(source: Source) -> Result<()> {
                 move || certs.as_deref().map(crate::tls::gauges).unwrap_or_default()
             }),
             Arc::new(crate::static_files::gauges),
-            Arc::new(move || {
-                vec![crate::metrics::StateGauge {
-                    name: "duotone_downstream_connections",
-                    labels: vec![],
-                    value: a.load(std::sync::atomic::Ordering::Relaxed) as f64,
-                }]
-            }),
+            Arc::new(move || crate::metrics::connection_gauges(&conns)),
         ]);
     }
 
@@ -69,11 +68,6 @@ pub fn run(source: Source) -> Result<()> {
     };
 
     let state = server_cfg.state_dir.display().to_string();
-    let threads = server_cfg.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
     let conf = ServerConf {
         threads,
         // One accept task per worker thread on each listener (vendored
@@ -121,7 +115,7 @@ pub fn run(source: Source) -> Result<()> {
     opts.h2_idle_timeout = Some(idle);
     app.server_options = Some(opts);
     let lane = lane_enabled().then_some(lane);
-    let guarded = crate::conn::Guarded::new(app, active.clone(), control.clone(), lane);
+    let guarded = crate::conn::Guarded::new(app, conns.clone(), control.clone(), lane);
     let mut proxy = pingora::services::listening::Service::new("duotone".to_string(), guarded);
     if let Some(addr) = server_cfg.http {
         proxy.add_listener(
@@ -155,7 +149,7 @@ pub fn run(source: Source) -> Result<()> {
             )
         }),
         extras,
-        active: active.clone(),
+        conns: conns.clone(),
         certs: certs.clone(),
     };
     server.add_service(background_service("control", tasks));
@@ -193,7 +187,7 @@ struct Tasks {
     control: Arc<Control>,
     admin: Option<(Arc<Admin>, std::net::TcpListener)>,
     extras: crate::admin_extras::Extras,
-    active: Arc<std::sync::atomic::AtomicI64>,
+    conns: Arc<crate::conn::Connections>,
     certs: Option<Arc<acme::CertStore>>,
 }
 
@@ -236,7 +230,7 @@ impl BackgroundService for Tasks {
         // instead of always waiting out the whole grace period.
         tracing::info!("shutting down: waiting for in-flight requests");
         loop {
-            let open = self.active.load(std::sync::atomic::Ordering::Relaxed);
+            let open = self.conns.total();
             if open <= 0 {
                 tracing::info!("all client connections finished; exiting");
                 std::process::exit(0);

@@ -591,6 +591,44 @@ async fn max_connections_refuses_the_excess() {
     );
 }
 
+/// Each worker thread accepts on its own copy of the listening socket and
+/// whichever wakes first wins, so without balancing a burst of connections
+/// often all landed on one worker. A connection accepted by a worker with
+/// more open connections than another is handed to the one with the fewest.
+#[tokio::test]
+async fn connections_are_spread_evenly_over_the_workers() {
+    let app = Upstream::start("blue").await;
+    let cfg = format!(
+        "[server]\nhttp = \"{{http}}\"\nadmin = \"{{admin}}\"\nstate_dir = \"{{state}}\"\nadmin_token = \"{TOKEN}\"\nthreads = 2\n[[sites]]\nhosts = [\"*\"]\n  [[sites.routes]]\n  path = \"/\"\n  service = \"app\"\n[services.app]\ncolors.blue = [\"{}\"]\n",
+        app.member()
+    );
+    let p = Proxy::start(&cfg).await;
+    // The start-up probe's connection has been seen closing.
+    let idle = e2e::eventually(Duration::from_secs(5), || async {
+        (sample(&scrape(&p).await, "duotone_downstream_connections ") == 0.0).then_some(())
+    })
+    .await;
+    assert!(idle.is_some(), "connections still open before the test");
+    // 16 keep-alive connections, opened together and each answered once.
+    let held = futures_util::future::join_all((0..16).map(|_| async {
+        let mut s = tokio::net::TcpStream::connect(p.ports.http).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        s
+    }))
+    .await;
+    let m = scrape(&p).await;
+    assert_eq!(sample(&m, "duotone_downstream_connections "), 16.0, "{m}");
+    let w0 = sample(&m, r#"duotone_worker_connections{worker="0"}"#);
+    let w1 = sample(&m, r#"duotone_worker_connections{worker="1"}"#);
+    assert_eq!((w0, w1), (8.0, 8.0), "{m}");
+    drop(held);
+}
+
 #[tokio::test]
 async fn live_colors_set_through_the_api_survive_a_reload() {
     let blue = Upstream::start("blue").await;

@@ -83,6 +83,7 @@ use async_trait::async_trait;
 use pingora_error::Result;
 use std::{any::Any, fs::Permissions, sync::Arc};
 
+use crate::protocols::l4::listener::Accepted;
 use l4::{ListenerEndpoint, Stream as L4Stream};
 use tls::{Acceptor, TlsSettings};
 
@@ -302,10 +303,23 @@ impl TransportStack {
         })
     }
 
+    // Duotone patch: the service accepts through `accept_raw`; kept for upstream's tests.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub async fn accept(&self) -> Result<UninitializedStream> {
-        let stream = self.l4.accept().await?;
+        let accepted = self.l4.accept_raw().await?;
+        self.uninitialized(accepted)
+    }
+
+    /// Duotone patch: accept a connection that may still move to another
+    /// worker before [`Self::uninitialized`] wraps it.
+    pub(crate) async fn accept_raw(&self) -> Result<Accepted> {
+        self.l4.accept_raw().await
+    }
+
+    /// Duotone patch: an accepted connection, ready for its handshake.
+    pub(crate) fn uninitialized(&self, accepted: Accepted) -> Result<UninitializedStream> {
         Ok(UninitializedStream {
-            l4: stream,
+            l4: self.l4.finish(accepted)?,
             tls: self.tls.clone(),
             l4_buffer: self.l4_buffer,
             pre_tls_callback: self.pre_tls_callback.clone(),

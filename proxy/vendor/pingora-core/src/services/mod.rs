@@ -39,6 +39,8 @@ use crate::server::ShutdownWatch;
 
 pub mod background;
 pub mod listening;
+// Duotone patch: spreading accepted connections over the workers
+mod spread;
 
 /// A notification channel for signaling when a service has become ready.
 ///
