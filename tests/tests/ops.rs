@@ -549,24 +549,35 @@ mod base64_engine {
     }
 }
 
+/// A config that proxies every request to `app`, with `server` added to the
+/// `[server]` table and `tables` (e.g. `[limits]`) after it.
+fn one_route(app: &Upstream, server: &str, tables: &str) -> String {
+    format!(
+        "[server]\nhttp = \"{{http}}\"\nadmin = \"{{admin}}\"\nstate_dir = \"{{state}}\"\n{server}{tables}[[sites]]\nhosts = [\"*\"]\n  [[sites.routes]]\n  path = \"/\"\n  service = \"app\"\n[services.app]\ncolors.blue = [\"{}\"]\n",
+        app.member()
+    )
+}
+
+/// A keep-alive connection to `addr` on which one `GET /` was answered 200.
+async fn answered_connection(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    s
+}
+
 #[tokio::test]
 async fn max_connections_refuses_the_excess() {
     let app = Upstream::start("blue").await;
-    let cfg = format!(
-        "[server]\nhttp = \"{{http}}\"\nadmin = \"{{admin}}\"\nstate_dir = \"{{state}}\"\n[limits]\nmax_connections = 2\n[[sites]]\nhosts = [\"*\"]\n  [[sites.routes]]\n  path = \"/\"\n  service = \"app\"\n[services.app]\ncolors.blue = [\"{}\"]\n",
-        app.member()
-    );
+    let cfg = one_route(&app, "", "[limits]\nmax_connections = 2\n");
     let p = Proxy::start(&cfg).await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = tokio::net::TcpStream::connect(p.ports.http).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 12];
-        s.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 200");
-        held.push(s);
+        held.push(answered_connection(p.ports.http).await);
     }
     // A third connection is closed without an answer while two are open.
     let out = raw(
@@ -598,9 +609,10 @@ async fn max_connections_refuses_the_excess() {
 #[tokio::test]
 async fn connections_are_spread_evenly_over_the_workers() {
     let app = Upstream::start("blue").await;
-    let cfg = format!(
-        "[server]\nhttp = \"{{http}}\"\nadmin = \"{{admin}}\"\nstate_dir = \"{{state}}\"\nadmin_token = \"{TOKEN}\"\nthreads = 2\n[[sites]]\nhosts = [\"*\"]\n  [[sites.routes]]\n  path = \"/\"\n  service = \"app\"\n[services.app]\ncolors.blue = [\"{}\"]\n",
-        app.member()
+    let cfg = one_route(
+        &app,
+        &format!("admin_token = \"{TOKEN}\"\nthreads = 2\n"),
+        "",
     );
     let p = Proxy::start(&cfg).await;
     // The start-up probe's connection has been seen closing.
@@ -610,17 +622,8 @@ async fn connections_are_spread_evenly_over_the_workers() {
     .await;
     assert!(idle.is_some(), "connections still open before the test");
     // 16 keep-alive connections, opened together and each answered once.
-    let held = futures_util::future::join_all((0..16).map(|_| async {
-        let mut s = tokio::net::TcpStream::connect(p.ports.http).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 12];
-        s.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 200");
-        s
-    }))
-    .await;
+    let held =
+        futures_util::future::join_all((0..16).map(|_| answered_connection(p.ports.http))).await;
     let m = scrape(&p).await;
     assert_eq!(sample(&m, "duotone_downstream_connections "), 16.0, "{m}");
     let w0 = sample(&m, r#"duotone_worker_connections{worker="0"}"#);
