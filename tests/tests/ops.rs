@@ -696,13 +696,7 @@ async fn idle_keepalive_and_h2_connections_are_closed() {
     );
     let p = Proxy::start(&cfg).await;
     // HTTP/1.1: one request, then silence.
-    let mut h1 = tokio::net::TcpStream::connect(p.ports.http).await.unwrap();
-    h1.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 12];
-    h1.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut h1 = answered_connection(p.ports.http).await;
     // HTTP/2 (prior knowledge): preface and SETTINGS, then silence.
     let mut h2 = tokio::net::TcpStream::connect(p.ports.http).await.unwrap();
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
