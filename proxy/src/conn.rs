@@ -82,6 +82,7 @@ impl Connections {
 }
 
 /// One counted open connection.
+#[derive(Debug)]
 pub struct Open {
     conns: Arc<Connections>,
     worker: usize,
@@ -130,15 +131,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let limits = self.control.load().table.config.limits;
-        let (now, _open) = self.conns.open();
+        let (now, open) = self.conns.open();
         if now > limits.max_connections as i64 {
             tracing::warn!(
                 active = now,
                 "max_connections reached: refusing a connection"
             );
+            // Uncounted before the socket closes (`open` drops first).
             return None;
         }
-        let mut stream = HeadDeadline::new(stream, limits.header_timeout);
+        let mut stream = HeadDeadline::new(stream, limits.header_timeout, open);
         if let Some(lane) = &self.lane {
             match lane.serve(&mut stream, shutdown).await {
                 crate::lane::End::Closed => {
@@ -173,8 +175,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 /// request head (`\r\n\r\n`, which the HTTP/2 preface also contains): the
 /// first one from connect, later ones (after [`HeadDeadline::next_request`])
 /// from their first byte, so keep-alive idle time is not counted.
+///
+/// It also carries the connection's place in the open-connection counts and
+/// gives it up as the close begins, before the client can see the close (as
+/// nginx frees a connection slot before closing its socket): a client that
+/// reconnects at once is not refused by `max_connections` for its own old
+/// connection.
 #[derive(Debug)]
 pub struct HeadDeadline {
+    /// Declared before `inner`, so it drops before the socket closes.
+    counted: Option<Open>,
     inner: Stream,
     limit: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -189,9 +199,10 @@ pub struct HeadDeadline {
 }
 
 impl HeadDeadline {
-    /// Arms the deadline now.
-    pub fn new(inner: Stream, limit: Duration) -> Self {
+    /// Arms the deadline now; `counted` is released when the close begins.
+    pub fn new(inner: Stream, limit: Duration, counted: Open) -> Self {
         HeadDeadline {
+            counted: Some(counted),
             inner,
             limit,
             sleep: Box::pin(tokio::time::sleep(limit)),
@@ -322,6 +333,7 @@ impl AsyncWrite for HeadDeadline {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.counted = None;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
@@ -339,6 +351,7 @@ impl AsyncWrite for HeadDeadline {
 #[async_trait]
 impl Shutdown for HeadDeadline {
     async fn shutdown(&mut self) {
+        self.counted = None;
         self.inner.shutdown().await
     }
 }

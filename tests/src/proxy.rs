@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Path of the built `duotone` binary (next to the test executable's parent).
 pub fn duotone_bin() -> PathBuf {
@@ -117,10 +118,20 @@ impl Proxy {
         if !wait_healthy(self.ports.admin, Duration::from_secs(20)).await {
             panic!("duotone did not start; log:\n{}", self.log());
         }
-        // The proxy listener comes up with the admin one; wait for it too.
+        // The proxy listener comes up with the admin one; wait for it too,
+        // with a probe the proxy has accepted, seen end and closed, so that
+        // no probe is still being served once `start` returns (tests that
+        // count connections would see it).
         let http = self.ports.http;
         crate::eventually(Duration::from_secs(10), || async move {
-            tokio::net::TcpStream::connect(http).await.ok().map(|_| ())
+            let mut probe = tokio::net::TcpStream::connect(http).await.ok()?;
+            probe.shutdown().await.ok()?;
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), probe.read_to_end(&mut rest))
+                .await
+                .ok()?
+                .ok()
+                .map(|_| ())
         })
         .await;
     }

@@ -84,6 +84,7 @@ use pingora_error::Result;
 use std::{any::Any, fs::Permissions, sync::Arc};
 
 use crate::protocols::l4::listener::Accepted;
+use crate::services::spread::Open;
 use l4::{ListenerEndpoint, Stream as L4Stream};
 use tls::{Acceptor, TlsSettings};
 
@@ -307,7 +308,7 @@ impl TransportStack {
     #[cfg_attr(not(test), allow(dead_code))]
     pub async fn accept(&self) -> Result<UninitializedStream> {
         let accepted = self.l4.accept_raw().await?;
-        self.uninitialized(accepted)
+        self.uninitialized(accepted, None)
     }
 
     /// Duotone patch: accept a connection that may still move to another
@@ -316,10 +317,19 @@ impl TransportStack {
         self.l4.accept_raw().await
     }
 
-    /// Duotone patch: an accepted connection, ready for its handshake.
-    pub(crate) fn uninitialized(&self, accepted: Accepted) -> Result<UninitializedStream> {
+    /// Duotone patch: an accepted connection, ready for its handshake, and
+    /// counted as `open` until its close begins.
+    pub(crate) fn uninitialized(
+        &self,
+        accepted: Accepted,
+        open: Option<Open>,
+    ) -> Result<UninitializedStream> {
+        let mut l4 = self.l4.finish(accepted)?;
+        if let Some(open) = open {
+            l4.count_as(open);
+        }
         Ok(UninitializedStream {
-            l4: self.l4.finish(accepted)?,
+            l4,
             tls: self.tls.clone(),
             l4_buffer: self.l4_buffer,
             pre_tls_callback: self.pre_tls_callback.clone(),

@@ -276,7 +276,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
     }
 
     /// Handshake and serve one accepted connection on this thread, counted
-    /// as `open` until it ends.
+    /// as `open` until its close begins.
     fn serve(
         stack: &TransportStack,
         accepted: Accepted,
@@ -284,7 +284,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         shutdown: &ShutdownWatch,
         open: Open,
     ) {
-        let io = match stack.uninitialized(accepted) {
+        let io = match stack.uninitialized(accepted, Some(open)) {
             Ok(io) => io,
             Err(e) => {
                 error!("Accept() failed {e}");
@@ -294,7 +294,6 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         let app = app_logic.clone();
         let shutdown = shutdown.clone();
         current_handle().spawn(async move {
-            let _open = open;
             let peer_addr = io.peer_addr();
             match timeout(Duration::from_secs(60), io.handshake()).await {
                 Ok(handshake) => {

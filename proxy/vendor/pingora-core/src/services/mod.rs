@@ -40,7 +40,7 @@ use crate::server::ShutdownWatch;
 pub mod background;
 pub mod listening;
 // Duotone patch: spreading accepted connections over the workers
-mod spread;
+pub(crate) mod spread;
 
 /// A notification channel for signaling when a service has become ready.
 ///

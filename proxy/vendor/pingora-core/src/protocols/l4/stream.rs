@@ -523,6 +523,11 @@ impl AsyncWrite for BufferedStream {
 /// A concrete type for transport layer connection + extra fields for logging
 #[derive(Debug)]
 pub struct Stream {
+    // Duotone patch: the connection's place in its service's open-connection
+    // counts (`services::spread`), given up as its close begins (shutdown or
+    // drop), before the client can see the close. Declared first, so it
+    // drops before the socket closes.
+    counted: Option<crate::services::spread::Open>,
     // Use `Option` to be able to swap to adjust the buffer size. Always safe to unwrap
     stream: Option<BufferedStream>,
     // the data put back at the front of the read buffer, in order to replay the read
@@ -543,6 +548,11 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// Duotone patch: counts this connection as `open` until its close begins.
+    pub(crate) fn count_as(&mut self, open: crate::services::spread::Open) {
+        self.counted = Some(open);
+    }
+
     fn stream(&self) -> &BufferedStream {
         self.stream.as_ref().expect("stream should always be set")
     }
@@ -644,6 +654,7 @@ impl Stream {
 impl From<TcpStream> for Stream {
     fn from(s: TcpStream) -> Self {
         Stream {
+            counted: None,
             stream: Some(BufferedStream::with_capacity(
                 0,
                 0,
@@ -667,6 +678,7 @@ impl From<TcpStream> for Stream {
 impl From<virt::VirtualSocketStream> for Stream {
     fn from(s: virt::VirtualSocketStream) -> Self {
         Stream {
+            counted: None,
             stream: Some(BufferedStream::with_capacity(
                 0,
                 0,
@@ -691,6 +703,7 @@ impl From<virt::VirtualSocketStream> for Stream {
 impl From<UnixStream> for Stream {
     fn from(s: UnixStream) -> Self {
         Stream {
+            counted: None,
             stream: Some(BufferedStream::with_capacity(
                 0,
                 0,
@@ -887,6 +900,8 @@ impl AsyncWrite for Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        // Duotone patch: the close begins; the connection no longer counts.
+        self.counted = None;
         Pin::new(&mut self.stream_mut()).poll_shutdown(cx)
     }
 
