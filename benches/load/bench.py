@@ -771,8 +771,8 @@ def main():
         return rerender(sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 round, 3 s runs, 1 s warm-up")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds per scenario (default 3)")
-    ap.add_argument("--duration", type=int, default=None, help="seconds per run (default 7)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per scenario (default 5)")
+    ap.add_argument("--duration", type=int, default=None, help="seconds per run (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up seconds before each run")
     ap.add_argument("--only", default="", help="comma list of peers, e.g. duotone,nginx")
     ap.add_argument("--scenario", default="", help="comma list of scenarios: " + ",".join(SCENARIOS))
@@ -783,8 +783,8 @@ def main():
                          "(e.g. someone's build) to use < 15%% CPU; 0 = don't wait")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the generated configs")
     a = ap.parse_args()
-    rounds = a.rounds or (1 if a.quick else 3)
-    duration = a.duration or (3 if a.quick else 7)
+    rounds = a.rounds or (1 if a.quick else 5)
+    duration = a.duration or (3 if a.quick else 5)
 
     peers = [p.strip() for p in a.only.split(",") if p.strip()] or list(PEERS)
     for p in peers:

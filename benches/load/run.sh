@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark of Duotone against nginx, HAProxy, Caddy and Traefik.
 #
-#   benches/load/run.sh                  # full run (3 rounds × 7 s per peer and scenario, ~15-20 min)
+#   benches/load/run.sh                  # full run (5 rounds × 5 s per peer and scenario, ~20-25 min)
 #   benches/load/run.sh --quick          # 1 round × 3 s (~3-4 min)
 #   benches/load/run.sh --only duotone,nginx --scenario h1-100,static-1k
 #   benches/load/run.sh --no-build       # use the existing target/release/duotone
