@@ -14,6 +14,7 @@ pub mod load;
 pub mod path;
 pub mod pool;
 pub mod raw;
+pub mod request;
 pub mod state;
 pub mod table;
 pub mod validate;

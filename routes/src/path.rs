@@ -1,12 +1,136 @@
-//! Request-path hygiene applied before routing.
+//! Request-path normalisation, applied before routing on every transport.
+//!
+//! Routing matches path prefixes, so the path a route sees must be the path
+//! the application will act on. Apps decode percent-escapes (`/%61dmin/` is
+//! `/admin/` to Django), resolve dot segments and often merge slashes, so a
+//! prefix matched on the raw bytes can be bypassed. [`normalize`] turns a
+//! request path into one canonical form, which is both what routes match and
+//! what is forwarded upstream ("forward what was matched"):
+//!
+//! - escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded,
+//!   other escapes keep their encoding with upper-case hex (RFC 3986 §6.2.2);
+//! - runs of `/` become one `/` (as nginx's `merge_slashes`);
+//! - refused (400): a path not starting with `/`, a malformed escape, an
+//!   encoded control character (`%00`–`%1F`, `%7F`), an encoded `/` or `\`
+//!   (which would route one way and be served another), raw control bytes,
+//!   spaces or `#`, and `.`/`..` segments in any spelling (browsers remove
+//!   them before sending; an upstream resolving them would serve a path
+//!   outside the matched prefix).
+
+use std::borrow::Cow;
+
+/// Why a request path is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path is not in origin form.
+    #[error("the path must start with /")]
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-encoding in the path")]
+    BadEscape,
+    /// An escape that decodes to a control character.
+    #[error("encoded control characters are not allowed in paths")]
+    EncodedControl,
+    /// An escape that decodes to `/` or `\`.
+    #[error("encoded slashes are not allowed in paths")]
+    EncodedSlash,
+    /// A raw byte that a request-target may not hold.
+    #[error("the path holds a character that must be percent-encoded")]
+    BadByte,
+    /// A `.` or `..` segment.
+    #[error("dot segments are not allowed in paths")]
+    DotSegment,
+}
+
+/// The canonical form of `path` (the request-target before any `?`), or
+/// why it is refused. Borrows when the path is already canonical, the
+/// common case, so the request path pays one scan and no allocation.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let mut canonical = true;
+    let mut prev = 0u8;
+    for &c in b {
+        match c {
+            b'%' => canonical = false,
+            b'/' if prev == b'/' => canonical = false,
+            0..=0x20 | 0x7f | b'#' => return Err(PathError::BadByte),
+            _ => {}
+        }
+        prev = c;
+    }
+    if canonical {
+        return if has_dot_segment(path) {
+            Err(PathError::DotSegment)
+        } else {
+            Ok(Cow::Borrowed(path))
+        };
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            let (Some(hi), Some(lo)) = (
+                b.get(i + 1).and_then(|h| hex(*h)),
+                b.get(i + 2).and_then(|l| hex(*l)),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let v = hi << 4 | lo;
+            match v {
+                0..=0x1f | 0x7f => return Err(PathError::EncodedControl),
+                b'/' | b'\\' => return Err(PathError::EncodedSlash),
+                _ if is_unreserved(v) => push_byte(&mut out, v),
+                _ => {
+                    out.push('%');
+                    out.push(HEX[usize::from(v >> 4)] as char);
+                    out.push(HEX[usize::from(v & 15)] as char);
+                }
+            }
+            i += 3;
+        } else if c == b'/' && out.ends_with('/') {
+            i += 1;
+        } else {
+            // Copy the run up to the next escape or slash as it is.
+            let end = b[i + 1..]
+                .iter()
+                .position(|x| *x == b'%' || *x == b'/')
+                .map_or(b.len(), |p| i + 1 + p);
+            out.push_str(&path[i..end]);
+            i = end;
+        }
+    }
+    if has_dot_segment(&out) {
+        return Err(PathError::DotSegment);
+    }
+    Ok(Cow::Owned(out))
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_byte(out: &mut String, v: u8) {
+    // Only ASCII unreserved bytes are pushed here.
+    out.push(v as char);
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+}
 
 /// True if `path` has a `.` or `..` segment, written plainly or with
 /// percent-encoded dots (`%2e`, `.%2E`, …).
-///
-/// Routing matches path prefixes, so `/public/../admin/` would match a
-/// `/public/` route while an upstream that resolves dot segments serves
-/// `/admin/`, past that route's basic auth or allow list. Browsers and HTTP
-/// libraries remove dot segments before sending, so such paths are refused.
 pub fn has_dot_segment(path: &str) -> bool {
     path.split('/').any(is_dot_segment)
 }
@@ -36,7 +160,7 @@ fn is_dot_segment(seg: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::has_dot_segment;
+    use super::{has_dot_segment, normalize, PathError};
 
     #[test]
     fn dot_segments_in_any_spelling_are_found() {
@@ -51,11 +175,12 @@ mod tests {
             "/a/%2e/b",
         ] {
             assert!(has_dot_segment(p), "{p}");
+            assert_eq!(normalize(p), Err(PathError::DotSegment), "{p}");
         }
     }
 
     #[test]
-    fn ordinary_paths_pass() {
+    fn ordinary_paths_pass_unchanged_and_borrowed() {
         for p in [
             "/",
             "/static/app.3f2a9c81b7d4.css",
@@ -64,11 +189,72 @@ mod tests {
             "/a/...",
             "/a/..b",
             "/a/b..",
-            "/%2e%2e%2e",
-            "/a//b",
-            "",
+            "/a;b=c/d",
+            "/caf\u{e9}",
         ] {
             assert!(!has_dot_segment(p), "{p}");
+            let n = normalize(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+            assert!(matches!(n, std::borrow::Cow::Borrowed(_)), "{p}");
+            assert_eq!(n, p);
+        }
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_slashes_merged() {
+        for (raw, want) in [
+            ("/%61dmin/x", "/admin/x"),
+            ("/%41DMIN", "/ADMIN"),
+            ("/a%2dmin/%7e%5F", "/a-min/~_"),
+            ("//admin//x", "/admin/x"),
+            ("/admin///", "/admin/"),
+            ("/%2e%2e%2e", "/..."),
+            ("/a%20b", "/a%20b"),
+            ("/a%3fb", "/a%3Fb"),
+            ("/%c3%a9", "/%C3%A9"),
+            ("/%25", "/%25"),
+            ("/%2561dmin", "/%2561dmin"),
+        ] {
+            assert_eq!(normalize(raw).as_deref(), Ok(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for (raw, why) in [
+            ("admin", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
+            ("*", PathError::NotAbsolute),
+            ("http://a/admin", PathError::NotAbsolute),
+            ("/%", PathError::BadEscape),
+            ("/%6", PathError::BadEscape),
+            ("/%zz", PathError::BadEscape),
+            ("/%6g", PathError::BadEscape),
+            ("/a%00b", PathError::EncodedControl),
+            ("/a%0d%0aX:1", PathError::EncodedControl),
+            ("/a%7f", PathError::EncodedControl),
+            ("/admin%2fx", PathError::EncodedSlash),
+            ("/admin%2Fx", PathError::EncodedSlash),
+            ("/admin%5cx", PathError::EncodedSlash),
+            ("/a b", PathError::BadByte),
+            ("/a\tb", PathError::BadByte),
+            ("/a\u{0}b", PathError::BadByte),
+            ("/a#b", PathError::BadByte),
+            ("/a\u{7f}", PathError::BadByte),
+            ("/%2e%2e/admin", PathError::DotSegment),
+            ("//..//admin", PathError::DotSegment),
+            ("/%2E", PathError::DotSegment),
+            ("/a/%2e%2E", PathError::DotSegment),
+        ] {
+            assert_eq!(normalize(raw), Err(why), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn normalizing_is_idempotent() {
+        for raw in ["/%61dmin//x", "/a%3fb", "/%c3%a9//%7E", "/x/%41%42%43"] {
+            let once = normalize(raw).map(|c| c.into_owned());
+            let once = once.unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(normalize(&once).as_deref(), Ok(once.as_str()), "{raw}");
         }
     }
 }

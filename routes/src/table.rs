@@ -88,9 +88,15 @@ pub struct Site {
 impl Site {
     /// The route with the longest prefix of `path`.
     pub fn find(&self, path: &str) -> Option<&Route> {
+        self.routes.get(self.position(path)?)
+    }
+
+    /// The index of the route with the longest prefix of `path`. `path`
+    /// must be canonical ([`crate::path::normalize`]).
+    pub fn position(&self, path: &str) -> Option<usize> {
         self.routes
             .iter()
-            .find(|r| path.starts_with(r.prefix.as_str()))
+            .position(|r| path.starts_with(r.prefix.as_str()))
     }
 }
 
@@ -200,6 +206,13 @@ impl RouteTable {
             self.default
         })?;
         Some((idx, &self.sites[idx]))
+    }
+
+    /// The site and route indices for a request's host and canonical path
+    /// ([`crate::request::check`] gives both).
+    pub fn locate(&self, host: &str, path: &str) -> Option<(usize, usize)> {
+        let (i, site) = self.site(host)?;
+        Some((i, site.position(path)?))
     }
 
     /// The site and route for a request.

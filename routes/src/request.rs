@@ -1,0 +1,340 @@
+//! The request rules every transport applies before routing: the
+//! request-target's form, the path's canonical form ([`crate::path`]), the
+//! host, and which header fields are forwarded. One pure function per rule,
+//! called by the lane (HTTP/1.1 and HTTP/2) and by Pingora's path, so a rule
+//! cannot differ between them. A request [`check`] refuses is answered with
+//! the [`Refusal`]'s status; the lane hands such requests to Pingora's path,
+//! which answers it, so the answer is written in one place.
+
+use crate::path::{normalize, PathError};
+use std::borrow::Cow;
+
+/// The protocol a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.0 (Host optional).
+    Http10,
+    /// HTTP/1.1 (Host required, RFC 9112 §3.2).
+    Http11,
+    /// HTTP/2 (`:authority`, else Host).
+    Http2,
+}
+
+/// What [`check`] reads of a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// The protocol.
+    pub proto: Proto,
+    /// The method.
+    pub method: &'a str,
+    /// The request-target as received (HTTP/2: `:path`).
+    pub target: &'a [u8],
+    /// The first Host header field's value.
+    pub host: Option<&'a [u8]>,
+    /// How many Host header fields the request has.
+    pub host_fields: usize,
+    /// HTTP/2's `:authority`.
+    pub authority: Option<&'a str>,
+}
+
+/// A request that passed [`check`]: what routing and forwarding use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked<'a> {
+    /// The host to route by (from the target's authority in absolute form,
+    /// else `:authority` or Host); may carry a port; empty for HTTP/1.0
+    /// without Host.
+    pub host: &'a str,
+    /// The canonical path: routes match it and it is forwarded.
+    pub path: Cow<'a, str>,
+    /// The query after `?`, as received (without the `?`).
+    pub query: Option<&'a str>,
+    /// The target was in absolute form (`http://host/path`): forward it in
+    /// origin form with `host` as the Host header.
+    pub absolute: bool,
+}
+
+impl Checked<'_> {
+    /// True when the forwarded request-target differs from the received
+    /// one, so a transport that forwards the received head must rewrite it.
+    pub fn rewritten(&self) -> bool {
+        self.absolute || matches!(self.path, Cow::Owned(_))
+    }
+
+    /// The request-target to forward: the canonical path and the query.
+    pub fn target(&self) -> Cow<'_, str> {
+        match self.query {
+            None => Cow::Borrowed(&*self.path),
+            Some(q) => Cow::Owned(format!("{}?{q}", self.path)),
+        }
+    }
+}
+
+/// Why a request is refused, and with which status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status to answer with.
+    pub status: u16,
+    /// The reason, sent as the body.
+    pub reason: &'static str,
+}
+
+const fn refuse(status: u16, reason: &'static str) -> Refusal {
+    Refusal { status, reason }
+}
+
+impl From<PathError> for Refusal {
+    fn from(e: PathError) -> Self {
+        let reason = match e {
+            PathError::NotAbsolute => "the request-target must be a path\n",
+            PathError::BadEscape => "malformed percent-encoding in the path\n",
+            PathError::EncodedControl => "encoded control characters are not allowed in paths\n",
+            PathError::EncodedSlash => "encoded slashes are not allowed in paths\n",
+            PathError::BadByte => "the path holds a character that must be percent-encoded\n",
+            PathError::DotSegment => "dot segments are not allowed in paths\n",
+        };
+        refuse(400, reason)
+    }
+}
+
+/// Checks a request head and returns what routing and forwarding use, or
+/// the refusal to answer with.
+pub fn check<'a>(head: &Head<'a>) -> Result<Checked<'a>, Refusal> {
+    if head.method.eq_ignore_ascii_case("CONNECT") {
+        return Err(refuse(405, "CONNECT is not supported\n"));
+    }
+    let target = std::str::from_utf8(head.target)
+        .map_err(|_| refuse(400, "the request-target must be ASCII\n"))?;
+    if !target.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(refuse(
+            400,
+            "the request-target holds a character that must be percent-encoded\n",
+        ));
+    }
+    let (target, authority) = match split_absolute(target) {
+        Some((authority, rest)) if head.proto != Proto::Http2 => (rest, Some(authority)),
+        _ => (target, None),
+    };
+    let (raw_path, query) = match target.find('?') {
+        Some(i) => (&target[..i], Some(&target[i + 1..])),
+        None => (target, None),
+    };
+    if raw_path.is_empty() && authority.is_some() {
+        // `http://host` and `http://host?q` mean the root.
+        return finish(head, "/".into(), query, authority);
+    }
+    let path = normalize(raw_path)?;
+    finish(head, path, query, authority)
+}
+
+fn finish<'a>(
+    head: &Head<'a>,
+    path: Cow<'a, str>,
+    query: Option<&'a str>,
+    absolute: Option<&'a str>,
+) -> Result<Checked<'a>, Refusal> {
+    if head.host_fields > 1 {
+        return Err(refuse(400, "more than one Host header\n"));
+    }
+    let field = match head.host {
+        Some(h) => Some(
+            std::str::from_utf8(h)
+                .ok()
+                .filter(|h| valid_host(h))
+                .ok_or(refuse(400, "invalid Host header\n"))?,
+        ),
+        None => None,
+    };
+    let host = match head.proto {
+        Proto::Http2 => match (head.authority.filter(|a| !a.is_empty()), field) {
+            (Some(a), Some(f)) if !a.eq_ignore_ascii_case(f) => {
+                return Err(refuse(400, "Host differs from :authority\n"))
+            }
+            (Some(a), _) if !valid_host(a) => return Err(refuse(400, "invalid :authority\n")),
+            (Some(a), _) => a,
+            (None, f) => f.unwrap_or(""),
+        },
+        Proto::Http11 | Proto::Http10 => {
+            if head.proto == Proto::Http11 && field.is_none() {
+                return Err(refuse(400, "missing Host header\n"));
+            }
+            match absolute {
+                // RFC 9112 §3.2.2: the target's authority wins over Host.
+                Some(a) if valid_host(a) => a,
+                Some(_) => return Err(refuse(400, "invalid authority in the request-target\n")),
+                None => field.unwrap_or(""),
+            }
+        }
+    };
+    Ok(Checked {
+        host,
+        path,
+        query,
+        absolute: absolute.is_some(),
+    })
+}
+
+/// `http://authority/rest` or `https://…` (scheme in any case): the
+/// authority and the rest (from its `/` or `?`, possibly empty).
+fn split_absolute(target: &str) -> Option<(&str, &str)> {
+    let after = ["http://", "https://"].iter().find_map(|s| {
+        (target.len() >= s.len() && target[..s.len()].eq_ignore_ascii_case(s))
+            .then(|| &target[s.len()..])
+    })?;
+    let end = after.find(['/', '?']).unwrap_or(after.len());
+    Some((&after[..end], &after[end..]))
+}
+
+/// A Host value Duotone routes by: a name, IPv4 or `[IPv6]` with an
+/// optional port. No user info, path, spaces, control bytes or `..`.
+pub fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
+        })
+        && !h.contains("..")
+}
+
+/// True when a request header named `name` is forwarded upstream. Names
+/// with `_` are dropped, as nginx does by default (`underscores_in_headers
+/// off`): WSGI and CGI turn `-` into `_`, so `X_Forwarded_For` would alias
+/// the `X-Forwarded-For` the edge sets.
+pub fn forwards_field(name: &[u8]) -> bool {
+    !name.contains(&b'_')
+}
+
+/// True when a request is an upgrade: it has `Upgrade` and its
+/// `Connection` lists the `upgrade` token (RFC 9110 §7.8). An `Upgrade`
+/// field without it is a plain request (and the field is not forwarded).
+pub fn is_upgrade(upgrade: bool, connection: Option<&[u8]>) -> bool {
+    upgrade
+        && connection.is_some_and(|c| {
+            c.split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h1<'a>(target: &'a str, host: Option<&'a str>) -> Head<'a> {
+        Head {
+            proto: Proto::Http11,
+            method: "GET",
+            target: target.as_bytes(),
+            host: host.map(str::as_bytes),
+            host_fields: usize::from(host.is_some()),
+            authority: None,
+        }
+    }
+
+    #[test]
+    fn origin_form_is_normalised() {
+        let c = check(&h1("/%61dmin//x?a=%61", Some("a.example"))).unwrap();
+        assert_eq!(c.host, "a.example");
+        assert_eq!(c.path, "/admin/x");
+        assert_eq!(c.query, Some("a=%61"));
+        assert!(c.rewritten());
+        assert_eq!(c.target(), "/admin/x?a=%61");
+        let c = check(&h1("/plain?q", Some("a"))).unwrap();
+        assert!(!c.rewritten());
+    }
+
+    #[test]
+    fn absolute_form_routes_by_its_authority() {
+        let c = check(&h1("http://b.example/x?y", Some("a.example"))).unwrap();
+        assert_eq!((c.host, &*c.path, c.query), ("b.example", "/x", Some("y")));
+        assert!(c.absolute && c.rewritten());
+        let c = check(&h1("HTTPS://b.example:8443", Some("a"))).unwrap();
+        assert_eq!((c.host, &*c.path), ("b.example:8443", "/"));
+        assert_eq!(
+            check(&h1("http://u@b.example/", Some("a")))
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            check(&h1("http://b.example/%2e%2e/admin", Some("a")))
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn odd_targets_are_refused() {
+        for t in [
+            "*",
+            "example.com:443",
+            "ftp://x/",
+            "/a b",
+            "/a\x01",
+            "/a#frag",
+            "/caf\u{e9}",
+            "/%zz",
+        ] {
+            assert_eq!(check(&h1(t, Some("a"))).unwrap_err().status, 400, "{t:?}");
+        }
+        let mut head = h1("example.com:443", Some("a"));
+        head.method = "CONNECT";
+        assert_eq!(check(&head).unwrap_err().status, 405);
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(check(&h1("/", None)).unwrap_err().status, 400);
+        assert_eq!(check(&h1("/", Some(""))).unwrap_err().status, 400);
+        for bad in ["a b", "a/b", "a@b", "a\\b", "..", "a..b", "a\r"] {
+            assert_eq!(check(&h1("/", Some(bad))).unwrap_err().status, 400, "{bad}");
+        }
+        let mut two = h1("/", Some("a"));
+        two.host_fields = 2;
+        assert_eq!(check(&two).unwrap_err().status, 400);
+        let mut old = h1("/", None);
+        old.proto = Proto::Http10;
+        assert_eq!(check(&old).unwrap().host, "");
+        for ok in [
+            "a.example",
+            "A.Example:8080",
+            "127.0.0.1:80",
+            "[::1]:443",
+            "x_y",
+        ] {
+            assert_eq!(check(&h1("/", Some(ok))).unwrap().host, ok);
+        }
+    }
+
+    #[test]
+    fn http2_host_is_the_authority() {
+        let mut h = h1("/", None);
+        h.proto = Proto::Http2;
+        h.authority = Some("a.example");
+        assert_eq!(check(&h).unwrap().host, "a.example");
+        h.host = Some(b"A.example");
+        h.host_fields = 1;
+        assert_eq!(check(&h).unwrap().host, "a.example");
+        h.host = Some(b"admin.example");
+        assert_eq!(check(&h).unwrap_err().status, 400);
+        h.authority = None;
+        assert_eq!(check(&h).unwrap().host, "admin.example");
+        h.host = None;
+        h.host_fields = 0;
+        assert_eq!(check(&h).unwrap().host, "");
+        // :path is never absolute-form.
+        h.target = b"http://x/";
+        assert_eq!(check(&h).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn fields_and_upgrades() {
+        assert!(forwards_field(b"x-forwarded-for"));
+        assert!(!forwards_field(b"x_forwarded_for"));
+        assert!(!forwards_field(b"X-Real_IP"));
+        assert!(is_upgrade(true, Some(b"keep-alive, Upgrade")));
+        assert!(!is_upgrade(true, Some(b"keep-alive")));
+        assert!(!is_upgrade(true, None));
+        assert!(!is_upgrade(false, Some(b"upgrade")));
+        assert!(!is_upgrade(true, Some(b"upgrader")));
+    }
+}
