@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod proxy;
+pub mod recorder;
 pub mod scripted;
 pub mod upstream;
 
