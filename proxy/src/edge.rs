@@ -46,6 +46,10 @@ pub struct Ctx {
     tried: u64,
     attempts: u32,
     in_flight: Option<InFlight>,
+    /// Set when the request's host matched a site.
+    site_found: bool,
+    /// Why the shared request check refused the request.
+    refusal: Option<routes::request::Refusal>,
     tls: bool,
     start: Instant,
     request_id: Option<http::HeaderValue>,
@@ -130,6 +134,8 @@ impl ProxyHttp for Edge {
             tried: 0,
             attempts: 0,
             in_flight: None,
+            site_found: false,
+            refusal: None,
             tls: false,
             start: Instant::now(),
             request_id: None,
@@ -141,24 +147,71 @@ impl ProxyHttp for Edge {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let snap = self.control.load();
-        let req = session.req_header();
-        if let Some((site_idx, site)) = snap.table.site(request_host(req)) {
-            ctx.site = site_idx;
-            let path = req.uri.path();
-            if let Some(r) = site
-                .routes
-                .iter()
-                .position(|r| path.starts_with(r.prefix.as_str()))
-            {
-                ctx.route = Some((site_idx, r));
-                if site.routes[r].compress {
-                    // Must happen before the compression module reads Accept-Encoding.
-                    if let Some(c) = session
-                        .downstream_modules_ctx
-                        .get_mut::<pingora::modules::http::compression::ResponseCompression>(
-                    ) {
-                        c.adjust_level(5);
-                    }
+        if !session.is_http2() {
+            // Pipelined requests are served in turn (RFC 9112 §9.3.2), never
+            // dropped with the connection.
+            session.as_downstream_mut().set_pipelining_enabled(true);
+            crate::conn::HeadDeadline::head_parsed_on(session.as_downstream().stream());
+        }
+        // HTTP/1: the target exactly as sent (Pingora's parser is lenient,
+        // e.g. it reads `GET /a b HTTP/1.1` as `/a%20b`).
+        let raw_head = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        let raw_target = match &raw_head {
+            Some(head) => routes::request::raw_target(head),
+            None => Some(session.req_header().raw_path()),
+        };
+        let checked = match raw_target {
+            Some(target) => check_request(session.req_header(), target),
+            None => Err(routes::request::Refusal {
+                status: 400,
+                reason: "malformed request line\n",
+            }),
+        };
+        let rewrite = match checked {
+            Ok(c) => {
+                let found = snap
+                    .table
+                    .site(c.host)
+                    .map(|(i, site)| (i, site.position(&c.path)));
+                if let Some((site_idx, route)) = found {
+                    ctx.site = site_idx;
+                    ctx.site_found = true;
+                    ctx.route = route.map(|r| (site_idx, r));
+                }
+                canonical_target(session.req_header(), &c)
+            }
+            Err(refusal) => {
+                ctx.refusal = Some(refusal);
+                None
+            }
+        };
+        let req = session.req_header_mut();
+        if let Some((host, uri)) = rewrite {
+            if let Some(host) = host {
+                req.insert_header(http::header::HOST, host)?;
+            }
+            req.set_uri(uri);
+        }
+        let connection = req
+            .headers
+            .get(http::header::CONNECTION)
+            .map(|v| v.as_bytes());
+        let upgrade = req.headers.contains_key(http::header::UPGRADE);
+        if upgrade && !routes::request::is_upgrade(upgrade, connection) {
+            // Not an upgrade without `Connection: upgrade` (RFC 9110 §7.8).
+            req.remove_header(&http::header::UPGRADE);
+        }
+        if let Some((s, r)) = ctx.route {
+            if snap.table.sites[s].routes[r].compress {
+                // Must happen before the compression module reads Accept-Encoding.
+                if let Some(c) = session
+                    .downstream_modules_ctx
+                    .get_mut::<pingora::modules::http::compression::ResponseCompression>(
+                ) {
+                    c.adjust_level(5);
                 }
             }
         }
@@ -194,11 +247,12 @@ impl ProxyHttp for Edge {
             .await?;
             return Ok(true);
         }
-        let path = req.uri.path();
-        if routes::path::has_dot_segment(path) {
-            respond::text(session, 400, "dot segments are not allowed in paths\n", &[]).await?;
+        if let Some(refusal) = ctx.refusal {
+            session.set_keepalive(None);
+            respond::text(session, refusal.status, refusal.reason, &[]).await?;
             return Ok(true);
         }
+        let path = req.uri.path();
         if let Some(acme) = &self.acme_http01 {
             if !ctx.tls {
                 if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
@@ -210,12 +264,7 @@ impl ProxyHttp for Edge {
                 }
             }
         }
-        let Some(site) = snap
-            .table
-            .sites
-            .get(ctx.site)
-            .filter(|_| snap.table.site(request_host(req)).is_some())
-        else {
+        let Some(site) = snap.table.sites.get(ctx.site).filter(|_| ctx.site_found) else {
             respond::text(session, 404, "no site is configured for this host\n", &[]).await?;
             return Ok(true);
         };
@@ -413,6 +462,19 @@ impl ProxyHttp for Edge {
             .filter(|r| r.strip_prefix)
             .map(|r| r.prefix.len());
         forwarded::apply(session, upstream, ctx.tls, ctx.request_id.clone())?;
+        let forwards =
+            |n: &http::HeaderName| routes::request::forwards_field(n.as_str().as_bytes());
+        if !upstream.headers.keys().all(forwards) {
+            let dropped: Vec<http::HeaderName> = upstream
+                .headers
+                .keys()
+                .filter(|n| !forwards(n))
+                .cloned()
+                .collect();
+            for name in dropped {
+                upstream.remove_header(&name);
+            }
+        }
         if let Some(n) = strip {
             forwarded::strip_prefix(upstream, n)?;
         }
@@ -612,4 +674,60 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_canonical())
+}
+
+/// Runs the shared request check ([`routes::request::check`]) on a head
+/// Pingora parsed.
+fn check_request<'a>(
+    req: &'a RequestHeader,
+    target: &'a [u8],
+) -> std::result::Result<routes::request::Checked<'a>, routes::request::Refusal> {
+    use routes::request::{check, Head, Proto};
+    let proto = match req.version {
+        http::Version::HTTP_2 => Proto::Http2,
+        http::Version::HTTP_10 | http::Version::HTTP_09 => Proto::Http10,
+        _ => Proto::Http11,
+    };
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next().map(|h| h.as_bytes());
+    check(&Head {
+        proto,
+        method: req.method.as_str(),
+        target,
+        host,
+        host_fields: usize::from(host.is_some()) + hosts.count(),
+        authority: match proto {
+            Proto::Http2 => req.uri.authority().map(|a| a.as_str()),
+            _ => None,
+        },
+    })
+}
+
+/// The URI to give the request when the canonical target differs from the
+/// one received (and, for an absolute-form target, the Host to set), so
+/// everything after routing (upstream request, static files, redirects,
+/// the access log) sees what the route matched.
+fn canonical_target(
+    req: &RequestHeader,
+    c: &routes::request::Checked<'_>,
+) -> Option<(Option<http::HeaderValue>, http::Uri)> {
+    let target = c.target();
+    let received = req.uri.path_and_query().map_or("", |p| p.as_str());
+    if !c.absolute && received == target && req.raw_path() == target.as_bytes() {
+        // Already what is forwarded.
+        return None;
+    }
+    let mut parts = http::uri::Parts::default();
+    if req.version == http::Version::HTTP_2 {
+        parts.scheme = req.uri.scheme().cloned();
+        parts.authority = req.uri.authority().cloned();
+    }
+    parts.path_and_query = Some(target.parse().ok()?);
+    let uri = http::Uri::from_parts(parts).ok()?;
+    let host = if c.absolute {
+        Some(http::HeaderValue::from_str(c.host).ok()?)
+    } else {
+        None
+    };
+    Some((host, uri))
 }

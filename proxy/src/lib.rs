@@ -12,6 +12,7 @@ pub mod control;
 pub mod demo;
 pub mod edge;
 pub mod forwarded;
+pub mod head_scan;
 pub mod health;
 pub mod lane;
 pub mod metrics;
