@@ -135,7 +135,8 @@ pub struct StaticSpec {
     pub immutable_hashed: bool,
     /// Index file for directories.
     pub index: Option<String>,
-    /// Follow symlinks inside the root.
+    /// Follow symlinks whose target stays inside the root (default `false`:
+    /// any symlink is 404).
     pub follow_symlinks: bool,
     /// max-age for names without a hash.
     pub max_age: Duration,

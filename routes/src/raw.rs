@@ -154,7 +154,7 @@ pub struct RawStatic {
     pub immutable_hashed: bool,
     /// Index file for directories (`true` means `index.html`).
     pub index: Option<RawIndex>,
-    /// Follow symlinks that stay inside the root.
+    /// Follow symlinks that stay inside the root (default: no).
     pub follow_symlinks: Option<bool>,
     /// Cache max-age for names without a hash.
     pub max_age: Option<String>,

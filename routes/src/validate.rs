@@ -484,7 +484,9 @@ fn check_static(c: &mut Checker, at: KeyPath, s: &RawStatic) -> StaticSpec {
         precompressed: s.precompressed,
         immutable_hashed: s.immutable_hashed,
         index,
-        follow_symlinks: s.follow_symlinks.unwrap_or(true),
+        // Off unless asked for, as documented: a symlink inside the root can
+        // still be planted by whoever writes there (uploads, deploys).
+        follow_symlinks: s.follow_symlinks.unwrap_or(false),
         max_age: c.duration(at.key("max_age"), &s.max_age, Duration::from_secs(60)),
         immutable_max_age: c.duration(
             at.key("immutable_max_age"),
