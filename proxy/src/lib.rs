@@ -14,6 +14,7 @@ pub mod edge;
 pub mod forwarded;
 pub mod health;
 pub mod lane;
+pub mod logging;
 pub mod metrics;
 pub mod persist;
 pub mod respond;
