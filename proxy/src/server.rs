@@ -139,11 +139,13 @@ pub fn run(source: Source) -> Result<()> {
     let tasks = Tasks {
         control: control.clone(),
         admin: admin_listener.map(|l| {
+            let listen = l.local_addr().ok().or(server_cfg.admin);
             (
                 Arc::new(Admin {
                     control: control.clone(),
                     token: server_cfg.admin_token.clone(),
                     extras: extras.clone(),
+                    listen: listen.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9090))),
                 }),
                 l,
             )
