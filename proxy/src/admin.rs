@@ -221,7 +221,7 @@ impl Admin {
                 let name = name.to_string();
                 let query_force = match force_param(req.uri().query()) {
                     Ok(f) => f,
-                    Err(r) => return r,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
                 };
                 let mut body = match read_json::<FlipBody>(req, true).await {
                     Ok(b) => b.unwrap_or_default(),
@@ -249,7 +249,7 @@ impl Admin {
                 let name = name.to_string();
                 let query_force = match force_param(req.uri().query()) {
                     Ok(f) => f,
-                    Err(r) => return r,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
                 };
                 let body =
                     match read_json::<serde_json::Map<String, serde_json::Value>>(req, false).await
@@ -263,7 +263,7 @@ impl Admin {
                     };
                 let (weights, body_force) = match weights_body(body) {
                     Ok(w) => w,
-                    Err(r) => return r,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
                 };
                 let force = query_force || body_force;
                 let (control, svc) = (self.control.clone(), name.clone());
@@ -339,16 +339,15 @@ fn is_json(req: &Request<Incoming>) -> bool {
 }
 
 /// `?force=true` (or `1`); absent is `false`. Other parameters are 400.
-fn force_param(query: Option<&str>) -> Result<bool, Resp> {
+fn force_param(query: Option<&str>) -> Result<bool, String> {
     let mut force = false;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         force = match pair.split_once('=').unwrap_or((pair, "true")) {
             ("force", "true" | "1") => true,
             ("force", "false" | "0") => false,
             _ => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter {pair:?} (only force=true)"),
+                return Err(format!(
+                    "unknown query parameter {pair:?} (only force=true)"
                 ))
             }
         };
@@ -361,7 +360,7 @@ fn force_param(query: Option<&str>) -> Result<bool, Resp> {
 /// `force`: its weight is a number, the flag a boolean.)
 fn weights_body(
     body: serde_json::Map<String, serde_json::Value>,
-) -> Result<(BTreeMap<String, u32>, bool), Resp> {
+) -> Result<(BTreeMap<String, u32>, bool), String> {
     let mut force = false;
     let mut weights = BTreeMap::new();
     for (k, v) in body {
@@ -372,12 +371,9 @@ fn weights_body(
                     .as_u64()
                     .and_then(|w| u32::try_from(w).ok())
                     .ok_or_else(|| {
-                        error(
-                            StatusCode::BAD_REQUEST,
-                            format!(
-                                "invalid JSON: weight of {k:?} must be a whole number from 0 to {}, got {v}",
-                                u32::MAX
-                            ),
+                        format!(
+                            "invalid JSON: weight of {k:?} must be a whole number from 0 to {}, got {v}",
+                            u32::MAX
                         )
                     })?;
                 weights.insert(k, w);
