@@ -53,6 +53,13 @@ pub fn run(source: Source) -> Result<()> {
                 move || certs.as_deref().map(crate::tls::gauges).unwrap_or_default()
             }),
             Arc::new(crate::static_files::gauges),
+            Arc::new(|| {
+                vec![crate::metrics::StateGauge {
+                    name: "duotone_client_handshake_failures_total",
+                    labels: vec![],
+                    value: crate::logging::handshake_failures() as f64,
+                }]
+            }),
             Arc::new(move || crate::metrics::connection_gauges(&conns)),
         ]);
     }

@@ -717,4 +717,19 @@ colors.blue = ["{}"]
     assert!(errors.is_empty(), "{errors:#?}\n{log}");
     // One summary for the burst, not one line per failure.
     assert_eq!(log.matches("client handshakes failed").count(), 1, "{log}");
+    // Each one is counted (the last ones may end a moment after the client).
+    let counted = e2e::eventually(Duration::from_secs(5), || async {
+        let metrics = call(&p, "GET", "/metrics", None).await.text();
+        let failures: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("duotone_client_handshake_failures_total "))
+            .and_then(|v| v.trim().parse().ok())?;
+        (failures >= 7.0).then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "{}",
+        call(&p, "GET", "/metrics", None).await.text()
+    );
 }
