@@ -515,7 +515,8 @@ async fn tls_alpn01_issuance_beside_h2_and_http11() {
     // Answered validations end their connection; that is not an error.
     let log = p.log();
     assert!(
-        !log.lines().any(|l| l.contains("ERROR") && l.contains("handshake")),
+        !log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("handshake")),
         "{log}"
     );
 
