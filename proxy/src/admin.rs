@@ -366,6 +366,11 @@ fn weights_body(
     for (k, v) in body {
         match (k.as_str(), &v) {
             ("force", serde_json::Value::Bool(b)) => force = *b,
+            ("force", v) if !v.is_number() => {
+                return Err(format!(
+                    "invalid JSON: \"force\" must be true or false, got {v}"
+                ))
+            }
             _ => {
                 let w = v
                     .as_u64()

@@ -187,7 +187,8 @@ async fn weights_and_flip_share_the_health_gate() {
         ),
     ] {
         let r = call(&p, "PUT", path, Some(body)).await;
-        assert_error(&r, 400, body);
+        let reason = assert_error(&r, 400, body);
+        assert!(reason.contains("force"), "{body}: {reason}");
     }
     assert_eq!(service(&p).await["weights"], json!({"blue":50,"green":50}));
     // The query flag works for flips too.
