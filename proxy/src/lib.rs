@@ -15,6 +15,7 @@ pub mod forwarded;
 pub mod head_scan;
 pub mod health;
 pub mod lane;
+pub mod logging;
 pub mod metrics;
 pub mod persist;
 pub mod respond;
