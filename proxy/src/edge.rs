@@ -12,7 +12,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use routes::{Action, InFlight, MemberAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How long a member that refused a connection is skipped.
 const EJECT_MS: u64 = 5_000;
@@ -45,6 +45,8 @@ pub struct Ctx {
     member: usize,
     tried: u64,
     attempts: u32,
+    /// The next attempt replays the request on the same member.
+    replay: bool,
     in_flight: Option<InFlight>,
     tls: bool,
     start: Instant,
@@ -129,6 +131,7 @@ impl ProxyHttp for Edge {
             member: 0,
             tried: 0,
             attempts: 0,
+            replay: false,
             in_flight: None,
             tls: false,
             start: Instant::now(),
@@ -336,21 +339,32 @@ impl ProxyHttp for Edge {
             ctx.pool = svc.choose_pool(fastrand::u32(..));
             ctx.in_flight = Some(svc.pools[ctx.pool].stats.begin());
         }
-        ctx.attempts += 1;
         let pool = &svc.pools[ctx.pool];
-        let now = crate::clock::now_ms();
-        let Some(i) = pool.pick(now, ctx.tried) else {
-            return Err(Error::explain(
-                ErrorType::ConnectNoRoute,
-                "no upstream member left to try",
-            )
-            .into_up());
+        // A replay (`error_while_proxy`) goes to the same member on a fresh
+        // connection, as on the lane; it is not another member's attempt.
+        let replay = std::mem::take(&mut ctx.replay);
+        let i = if replay {
+            ctx.member
+        } else {
+            ctx.attempts += 1;
+            let now = crate::clock::now_ms();
+            let Some(i) = pool.pick(now, ctx.tried) else {
+                return Err(Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    "no upstream member left to try",
+                )
+                .into_up());
+            };
+            ctx.member = i;
+            if i < 64 {
+                ctx.tried |= 1 << i;
+            }
+            i
         };
-        ctx.member = i;
-        if i < 64 {
-            ctx.tried |= 1 << i;
-        }
-        let member = &pool.members[i];
+        let member = pool
+            .members
+            .get(i)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "unknown member"))?;
         let mut peer = match (&member.addr, member.resolved) {
             (MemberAddr::Unix(path), _) => {
                 let p = path.to_str().ok_or_else(|| {
@@ -372,11 +386,17 @@ impl ProxyHttp for Edge {
         // cross-thread hand-off (which drops the connection when it races).
         peer.group_key = worker_index();
         let t = &svc.timeouts;
+        if replay {
+            // A group of its own: Pingora's pool has no connection for it,
+            // so it connects afresh (another pooled connection may be just
+            // as stale), and closes that one once idle.
+            peer.group_key = (1 << 63) | fastrand::u64(..);
+        }
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
         peer.options.read_timeout = Some(t.read);
         peer.options.write_timeout = Some(t.write);
-        peer.options.idle_timeout = Some(t.idle);
+        peer.options.idle_timeout = Some(if replay { Duration::ZERO } else { t.idle });
         Ok(Box::new(peer))
     }
 
@@ -396,6 +416,28 @@ impl ProxyHttp for Edge {
                 e.set_retry(true);
             }
         }
+        e
+    }
+
+    /// After an attempt failed once connected: retried (Pingora marks a
+    /// reused connection that closed before any response byte) only when
+    /// the method may be replayed, the rule the lane applies too.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let method = session.req_header().method.as_str().as_bytes();
+        if !crate::replay::may_replay(method) || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        ctx.replay = e.retry();
         e
     }
 

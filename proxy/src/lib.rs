@@ -16,6 +16,7 @@ pub mod health;
 pub mod lane;
 pub mod metrics;
 pub mod persist;
+pub mod replay;
 pub mod respond;
 pub mod server;
 pub mod slots;
