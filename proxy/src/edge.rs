@@ -467,6 +467,7 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        strip_hop_by_hop(resp);
         if ctx.tls {
             if let Some(hsts) = ctx
                 .snap
@@ -654,4 +655,44 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_canonical())
+}
+
+/// Removes an upstream response's hop-by-hop fields ([`crate::hop`]):
+/// `Connection` and the fields it nominates, and the standard ones
+/// (`Upgrade` and `Connection` stay on a 101: the upgrade needs them).
+fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    let upgrade = resp.status.as_u16() == 101;
+    let nominates = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| crate::hop::options(v.as_bytes()).nominates);
+    if nominates {
+        let values: Vec<http::HeaderValue> = resp
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .cloned()
+            .collect();
+        let names: Vec<http::HeaderName> = resp
+            .headers
+            .keys()
+            .filter(|n| {
+                values
+                    .iter()
+                    .any(|v| crate::hop::nominated(v.as_bytes(), n.as_str().as_bytes()))
+            })
+            .cloned()
+            .collect();
+        for n in names {
+            if !(upgrade && n == http::header::UPGRADE) {
+                resp.remove_header(&n);
+            }
+        }
+    }
+    for name in crate::hop::RESPONSE_FIELDS {
+        if !(upgrade && (name == "connection" || name == "upgrade")) {
+            resp.remove_header(name);
+        }
+    }
 }

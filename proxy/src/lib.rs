@@ -13,6 +13,7 @@ pub mod demo;
 pub mod edge;
 pub mod forwarded;
 pub mod health;
+pub mod hop;
 pub mod lane;
 pub mod metrics;
 pub mod persist;
