@@ -325,7 +325,7 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let snap = ctx
             .snap
             .clone()
@@ -394,7 +394,16 @@ impl ProxyHttp for Edge {
         }
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.read);
+        // While the client's body is still to come, the upstream waits for
+        // it: its silence is the client's, which `limits.body_timeout`
+        // bounds (answered 408 in `fail_to_proxy`), so it must not run out
+        // first and be taken for an upstream failure (504).
+        let body_timeout = snap.table.config.limits.body_timeout;
+        peer.options.read_timeout = Some(if session.is_body_done() {
+            t.read
+        } else {
+            t.read.max(body_timeout)
+        });
         peer.options.write_timeout = Some(t.write);
         peer.options.idle_timeout = Some(if replay { Duration::ZERO } else { t.idle });
         Ok(Box::new(peer))
@@ -487,6 +496,14 @@ impl ProxyHttp for Edge {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            // The client stopped sending its body (the upstream, waiting
+            // for it, may have timed out at the same time): a client
+            // timeout, not an upstream failure.
+            ErrorType::ReadTimedout
+                if e.esource() == &ErrorSource::Downstream || !session.is_body_done() =>
+            {
+                408
+            }
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 if e.esource() == &ErrorSource::Upstream =>
             {
@@ -508,6 +525,7 @@ impl ProxyHttp for Edge {
             let body = match code {
                 502 => "bad gateway: the upstream failed\n",
                 504 => "gateway timeout: the upstream did not answer in time\n",
+                408 => "request timeout: the request body did not arrive in time\n",
                 400 => "bad request\n",
                 _ => "error\n",
             };

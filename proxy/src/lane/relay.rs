@@ -421,9 +421,13 @@ async fn relay<C: Client>(
     relayed(bytes, true, reusable)
 }
 
-/// The reason phrase and body text of a 502 or 504 answer.
+/// The reason phrase and body text of a 502, 504 or 408 answer.
 pub fn failure(status: u16) -> (&'static str, &'static str) {
     match status {
+        408 => (
+            "Request Timeout",
+            "request timeout: the request body did not arrive in time\n",
+        ),
         504 => (
             "Gateway Timeout",
             "gateway timeout: the upstream did not answer in time\n",
@@ -434,7 +438,12 @@ pub fn failure(status: u16) -> (&'static str, &'static str) {
 
 /// Answers the client with a short error (the connection then closes, as
 /// on Pingora's path); returns the status.
-async fn fail(io: &mut HeadDeadline, head_method: bool, status: u16, timeout: std::time::Duration) {
+pub(super) async fn fail(
+    io: &mut HeadDeadline,
+    head_method: bool,
+    status: u16,
+    timeout: std::time::Duration,
+) {
     let (reason, body) = failure(status);
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
