@@ -12,7 +12,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use routes::{Action, InFlight, MemberAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How long a member that refused a connection is skipped.
 const EJECT_MS: u64 = 5_000;
@@ -45,6 +45,8 @@ pub struct Ctx {
     member: usize,
     tried: u64,
     attempts: u32,
+    /// The next attempt replays the request on the same member.
+    replay: bool,
     in_flight: Option<InFlight>,
     /// Set when the request's host matched a site.
     site_found: bool,
@@ -133,6 +135,7 @@ impl ProxyHttp for Edge {
             member: 0,
             tried: 0,
             attempts: 0,
+            replay: false,
             in_flight: None,
             site_found: false,
             refusal: None,
@@ -371,7 +374,7 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let snap = ctx
             .snap
             .clone()
@@ -385,21 +388,32 @@ impl ProxyHttp for Edge {
             ctx.pool = svc.choose_pool(fastrand::u32(..));
             ctx.in_flight = Some(svc.pools[ctx.pool].stats.begin());
         }
-        ctx.attempts += 1;
         let pool = &svc.pools[ctx.pool];
-        let now = crate::clock::now_ms();
-        let Some(i) = pool.pick(now, ctx.tried) else {
-            return Err(Error::explain(
-                ErrorType::ConnectNoRoute,
-                "no upstream member left to try",
-            )
-            .into_up());
+        // A replay (`error_while_proxy`) goes to the same member on a fresh
+        // connection, as on the lane; it is not another member's attempt.
+        let replay = std::mem::take(&mut ctx.replay);
+        let i = if replay {
+            ctx.member
+        } else {
+            ctx.attempts += 1;
+            let now = crate::clock::now_ms();
+            let Some(i) = pool.pick(now, ctx.tried) else {
+                return Err(Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    "no upstream member left to try",
+                )
+                .into_up());
+            };
+            ctx.member = i;
+            if i < 64 {
+                ctx.tried |= 1 << i;
+            }
+            i
         };
-        ctx.member = i;
-        if i < 64 {
-            ctx.tried |= 1 << i;
-        }
-        let member = &pool.members[i];
+        let member = pool
+            .members
+            .get(i)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "unknown member"))?;
         let mut peer = match (&member.addr, member.resolved) {
             (MemberAddr::Unix(path), _) => {
                 let p = path.to_str().ok_or_else(|| {
@@ -421,11 +435,26 @@ impl ProxyHttp for Edge {
         // cross-thread hand-off (which drops the connection when it races).
         peer.group_key = worker_index();
         let t = &svc.timeouts;
+        if replay {
+            // A group of its own: Pingora's pool has no connection for it,
+            // so it connects afresh (another pooled connection may be just
+            // as stale), and closes that one once idle.
+            peer.group_key = (1 << 63) | fastrand::u64(..);
+        }
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.read);
+        // While the client's body is still to come, the upstream waits for
+        // it: its silence is the client's, which `limits.body_timeout`
+        // bounds (answered 408 in `fail_to_proxy`), so it must not run out
+        // first and be taken for an upstream failure (504).
+        let body_timeout = snap.table.config.limits.body_timeout;
+        peer.options.read_timeout = Some(if session.is_body_done() {
+            t.read
+        } else {
+            t.read.max(body_timeout)
+        });
         peer.options.write_timeout = Some(t.write);
-        peer.options.idle_timeout = Some(t.idle);
+        peer.options.idle_timeout = Some(if replay { Duration::ZERO } else { t.idle });
         Ok(Box::new(peer))
     }
 
@@ -445,6 +474,28 @@ impl ProxyHttp for Edge {
                 e.set_retry(true);
             }
         }
+        e
+    }
+
+    /// After an attempt failed once connected: retried (Pingora marks a
+    /// reused connection that closed before any response byte) only when
+    /// the method may be replayed, the rule the lane applies too.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let method = session.req_header().method.as_str().as_bytes();
+        if !crate::replay::may_replay(method) || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        ctx.replay = e.retry();
         e
     }
 
@@ -487,6 +538,7 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        strip_hop_by_hop(resp);
         if ctx.tls {
             if let Some(hsts) = ctx
                 .snap
@@ -506,6 +558,14 @@ impl ProxyHttp for Edge {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            // The client stopped sending its body (the upstream, waiting
+            // for it, may have timed out at the same time): a client
+            // timeout, not an upstream failure.
+            ErrorType::ReadTimedout
+                if e.esource() == &ErrorSource::Downstream || !session.is_body_done() =>
+            {
+                408
+            }
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 if e.esource() == &ErrorSource::Upstream =>
             {
@@ -527,6 +587,7 @@ impl ProxyHttp for Edge {
             let body = match code {
                 502 => "bad gateway: the upstream failed\n",
                 504 => "gateway timeout: the upstream did not answer in time\n",
+                408 => "request timeout: the request body did not arrive in time\n",
                 400 => "bad request\n",
                 _ => "error\n",
             };
@@ -730,4 +791,44 @@ fn canonical_target(
         None
     };
     Some((host, uri))
+}
+
+/// Removes an upstream response's hop-by-hop fields ([`crate::hop`]):
+/// `Connection` and the fields it nominates, and the standard ones
+/// (`Upgrade` and `Connection` stay on a 101: the upgrade needs them).
+fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    let upgrade = resp.status.as_u16() == 101;
+    let nominates = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| crate::hop::options(v.as_bytes()).nominates);
+    if nominates {
+        let values: Vec<http::HeaderValue> = resp
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .cloned()
+            .collect();
+        let names: Vec<http::HeaderName> = resp
+            .headers
+            .keys()
+            .filter(|n| {
+                values
+                    .iter()
+                    .any(|v| crate::hop::nominated(v.as_bytes(), n.as_str().as_bytes()))
+            })
+            .cloned()
+            .collect();
+        for n in names {
+            if !(upgrade && n == http::header::UPGRADE) {
+                resp.remove_header(&n);
+            }
+        }
+    }
+    for name in crate::hop::RESPONSE_FIELDS {
+        if !(upgrade && (name == "connection" || name == "upgrade")) {
+            resp.remove_header(name);
+        }
+    }
 }

@@ -146,6 +146,21 @@ impl Lane {
                     .await
                 {
                     Ok(Ok(n)) if n > 0 => {}
+                    Err(()) => {
+                        // The client stalled its body: its timeout (408, as
+                        // on Pingora's path); no upstream was involved.
+                        relay::fail(io, plan.head_method, 408, limits.body_timeout).await;
+                        let outcome = Outcome {
+                            status: 408,
+                            bytes: 0,
+                            pool: usize::MAX,
+                            member: None,
+                            ok: false,
+                            keep_client: false,
+                        };
+                        self.finish(&snap, &plan, &outcome, start, log, &ip, "HTTP/1.1");
+                        return End::Closed;
+                    }
                     _ => return End::Closed,
                 }
             }
