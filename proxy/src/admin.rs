@@ -1,5 +1,12 @@
 //! The admin API: JSON over HTTP/1.1 on its own listener, bearer-token auth
 //! compared in constant time. Only `/healthz` is open.
+//!
+//! A loopback listener is reachable from any web page the operator opens, so
+//! (as Caddy's admin endpoint does) every other request must name an allowed
+//! `Host` (defeats DNS rebinding), carry no foreign `Origin` (defeats
+//! cross-site requests), and a change (POST, PUT, PATCH, DELETE) must be
+//! `Content-Type: application/json`, which a form or a "simple" `fetch`
+//! cannot send without a CORS preflight that this API never grants.
 
 use crate::control::{ChangeError, Control};
 use crate::views::ServiceView;
@@ -11,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -25,6 +33,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// Extra endpoints (metrics, certificates) supplied by other modules.
     pub extras: crate::admin_extras::Extras,
+    /// The listener's own address (its IP and port are allowed in `Host`).
+    pub listen: SocketAddr,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -71,6 +81,96 @@ impl Admin {
         given.as_bytes().ct_eq(token.as_bytes()).into()
     }
 
+    /// Whether `authority` (a `Host` value or an origin's host and port,
+    /// `default_port` when it has none) names this admin API: `localhost`,
+    /// `127.0.0.1`, `[::1]` or the listener's own IP with the listener's
+    /// port (any IP literal when the listener is on a wildcard address),
+    /// or an entry of `server.admin_hosts`.
+    fn host_allowed(&self, authority: &str, default_port: u16) -> bool {
+        let Some((name, port)) = routes::config::split_authority(authority) else {
+            return false;
+        };
+        let port = port.unwrap_or(default_port);
+        let snap = self.control.load();
+        let extra = &snap.table.config.server.admin_hosts;
+        if extra
+            .iter()
+            .any(|h| h.name == name && h.port.is_none_or(|p| p == port))
+        {
+            return true;
+        }
+        if port != self.listen.port() {
+            return false;
+        }
+        let ip = name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .unwrap_or(&name)
+            .parse::<IpAddr>();
+        match ip {
+            // A name: only localhost (a rebinding attacker controls any other).
+            Err(_) => name == "localhost",
+            Ok(ip) => {
+                ip.is_loopback() || ip == self.listen.ip() || self.listen.ip().is_unspecified()
+            }
+        }
+    }
+
+    /// Refuses requests a web page could have sent: a foreign or missing
+    /// `Host`, a foreign `Origin`, or a change that is not JSON.
+    fn browser_guard(&self, req: &Request<Incoming>) -> Option<Resp> {
+        let headers = req.headers();
+        let mut hosts = headers.get_all(http::header::HOST).iter();
+        let host = match (hosts.next().map(|h| h.to_str()), hosts.next()) {
+            (Some(Ok(h)), None) => h,
+            (None, _) => return Some(error(StatusCode::FORBIDDEN, "missing Host header")),
+            _ => return Some(error(StatusCode::FORBIDDEN, "one Host header expected")),
+        };
+        // An absolute-form target names the host too; both must be allowed.
+        let target = req.uri().authority().map(|a| a.as_str());
+        if let Some(bad) = [Some(host), target]
+            .into_iter()
+            .flatten()
+            .find(|h| !self.host_allowed(h, 80))
+        {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "host {bad:?} is not allowed for the admin API; \
+                     add it to server.admin_hosts to reach the API by that name"
+                ),
+            ));
+        }
+        for origin in headers.get_all(http::header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            let allowed = match origin.split_once("://") {
+                Some(("http", a)) => self.host_allowed(a, 80),
+                Some(("https", a)) => self.host_allowed(a, 443),
+                _ => false,
+            };
+            if !allowed {
+                return Some(error(
+                    StatusCode::FORBIDDEN,
+                    format!("origin {origin:?} is not allowed for the admin API"),
+                ));
+            }
+        }
+        let changes = !matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
+        if changes && !is_json(req) {
+            return Some(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "{} needs Content-Type: application/json (send {{}} for an empty body)",
+                    req.method()
+                ),
+            ));
+        }
+        None
+    }
+
     fn service_json(&self, name: &str) -> Option<serde_json::Value> {
         let snap = self.control.load();
         let svc = snap.table.service(name)?;
@@ -83,6 +183,10 @@ impl Admin {
         let method = req.method().clone();
         if path == "/healthz" {
             return Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        }
+        if let Some(refused) = self.browser_guard(&req) {
+            tracing::debug!(%method, %path, "admin request refused: {:?}", refused.status());
+            return refused;
         }
         if !self.authorized(&req) {
             let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
@@ -115,10 +219,15 @@ impl Admin {
             },
             (&Method::POST, ["v1", "services", name, "flip"]) => {
                 let name = name.to_string();
-                let body = match read_json::<FlipBody>(req, true).await {
+                let query_force = match force_param(req.uri().query()) {
+                    Ok(f) => f,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                };
+                let mut body = match read_json::<FlipBody>(req, true).await {
                     Ok(b) => b.unwrap_or_default(),
                     Err(r) => return r,
                 };
+                body.force |= query_force;
                 let (control, svc, to, force) = (
                     self.control.clone(),
                     name.clone(),
@@ -138,8 +247,13 @@ impl Admin {
             }
             (&Method::PUT, ["v1", "services", name, "weights"]) => {
                 let name = name.to_string();
-                let weights =
-                    match read_json::<BTreeMap<String, u32>>(req, false).await {
+                let query_force = match force_param(req.uri().query()) {
+                    Ok(f) => f,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                };
+                let body =
+                    match read_json::<serde_json::Map<String, serde_json::Value>>(req, false).await
+                    {
                         Ok(Some(w)) => w,
                         Ok(None) => return error(
                             StatusCode::BAD_REQUEST,
@@ -147,8 +261,13 @@ impl Admin {
                         ),
                         Err(r) => return r,
                     };
+                let (weights, body_force) = match weights_body(body) {
+                    Ok(w) => w,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                };
+                let force = query_force || body_force;
                 let (control, svc) = (self.control.clone(), name.clone());
-                match blocking(move || control.set_weights(&svc, weights)).await {
+                match blocking(move || control.set_weights(&svc, weights, force)).await {
                     Ok(()) => self
                         .service_json(&name)
                         .map(|v| json_resp(StatusCode::OK, v))
@@ -202,6 +321,71 @@ async fn blocking<T: Send + 'static>(
             "change task failed: {e}"
         )))
     })
+}
+
+/// Whether a request's `Content-Type` is `application/json` (parameters such
+/// as `charset=utf-8` allowed).
+fn is_json(req: &Request<Incoming>) -> bool {
+    let mut values = req.headers().get_all(http::header::CONTENT_TYPE).iter();
+    match (values.next().and_then(|v| v.to_str().ok()), values.next()) {
+        (Some(ct), None) => ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("application/json"),
+        _ => false,
+    }
+}
+
+/// `?force=true` (or `1`); absent is `false`. Other parameters are 400.
+fn force_param(query: Option<&str>) -> Result<bool, String> {
+    let mut force = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        force = match pair.split_once('=').unwrap_or((pair, "true")) {
+            ("force", "true" | "1") => true,
+            ("force", "false" | "0") => false,
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {pair:?} (only force=true)"
+                ))
+            }
+        };
+    }
+    Ok(force)
+}
+
+/// Body of `PUT /v1/services/{name}/weights`: `{"blue":90,"green":10}`, with
+/// an optional `"force": true` beside the weights. (A color may be called
+/// `force`: its weight is a number, the flag a boolean.)
+fn weights_body(
+    body: serde_json::Map<String, serde_json::Value>,
+) -> Result<(BTreeMap<String, u32>, bool), String> {
+    let mut force = false;
+    let mut weights = BTreeMap::new();
+    for (k, v) in body {
+        match (k.as_str(), &v) {
+            ("force", serde_json::Value::Bool(b)) => force = *b,
+            ("force", v) if !v.is_number() => {
+                return Err(format!(
+                    "invalid JSON: \"force\" must be true or false, got {v}"
+                ))
+            }
+            _ => {
+                let w = v
+                    .as_u64()
+                    .and_then(|w| u32::try_from(w).ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "invalid JSON: weight of {k:?} must be a whole number from 0 to {}, got {v}",
+                            u32::MAX
+                        )
+                    })?;
+                weights.insert(k, w);
+            }
+        }
+    }
+    Ok((weights, force))
 }
 
 /// Body of `POST /v1/services/{name}/flip`.

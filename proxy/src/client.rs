@@ -48,13 +48,18 @@ impl Api {
         if let Some(t) = &self.token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }
+        // The admin API acts on a change only when it is JSON (a web page
+        // cannot send that cross-site without a preflight): always say so,
+        // with `{}` when there is nothing to send.
+        let changes = !matches!(method, http::Method::GET | http::Method::HEAD);
         let bytes = match &body {
-            Some(b) => {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(b)?)
-            }
+            Some(b) => Bytes::from(serde_json::to_vec(b)?),
+            None if changes => Bytes::from_static(b"{}"),
             None => Bytes::new(),
         };
+        if changes || body.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
         let req = req
             .body(Full::new(bytes))
             .with_context(|| format!("bad admin URL {url}"))?;
@@ -218,8 +223,8 @@ pub fn flip(
     Ok(())
 }
 
-/// `duotone weights SERVICE blue=90 green=10`.
-pub fn weights(args: &AdminArgs, service: &str, pairs: &[String]) -> Result<()> {
+/// `duotone weights SERVICE blue=90 green=10 [--force]`.
+pub fn weights(args: &AdminArgs, service: &str, pairs: &[String], force: bool) -> Result<()> {
     let mut map = BTreeMap::new();
     for p in pairs {
         let (c, w) = p
@@ -230,11 +235,15 @@ pub fn weights(args: &AdminArgs, service: &str, pairs: &[String]) -> Result<()> 
             .with_context(|| format!("{p:?}: weight must be a whole number"))?;
         map.insert(c.to_string(), w);
     }
+    let mut body = serde_json::to_value(&map)?;
+    if force {
+        body["force"] = true.into();
+    }
     let api = Api::new(args)?;
     let v: ServiceView = serde_json::from_value(api.ok(
         http::Method::PUT,
         &format!("/v1/services/{service}/weights"),
-        Some(serde_json::to_value(&map)?),
+        Some(body),
     )?)?;
     print_service(&v);
     Ok(())

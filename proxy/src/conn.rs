@@ -172,7 +172,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 }
 
 /// A stream that fails reads once `limit` has passed without a complete
-/// request head (`\r\n\r\n`, which the HTTP/2 preface also contains): the
+/// request head (an empty line after a non-empty one, [`HeadScan`](crate::head_scan::HeadScan);
+/// the HTTP/2 preface holds one too): the
 /// first one from connect, later ones (after [`HeadDeadline::next_request`])
 /// from their first byte, so keep-alive idle time is not counted.
 ///
@@ -192,7 +193,10 @@ pub struct HeadDeadline {
     armed: bool,
     /// Set when a request ended: the next bytes start a new head.
     next_head: std::sync::atomic::AtomicBool,
-    tail: [u8; 3],
+    /// Set when a parser has a complete head: the deadline ends.
+    parsed: std::sync::atomic::AtomicBool,
+    /// Where the head being read ends, found incrementally.
+    scan: crate::head_scan::HeadScan,
     /// Bytes read by the lane and handed back: served before the socket.
     unread: Vec<u8>,
     unread_at: usize,
@@ -208,7 +212,8 @@ impl HeadDeadline {
             sleep: Box::pin(tokio::time::sleep(limit)),
             armed: true,
             next_head: std::sync::atomic::AtomicBool::new(false),
-            tail: [0; 3],
+            parsed: std::sync::atomic::AtomicBool::new(false),
+            scan: Default::default(),
             unread: Vec::new(),
             unread_at: 0,
         }
@@ -229,6 +234,9 @@ impl HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self;
+        if this.armed && this.parsed.swap(false, Ordering::Relaxed) {
+            this.armed = false;
+        }
         if this.armed && this.sleep.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -240,13 +248,15 @@ impl HeadDeadline {
         if let Poll::Ready(Ok(())) = &res {
             let new = &buf.filled()[before..];
             if this.armed {
-                if head_end(&mut this.tail, new) {
+                if this.scan.feed(new).is_some() {
                     this.armed = false;
                 }
             } else if !new.is_empty() && this.next_head.swap(false, Ordering::Relaxed) {
                 // A new head starts; most arrive whole in this one read.
-                this.tail = [0; 3];
-                if !head_end(&mut this.tail, new) {
+                this.scan = Default::default();
+                // Not when a parser already has this head (it came in an
+                // earlier read, pipelined): these bytes are its body.
+                if this.scan.feed(new).is_none() && !this.parsed.swap(false, Ordering::Relaxed) {
                     this.armed = true;
                     let deadline = tokio::time::Instant::now() + this.limit;
                     this.sleep.as_mut().reset(deadline);
@@ -262,7 +272,23 @@ impl HeadDeadline {
     /// Marks the end of an HTTP/1 request: the next bytes read begin a new
     /// head, which gets `limit` from its first byte.
     pub fn next_request(&self) {
+        self.parsed.store(false, Ordering::Relaxed);
         self.next_head.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks a request head as parsed: its deadline ends even when the
+    /// bytes seen did not show its end (e.g. the head arrived with the
+    /// request before it, pipelined).
+    pub fn head_parsed(&self) {
+        self.parsed.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the head of the request on `stream` as parsed, if it is one of
+    /// ours (a no-op for HTTP/2 and other streams).
+    pub fn head_parsed_on(stream: Option<&Stream>) {
+        if let Some(h) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
+            h.head_parsed();
+        }
     }
 
     /// Marks the end of a request on the connection `stream`, if it is one
@@ -272,31 +298,6 @@ impl HeadDeadline {
             h.next_request();
         }
     }
-}
-
-/// True once `\r\n\r\n` appears in the bytes seen so far; `tail` keeps the
-/// last three bytes of earlier reads so the marker may span reads.
-fn head_end(tail: &mut [u8; 3], new: &[u8]) -> bool {
-    // Most heads arrive whole, with nothing after them.
-    if new.ends_with(b"\r\n\r\n") {
-        return true;
-    }
-    let mut joint = [0u8; 6];
-    let n = new.len().min(3);
-    joint[..3].copy_from_slice(tail);
-    joint[3..3 + n].copy_from_slice(&new[..n]);
-    if joint[..3 + n].windows(4).any(|w| w == b"\r\n\r\n")
-        || memchr::memmem::find(new, b"\r\n\r\n").is_some()
-    {
-        return true;
-    }
-    if new.len() >= 3 {
-        tail.copy_from_slice(&new[new.len() - 3..]);
-    } else {
-        tail.rotate_left(new.len());
-        tail[3 - new.len()..].copy_from_slice(new);
-    }
-    false
 }
 
 impl AsyncRead for HeadDeadline {
@@ -406,42 +407,34 @@ impl GetSocketDigest for HeadDeadline {
 
 #[async_trait]
 impl Peek for HeadDeadline {
+    /// Pingora peeks only to tell cleartext HTTP/2 by its preface. This
+    /// waits for `buf.len()` bytes like a socket's peek, but returns as soon
+    /// as the bytes read differ from the HTTP/2 preface (`buf` then holds
+    /// them, zero-padded, so it cannot equal the preface): a short HTTP/1
+    /// request such as `GET / HTTP/1.0` with no Host is not left waiting
+    /// for bytes that never come. The bytes stay unread.
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        if self.unread_at == self.unread.len() {
-            return self.inner.try_peek(buf).await;
-        }
-        // Like the socket's peek: wait for `buf.len()` bytes, keep them unread.
         let mut bytes = self.unread.split_off(self.unread_at);
         self.unread.clear();
         self.unread_at = 0;
-        let mut chunk = [0u8; 64];
-        while bytes.len() < buf.len() {
+        let mut chunk = vec![0u8; 4096];
+        let differs = |b: &[u8]| !H2_PREFACE.starts_with(&b[..b.len().min(H2_PREFACE.len())]);
+        while bytes.len() < buf.len() && !differs(&bytes) {
             let mut rb = ReadBuf::new(&mut chunk);
-            std::future::poll_fn(|cx| self.poll_read_socket(cx, &mut rb)).await?;
+            if let Err(e) = std::future::poll_fn(|cx| self.poll_read_socket(cx, &mut rb)).await {
+                self.unread(bytes);
+                return Err(e);
+            }
             if rb.filled().is_empty() {
                 self.unread(bytes);
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
             bytes.extend_from_slice(rb.filled());
         }
-        buf.copy_from_slice(&bytes[..buf.len()]);
+        let n = bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+        buf[n..].fill(0);
         self.unread(bytes);
         Ok(true)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn finds_head_end_across_reads() {
-        fn scan(parts: &[&[u8]]) -> bool {
-            let mut tail = [0u8; 3];
-            parts.iter().any(|p| super::head_end(&mut tail, p))
-        }
-        assert!(scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]));
-        assert!(scan(&[b"GET / HTTP/1.1\r\nHost: a\r", b"\n\r\n"]));
-        assert!(scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r", b"\n"]));
-        assert!(scan(&[b"\r", b"\n", b"\r", b"\n"]));
-        assert!(!scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"X-Slow: 1\r\n"]));
     }
 }

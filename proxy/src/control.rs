@@ -187,13 +187,8 @@ impl Control {
                 )))
             }
         };
+        gate_traffic(svc, [target], force)?;
         let pool = &svc.pools[target];
-        if !force && !pool.is_healthy(crate::clock::now_ms(), svc.health.is_some()) {
-            return Err(ChangeError::Unhealthy(format!(
-                "color {:?} of {service:?} has no healthy member; use force to flip anyway",
-                pool.color.as_str()
-            )));
-        }
         let mut next = live.clone();
         next.services.insert(
             service.to_string(),
@@ -206,10 +201,12 @@ impl Control {
     }
 
     /// Sets canary weights for `service`. Colors left out get weight 0.
+    /// Refuses weight on a color with no healthy member unless `force`.
     pub fn set_weights(
         &self,
         service: &str,
         weights: BTreeMap<String, u32>,
+        force: bool,
     ) -> Result<(), ChangeError> {
         let mut live = self.lock();
         let snap = self.load();
@@ -232,6 +229,11 @@ impl Control {
                 "weights add up to {total}; the most is {MAX_WEIGHT_TOTAL} (use e.g. percentages)"
             )));
         }
+        let receivers = weights
+            .iter()
+            .filter(|(_, w)| **w > 0)
+            .filter_map(|(c, _)| svc.pool_index(c));
+        gate_traffic(svc, receivers, force)?;
         let mut next = live.clone();
         next.services.insert(
             service.to_string(),
@@ -248,6 +250,11 @@ impl Control {
     pub fn reload(&self) -> Result<Vec<String>, ChangeError> {
         let config = self.source.load().map_err(ChangeError::BadConfig)?;
         let live = self.lock();
+        // A start-up would refuse a state file it cannot read: so does a
+        // reload, rather than report success for a config that would not
+        // survive the next restart. (The running state is not replaced by
+        // the file's: the process's own is the newer one.)
+        check_live_file(&config.server.state_dir).map_err(ChangeError::BadConfig)?;
         let (snap, mut warnings) = build(Arc::new(config), &live, &self.vitals, &self.metrics)
             .map_err(ChangeError::BadConfig)?;
         let wants = snap
@@ -278,6 +285,58 @@ impl Control {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(warnings)
     }
+}
+
+/// The one rule for changes that send traffic somewhere (flip, weights):
+/// every color in `receivers` (pool indexes of `svc`) must have a healthy
+/// member, unless `force`.
+fn gate_traffic(
+    svc: &routes::pool::Service,
+    receivers: impl IntoIterator<Item = usize>,
+    force: bool,
+) -> Result<(), ChangeError> {
+    if force {
+        return Ok(());
+    }
+    let now = crate::clock::now_ms();
+    let down: Vec<&str> = receivers
+        .into_iter()
+        .filter_map(|i| svc.pools.get(i))
+        .filter(|p| !p.is_healthy(now, svc.health.is_some()))
+        .map(|p| p.color.as_str())
+        .collect();
+    match down.as_slice() {
+        [] => Ok(()),
+        [one] => Err(ChangeError::Unhealthy(format!(
+            "color {one:?} of {:?} has no healthy member; use force to send it traffic anyway",
+            svc.name
+        ))),
+        many => Err(ChangeError::Unhealthy(format!(
+            "colors {many:?} of {:?} have no healthy member; use force to send them traffic anyway",
+            svc.name
+        ))),
+    }
+}
+
+/// Reads `state_dir/live.json` as start-up does; a file that would stop a
+/// restart is a diagnostic naming the file (and line, for bad JSON).
+fn check_live_file(state_dir: &std::path::Path) -> Result<(), Diagnostics> {
+    let path = persist::live_path(state_dir);
+    persist::read_live(state_dir).map(drop).map_err(|e| {
+        let line = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<serde_json::Error>())
+            .map_or(0, serde_json::Error::line);
+        Diagnostics(vec![routes::Diagnostic {
+            file: path.display().to_string(),
+            line,
+            key: String::new(),
+            message: format!(
+                "{}; a restart would fail: fix or remove the file",
+                e.root_cause()
+            ),
+        }])
+    })
 }
 
 /// Compiles a snapshot: the table plus per-route extensions. Returns

@@ -13,6 +13,7 @@ const CONFIG: &str = r#"# duotone demo (embedded)
 [server]
 http = "{listen}"
 admin = "{admin}"
+admin_token = {token}
 state_dir = "{state}"
 
 [[sites]]
@@ -79,6 +80,22 @@ fn write_static(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The demo's admin token: `DUOTONE_ADMIN_TOKEN` if set, else 32 random hex
+/// digits, so that even the demo's API is not open to every local process
+/// and web page.
+fn admin_token() -> Result<String> {
+    if let Some(t) = std::env::var("DUOTONE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(t.trim().to_string());
+    }
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)
+        .context("reading /dev/urandom for the demo's admin token")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Runs the demo until interrupted.
 pub fn run(listen: &str, admin: &str) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -90,7 +107,9 @@ pub fn run(listen: &str, admin: &str) -> Result<()> {
     let base: PathBuf = std::env::temp_dir().join(format!("duotone-demo-{}", std::process::id()));
     let static_dir = base.join("static");
     write_static(&static_dir).context("writing demo static files")?;
+    let token = admin_token()?;
     let text = CONFIG
+        .replace("{token}", &serde_json::to_string(&token)?)
         .replace("{listen}", listen)
         .replace("{admin}", admin)
         .replace("{state}", &base.join("state").display().to_string())
@@ -101,18 +120,28 @@ pub fn run(listen: &str, admin: &str) -> Result<()> {
         "Duotone demo
   proxy    http://{listen}/          -> service \"app\", live color blue ({blue}), idle green ({green})
   static   http://{listen}/static/   -> {static_dir}
-  admin    http://{admin}/v1/services  (no token: loopback only)
+  admin    http://{admin}/v1/services  (bearer token below)
+
+Admin token ({origin}):
+  export DUOTONE_ADMIN_TOKEN='{token}'
 
 Try:
   curl http://{listen}/                                   # Hello from blue!
-  duotone flip app green --admin http://{admin}           # or: curl -X POST http://{admin}/v1/services/app/flip
+  duotone flip app green --admin http://{admin}           # the CLI reads DUOTONE_ADMIN_TOKEN
   curl http://{listen}/                                   # Hello from green!
   duotone status --admin http://{admin}
+  curl -X POST -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
+       -d '{{\"to\":\"blue\"}}' http://{admin}/v1/services/app/flip
   curl -I http://{listen}/static/app.3f2a9c81b7d4.css     # immutable caching for hashed names
-  curl http://{admin}/metrics
+  curl -H 'Authorization: Bearer {token}' http://{admin}/metrics
 Ctrl-C stops.
 ",
-        static_dir = static_dir.display()
+        static_dir = static_dir.display(),
+        origin = if std::env::var("DUOTONE_ADMIN_TOKEN").is_ok_and(|t| !t.trim().is_empty()) {
+            "from DUOTONE_ADMIN_TOKEN"
+        } else {
+            "generated for this run; set DUOTONE_ADMIN_TOKEN to choose one"
+        },
     );
     // The upstreams keep running on `rt` while Pingora runs on its own threads.
     let _keep = rt;

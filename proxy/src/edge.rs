@@ -12,7 +12,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use routes::{Action, InFlight, MemberAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How long a member that refused a connection is skipped.
 const EJECT_MS: u64 = 5_000;
@@ -45,7 +45,13 @@ pub struct Ctx {
     member: usize,
     tried: u64,
     attempts: u32,
+    /// The next attempt replays the request on the same member.
+    replay: bool,
     in_flight: Option<InFlight>,
+    /// Set when the request's host matched a site.
+    site_found: bool,
+    /// Why the shared request check refused the request.
+    refusal: Option<routes::request::Refusal>,
     tls: bool,
     start: Instant,
     request_id: Option<http::HeaderValue>,
@@ -129,7 +135,10 @@ impl ProxyHttp for Edge {
             member: 0,
             tried: 0,
             attempts: 0,
+            replay: false,
             in_flight: None,
+            site_found: false,
+            refusal: None,
             tls: false,
             start: Instant::now(),
             request_id: None,
@@ -141,24 +150,71 @@ impl ProxyHttp for Edge {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let snap = self.control.load();
-        let req = session.req_header();
-        if let Some((site_idx, site)) = snap.table.site(request_host(req)) {
-            ctx.site = site_idx;
-            let path = req.uri.path();
-            if let Some(r) = site
-                .routes
-                .iter()
-                .position(|r| path.starts_with(r.prefix.as_str()))
-            {
-                ctx.route = Some((site_idx, r));
-                if site.routes[r].compress {
-                    // Must happen before the compression module reads Accept-Encoding.
-                    if let Some(c) = session
-                        .downstream_modules_ctx
-                        .get_mut::<pingora::modules::http::compression::ResponseCompression>(
-                    ) {
-                        c.adjust_level(5);
-                    }
+        if !session.is_http2() {
+            // Pipelined requests are served in turn (RFC 9112 §9.3.2), never
+            // dropped with the connection.
+            session.as_downstream_mut().set_pipelining_enabled(true);
+            crate::conn::HeadDeadline::head_parsed_on(session.as_downstream().stream());
+        }
+        // HTTP/1: the target exactly as sent (Pingora's parser is lenient,
+        // e.g. it reads `GET /a b HTTP/1.1` as `/a%20b`).
+        let raw_head = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        let raw_target = match &raw_head {
+            Some(head) => routes::request::raw_target(head),
+            None => Some(session.req_header().raw_path()),
+        };
+        let checked = match raw_target {
+            Some(target) => check_request(session.req_header(), target),
+            None => Err(routes::request::Refusal {
+                status: 400,
+                reason: "malformed request line\n",
+            }),
+        };
+        let rewrite = match checked {
+            Ok(c) => {
+                let found = snap
+                    .table
+                    .site(c.host)
+                    .map(|(i, site)| (i, site.position(&c.path)));
+                if let Some((site_idx, route)) = found {
+                    ctx.site = site_idx;
+                    ctx.site_found = true;
+                    ctx.route = route.map(|r| (site_idx, r));
+                }
+                canonical_target(session.req_header(), &c)
+            }
+            Err(refusal) => {
+                ctx.refusal = Some(refusal);
+                None
+            }
+        };
+        let req = session.req_header_mut();
+        if let Some((host, uri)) = rewrite {
+            if let Some(host) = host {
+                req.insert_header(http::header::HOST, host)?;
+            }
+            req.set_uri(uri);
+        }
+        let connection = req
+            .headers
+            .get(http::header::CONNECTION)
+            .map(|v| v.as_bytes());
+        let upgrade = req.headers.contains_key(http::header::UPGRADE);
+        if upgrade && !routes::request::is_upgrade(upgrade, connection) {
+            // Not an upgrade without `Connection: upgrade` (RFC 9110 §7.8).
+            req.remove_header(&http::header::UPGRADE);
+        }
+        if let Some((s, r)) = ctx.route {
+            if snap.table.sites[s].routes[r].compress {
+                // Must happen before the compression module reads Accept-Encoding.
+                if let Some(c) = session
+                    .downstream_modules_ctx
+                    .get_mut::<pingora::modules::http::compression::ResponseCompression>(
+                ) {
+                    c.adjust_level(5);
                 }
             }
         }
@@ -194,11 +250,12 @@ impl ProxyHttp for Edge {
             .await?;
             return Ok(true);
         }
-        let path = req.uri.path();
-        if routes::path::has_dot_segment(path) {
-            respond::text(session, 400, "dot segments are not allowed in paths\n", &[]).await?;
+        if let Some(refusal) = ctx.refusal {
+            session.set_keepalive(None);
+            respond::text(session, refusal.status, refusal.reason, &[]).await?;
             return Ok(true);
         }
+        let path = req.uri.path();
         if let Some(acme) = &self.acme_http01 {
             if !ctx.tls {
                 if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
@@ -210,12 +267,7 @@ impl ProxyHttp for Edge {
                 }
             }
         }
-        let Some(site) = snap
-            .table
-            .sites
-            .get(ctx.site)
-            .filter(|_| snap.table.site(request_host(req)).is_some())
-        else {
+        let Some(site) = snap.table.sites.get(ctx.site).filter(|_| ctx.site_found) else {
             respond::text(session, 404, "no site is configured for this host\n", &[]).await?;
             return Ok(true);
         };
@@ -322,7 +374,7 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let snap = ctx
             .snap
             .clone()
@@ -336,21 +388,32 @@ impl ProxyHttp for Edge {
             ctx.pool = svc.choose_pool(fastrand::u32(..));
             ctx.in_flight = Some(svc.pools[ctx.pool].stats.begin());
         }
-        ctx.attempts += 1;
         let pool = &svc.pools[ctx.pool];
-        let now = crate::clock::now_ms();
-        let Some(i) = pool.pick(now, ctx.tried) else {
-            return Err(Error::explain(
-                ErrorType::ConnectNoRoute,
-                "no upstream member left to try",
-            )
-            .into_up());
+        // A replay (`error_while_proxy`) goes to the same member on a fresh
+        // connection, as on the lane; it is not another member's attempt.
+        let replay = std::mem::take(&mut ctx.replay);
+        let i = if replay {
+            ctx.member
+        } else {
+            ctx.attempts += 1;
+            let now = crate::clock::now_ms();
+            let Some(i) = pool.pick(now, ctx.tried) else {
+                return Err(Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    "no upstream member left to try",
+                )
+                .into_up());
+            };
+            ctx.member = i;
+            if i < 64 {
+                ctx.tried |= 1 << i;
+            }
+            i
         };
-        ctx.member = i;
-        if i < 64 {
-            ctx.tried |= 1 << i;
-        }
-        let member = &pool.members[i];
+        let member = pool
+            .members
+            .get(i)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "unknown member"))?;
         let mut peer = match (&member.addr, member.resolved) {
             (MemberAddr::Unix(path), _) => {
                 let p = path.to_str().ok_or_else(|| {
@@ -372,11 +435,26 @@ impl ProxyHttp for Edge {
         // cross-thread hand-off (which drops the connection when it races).
         peer.group_key = worker_index();
         let t = &svc.timeouts;
+        if replay {
+            // A group of its own: Pingora's pool has no connection for it,
+            // so it connects afresh (another pooled connection may be just
+            // as stale), and closes that one once idle.
+            peer.group_key = (1 << 63) | fastrand::u64(..);
+        }
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.read);
+        // While the client's body is still to come, the upstream waits for
+        // it: its silence is the client's, which `limits.body_timeout`
+        // bounds (answered 408 in `fail_to_proxy`), so it must not run out
+        // first and be taken for an upstream failure (504).
+        let body_timeout = snap.table.config.limits.body_timeout;
+        peer.options.read_timeout = Some(if session.is_body_done() {
+            t.read
+        } else {
+            t.read.max(body_timeout)
+        });
         peer.options.write_timeout = Some(t.write);
-        peer.options.idle_timeout = Some(t.idle);
+        peer.options.idle_timeout = Some(if replay { Duration::ZERO } else { t.idle });
         Ok(Box::new(peer))
     }
 
@@ -399,6 +477,28 @@ impl ProxyHttp for Edge {
         e
     }
 
+    /// After an attempt failed once connected: retried (Pingora marks a
+    /// reused connection that closed before any response byte) only when
+    /// the method may be replayed, the rule the lane applies too.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let method = session.req_header().method.as_str().as_bytes();
+        if !crate::replay::may_replay(method) || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        ctx.replay = e.retry();
+        e
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -413,6 +513,19 @@ impl ProxyHttp for Edge {
             .filter(|r| r.strip_prefix)
             .map(|r| r.prefix.len());
         forwarded::apply(session, upstream, ctx.tls, ctx.request_id.clone())?;
+        let forwards =
+            |n: &http::HeaderName| routes::request::forwards_field(n.as_str().as_bytes());
+        if !upstream.headers.keys().all(forwards) {
+            let dropped: Vec<http::HeaderName> = upstream
+                .headers
+                .keys()
+                .filter(|n| !forwards(n))
+                .cloned()
+                .collect();
+            for name in dropped {
+                upstream.remove_header(&name);
+            }
+        }
         if let Some(n) = strip {
             forwarded::strip_prefix(upstream, n)?;
         }
@@ -425,6 +538,7 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        strip_hop_by_hop(resp);
         if ctx.tls {
             if let Some(hsts) = ctx
                 .snap
@@ -444,6 +558,14 @@ impl ProxyHttp for Edge {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            // The client stopped sending its body (the upstream, waiting
+            // for it, may have timed out at the same time): a client
+            // timeout, not an upstream failure.
+            ErrorType::ReadTimedout
+                if e.esource() == &ErrorSource::Downstream || !session.is_body_done() =>
+            {
+                408
+            }
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 if e.esource() == &ErrorSource::Upstream =>
             {
@@ -465,6 +587,7 @@ impl ProxyHttp for Edge {
             let body = match code {
                 502 => "bad gateway: the upstream failed\n",
                 504 => "gateway timeout: the upstream did not answer in time\n",
+                408 => "request timeout: the request body did not arrive in time\n",
                 400 => "bad request\n",
                 _ => "error\n",
             };
@@ -612,4 +735,100 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_canonical())
+}
+
+/// Runs the shared request check ([`routes::request::check`]) on a head
+/// Pingora parsed.
+fn check_request<'a>(
+    req: &'a RequestHeader,
+    target: &'a [u8],
+) -> std::result::Result<routes::request::Checked<'a>, routes::request::Refusal> {
+    use routes::request::{check, Head, Proto};
+    let proto = match req.version {
+        http::Version::HTTP_2 => Proto::Http2,
+        http::Version::HTTP_10 | http::Version::HTTP_09 => Proto::Http10,
+        _ => Proto::Http11,
+    };
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next().map(|h| h.as_bytes());
+    check(&Head {
+        proto,
+        method: req.method.as_str(),
+        target,
+        host,
+        host_fields: usize::from(host.is_some()) + hosts.count(),
+        authority: match proto {
+            Proto::Http2 => req.uri.authority().map(|a| a.as_str()),
+            _ => None,
+        },
+    })
+}
+
+/// The URI to give the request when the canonical target differs from the
+/// one received (and, for an absolute-form target, the Host to set), so
+/// everything after routing (upstream request, static files, redirects,
+/// the access log) sees what the route matched.
+fn canonical_target(
+    req: &RequestHeader,
+    c: &routes::request::Checked<'_>,
+) -> Option<(Option<http::HeaderValue>, http::Uri)> {
+    let target = c.target();
+    let received = req.uri.path_and_query().map_or("", |p| p.as_str());
+    if !c.absolute && received == target && req.raw_path() == target.as_bytes() {
+        // Already what is forwarded.
+        return None;
+    }
+    let mut parts = http::uri::Parts::default();
+    if req.version == http::Version::HTTP_2 {
+        parts.scheme = req.uri.scheme().cloned();
+        parts.authority = req.uri.authority().cloned();
+    }
+    parts.path_and_query = Some(target.parse().ok()?);
+    let uri = http::Uri::from_parts(parts).ok()?;
+    let host = if c.absolute {
+        Some(http::HeaderValue::from_str(c.host).ok()?)
+    } else {
+        None
+    };
+    Some((host, uri))
+}
+
+/// Removes an upstream response's hop-by-hop fields ([`crate::hop`]):
+/// `Connection` and the fields it nominates, and the standard ones
+/// (`Upgrade` and `Connection` stay on a 101: the upgrade needs them).
+fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    let upgrade = resp.status.as_u16() == 101;
+    let nominates = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| crate::hop::options(v.as_bytes()).nominates);
+    if nominates {
+        let values: Vec<http::HeaderValue> = resp
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .cloned()
+            .collect();
+        let names: Vec<http::HeaderName> = resp
+            .headers
+            .keys()
+            .filter(|n| {
+                values
+                    .iter()
+                    .any(|v| crate::hop::nominated(v.as_bytes(), n.as_str().as_bytes()))
+            })
+            .cloned()
+            .collect();
+        for n in names {
+            if !(upgrade && n == http::header::UPGRADE) {
+                resp.remove_header(&n);
+            }
+        }
+    }
+    for name in crate::hop::RESPONSE_FIELDS {
+        if !(upgrade && (name == "connection" || name == "upgrade")) {
+            resp.remove_header(name);
+        }
+    }
 }

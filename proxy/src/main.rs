@@ -84,6 +84,9 @@ enum Cmd {
         /// COLOR=WEIGHT pairs.
         #[arg(required = true)]
         weights: Vec<String>,
+        /// Set them even if a color given weight has no healthy member.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -111,22 +114,12 @@ extern "C" fn lazy_arena_commit() {
 #[unsafe(link_section = ".init_array")]
 static LAZY_ARENA_COMMIT: extern "C" fn() = lazy_arena_commit;
 
-/// Log levels when `RUST_LOG` is unset. rustls logs only errors: its
-/// warnings are about single clients (an IP address sent as SNI, a fatal
-/// alert) and cost a formatted stderr line per handshake.
-const DEFAULT_LOG: &str = "info,rustls=error";
-
 fn main() -> ExitCode {
     // Before any rustls config exists: ring restricted to the safe suites,
     // in Duotone's order (Pingora's listeners use the process default).
     acme::tls::install_default_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Pingora's per-client handshake failures are demoted from ERROR there.
+    duotone::logging::init();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run { config } => server::run(control::Source::File(config)),
@@ -158,8 +151,9 @@ fn main() -> ExitCode {
         Cmd::Weights {
             service,
             weights,
+            force,
             admin,
-        } => client::weights(&admin, &service, &weights),
+        } => client::weights(&admin, &service, &weights, force),
         Cmd::Reload { admin } => client::reload(&admin),
         Cmd::Deploy(args) => client::deploy(&args),
     };

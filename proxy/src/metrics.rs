@@ -124,6 +124,11 @@ const GAUGES: &[(&str, &str, &[&str])] = &[
         "Failed ACME orders or renewals.",
         &[],
     ),
+    (
+        "duotone_client_handshake_failures_total",
+        "Client TLS (and HTTP/2 preface) handshakes that failed or timed out; logged at DEBUG.",
+        &[],
+    ),
 ];
 
 struct StateCollector {

@@ -53,6 +53,13 @@ pub fn run(source: Source) -> Result<()> {
                 move || certs.as_deref().map(crate::tls::gauges).unwrap_or_default()
             }),
             Arc::new(crate::static_files::gauges),
+            Arc::new(|| {
+                vec![crate::metrics::StateGauge {
+                    name: "duotone_client_handshake_failures_total",
+                    labels: vec![],
+                    value: crate::logging::handshake_failures() as f64,
+                }]
+            }),
             Arc::new(move || crate::metrics::connection_gauges(&conns)),
         ]);
     }
@@ -139,11 +146,13 @@ pub fn run(source: Source) -> Result<()> {
     let tasks = Tasks {
         control: control.clone(),
         admin: admin_listener.map(|l| {
+            let listen = l.local_addr().ok().or(server_cfg.admin);
             (
                 Arc::new(Admin {
                     control: control.clone(),
                     token: server_cfg.admin_token.clone(),
                     extras: extras.clone(),
+                    listen: listen.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9090))),
                 }),
                 l,
             )

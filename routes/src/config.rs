@@ -35,10 +35,54 @@ pub struct Server {
     pub state_dir: PathBuf,
     /// Admin bearer token.
     pub admin_token: Option<String>,
+    /// Extra names the admin API accepts in `Host` and `Origin`, besides
+    /// `localhost`, `127.0.0.1`, `[::1]` and the listener's own address.
+    pub admin_hosts: Vec<AdminHost>,
     /// Worker threads.
     pub threads: Option<usize>,
     /// SIGTERM drain deadline.
     pub grace_period: Duration,
+}
+
+/// One `server.admin_hosts` entry: a host name (lowercase, IPv6 literals in
+/// brackets) and the port it must come with (any port when `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminHost {
+    /// Lowercase name, e.g. `admin.internal` or `[fd00::1]`.
+    pub name: String,
+    /// Required port, if the entry named one.
+    pub port: Option<u16>,
+}
+
+/// Splits a `Host` header value (or an origin's authority) into a lowercase
+/// name and an optional port: `example.com:9090`, `[::1]:9090`, `localhost`.
+/// `None` when it is not a plausible authority (empty, user info, a path,
+/// a bad port, an unbracketed IPv6 address).
+pub fn split_authority(s: &str) -> Option<(String, Option<u16>)> {
+    let s = s.trim();
+    let (name, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (format!("[{inside}]"), port)
+    } else {
+        match s.split_once(':') {
+            Some((n, p)) => (n.to_string(), Some(p)),
+            None => (s.to_string(), None),
+        }
+    };
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b);
+    if name.is_empty() || name == "[]" || !name.bytes().all(ok) {
+        return None;
+    }
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse().ok()?),
+        Some(_) => return None,
+    };
+    Some((name.to_ascii_lowercase(), port))
 }
 
 /// ACME challenge type.
@@ -135,7 +179,8 @@ pub struct StaticSpec {
     pub immutable_hashed: bool,
     /// Index file for directories.
     pub index: Option<String>,
-    /// Follow symlinks inside the root.
+    /// Follow symlinks whose target stays inside the root (default `false`:
+    /// any symlink is 404).
     pub follow_symlinks: bool,
     /// max-age for names without a hash.
     pub max_age: Duration,

@@ -10,10 +10,13 @@
 //! - escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded,
 //!   other escapes keep their encoding with upper-case hex (RFC 3986 §6.2.2);
 //! - runs of `/` become one `/` (as nginx's `merge_slashes`);
+//! - bytes a path may not hold raw (`"<>{}|^` and backquote, `[]`,
+//!   non-ASCII) are percent-encoded;
 //! - refused (400): a path not starting with `/`, a malformed escape, an
 //!   encoded control character (`%00`–`%1F`, `%7F`), an encoded `/` or `\`
-//!   (which would route one way and be served another), raw control bytes,
-//!   spaces or `#`, and `.`/`..` segments in any spelling (browsers remove
+//!   or a raw `\` (which some apps read as `/`: it would route one way and
+//!   be served another), raw control bytes, spaces or `#`, and `.`/`..`
+//!   segments in any spelling (browsers remove
 //!   them before sending; an upstream resolving them would serve a path
 //!   outside the matched prefix).
 
@@ -56,7 +59,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         match c {
             b'%' => canonical = false,
             b'/' if prev == b'/' => canonical = false,
-            0..=0x20 | 0x7f | b'#' => return Err(PathError::BadByte),
+            b'/' => {}
+            0..=0x20 | 0x7f | b'#' | b'\\' => return Err(PathError::BadByte),
+            _ if !is_pchar(c) => canonical = false,
             _ => {}
         }
         prev = c;
@@ -68,7 +73,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             Ok(Cow::Borrowed(path))
         };
     }
-    let mut out = String::with_capacity(path.len());
+    let mut out: Vec<u8> = Vec::with_capacity(path.len() + 8);
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -83,38 +88,40 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             match v {
                 0..=0x1f | 0x7f => return Err(PathError::EncodedControl),
                 b'/' | b'\\' => return Err(PathError::EncodedSlash),
-                _ if is_unreserved(v) => push_byte(&mut out, v),
-                _ => {
-                    out.push('%');
-                    out.push(HEX[usize::from(v >> 4)] as char);
-                    out.push(HEX[usize::from(v & 15)] as char);
-                }
+                _ if is_unreserved(v) => out.push(v),
+                _ => push_escaped(&mut out, v),
             }
             i += 3;
-        } else if c == b'/' && out.ends_with('/') {
-            i += 1;
         } else {
-            // Copy the run up to the next escape or slash as it is.
-            let end = b[i + 1..]
-                .iter()
-                .position(|x| *x == b'%' || *x == b'/')
-                .map_or(b.len(), |p| i + 1 + p);
-            out.push_str(&path[i..end]);
-            i = end;
+            if c == b'/' && out.last() == Some(&b'/') {
+                // Merged.
+            } else if is_pchar(c) || c == b'/' {
+                out.push(c);
+            } else {
+                push_escaped(&mut out, c);
+            }
+            i += 1;
         }
     }
+    // Only ASCII was pushed.
+    let out = String::from_utf8(out).map_err(|_| PathError::BadByte)?;
     if has_dot_segment(&out) {
         return Err(PathError::DotSegment);
     }
     Ok(Cow::Owned(out))
 }
 
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
-
-fn push_byte(out: &mut String, v: u8) {
-    // Only ASCII unreserved bytes are pushed here.
-    out.push(v as char);
+/// Bytes a path segment holds as they are (RFC 3986 `pchar` less `%`):
+/// unreserved, sub-delims, `:` and `@`. Others are percent-encoded.
+fn is_pchar(c: u8) -> bool {
+    is_unreserved(c) || b"!$&'()*+,;=:@".contains(&c)
 }
+
+fn push_escaped(out: &mut Vec<u8>, v: u8) {
+    out.extend_from_slice(&[b'%', HEX[usize::from(v >> 4)], HEX[usize::from(v & 15)]]);
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 fn hex(c: u8) -> Option<u8> {
     match c {
@@ -190,7 +197,7 @@ mod tests {
             "/a/..b",
             "/a/b..",
             "/a;b=c/d",
-            "/caf\u{e9}",
+            "/a:b@c!$&'()*+,=",
         ] {
             assert!(!has_dot_segment(p), "{p}");
             let n = normalize(p).unwrap_or_else(|e| panic!("{p}: {e}"));
@@ -213,6 +220,9 @@ mod tests {
             ("/%c3%a9", "/%C3%A9"),
             ("/%25", "/%25"),
             ("/%2561dmin", "/%2561dmin"),
+            ("/a<\">", "/a%3C%22%3E"),
+            ("/{x}|^`[]", "/%7Bx%7D%7C%5E%60%5B%5D"),
+            ("/caf\u{e9}", "/caf%C3%A9"),
         ] {
             assert_eq!(normalize(raw).as_deref(), Ok(want), "{raw}");
         }
@@ -240,6 +250,7 @@ mod tests {
             ("/a\u{0}b", PathError::BadByte),
             ("/a#b", PathError::BadByte),
             ("/a\u{7f}", PathError::BadByte),
+            ("/admin\\x", PathError::BadByte),
             ("/%2e%2e/admin", PathError::DotSegment),
             ("//..//admin", PathError::DotSegment),
             ("/%2E", PathError::DotSegment),

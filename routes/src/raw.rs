@@ -41,6 +41,9 @@ pub struct RawServer {
     pub state_dir: Option<String>,
     /// Bearer token for the admin API.
     pub admin_token: Option<String>,
+    /// Extra `Host` names (`name` or `name:port`) the admin API answers to.
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
     /// Worker threads (default: number of CPUs).
     pub threads: Option<usize>,
     /// How long SIGTERM waits for in-flight requests.
@@ -154,7 +157,7 @@ pub struct RawStatic {
     pub immutable_hashed: bool,
     /// Index file for directories (`true` means `index.html`).
     pub index: Option<RawIndex>,
-    /// Follow symlinks that stay inside the root.
+    /// Follow symlinks that stay inside the root (default: no).
     pub follow_symlinks: Option<bool>,
     /// Cache max-age for names without a hash.
     pub max_age: Option<String>,

@@ -102,9 +102,17 @@ pub fn check<'a>(head: &Head<'a>) -> Result<Checked<'a>, Refusal> {
     if head.method.eq_ignore_ascii_case("CONNECT") {
         return Err(refuse(405, "CONNECT is not supported\n"));
     }
-    let target = std::str::from_utf8(head.target)
+    // A fragment is not part of the request-target (RFC 9112 §3.2): dropped,
+    // as nginx and Pingora do.
+    let target = head.target.split(|b| *b == b'#').next().unwrap_or_default();
+    let target = std::str::from_utf8(target)
         .map_err(|_| refuse(400, "the request-target must be ASCII\n"))?;
-    if !target.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+    // Printable ASCII only, less the characters browsers always encode and
+    // Pingora's URI parser refuses in some places: one rule everywhere.
+    if !target
+        .bytes()
+        .all(|b| (0x21..0x7f).contains(&b) && !matches!(b, b'"' | b'<' | b'>' | b'`' | b'\\'))
+    {
         return Err(refuse(
             400,
             "the request-target holds a character that must be percent-encoded\n",
@@ -173,6 +181,31 @@ fn finish<'a>(
     })
 }
 
+/// The request-target of a raw HTTP/1 head, exactly as sent: the request
+/// line (after any empty lines) must be `method SP target SP HTTP/1.x`
+/// ending in CRLF or LF, with single spaces and no control bytes. `None`
+/// otherwise: a lenient parser would have read such a line some other way
+/// (a space in the target, say), so the request is refused as nginx does.
+pub fn raw_target(head: &[u8]) -> Option<&[u8]> {
+    let start = head.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let rest = &head[start..];
+    let end = memchr_nl(rest)?;
+    let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let token = |t: &[u8]| !t.is_empty() && t.iter().all(|b| b.is_ascii_graphic());
+    (token(method) && token(target) && matches!(version, b"HTTP/1.1" | b"HTTP/1.0"))
+        .then_some(target)
+}
+
+fn memchr_nl(b: &[u8]) -> Option<usize> {
+    b.iter().position(|c| *c == b'\n')
+}
+
 /// `http://authority/rest` or `https://…` (scheme in any case): the
 /// authority and the rest (from its `/` or `?`, possibly empty).
 fn split_absolute(target: &str) -> Option<(&str, &str)> {
@@ -239,6 +272,8 @@ mod tests {
         assert_eq!(c.target(), "/admin/x?a=%61");
         let c = check(&h1("/plain?q", Some("a"))).unwrap();
         assert!(!c.rewritten());
+        let c = check(&h1("/a#/../b", Some("a"))).unwrap();
+        assert_eq!((&*c.path, c.query), ("/a", None));
     }
 
     #[test]
@@ -270,9 +305,12 @@ mod tests {
             "ftp://x/",
             "/a b",
             "/a\x01",
-            "/a#frag",
             "/caf\u{e9}",
             "/%zz",
+            "/a<b",
+            "/a?q=\"x\"",
+            "/a?q=`x`",
+            "/a?q=\\",
         ] {
             assert_eq!(check(&h1(t, Some("a"))).unwrap_err().status, 400, "{t:?}");
         }
@@ -324,6 +362,30 @@ mod tests {
         // :path is never absolute-form.
         h.target = b"http://x/";
         assert_eq!(check(&h).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn raw_request_lines() {
+        assert_eq!(
+            raw_target(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Some(&b"/a"[..])
+        );
+        assert_eq!(
+            raw_target(b"\r\n\r\nGET /a?b HTTP/1.0\n\n"),
+            Some(&b"/a?b"[..])
+        );
+        for bad in [
+            &b"GET /a b HTTP/1.1\r\n"[..],
+            b"GET  /a HTTP/1.1\r\n",
+            b"GET /a\tHTTP/1.1\r\n",
+            b"GET /a\x01 HTTP/1.1\r\n",
+            b"GET /caf\xc3\xa9 HTTP/1.1\r\n",
+            b"GET /a HTTP/2.0\r\n",
+            b"GET /a\r\n",
+            b"GET /a HTTP/1.1",
+        ] {
+            assert_eq!(raw_target(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -162,13 +162,36 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
         None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
         Some(_) => c.addr(at.key("admin"), &s.admin),
     };
-    let admin_token = s.admin_token.clone().filter(|t| !t.is_empty());
-    if let Some(t) = &admin_token {
-        if t.len() < 16 {
-            c.err(
-                at.key("admin_token"),
-                "admin token must be at least 16 characters",
-            );
+    // An empty or blank token is a mistake (an empty variable, a stray
+    // newline), never a way to turn auth off: leave the key out for that.
+    let admin_token = s.admin_token.as_deref().map(str::trim);
+    match admin_token {
+        Some("") => c.err(
+            at.key("admin_token"),
+            "admin token is empty or only whitespace: set a token of at least 16 characters \
+             (e.g. openssl rand -hex 32), or remove admin_token",
+        ),
+        Some(t) if t.chars().count() < 16 => c.err(
+            at.key("admin_token"),
+            "admin token must be at least 16 characters",
+        ),
+        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => c.err(
+            at.key("admin_token"),
+            "admin token must be printable ASCII (it is sent in an HTTP header)",
+        ),
+        _ => {}
+    }
+    let admin_token = admin_token.filter(|t| !t.is_empty()).map(str::to_string);
+    let mut admin_hosts = Vec::new();
+    for (i, h) in s.admin_hosts.iter().enumerate() {
+        match split_authority(h) {
+            Some((name, port)) if !h.contains('/') => admin_hosts.push(AdminHost { name, port }),
+            _ => c.err(
+                at.key("admin_hosts").index(i),
+                format!(
+                    "{h:?} is not a host name like \"admin.internal\" or \"admin.internal:9090\""
+                ),
+            ),
         }
     }
     if let Some(a) = admin {
@@ -188,6 +211,7 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
         admin,
         state_dir: c.path(s.state_dir.as_deref().unwrap_or("/var/lib/duotone")),
         admin_token,
+        admin_hosts,
         threads: s.threads,
         grace_period: c.duration(
             at.key("grace_period"),
@@ -484,7 +508,9 @@ fn check_static(c: &mut Checker, at: KeyPath, s: &RawStatic) -> StaticSpec {
         precompressed: s.precompressed,
         immutable_hashed: s.immutable_hashed,
         index,
-        follow_symlinks: s.follow_symlinks.unwrap_or(true),
+        // Off unless asked for, as documented: a symlink inside the root can
+        // still be planted by whoever writes there (uploads, deploys).
+        follow_symlinks: s.follow_symlinks.unwrap_or(false),
         max_age: c.duration(at.key("max_age"), &s.max_age, Duration::from_secs(60)),
         immutable_max_age: c.duration(
             at.key("immutable_max_age"),

@@ -163,3 +163,77 @@ fn limits_out_of_range_are_named() {
     let c = load("d.toml", &ok, env).unwrap();
     assert_eq!((c.limits.max_headers, c.limits.max_open_files), (256, 64));
 }
+
+#[test]
+fn blank_admin_tokens_are_refused_with_their_line() {
+    for (token, why) in [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("                    ", "empty"),
+        ("\\t \\n", "empty"),
+        ("  short  ", "at least 16"),
+    ] {
+        let text = format!("[server]\nhttp = \":80\"\nadmin_token = \"{token}\"\n");
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{token:?}: {e:?}");
+        assert!(
+            e[0].starts_with("d.toml:3: server.admin_token: ") && e[0].contains(why),
+            "{token:?}: {e:?}"
+        );
+    }
+    // An empty variable is the usual way to end up there.
+    let text = "[server]\nhttp = \":80\"\nadmin_token = \"${EMPTY:-}\"\n";
+    let e = errors(text);
+    assert!(e[0].starts_with("d.toml:3: server.admin_token: "), "{e:?}");
+    // Surrounding whitespace is not part of the token.
+    let text = "[server]\nhttp = \":80\"\nadmin_token = \" 0123456789abcdef \"\n";
+    let c = load("d.toml", text, env).unwrap();
+    assert_eq!(c.server.admin_token.as_deref(), Some("0123456789abcdef"));
+}
+
+#[test]
+fn admin_hosts_are_parsed_and_checked() {
+    let text = GOOD.replace(
+        "state_dir = \"state\"",
+        "state_dir = \"state\"\nadmin_hosts = [\"Admin.Internal\", \"edge:9091\", \"[fd00::1]:9090\"]",
+    );
+    let c = load("d.toml", &text, env).unwrap();
+    let hosts: Vec<(String, Option<u16>)> = c
+        .server
+        .admin_hosts
+        .iter()
+        .map(|h| (h.name.clone(), h.port))
+        .collect();
+    assert_eq!(
+        hosts,
+        vec![
+            ("admin.internal".to_string(), None),
+            ("edge".to_string(), Some(9091)),
+            ("[fd00::1]".to_string(), Some(9090)),
+        ]
+    );
+    let bad =
+        "[server]\nhttp = \":80\"\nadmin_hosts = [\"ok\", \"http://x\", \"a:b\", \"\", \"::1\"]\n";
+    let e = errors(bad);
+    assert_eq!(e.len(), 4, "{e:?}");
+    for (i, l) in e.iter().enumerate() {
+        assert!(
+            l.starts_with(&format!("d.toml:3: server.admin_hosts[{}]", i + 1)),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn static_routes_do_not_follow_symlinks_by_default() {
+    let c = load("d.toml", GOOD, env).unwrap();
+    let statics: Vec<bool> = c.sites[0]
+        .routes
+        .iter()
+        .filter_map(|r| match &r.action {
+            routes::config::ActionSpec::Static(s) => Some(s.follow_symlinks),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statics, vec![false]);
+}

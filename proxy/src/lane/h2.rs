@@ -129,18 +129,19 @@ fn plan(
 ) -> Option<(Plan, usize)> {
     let method = req.method.as_str();
     let target = req.uri.path_and_query()?.as_str();
-    if req.method == http::Method::CONNECT
-        || !target.starts_with('/')
-        || !target
-            .bytes()
-            .all(|b| (0x21..0x7f).contains(&b) && b != b'#')
-    {
-        return None;
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    if routes::path::has_dot_segment(path)
-        || (conn.acme && !conn.tls && path.starts_with("/.well-known/acme-challenge/"))
-    {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next().map(|h| h.as_bytes());
+    let head = routes::request::Head {
+        proto: routes::request::Proto::Http2,
+        method,
+        target: target.as_bytes(),
+        host,
+        host_fields: usize::from(host.is_some()) + hosts.count(),
+        authority: req.uri.authority().map(|a| a.as_str()),
+    };
+    let checked = routes::request::check(&head).ok()?;
+    let path = &*checked.path;
+    if conn.acme && !conn.tls && path.starts_with("/.well-known/acme-challenge/") {
         return None;
     }
     let limits = &snap.table.config.limits;
@@ -154,7 +155,7 @@ fn plan(
     {
         return None;
     }
-    let host = crate::edge::request_host(req);
+    let host = checked.host;
     if host.is_empty() {
         return None;
     }
@@ -166,14 +167,18 @@ fn plan(
     let client_id = req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes());
     let id = request::request_id(client_id, ids);
 
-    request::request_line(out, method, target, route);
+    request::request_line(out, method, &checked, route);
     request::header(out, b"host", host.as_bytes());
     let mut cookies = 0;
     for (name, value) in req.headers.iter() {
         let n = name.as_str();
         if n == "cookie" {
             cookies += 1;
-        } else if n != "host" && n != "te" && !request::replaced(Field::of(n)) {
+        } else if n != "host"
+            && n != "te"
+            && !request::replaced(Field::of(n))
+            && routes::request::forwards_field(n.as_bytes())
+        {
             request::header(out, n.as_bytes(), value.as_bytes());
         }
     }

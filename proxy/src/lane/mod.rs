@@ -23,6 +23,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::conn::HeadDeadline;
 use crate::control::{Control, Snapshot};
 use crate::forwarded::RequestIds;
+use crate::head_scan::HeadScan;
 use pingora::protocols::{GetSocketDigest, Ssl, ALPN};
 use pingora::server::ShutdownWatch;
 use request::{LogFields, Parsed, Plan, Work};
@@ -92,17 +93,30 @@ impl Lane {
         let mut snap = self.control.load();
         loop {
             let mut log;
+            // Each byte of a head is scanned once, however it trickles in;
+            // it is parsed once, when complete.
+            let mut scan = HeadScan::default();
+            let mut scanned = 0;
             let plan = loop {
-                if !buf.is_empty() {
-                    // The routing table as of this request's arrival.
-                    snap = self.control.load();
-                    let config = &snap.table.config;
-                    let head_limit = config.limits.max_header_bytes.saturating_add(4096);
-                    log = (config.access_log != LogFormat::Off).then(LogFields::default);
-                    match request::plan(&buf, &snap, &conn, &self.ids, &mut out, log.as_mut()) {
-                        Parsed::Partial if buf.len() < head_limit => {}
-                        Parsed::Lane(p) => break p,
-                        Parsed::Partial | Parsed::Handoff => return End::Handoff(buf),
+                if buf.len() > scanned {
+                    let complete = scan.feed(&buf[scanned..]).is_some();
+                    scanned = buf.len();
+                    if complete {
+                        // The routing table as of this request's arrival.
+                        snap = self.control.load();
+                        let config = &snap.table.config;
+                        log = (config.access_log != LogFormat::Off).then(LogFields::default);
+                        match request::plan(&buf, &snap, &conn, &self.ids, &mut out, log.as_mut()) {
+                            Parsed::Lane(p) => {
+                                io.head_parsed();
+                                break p;
+                            }
+                            Parsed::Partial | Parsed::Handoff => return End::Handoff(buf),
+                        }
+                    }
+                    let head_limit = snap.table.config.limits.max_header_bytes;
+                    if buf.len() > head_limit.saturating_add(4096) {
+                        return End::Handoff(buf);
                     }
                 }
                 let limits = snap.table.config.limits;
@@ -132,6 +146,21 @@ impl Lane {
                     .await
                 {
                     Ok(Ok(n)) if n > 0 => {}
+                    Err(()) => {
+                        // The client stalled its body: its timeout (408, as
+                        // on Pingora's path); no upstream was involved.
+                        relay::fail(io, plan.head_method, 408, limits.body_timeout).await;
+                        let outcome = Outcome {
+                            status: 408,
+                            bytes: 0,
+                            pool: usize::MAX,
+                            member: None,
+                            ok: false,
+                            keep_client: false,
+                        };
+                        self.finish(&snap, &plan, &outcome, start, log, &ip, "HTTP/1.1");
+                        return End::Closed;
+                    }
                     _ => return End::Closed,
                 }
             }

@@ -1,8 +1,9 @@
 //! One proxied exchange: choose the pool and member, get a connection
 //! (pooled or new, retrying other members on connect failure and a fresh
-//! connection when a reused one turns out closed), send the request, relay
-//! the response head and body to the client: an HTTP/1.1 connection or an
-//! HTTP/2 stream, through [`Client`].
+//! connection when a reused one turns out closed, if the request may be
+//! replayed: [`crate::replay`]), send the request, relay the response head
+//! and body to the client: an HTTP/1.1 connection or an HTTP/2 stream,
+//! through [`Client`].
 
 use super::request::Plan;
 use super::response::{self, Chunks, Extra, Framing, HeadOut};
@@ -24,8 +25,12 @@ const CHUNK: usize = 64 * 1024;
 /// How one attempt on one connection ended.
 enum Attempt {
     /// The connection failed before any response byte: a reused one may
-    /// have been closed by the upstream meanwhile, so try a fresh one.
-    Broken,
+    /// have been closed by the upstream meanwhile, so try a fresh one if
+    /// the request never left (`sent` false) or may be replayed.
+    Broken {
+        /// Some of the request may have reached the upstream.
+        sent: bool,
+    },
     /// Failed before anything reached the client: answer with this status.
     Failed(u16),
     /// The response (or part of it) reached the client.
@@ -225,8 +230,15 @@ pub async fn exchange<C: Client>(
             )
             .await;
             match attempt {
-                Attempt::Broken if reused => continue,
-                Attempt::Broken => break 'members 502,
+                // Never twice to the application unless the method allows
+                // it (RFC 9110 §9.2.2); Pingora's path applies the same rule.
+                Attempt::Broken { sent }
+                    if reused
+                        && (!sent || crate::replay::may_replay(crate::replay::method_of(req))) =>
+                {
+                    continue
+                }
+                Attempt::Broken { .. } => break 'members 502,
                 Attempt::Failed(code) => break 'members code,
                 Attempt::Relayed {
                     status,
@@ -274,10 +286,15 @@ async fn relay<C: Client>(
     read_timeout: std::time::Duration,
     write_timeout: std::time::Duration,
 ) -> Attempt {
-    match within(write_timeout, up.write_all(req)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => return Attempt::Broken,
-        Err(()) => return Attempt::Failed(504),
+    // `write_all`, counting what left: a request not one byte of which
+    // was written may be sent again whatever its method.
+    let mut written = 0;
+    while written < req.len() {
+        match within(write_timeout, up.write(&req[written..])).await {
+            Ok(Ok(n)) if n > 0 => written += n,
+            Ok(_) => return Attempt::Broken { sent: written > 0 },
+            Err(()) => return Attempt::Failed(504),
+        }
     }
     rbuf.clear();
     let parsed = 'head: loop {
@@ -288,7 +305,7 @@ async fn relay<C: Client>(
         {
             Err(()) => return Attempt::Failed(504),
             Ok(Ok(n)) if n > 0 => {}
-            _ if rbuf.is_empty() => return Attempt::Broken,
+            _ if rbuf.is_empty() => return Attempt::Broken { sent: true },
             _ => return Attempt::Failed(502),
         }
         loop {
@@ -404,9 +421,13 @@ async fn relay<C: Client>(
     relayed(bytes, true, reusable)
 }
 
-/// The reason phrase and body text of a 502 or 504 answer.
+/// The reason phrase and body text of a 502, 504 or 408 answer.
 pub fn failure(status: u16) -> (&'static str, &'static str) {
     match status {
+        408 => (
+            "Request Timeout",
+            "request timeout: the request body did not arrive in time\n",
+        ),
         504 => (
             "Gateway Timeout",
             "gateway timeout: the upstream did not answer in time\n",
@@ -417,7 +438,12 @@ pub fn failure(status: u16) -> (&'static str, &'static str) {
 
 /// Answers the client with a short error (the connection then closes, as
 /// on Pingora's path); returns the status.
-async fn fail(io: &mut HeadDeadline, head_method: bool, status: u16, timeout: std::time::Duration) {
+pub(super) async fn fail(
+    io: &mut HeadDeadline,
+    head_method: bool,
+    status: u16,
+    timeout: std::time::Duration,
+) {
     let (reason, body) = failure(status);
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());

@@ -146,20 +146,6 @@ pub fn plan(
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Handoff;
     };
-    if method == "CONNECT"
-        || !target.starts_with('/')
-        || !target
-            .bytes()
-            .all(|b| (0x21..0x7f).contains(&b) && b != b'#')
-    {
-        return Parsed::Handoff;
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    if routes::path::has_dot_segment(path)
-        || (conn.acme && !conn.tls && path.starts_with("/.well-known/acme-challenge/"))
-    {
-        return Parsed::Handoff;
-    }
     let limits = &snap.table.config.limits;
     let mut host = None;
     let mut length = None;
@@ -202,9 +188,26 @@ pub fn plan(
     if req.headers.len() > limits.max_headers || header_bytes > limits.max_header_bytes {
         return Parsed::Handoff;
     }
-    let Some(host) = host else {
+    // The request rules every transport shares; what they refuse, Pingora's
+    // path answers (with the same check).
+    let head = routes::request::Head {
+        proto: routes::request::Proto::Http11,
+        method,
+        target: target.as_bytes(),
+        host: host.map(str::as_bytes),
+        host_fields: usize::from(host.is_some()),
+        authority: None,
+    };
+    let Ok(checked) = routes::request::check(&head) else {
         return Parsed::Handoff;
     };
+    let path = &*checked.path;
+    if checked.absolute
+        || (conn.acme && !conn.tls && path.starts_with("/.well-known/acme-challenge/"))
+    {
+        return Parsed::Handoff;
+    }
+    let host = checked.host;
     let body_len = length.unwrap_or(0);
     let Some((site_idx, route_idx)) = route(snap, conn, host, path, body_len) else {
         return Parsed::Handoff;
@@ -252,9 +255,9 @@ pub fn plan(
         _ => return Parsed::Handoff,
     };
 
-    request_line(out, method, target, route);
+    request_line(out, method, &checked, route);
     for (h, field) in req.headers.iter().zip(fields) {
-        if !replaced(field) {
+        if !replaced(field) && routes::request::forwards_field(h.name.as_bytes()) {
             header(out, h.name.as_bytes(), h.value);
         }
     }
@@ -285,11 +288,8 @@ pub fn route(
     path: &str,
     body_len: u64,
 ) -> Option<(usize, usize)> {
-    let (site_idx, site) = snap.table.site(host)?;
-    let route_idx = site
-        .routes
-        .iter()
-        .position(|r| path.starts_with(r.prefix.as_str()))?;
+    let (site_idx, route_idx) = snap.table.locate(host, path)?;
+    let site = &snap.table.sites[site_idx];
     let route = &site.routes[route_idx];
     let slot = snap.slots.get(route.slot);
     if route.compress
@@ -303,20 +303,31 @@ pub fn route(
     Some((site_idx, route_idx))
 }
 
-/// Starts the upstream head in `out` (cleared first): the request line,
-/// with the route's prefix stripped when it says so.
-pub fn request_line(out: &mut Vec<u8>, method: &str, target: &str, route: &routes::Route) {
+/// Starts the upstream head in `out` (cleared first): the request line
+/// with the canonical path (what the route matched), the route's prefix
+/// stripped when it says so, and the query as received.
+pub fn request_line(
+    out: &mut Vec<u8>,
+    method: &str,
+    checked: &routes::request::Checked<'_>,
+    route: &routes::Route,
+) {
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
+    let path = &*checked.path;
     if route.strip_prefix {
-        let rest = target.get(route.prefix.len()..).unwrap_or("");
+        let rest = path.get(route.prefix.len()..).unwrap_or("");
         if !rest.starts_with('/') {
             out.push(b'/');
         }
         out.extend_from_slice(rest.as_bytes());
     } else {
-        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(path.as_bytes());
+    }
+    if let Some(q) = checked.query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }

@@ -133,7 +133,8 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
     let mut length = None;
     let mut chunked = false;
     let mut reusable = version == 1;
-    let mut has_date = false;
+    // The Connection field names others, to be removed (RFC 9110 §7.6.1).
+    let mut nominates = false;
     let mut fields = [Field::Other; MAX_HEADERS];
     for (h, field) in resp.headers.iter().zip(fields.iter_mut()) {
         *field = Field::of(h.name);
@@ -149,12 +150,11 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
                 }
                 chunked = true;
             }
-            Field::Connection => match super::field::connection_close(h.value) {
-                Some(close) => reusable &= !close,
-                // Headers named here would have to go: rare, not worth it.
-                None => return Parsed::Invalid,
-            },
-            Field::Date => has_date = true,
+            Field::Connection => {
+                let o = crate::hop::options(h.value);
+                reusable &= !o.close;
+                nominates |= o.nominates;
+            }
             _ => {}
         }
     }
@@ -174,18 +174,23 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
     }
 
     out.start(status, resp.reason);
-    for (h, field) in resp.headers.iter().zip(fields) {
+    let mut has_date = false;
+    for (h, field) in resp.headers.iter().zip(fields.iter()) {
         let dropped = match field {
+            // Hop-by-hop (crate::hop; 101 never gets here), and ours.
             Field::Connection
             | Field::KeepAlive
             | Field::ProxyConnection
             | Field::Upgrade
+            | Field::Te
+            | Field::Trailer
             | Field::XRequestId => true,
             Field::ContentLength => chunked,
             Field::StrictTransportSecurity => extra.hsts.is_some(),
-            _ => false,
+            _ => nominates && nominated(resp.headers, &fields, h.name),
         };
         if !dropped {
+            has_date |= *field == Field::Date;
             out.header(h.name, h.value);
         }
     }
@@ -203,6 +208,15 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
         framing,
         reusable,
     })
+}
+
+/// True when a Connection field among `headers` (classified in `fields`)
+/// nominates `name`.
+fn nominated(headers: &[httparse::Header<'_>], fields: &[Field], name: &str) -> bool {
+    headers
+        .iter()
+        .zip(fields)
+        .any(|(h, f)| *f == Field::Connection && crate::hop::nominated(h.value, name.as_bytes()))
 }
 
 /// Appends a `date:` header.
@@ -376,6 +390,41 @@ mod tests {
         ] {
             assert_eq!(Chunks::default().feed(bad), Err(BadChunk), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_nominates_are_removed() {
+        let extra = Extra {
+            head_method: false,
+            hsts: None,
+            request_id: b"id",
+            close: false,
+        };
+        let mut out = Vec::new();
+        let up = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-A\r\nConnection: x-b, Content-Length\r\nX-A: 1\r\nx-B: 2\r\nX-C: 3\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nTE: trailers\r\nTrailer: X-T\r\nDate: d\r\n\r\nok";
+        let Parsed::Done(h) = parse(up, &extra, &mut out) else {
+            panic!("not parsed")
+        };
+        assert!(h.reusable);
+        assert_eq!(h.framing, Framing::Length(2));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nX-C: 3\r\nContent-Length: 2\r\nDate: d\r\nx-request-id: id\r\n\r\n"
+        );
+        // Close with a nomination: relayed, the connection not kept; a
+        // nominated Date is replaced by ours.
+        let mut out = Vec::new();
+        let up = b"HTTP/1.1 200 OK\r\nConnection: close, date\r\nDate: theirs\r\nContent-Length: 0\r\n\r\n";
+        let Parsed::Done(h) = parse(up, &extra, &mut out) else {
+            panic!("not parsed")
+        };
+        assert!(!h.reusable);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("theirs") && text.contains("date: "),
+            "{text}"
+        );
+        assert!(!text.to_ascii_lowercase().contains("connection"), "{text}");
     }
 
     #[test]
