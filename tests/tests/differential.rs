@@ -242,8 +242,9 @@ struct Seen {
 }
 
 /// Sends `bytes` on a new connection and reads what comes back: until the
-/// connection closes, or until a final response is complete and nothing
-/// more arrives for a moment (a smuggled second response would).
+/// connection closes; or, once as many final responses are complete as
+/// the case has request lines, until nothing more arrives for a moment (a
+/// smuggled extra response would); with fewer, until a longer pause.
 async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let Ok(Ok(mut s)) =
@@ -254,15 +255,20 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     if s.write_all(bytes).await.is_err() {
         return out;
     }
+    let expected = request_lines(bytes);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
     let mut chunk = [0u8; 16384];
     loop {
-        let (_, complete) = responses(&out, bytes.starts_with(b"HEAD "));
-        let wait = if complete {
-            Duration::from_millis(300)
+        let (_, finals) = responses(&out, bytes.starts_with(b"HEAD "));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let wait = if finals >= expected {
+            Duration::from_millis(200)
+        } else if finals > 0 {
+            Duration::from_secs(2)
         } else {
-            deadline.saturating_duration_since(tokio::time::Instant::now())
-        };
+            left
+        }
+        .min(left);
         match tokio::time::timeout(wait, s.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => out.extend_from_slice(&chunk[..n]),
             _ => return out,
@@ -270,29 +276,39 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The statuses of the responses in `buf`, and whether the last one read
-/// is a complete final response (`head_request`: responses to HEAD, no
-/// bodies).
-fn responses(buf: &[u8], head_request: bool) -> (Vec<u16>, bool) {
+/// How many lines of `bytes` look like an HTTP/1 request line.
+fn request_lines(bytes: &[u8]) -> usize {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| {
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            l.ends_with(b" HTTP/1.1") || l.ends_with(b" HTTP/1.0")
+        })
+        .count()
+        .max(1)
+}
+
+/// The statuses of the responses in `buf`, and how many final responses
+/// are complete (`head_request`: responses to HEAD, no bodies).
+fn responses(buf: &[u8], head_request: bool) -> (Vec<u16>, usize) {
     let mut statuses = Vec::new();
     let mut at = 0;
-    let mut complete = false;
+    let mut finals = 0;
     while at < buf.len() {
         let Some(end) = find(&buf[at..], b"\r\n\r\n").map(|e| at + e + 4) else {
-            return (statuses, false);
+            return (statuses, finals);
         };
         let head = String::from_utf8_lossy(&buf[at..end]).into_owned();
         let Some(status) = head.get(9..12).and_then(|s| s.parse::<u16>().ok()) else {
-            return (statuses, false);
+            return (statuses, finals);
         };
         statuses.push(status);
         at = end;
         if status < 200 {
-            complete = false;
             continue;
         }
         if head_request {
-            complete = true;
+            finals += 1;
             continue;
         }
         let field = |name: &str| {
@@ -305,38 +321,38 @@ fn responses(buf: &[u8], head_request: bool) -> (Vec<u16>, bool) {
             // Skip chunks up to the terminating empty line.
             loop {
                 let Some(i) = find(&buf[at..], b"\r\n") else {
-                    return (statuses, false);
+                    return (statuses, finals);
                 };
                 let size = String::from_utf8_lossy(&buf[at..at + i]).into_owned();
                 let Ok(size) = usize::from_str_radix(size.split(';').next().unwrap_or(""), 16)
                 else {
-                    return (statuses, false);
+                    return (statuses, finals);
                 };
                 at += i + 2;
                 if size == 0 {
                     let Some(t) = find(&buf[at - 2..], b"\r\n\r\n") else {
-                        return (statuses, false);
+                        return (statuses, finals);
                     };
                     at = at - 2 + t + 4;
                     break;
                 }
                 at += size + 2;
                 if at > buf.len() {
-                    return (statuses, false);
+                    return (statuses, finals);
                 }
             }
         } else if let Some(n) = field("content-length").and_then(|v| v.parse::<usize>().ok()) {
             if at + n > buf.len() {
-                return (statuses, false);
+                return (statuses, finals);
             }
             at += n;
         } else {
             // Delimited by close: complete only at the end.
-            return (statuses, false);
+            return (statuses, finals);
         }
-        complete = true;
+        finals += 1;
     }
-    (statuses, complete)
+    (statuses, finals)
 }
 
 /// A request as the upstream received it: the request line, the header
