@@ -140,6 +140,7 @@ fn lane(c: &mut Criterion) {
         hsts: None,
         request_id: b"0123456789abcdef",
         close: false,
+        add: &routes::headers::AddHeaders::NONE,
     };
     let mut client_head = Vec::with_capacity(1024);
     c.bench_function("lane: upstream head → client head", |b| {

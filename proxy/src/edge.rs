@@ -335,7 +335,7 @@ impl ProxyHttp for Edge {
             Action::Redirect { to, status } => {
                 let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
                 let location = to.replace("$path", pq);
-                respond::redirect(session, *status, &location).await?;
+                respond::redirect_with(session, *status, &location, &route.headers).await?;
                 Ok(true)
             }
             Action::Static(_) => {
@@ -343,8 +343,14 @@ impl ProxyHttp for Edge {
                 match slot.and_then(|s| s.files.clone()) {
                     Some(files) => {
                         let hsts = site.hsts.as_deref().filter(|_| ctx.tls);
-                        ctx.static_bytes =
-                            crate::static_files::serve(session, &files, prefix_len, hsts).await?;
+                        ctx.static_bytes = crate::static_files::serve(
+                            session,
+                            &files,
+                            prefix_len,
+                            hsts,
+                            &route.headers,
+                        )
+                        .await?;
                     }
                     None => {
                         respond::text(session, 500, "static route unavailable\n", &[]).await?;
@@ -551,6 +557,9 @@ impl ProxyHttp for Edge {
         }
         if let Some(id) = &ctx.request_id {
             resp.insert_header("x-request-id", id.clone())?;
+        }
+        if let Some(route) = ctx.route().filter(|r| !r.headers.is_empty()) {
+            respond::add_headers(resp, &route.headers)?;
         }
         Ok(())
     }

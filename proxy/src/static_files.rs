@@ -69,12 +69,14 @@ pub fn options(spec: &StaticSpec, open_files: OpenFiles) -> FileOptions {
 
 /// Answers the request from `files`; `prefix_len` bytes of the path are the route prefix.
 /// Returns the number of body bytes sent.
-/// `hsts` is added on HTTPS responses of sites that enable it.
+/// `hsts` is added on HTTPS responses of sites that enable it, `add` (the
+/// route's `headers`) on 2xx/3xx ones.
 pub async fn serve(
     session: &mut Session,
     files: &FileServer,
     prefix_len: usize,
     hsts: Option<&str>,
+    add: &routes::headers::AddHeaders,
 ) -> Result<u64> {
     let req = session.req_header();
     let path = req.uri.path();
@@ -87,6 +89,7 @@ pub async fn serve(
     if let Some(h) = hsts {
         resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, h)?;
     }
+    crate::respond::add_headers(&mut resp, add)?;
     match reply.body {
         Body::Empty => {
             session.write_response_header(Box::new(resp), true).await?;

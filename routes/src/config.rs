@@ -141,6 +141,8 @@ pub struct SiteSpec {
     pub tls: Tls,
     /// HSTS, if enabled.
     pub hsts: Option<Hsts>,
+    /// Response header fields (lowercase name, value) for 2xx/3xx responses.
+    pub headers: Vec<(String, String)>,
     /// Routes in file order.
     pub routes: Vec<RouteSpec>,
 }
@@ -207,6 +209,9 @@ pub struct RouteSpec {
     pub allow: Vec<IpNet>,
     /// On-the-fly compression of upstream text responses.
     pub compress: bool,
+    /// Response header fields (lowercase name, value) for 2xx/3xx
+    /// responses, over the site's.
+    pub headers: Vec<(String, String)>,
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`).

@@ -9,6 +9,7 @@ pub mod config;
 pub mod diag;
 pub mod duration;
 pub mod env;
+pub mod headers;
 pub mod host;
 pub mod load;
 pub mod path;

@@ -109,6 +109,8 @@ pub struct RawSite {
     pub tls: Option<RawTls>,
     /// HSTS header on HTTPS responses.
     pub hsts: Option<RawHsts>,
+    /// Response header fields added to this site's 2xx/3xx responses.
+    pub headers: Option<BTreeMap<String, String>>,
     /// Routes, longest path prefix wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -141,6 +143,9 @@ pub struct RawRoute {
     pub allow: Option<Vec<String>>,
     /// Compress text responses from upstreams when clients accept it.
     pub compress: Option<bool>,
+    /// Response header fields added to this route's 2xx/3xx responses
+    /// (over the site's for the same name).
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// `static = { … }`.

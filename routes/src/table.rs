@@ -70,6 +70,8 @@ pub struct Route {
     pub allow: Vec<IpNet>,
     /// Compress text responses.
     pub compress: bool,
+    /// Response fields added to 2xx/3xx answers (the site's and the route's).
+    pub headers: crate::headers::AddHeaders,
 }
 
 /// A compiled site.
@@ -151,7 +153,7 @@ impl RouteTable {
                 .iter()
                 .map(|r| {
                     slot += 1;
-                    compile_route(r, slot - 1, &config, config.limits.max_body)
+                    compile_route(r, slot - 1, &config, &s.headers)
                 })
                 .collect();
             routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -244,7 +246,13 @@ impl RouteTable {
     }
 }
 
-fn compile_route(r: &RouteSpec, slot: usize, config: &Config, max_body: u64) -> Route {
+fn compile_route(
+    r: &RouteSpec,
+    slot: usize,
+    config: &Config,
+    site_headers: &[(String, String)],
+) -> Route {
+    let max_body = config.limits.max_body;
     let action = match &r.action {
         ActionSpec::Proxy(name) => Action::Proxy(config.service_index(name).unwrap_or(usize::MAX)),
         ActionSpec::Static(s) => Action::Static(Arc::new(s.clone())),
@@ -263,6 +271,7 @@ fn compile_route(r: &RouteSpec, slot: usize, config: &Config, max_body: u64) -> 
         basic_auth: r.basic_auth.clone(),
         allow: r.allow.clone(),
         compress: r.compress,
+        headers: crate::headers::AddHeaders::merge(site_headers, &r.headers),
     }
 }
 

@@ -336,11 +336,13 @@ fn check_sites(c: &mut Checker, sites: &[RawSite], services: &HashSet<&str>) -> 
             }
         }
         let hsts = check_hsts(c, at.key("hsts"), s.hsts.as_ref());
+        let headers = check_headers(c, at.key("headers"), s.headers.as_ref());
         let routes = check_routes(c, &at, &s.routes, services);
         out.push(SiteSpec {
             hosts,
             tls,
             hsts,
+            headers,
             routes,
         });
     }
@@ -477,7 +479,32 @@ fn check_routes(
             basic_auth,
             allow,
             compress: r.compress.unwrap_or(false),
+            headers: check_headers(c, at.key("headers"), r.headers.as_ref()),
         });
+    }
+    out
+}
+
+/// `headers = { "Name" = "value" }`: valid names and values, no hop-by-hop
+/// or framing fields, one value per name in any case.
+fn check_headers(
+    c: &mut Checker,
+    at: KeyPath,
+    h: Option<&BTreeMap<String, String>>,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, value) in h.into_iter().flatten() {
+        let key = at.key(name);
+        match crate::headers::check_name(name) {
+            Ok(lower) if out.iter().any(|(n, _)| *n == lower) => {
+                c.err(key, format!("{name:?} is given twice (names ignore case)"))
+            }
+            Ok(lower) => match crate::headers::check_value(value) {
+                Ok(()) => out.push((lower, value.clone())),
+                Err(e) => c.err(key, e),
+            },
+            Err(e) => c.err(key, e),
+        }
     }
     out
 }

@@ -237,3 +237,55 @@ fn static_routes_do_not_follow_symlinks_by_default() {
         .collect();
     assert_eq!(statics, vec![false]);
 }
+
+#[test]
+fn response_headers_are_checked_with_line_and_key() {
+    let text = r#"
+[server]
+http = "127.0.0.1:8080"
+
+[[sites]]
+hosts = ["a.example"]
+headers = { "X-Frame-Options" = "DENY", "X-Bad Name" = "1" }
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+  headers = { "Connection" = "close", "X-Ok" = "a\r\nX-Evil: 1" }
+
+[services.api]
+colors.blue = ["127.0.0.1:8001"]
+"#;
+    let e = errors(text);
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:7: sites[0].headers.X-Bad Name:")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(
+            |l| l.starts_with("d.toml:11: sites[0].routes[0].headers.Connection:")
+                && l.contains("hop-by-hop")
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:11: sites[0].routes[0].headers.X-Ok:")),
+        "{e:?}"
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+
+    let good = text.replace(", \"X-Bad Name\" = \"1\"", "").replace(
+        "\"Connection\" = \"close\", \"X-Ok\" = \"a\\r\\nX-Evil: 1\"",
+        "\"x-frame-options\" = \"SAMEORIGIN\"",
+    );
+    let c = load("d.toml", &good, env).unwrap();
+    assert_eq!(
+        c.sites[0].headers,
+        [("x-frame-options".to_string(), "DENY".to_string())]
+    );
+    assert_eq!(
+        c.sites[0].routes[0].headers,
+        [("x-frame-options".to_string(), "SAMEORIGIN".to_string())]
+    );
+}

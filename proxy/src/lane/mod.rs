@@ -177,7 +177,13 @@ impl Lane {
                 }
                 Work::Static(req) => {
                     let hsts = hsts(&snap, plan.site, tls);
-                    local::serve(req, hsts, plan.close, io, limits.body_timeout).await
+                    let add = snap
+                        .table
+                        .sites
+                        .get(plan.site)
+                        .and_then(|s| s.routes.get(plan.route))
+                        .map_or(&routes::headers::AddHeaders::NONE, |r| &r.headers);
+                    local::serve(req, hsts, add, plan.close, io, limits.body_timeout).await
                 }
             };
             buf.drain(..need);

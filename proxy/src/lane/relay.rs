@@ -171,11 +171,17 @@ pub async fn exchange<C: Client>(
     };
     let _in_flight = pool.stats.begin();
     let hsts = super::hsts(snap, plan.site, tls);
+    let route = snap
+        .table
+        .sites
+        .get(plan.site)
+        .and_then(|s| s.routes.get(plan.route));
     let extra = Extra {
         head_method: plan.head_method,
         hsts,
         request_id: plan.id.as_bytes(),
         close: plan.close,
+        add: route.map_or(&routes::headers::AddHeaders::NONE, |r| &r.headers),
     };
     let t = &svc.timeouts;
     let mut tried = 0u64;

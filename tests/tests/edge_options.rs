@@ -1,0 +1,176 @@
+//! What nginx, Traefik and Whitenoise users configure at the edge (issue
+//! 19), end to end on every transport: the lane's HTTP/1.1, the lane's
+//! HTTP/2 (h2c prior knowledge) and Pingora's path (`DUOTONE_LANE=off`).
+
+use e2e::client::{Http, Resp};
+use e2e::proxy::Proxy;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A raw HTTP/1.1 upstream: `/missing` is a 404, paths holding `slow`
+/// answer after 1.5 s, everything else a 200 echoing the request head,
+/// all with `X-Frame-Options: SAMEORIGIN` and `Server: app`.
+async fn upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = e2e::scripted::head_end(&buf) else {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    if path.contains("slow") {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                    }
+                    let (status, body) = match path.as_str() {
+                        "/missing" => ("404 Not Found", "nope".to_string()),
+                        _ => ("200 OK", head),
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\nX-Frame-Options: SAMEORIGIN\r\nServer: app\r\n\
+                         Content-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The same config behind two proxies: the lane on, and off. Each entry:
+/// a name, the proxy and the client to use (HTTP/1.1 or h2c).
+async fn start(cfg: &str) -> (Proxy, Proxy) {
+    let lane = Proxy::start(cfg).await;
+    let pingora = Proxy::start_with_env(cfg, &[("DUOTONE_LANE", "off")]).await;
+    (lane, pingora)
+}
+
+/// The three transports: lane h1, lane h2 (h2c), Pingora's path (h1 and h2).
+fn transports<'a>(lane: &'a Proxy, pingora: &'a Proxy) -> Vec<(&'static str, &'a Proxy, Http)> {
+    vec![
+        ("lane h1", lane, Http::new()),
+        ("lane h2", lane, Http::h2()),
+        ("pingora h1", pingora, Http::new()),
+        ("pingora h2", pingora, Http::h2()),
+    ]
+}
+
+fn all(r: &Resp, name: &str) -> Vec<String> {
+    r.headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn site_and_route_headers_on_2xx_and_3xx_answers_of_every_kind() {
+    let up = upstream().await;
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("app.css"), "body{}").unwrap();
+    let cfg = format!(
+        r#"
+[server]
+http = "{{http}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+
+[[sites]]
+hosts = ["*"]
+headers = {{ "X-Frame-Options" = "DENY", "X-Content-Type-Options" = "nosniff", "Server" = "" }}
+  [[sites.routes]]
+  path = "/"
+  service = "app"
+  [[sites.routes]]
+  path = "/embed/"
+  service = "app"
+  headers = {{ "X-Frame-Options" = "SAMEORIGIN", "Content-Security-Policy" = "frame-ancestors 'self'" }}
+  [[sites.routes]]
+  path = "/static/"
+  static = {{ root = "{www}" }}
+  headers = {{ "Access-Control-Allow-Origin" = "*" }}
+  [[sites.routes]]
+  path = "/old/"
+  redirect = {{ to = "/new/", status = 301 }}
+
+[services.app]
+colors.blue = ["{up}"]
+"#,
+        www = www.path().display()
+    );
+    let (lane, pingora) = start(&cfg).await;
+    for (name, p, client) in transports(&lane, &pingora) {
+        // Proxied 2xx: the site's fields replace the upstream's, an empty
+        // value removes one.
+        let r = client.get(&p.url("/page")).await.unwrap();
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(all(&r, "x-frame-options"), ["DENY"], "{name}");
+        assert_eq!(all(&r, "x-content-type-options"), ["nosniff"], "{name}");
+        assert!(r.headers.get("server").is_none(), "{name}: {:?}", r.headers);
+        // The client's request is not touched by them.
+        assert!(
+            !r.text().to_ascii_lowercase().contains("x-frame-options"),
+            "{name}"
+        );
+
+        // A route's value overrides the site's for the same name.
+        let r = client.get(&p.url("/embed/x")).await.unwrap();
+        assert_eq!(all(&r, "x-frame-options"), ["SAMEORIGIN"], "{name}");
+        assert_eq!(
+            r.header("content-security-policy"),
+            "frame-ancestors 'self'",
+            "{name}"
+        );
+        assert_eq!(r.header("x-content-type-options"), "nosniff", "{name}");
+
+        // Static files: 200, and a 304 revalidation.
+        let r = client.get(&p.url("/static/app.css")).await.unwrap();
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(r.header("access-control-allow-origin"), "*", "{name}");
+        assert_eq!(r.header("x-frame-options"), "DENY", "{name}");
+        let etag = r.header("etag").to_string();
+        let r = client
+            .get_with(&p.url("/static/app.css"), &[("if-none-match", &etag)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 304, "{name}");
+        assert_eq!(r.header("access-control-allow-origin"), "*", "{name}");
+
+        // A redirect route.
+        let r = client.get(&p.url("/old/x")).await.unwrap();
+        assert_eq!(r.status, 301, "{name}");
+        assert_eq!(r.header("location"), "/new/", "{name}");
+        assert_eq!(r.header("x-frame-options"), "DENY", "{name}");
+
+        // Errors are left as they are (nginx's add_header without
+        // `always`): the upstream's 404 keeps its own fields, and the
+        // edge's own 404 gets none.
+        let r = client.get(&p.url("/missing")).await.unwrap();
+        assert_eq!(r.status, 404, "{name}");
+        assert_eq!(all(&r, "x-frame-options"), ["SAMEORIGIN"], "{name}");
+        assert!(r.headers.get("x-content-type-options").is_none(), "{name}");
+        let r = client.get(&p.url("/static/nothing.css")).await.unwrap();
+        assert_eq!(r.status, 404, "{name}");
+        assert!(
+            r.headers.get("access-control-allow-origin").is_none(),
+            "{name}"
+        );
+        assert!(r.headers.get("x-frame-options").is_none(), "{name}");
+    }
+}
