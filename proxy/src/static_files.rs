@@ -59,6 +59,11 @@ pub fn options(spec: &StaticSpec, open_files: OpenFiles) -> FileOptions {
         root: spec.root.clone(),
         precompressed: spec.precompressed,
         immutable_hashed: spec.immutable_hashed,
+        // Checked by validation (same syntax and limit).
+        immutable_pattern: spec
+            .immutable_pattern
+            .as_deref()
+            .and_then(|p| files::HashPattern::new(p).ok()),
         index: spec.index.clone(),
         follow_symlinks: spec.follow_symlinks,
         max_age: spec.max_age,

@@ -179,6 +179,9 @@ pub struct StaticSpec {
     pub precompressed: bool,
     /// Immutable caching for hashed names.
     pub immutable_hashed: bool,
+    /// Regular expression for hashed file names (matched against the file
+    /// name), replacing the built-in rule; checked to compile.
+    pub immutable_pattern: Option<String>,
     /// Index file for directories.
     pub index: Option<String>,
     /// Follow symlinks whose target stays inside the root (default `false`:

@@ -160,6 +160,8 @@ pub struct RawStatic {
     /// Far-future caching for hashed names.
     #[serde(default)]
     pub immutable_hashed: bool,
+    /// A regular expression for hashed file names, instead of the built-in rule.
+    pub immutable_pattern: Option<String>,
     /// Index file for directories (`true` means `index.html`).
     pub index: Option<RawIndex>,
     /// Follow symlinks that stay inside the root (default: no).

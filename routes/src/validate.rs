@@ -530,10 +530,29 @@ fn check_static(c: &mut Checker, at: KeyPath, s: &RawStatic) -> StaticSpec {
             None
         }
     };
+    let immutable_pattern = s.immutable_pattern.as_ref().and_then(|p| {
+        // The files crate compiles it with the same limit.
+        match regex::RegexBuilder::new(p).size_limit(1 << 16).build() {
+            Ok(_) => Some(p.clone()),
+            Err(e) => {
+                let e = e.to_string();
+                let last = e.lines().filter(|l| !l.trim().is_empty()).last();
+                c.err(
+                    at.key("immutable_pattern"),
+                    format!(
+                        "{p:?} is not a valid regular expression: {}",
+                        last.unwrap_or("").trim()
+                    ),
+                );
+                None
+            }
+        }
+    });
     StaticSpec {
         root,
         precompressed: s.precompressed,
         immutable_hashed: s.immutable_hashed,
+        immutable_pattern,
         index,
         // Off unless asked for, as documented: a symlink inside the root can
         // still be planted by whoever writes there (uploads, deploys).

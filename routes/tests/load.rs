@@ -289,3 +289,33 @@ colors.blue = ["127.0.0.1:8001"]
         [("x-frame-options".to_string(), "SAMEORIGIN".to_string())]
     );
 }
+
+#[test]
+fn immutable_patterns_must_compile() {
+    let text = r#"
+[server]
+http = "127.0.0.1:8080"
+
+[[sites]]
+hosts = ["a.example"]
+  [[sites.routes]]
+  path = "/assets/"
+  static = { root = "/srv/assets", immutable_pattern = '-[A-Za-z0-9_-]{8}\.(js|css$' }
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("d.toml:9: sites[0].routes[0].static.immutable_pattern:")
+            && e[0].contains("not a valid regular expression"),
+        "{e:?}"
+    );
+    let good = text.replace("(js|css$", "(js|css)$");
+    let c = load("d.toml", &good, env).unwrap();
+    let routes::config::ActionSpec::Static(s) = &c.sites[0].routes[0].action else {
+        panic!("static route expected");
+    };
+    assert_eq!(
+        s.immutable_pattern.as_deref(),
+        Some(r"-[A-Za-z0-9_-]{8}\.(js|css)$")
+    );
+}

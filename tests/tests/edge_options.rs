@@ -174,3 +174,53 @@ colors.blue = ["{up}"]
         assert!(r.headers.get("x-frame-options").is_none(), "{name}");
     }
 }
+
+#[tokio::test]
+async fn hashed_names_of_vite_and_webpack_and_a_configured_pattern_are_immutable() {
+    let www = tempfile::tempdir().unwrap();
+    for n in [
+        "index-BdX3k9aQ.js",
+        "chunk.5f3a2b1c.js",
+        "app.3f2a9c81b7d4.css",
+        "my-document.pdf",
+        "app_v12.js",
+    ] {
+        std::fs::write(www.path().join(n), "x").unwrap();
+    }
+    let cfg = format!(
+        r#"
+[server]
+http = "{{http}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+
+[[sites]]
+hosts = ["*"]
+  [[sites.routes]]
+  path = "/static/"
+  static = {{ root = "{www}", immutable_hashed = true }}
+  [[sites.routes]]
+  path = "/custom/"
+  static = {{ root = "{www}", immutable_pattern = '_v[0-9]+\.js$' }}
+"#,
+        www = www.path().display()
+    );
+    let (lane, pingora) = start(&cfg).await;
+    let immutable = "public, max-age=31536000, immutable";
+    let short = "public, max-age=60, must-revalidate";
+    for (name, p, client) in transports(&lane, &pingora) {
+        for (path, want) in [
+            ("/static/index-BdX3k9aQ.js", immutable),
+            ("/static/chunk.5f3a2b1c.js", immutable),
+            ("/static/app.3f2a9c81b7d4.css", immutable),
+            ("/static/my-document.pdf", short),
+            ("/static/app_v12.js", short),
+            ("/custom/app_v12.js", immutable),
+            ("/custom/index-BdX3k9aQ.js", short),
+        ] {
+            let r = client.get(&p.url(path)).await.unwrap();
+            assert_eq!(r.status, 200, "{name}: {path}");
+            assert_eq!(r.header("cache-control"), want, "{name}: {path}");
+        }
+    }
+}
