@@ -440,7 +440,10 @@ impl ProxyHttp for Edge {
         // watcher then runs on the thread that reuses it, avoiding Pingora's
         // cross-thread hand-off (which drops the connection when it races).
         peer.group_key = worker_index();
-        let t = &svc.timeouts;
+        let t = match ctx.route() {
+            Some(route) => route.upstream_timeouts(svc),
+            None => &svc.timeouts,
+        };
         if replay {
             // A group of its own: Pingora's pool has no connection for it,
             // so it connects afresh (another pooled connection may be just

@@ -215,6 +215,36 @@ pub struct RouteSpec {
     /// Response header fields (lowercase name, value) for 2xx/3xx
     /// responses, over the site's.
     pub headers: Vec<(String, String)>,
+    /// Upstream timeouts that override the service's for this route.
+    pub timeouts: RouteTimeouts,
+}
+
+/// A route's own upstream timeouts; `None` keeps the service's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteTimeouts {
+    /// TCP/unix connect.
+    pub connect: Option<Duration>,
+    /// Between response bytes.
+    pub read: Option<Duration>,
+    /// Between request bytes.
+    pub write: Option<Duration>,
+}
+
+impl RouteTimeouts {
+    /// True when the route sets none.
+    pub fn is_empty(&self) -> bool {
+        *self == RouteTimeouts::default()
+    }
+
+    /// The service's timeouts with this route's on top.
+    pub fn over(&self, service: &Timeouts) -> Timeouts {
+        Timeouts {
+            connect: self.connect.unwrap_or(service.connect),
+            read: self.read.unwrap_or(service.read),
+            write: self.write.unwrap_or(service.write),
+            idle: service.idle,
+        }
+    }
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`).

@@ -146,6 +146,12 @@ pub struct RawRoute {
     /// Response header fields added to this route's 2xx/3xx responses
     /// (over the site's for the same name).
     pub headers: Option<BTreeMap<String, String>>,
+    /// Upstream connect timeout for this route (over the service's).
+    pub connect_timeout: Option<String>,
+    /// Upstream read timeout for this route (over the service's).
+    pub read_timeout: Option<String>,
+    /// Upstream write timeout for this route (over the service's).
+    pub write_timeout: Option<String>,
 }
 
 /// `static = { … }`.

@@ -72,6 +72,16 @@ pub struct Route {
     pub compress: bool,
     /// Response fields added to 2xx/3xx answers (the site's and the route's).
     pub headers: crate::headers::AddHeaders,
+    /// Upstream timeouts when the route overrides its service's.
+    pub timeouts: Option<crate::config::Timeouts>,
+}
+
+impl Route {
+    /// The upstream timeouts for a request this route proxies to `service`:
+    /// the route's own where it sets them, else the service's.
+    pub fn upstream_timeouts<'a>(&'a self, service: &'a Service) -> &'a crate::config::Timeouts {
+        self.timeouts.as_ref().unwrap_or(&service.timeouts)
+    }
 }
 
 /// A compiled site.
@@ -272,6 +282,14 @@ fn compile_route(
         allow: r.allow.clone(),
         compress: r.compress,
         headers: crate::headers::AddHeaders::merge(site_headers, &r.headers),
+        timeouts: match &r.action {
+            ActionSpec::Proxy(name) if !r.timeouts.is_empty() => config
+                .services
+                .iter()
+                .find(|s| s.name == *name)
+                .map(|s| r.timeouts.over(&s.timeouts)),
+            _ => None,
+        },
     }
 }
 

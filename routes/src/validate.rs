@@ -470,7 +470,27 @@ fn check_routes(
                 "an empty allow list would refuse everyone; remove it instead",
             );
         }
+        let timeouts = RouteTimeouts {
+            connect: opt_duration(c, at.key("connect_timeout"), &r.connect_timeout),
+            read: opt_duration(c, at.key("read_timeout"), &r.read_timeout),
+            write: opt_duration(c, at.key("write_timeout"), &r.write_timeout),
+        };
+        if !timeouts.is_empty() && !matches!(action, ActionSpec::Proxy(_)) {
+            let key = [
+                ("connect_timeout", &r.connect_timeout),
+                ("read_timeout", &r.read_timeout),
+                ("write_timeout", &r.write_timeout),
+            ]
+            .into_iter()
+            .find(|(_, v)| v.is_some())
+            .map_or("read_timeout", |(k, _)| k);
+            c.err(
+                at.key(key),
+                "upstream timeouts apply to routes with a service only",
+            );
+        }
         out.push(RouteSpec {
+            timeouts,
             path,
             action,
             allow_http: r.allow_http,
@@ -507,6 +527,19 @@ fn check_headers(
         }
     }
     out
+}
+
+/// A duration given only when set; zero is refused (it would fail every request).
+fn opt_duration(c: &mut Checker, at: KeyPath, v: &Option<String>) -> Option<Duration> {
+    v.as_ref()?;
+    let d = c.duration(at.clone(), v, Duration::ZERO);
+    if d.is_zero() {
+        if c.problems.last().is_none_or(|(k, _)| *k != at) {
+            c.err(at, "must be more than 0");
+        }
+        return None;
+    }
+    Some(d)
 }
 
 fn is_supported_hash(h: &str) -> bool {

@@ -319,3 +319,70 @@ hosts = ["a.example"]
         Some(r"-[A-Za-z0-9_-]{8}\.(js|css)$")
     );
 }
+
+#[test]
+fn route_timeouts_override_the_services() {
+    let text = r#"
+[server]
+http = "127.0.0.1:8080"
+
+[[sites]]
+hosts = ["a.example"]
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+  [[sites.routes]]
+  path = "/reports/"
+  service = "api"
+  read_timeout = "5m"
+  connect_timeout = "1s"
+  [[sites.routes]]
+  path = "/static/"
+  static = { root = "/srv" }
+  read_timeout = "1s"
+  [[sites.routes]]
+  path = "/x/"
+  service = "api"
+  write_timeout = "0s"
+
+[services.api]
+colors.blue = ["127.0.0.1:8001"]
+read_timeout = "30s"
+"#;
+    let e = errors(text);
+    assert!(
+        e.iter().any(
+            |l| l.starts_with("d.toml:18: sites[0].routes[2].read_timeout:")
+                && l.contains("service only")
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:22: sites[0].routes[3].write_timeout:")),
+        "{e:?}"
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    let good = text
+        .replace("  read_timeout = \"1s\"\n", "")
+        .replace("write_timeout = \"0s\"", "write_timeout = \"2s\"");
+    let c = std::sync::Arc::new(load("d.toml", &good, env).unwrap());
+    let (table, _) = routes::RouteTable::compile(
+        c,
+        &routes::LiveState::default(),
+        &routes::Vitals::default(),
+        &|_, _| None,
+    );
+    let svc = &table.services[0];
+    let (_, _, reports) = table.find("a.example", "/reports/x").unwrap();
+    let t = reports.upstream_timeouts(svc);
+    assert_eq!(t.read.as_secs(), 300);
+    assert_eq!(t.connect.as_secs(), 1);
+    assert_eq!(t.write, svc.timeouts.write);
+    let (_, _, x) = table.find("a.example", "/x/y").unwrap();
+    assert_eq!(x.upstream_timeouts(svc).write.as_secs(), 2);
+    assert_eq!(x.upstream_timeouts(svc).read.as_secs(), 30);
+    let (_, _, root) = table.find("a.example", "/y").unwrap();
+    assert!(root.timeouts.is_none());
+    assert_eq!(root.upstream_timeouts(svc).read.as_secs(), 30);
+}

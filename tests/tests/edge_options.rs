@@ -224,3 +224,43 @@ hosts = ["*"]
         }
     }
 }
+
+#[tokio::test]
+async fn a_routes_read_timeout_overrides_its_services() {
+    let up = upstream().await;
+    let cfg = format!(
+        r#"
+[server]
+http = "{{http}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+
+[[sites]]
+hosts = ["*"]
+  [[sites.routes]]
+  path = "/"
+  service = "app"
+  [[sites.routes]]
+  path = "/quick/"
+  service = "app"
+  read_timeout = "300ms"
+
+[services.app]
+colors.blue = ["{up}"]
+read_timeout = "10s"
+"#
+    );
+    let (lane, pingora) = start(&cfg).await;
+    for (name, p, client) in transports(&lane, &pingora) {
+        // The upstream takes 1.5 s for paths holding "slow".
+        let (quick, reports) = (p.url("/quick/slow"), p.url("/reports/slow"));
+        let (short, long) = tokio::join!(client.get(&quick), client.get(&reports));
+        let (short, long) = (short.unwrap(), long.unwrap());
+        assert_eq!(short.status, 504, "{name}: {}", short.text());
+        assert_eq!(long.status, 200, "{name}: {}", long.text());
+        assert!(long.text().starts_with("GET /reports/slow "), "{name}");
+        // The same route answers when the upstream is quick.
+        let r = client.get(&p.url("/quick/fast")).await.unwrap();
+        assert_eq!(r.status, 200, "{name}");
+    }
+}

@@ -183,7 +183,7 @@ pub async fn exchange<C: Client>(
         close: plan.close,
         add: route.map_or(&routes::headers::AddHeaders::NONE, |r| &r.headers),
     };
-    let t = &svc.timeouts;
+    let t = route.map_or(&svc.timeouts, |r| r.upstream_timeouts(svc));
     let mut tried = 0u64;
     let mut attempts = 0u32;
     let mut rbuf = Spare::take();
