@@ -87,7 +87,8 @@ fn headers(c: &mut Criterion) {
         b.iter(|| {
             let mut req = base.clone();
             let id = ids.for_request(&req);
-            duotone::forwarded::set_headers(&mut req, client, true, Some(id)).expect("headers");
+            duotone::forwarded::set_headers(&mut req, client, None, true, Some(id))
+                .expect("headers");
             req
         })
     });

@@ -53,6 +53,8 @@ pub struct Ctx {
     /// Why the shared request check refused the request.
     refusal: Option<routes::request::Refusal>,
     tls: bool,
+    /// The real client ([`routes::client::resolve`]), once known.
+    client: Option<routes::client::Client>,
     start: Instant,
     request_id: Option<http::HeaderValue>,
     body_limit: u64,
@@ -140,6 +142,7 @@ impl ProxyHttp for Edge {
             site_found: false,
             refusal: None,
             tls: false,
+            client: None,
             start: Instant::now(),
             request_id: None,
             body_limit: u64::MAX,
@@ -227,6 +230,18 @@ impl ProxyHttp for Edge {
             return Err(Error::explain(ErrorType::InternalError, "no snapshot"));
         };
         ctx.tls = is_tls(session);
+        ctx.client = client_ip(session).map(|peer| {
+            routes::client::resolve(
+                peer,
+                &snap.table.config.server.trusted_proxies,
+                session
+                    .req_header()
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )
+        });
         let limits = &snap.table.config.limits;
         // Pingora turns keep-alive off for messages that must close (e.g.
         // both Content-Length and Transfer-Encoding); never turn it back on.
@@ -276,7 +291,7 @@ impl ProxyHttp for Edge {
             return Ok(true);
         };
         let route = &site.routes[route_idx];
-        if !crate::auth::ip_allowed(&route.allow, client_ip(session)) {
+        if !crate::auth::ip_allowed(&route.allow, ctx.client.map(|c| c.ip)) {
             respond::text(session, 403, "forbidden\n", &[]).await?;
             return Ok(true);
         }
@@ -521,7 +536,17 @@ impl ProxyHttp for Edge {
             .route()
             .filter(|r| r.strip_prefix)
             .map(|r| r.prefix.len());
-        forwarded::apply(session, upstream, ctx.tls, ctx.request_id.clone())?;
+        let via = ctx
+            .client
+            .filter(|c| c.via_proxy)
+            .and_then(|_| client_ip(session));
+        forwarded::apply(
+            upstream,
+            ctx.client.map(|c| c.ip).or_else(|| client_ip(session)),
+            via,
+            ctx.tls,
+            ctx.request_id.clone(),
+        )?;
         let forwards =
             |n: &http::HeaderName| routes::request::forwards_field(n.as_str().as_bytes());
         if !upstream.headers.keys().all(forwards) {
@@ -669,7 +694,10 @@ impl ProxyHttp for Edge {
         };
         let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
         let entry = crate::access_log::Entry {
-            client: client_ip(session)
+            client: ctx
+                .client
+                .map(|c| c.ip)
+                .or_else(|| client_ip(session))
                 .map(|i| i.to_string())
                 .unwrap_or_default(),
             host: request_host(req),

@@ -42,6 +42,9 @@ pub struct Server {
     pub threads: Option<usize>,
     /// SIGTERM drain deadline.
     pub grace_period: Duration,
+    /// Proxies whose X-Forwarded-For/-Proto/-Host are believed
+    /// ([`crate::client::resolve`]).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// One `server.admin_hosts` entry: a host name (lowercase, IPv6 literals in

@@ -5,6 +5,7 @@
 //! TOML text → [`load`] (env expansion, parse, validate) → [`Config`] →
 //! [`RouteTable::compile`] → shared by the proxy.
 
+pub mod client;
 pub mod config;
 pub mod diag;
 pub mod duration;

@@ -48,6 +48,9 @@ pub struct RawServer {
     pub threads: Option<usize>,
     /// How long SIGTERM waits for in-flight requests.
     pub grace_period: Option<String>,
+    /// Proxies (addresses or CIDR blocks) whose X-Forwarded-* are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[acme]`.

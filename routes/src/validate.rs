@@ -202,6 +202,13 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
             );
         }
     }
+    let mut trusted_proxies = Vec::new();
+    for (i, a) in s.trusted_proxies.iter().enumerate() {
+        match IpNet::parse(a) {
+            Ok(n) => trusted_proxies.push(n),
+            Err(e) => c.err(at.key("trusted_proxies").index(i), e),
+        }
+    }
     if s.threads == Some(0) {
         c.err(at.key("threads"), "threads must be at least 1");
     }
@@ -218,6 +225,7 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
             &s.grace_period,
             Duration::from_secs(30),
         ),
+        trusted_proxies,
     }
 }
 

@@ -264,3 +264,149 @@ read_timeout = "10s"
         assert_eq!(r.status, 200, "{name}");
     }
 }
+
+/// A config trusting `trusted` as proxies, with an allow-listed route.
+fn trusting(up: SocketAddr, trusted: &str) -> String {
+    format!(
+        r#"
+[server]
+http = "{{http}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+trusted_proxies = {trusted}
+
+[log]
+access = "json"
+
+[[sites]]
+hosts = ["*"]
+  [[sites.routes]]
+  path = "/"
+  service = "app"
+  [[sites.routes]]
+  path = "/office/"
+  service = "app"
+  allow = ["198.51.100.0/24", "2001:db8::/32"]
+
+[services.app]
+colors.blue = ["{up}"]
+"#
+    )
+}
+
+/// The forwarding fields the upstream received (from its echo).
+fn forwarded(r: &Resp) -> [String; 4] {
+    let head = r.text();
+    [
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ]
+    .map(|n| e2e::scripted::header(&head, n).unwrap_or("").to_string())
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_cannot_forge_its_address() {
+    let up = upstream().await;
+    // The test's connections come from 127.0.0.1, which is not trusted.
+    let (lane, pingora) = start(&trusting(up, r#"["10.0.0.0/8", "::1"]"#)).await;
+    let forged = [
+        ("x-forwarded-for", "198.51.100.7"),
+        ("x-real-ip", "198.51.100.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+    ];
+    for (name, p, client) in transports(&lane, &pingora) {
+        let r = client.get_with(&p.url("/a"), &forged).await.unwrap();
+        assert_eq!(r.status, 200, "{name}");
+        let host = p.ports.http.to_string();
+        assert_eq!(
+            forwarded(&r),
+            ["127.0.0.1", "127.0.0.1", "http", host.as_str()],
+            "{name}: {}",
+            r.text()
+        );
+        let r = client.get_with(&p.url("/office/x"), &forged).await.unwrap();
+        assert_eq!(r.status, 403, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_chain_is_kept_and_names_the_client() {
+    let up = upstream().await;
+    let (lane, pingora) = start(&trusting(up, r#"["127.0.0.1", "10.0.0.0/8", "fd00::/8"]"#)).await;
+    for (name, p, client) in transports(&lane, &pingora) {
+        // The client, a forged entry left of it, and two of our proxies.
+        let path = format!("/chain-{}", name.replace(' ', "-"));
+        let r = client
+            .get_with(
+                &p.url(&path),
+                &[
+                    ("x-forwarded-for", "6.6.6.6, 198.51.100.7"),
+                    ("x-forwarded-for", "10.1.1.1"),
+                    ("x-forwarded-proto", "https"),
+                    ("x-forwarded-host", "app.example"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(
+            forwarded(&r),
+            [
+                "6.6.6.6, 198.51.100.7, 10.1.1.1, 127.0.0.1",
+                "198.51.100.7",
+                "https",
+                "app.example"
+            ],
+            "{name}: {}",
+            r.text()
+        );
+        // The access log names the real client.
+        let logged = e2e::eventually(Duration::from_secs(5), || async {
+            p.log()
+                .lines()
+                .any(|l| l.contains(&path) && l.contains("\"198.51.100.7\""))
+                .then_some(())
+        })
+        .await;
+        assert!(logged.is_some(), "{name}: {}", p.log());
+
+        // Without X-Forwarded-Proto/-Host the edge's own are sent.
+        let r = client
+            .get_with(&p.url("/b"), &[("x-forwarded-for", "192.0.2.1")])
+            .await
+            .unwrap();
+        let host = p.ports.http.to_string();
+        assert_eq!(
+            forwarded(&r),
+            ["192.0.2.1, 127.0.0.1", "192.0.2.1", "http", host.as_str()],
+            "{name}"
+        );
+
+        // IPv6: the rightmost untrusted address of the chain.
+        let r = client
+            .get_with(
+                &p.url("/c"),
+                &[("x-forwarded-for", "2001:db8::7, [fd00::2]:443")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(forwarded(&r)[1], "2001:db8::7", "{name}");
+
+        // Allow lists judge the real client.
+        for (xff, want) in [
+            ("198.51.100.7", 200),
+            ("2001:db8::9, 10.0.0.1", 200),
+            ("203.0.113.1", 403),
+            ("198.51.100.7, 203.0.113.1", 403),
+        ] {
+            let r = client
+                .get_with(&p.url("/office/x"), &[("x-forwarded-for", xff)])
+                .await
+                .unwrap();
+            assert_eq!(r.status, want, "{name}: {xff}");
+        }
+    }
+}

@@ -88,6 +88,7 @@ impl Lane {
         let conn = request::Conn {
             tls,
             client_ip: &ip,
+            peer: peer_ip(io),
             acme: self.acme,
         };
         let mut snap = self.control.load();
@@ -241,7 +242,11 @@ impl Lane {
         };
         let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
         let entry = Entry {
-            client: ip.to_string(),
+            client: if log.client.is_empty() {
+                ip.to_string()
+            } else {
+                log.client
+            },
             host: &log.host,
             method: &log.method,
             uri: &log.uri,
@@ -272,10 +277,14 @@ fn hsts(snap: &Snapshot, site: usize, tls: bool) -> Option<&str> {
 
 /// The client's IP address as text (IPv4-mapped IPv6 shown as IPv4).
 fn client_ip(io: &HeadDeadline) -> String {
+    peer_ip(io).map(|ip| ip.to_string()).unwrap_or_default()
+}
+
+/// The connection peer's IP address (IPv4-mapped IPv6 as IPv4).
+fn peer_ip(io: &HeadDeadline) -> Option<std::net::IpAddr> {
     io.get_socket_digest()
         .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-        .map(|ip| ip.to_canonical().to_string())
-        .unwrap_or_default()
+        .map(|ip| ip.to_canonical())
 }
 
 /// Reads what is available into the spare capacity of `buf`.
