@@ -140,7 +140,36 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             // Uncounted before the socket closes (`open` drops first).
             return None;
         }
+        let mut stream = stream;
+        let mut rest = Vec::new();
+        if stream.get_ssl_digest().is_none() {
+            // Plain HTTP (TLS streams had theirs before the handshake:
+            // `proxy_protocol::PreTls`).
+            let snap = self.control.load();
+            let server = &snap.table.config.server;
+            if server.proxy_protocol.http {
+                let fd = crate::proxy_protocol::raw_fd(&stream);
+                let trusted = &server.trusted_proxies;
+                match crate::proxy_protocol::accept(
+                    &mut *stream,
+                    fd,
+                    trusted,
+                    limits.header_timeout,
+                )
+                .await
+                {
+                    Ok(r) => rest = r,
+                    Err(why) => {
+                        tracing::debug!("closing a connection: {why}");
+                        return None;
+                    }
+                }
+            }
+        }
         let mut stream = HeadDeadline::new(stream, limits.header_timeout, open);
+        if !rest.is_empty() {
+            stream.unread(rest);
+        }
         if let Some(lane) = &self.lane {
             match lane.serve(&mut stream, shutdown).await {
                 crate::lane::End::Closed => {

@@ -19,6 +19,7 @@ pub mod lane;
 pub mod logging;
 pub mod metrics;
 pub mod persist;
+pub mod proxy_protocol;
 pub mod replay;
 pub mod respond;
 pub mod server;

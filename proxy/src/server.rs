@@ -131,7 +131,12 @@ pub fn run(source: Source) -> Result<()> {
         );
     }
     if let (Some(addr), Some(store)) = (server_cfg.https, &certs) {
-        acme::listener::add_https(&mut proxy, &addr.to_string(), store.clone())
+        // Always installed: it reads the running config per connection, so
+        // a reload can turn `proxy_protocol` on or off for https too.
+        let pre_tls = Arc::new(crate::proxy_protocol::PreTls {
+            control: control.clone(),
+        });
+        acme::listener::add_https_with(&mut proxy, &addr.to_string(), store.clone(), Some(pre_tls))
             .context("setting up the https listener")?;
     }
     server.add_service(proxy);

@@ -45,6 +45,18 @@ pub struct Server {
     /// Proxies whose X-Forwarded-For/-Proto/-Host are believed
     /// ([`crate::client::resolve`]).
     pub trusted_proxies: Vec<IpNet>,
+    /// Listeners whose connections start with a PROXY protocol header.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// Which listeners expect a PROXY protocol header (v1 or v2) before
+/// anything else, accepted only from `trusted_proxies`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// On the plain HTTP listener.
+    pub http: bool,
+    /// On the HTTPS listener (read before the TLS handshake).
+    pub https: bool,
 }
 
 /// One `server.admin_hosts` entry: a host name (lowercase, IPv6 literals in

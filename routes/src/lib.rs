@@ -15,6 +15,7 @@ pub mod host;
 pub mod load;
 pub mod path;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod raw;
 pub mod request;
 pub mod state;

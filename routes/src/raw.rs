@@ -51,6 +51,19 @@ pub struct RawServer {
     /// Proxies (addresses or CIDR blocks) whose X-Forwarded-* are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// PROXY protocol on the listeners: `true` (both) or a list of
+    /// listener names (`["http", "https"]`).
+    pub proxy_protocol: Option<RawProxyProtocol>,
+}
+
+/// `proxy_protocol = true | ["http", "https"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawProxyProtocol {
+    /// On every listener, or off.
+    All(bool),
+    /// On the listeners named.
+    Listeners(Vec<String>),
 }
 
 /// `[acme]`.

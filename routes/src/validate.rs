@@ -209,6 +209,34 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
             Err(e) => c.err(at.key("trusted_proxies").index(i), e),
         }
     }
+    let mut proxy_protocol = ProxyProtocol::default();
+    match &s.proxy_protocol {
+        None => {}
+        Some(RawProxyProtocol::All(on)) => {
+            proxy_protocol = ProxyProtocol {
+                http: *on,
+                https: *on,
+            }
+        }
+        Some(RawProxyProtocol::Listeners(names)) => {
+            for (i, n) in names.iter().enumerate() {
+                match n.as_str() {
+                    "http" => proxy_protocol.http = true,
+                    "https" => proxy_protocol.https = true,
+                    other => c.err(
+                        at.key("proxy_protocol").index(i),
+                        format!("{other:?}: name a listener, \"http\" or \"https\""),
+                    ),
+                }
+            }
+        }
+    }
+    if (proxy_protocol.http || proxy_protocol.https) && trusted_proxies.is_empty() {
+        c.err(
+            at.key("proxy_protocol"),
+            "the PROXY protocol is accepted only from server.trusted_proxies: list the load balancers there",
+        );
+    }
     if s.threads == Some(0) {
         c.err(at.key("threads"), "threads must be at least 1");
     }
@@ -226,6 +254,7 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
             Duration::from_secs(30),
         ),
         trusted_proxies,
+        proxy_protocol,
     }
 }
 

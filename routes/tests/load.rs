@@ -386,3 +386,39 @@ read_timeout = "30s"
     assert!(root.timeouts.is_none());
     assert_eq!(root.upstream_timeouts(svc).read.as_secs(), 30);
 }
+
+#[test]
+fn trusted_proxies_and_proxy_protocol_are_checked() {
+    let text = r#"
+[server]
+http = "127.0.0.1:8080"
+trusted_proxies = ["10.0.0.0/8", "10.0.0.0/33", "fd00::/8"]
+proxy_protocol = ["http", "ftp"]
+"#;
+    let e = errors(text);
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:4: server.trusted_proxies[1]:")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:5: server.proxy_protocol[1]:") && l.contains("\"ftp\"")),
+        "{e:?}"
+    );
+    let e = errors("[server]\nhttp = \"127.0.0.1:8080\"\nproxy_protocol = true\n");
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:3: server.proxy_protocol:")
+                && l.contains("trusted_proxies")),
+        "{e:?}"
+    );
+    let c = load(
+        "d.toml",
+        "[server]\nhttp = \"127.0.0.1:8080\"\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = [\"https\"]\n",
+        env,
+    )
+    .unwrap();
+    assert_eq!(c.server.trusted_proxies.len(), 1);
+    assert!(c.server.proxy_protocol.https && !c.server.proxy_protocol.http);
+}

@@ -5,6 +5,7 @@
 use e2e::client::{Http, Resp};
 use e2e::proxy::Proxy;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -408,5 +409,271 @@ async fn a_trusted_proxys_chain_is_kept_and_names_the_client() {
                 .unwrap();
             assert_eq!(r.status, want, "{name}: {xff}");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PROXY protocol
+
+/// A version 1 header naming `src` (IPv4).
+fn pp_v1(src: &str, port: u16) -> Vec<u8> {
+    format!("PROXY TCP4 {src} 127.0.0.1 {port} 80\r\n").into_bytes()
+}
+
+/// A version 2 header: `PROXY` from `src`, or `LOCAL` when `None`.
+fn pp_v2(src: Option<std::net::IpAddr>) -> Vec<u8> {
+    let mut b = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    match src {
+        None => b.extend_from_slice(&[0x20, 0x00, 0, 0]),
+        Some(std::net::IpAddr::V4(ip)) => {
+            b.extend_from_slice(&[0x21, 0x11, 0, 12]);
+            b.extend_from_slice(&ip.octets());
+            b.extend_from_slice(&[127, 0, 0, 1, 0x12, 0x67, 0, 80]);
+        }
+        Some(std::net::IpAddr::V6(ip)) => {
+            b.extend_from_slice(&[0x21, 0x21, 0, 36]);
+            b.extend_from_slice(&ip.octets());
+            b.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+            b.extend_from_slice(&[0x12, 0x67, 0, 80]);
+        }
+    }
+    b
+}
+
+fn pp_config(up: SocketAddr, trusted: &str, listeners: &str) -> String {
+    format!(
+        r#"
+[server]
+http = "{{http}}"
+https = "{{https}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+trusted_proxies = {trusted}
+proxy_protocol = {listeners}
+
+[[sites]]
+hosts = ["secure.test"]
+tls = "self-signed"
+  [[sites.routes]]
+  path = "/"
+  service = "app"
+
+[[sites]]
+hosts = ["*"]
+  [[sites.routes]]
+  path = "/"
+  service = "app"
+  [[sites.routes]]
+  path = "/office/"
+  service = "app"
+  allow = ["192.0.2.0/24"]
+
+[services.app]
+colors.blue = ["{up}"]
+"#
+    )
+}
+
+/// One HTTP/1.1 request after `preamble` on a new plain connection: the
+/// whole answer ("" when the proxy closed without one).
+async fn after(addr: SocketAddr, preamble: &[u8], path: &str, extra: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n{extra}Connection: close\r\n\r\n");
+    let bytes = [preamble, req.as_bytes()].concat();
+    e2e::client::raw(addr, &bytes, Duration::from_secs(5)).await
+}
+
+/// The upstream's view of a forwarding field, from its echo in `text`.
+fn seen<'a>(text: &'a str, name: &str) -> &'a str {
+    e2e::scripted::header(text, name).unwrap_or("")
+}
+
+/// Accepts any server certificate (the site's is self-signed).
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One HTTP/1.1 request over TLS (SNI `secure.test`) after `preamble` in
+/// the clear: the whole answer, or the handshake's error.
+async fn tls_after(addr: SocketAddr, preamble: &[u8], path: &str) -> Result<String, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("secure.test").map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        tcp.write_all(preamble).await.map_err(|e| e.to_string())?;
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    })
+    .await
+    .map_err(|_| "timed out".to_string())?
+}
+
+/// One h2c request after `preamble`: status and body.
+async fn h2c_after(addr: SocketAddr, preamble: &[u8], path: &str) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(preamble).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::builder()
+        .uri(format!("http://app.test{path}"))
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn proxy_protocol_v1_and_v2_name_the_client_on_http_h2c_and_tls() {
+    let up = upstream().await;
+    let (lane, pingora) = start(&pp_config(up, r#"["127.0.0.1"]"#, "true")).await;
+    let v6: std::net::IpAddr = "2001:db8::7".parse().unwrap();
+    for (name, p) in [("lane", &lane), ("pingora", &pingora)] {
+        let http = p.ports.http;
+        // Version 1, then version 2 (IPv4 and IPv6): the source is the client.
+        let t = after(http, &pp_v1("192.0.2.7", 56324), "/a", "").await;
+        assert!(t.starts_with("HTTP/1.1 200"), "{name}: {t}");
+        assert_eq!(seen(&t, "x-forwarded-for"), "192.0.2.7", "{name}: {t}");
+        assert_eq!(seen(&t, "x-real-ip"), "192.0.2.7", "{name}");
+        let t = after(http, &pp_v2(Some([192, 0, 2, 8].into())), "/a", "").await;
+        assert_eq!(seen(&t, "x-forwarded-for"), "192.0.2.8", "{name}: {t}");
+        let t = after(http, &pp_v2(Some(v6)), "/a", "").await;
+        assert_eq!(seen(&t, "x-forwarded-for"), "2001:db8::7", "{name}: {t}");
+        // The source is not trusted itself: its X-Forwarded-For is not believed.
+        let t = after(
+            http,
+            &pp_v1("192.0.2.7", 1),
+            "/a",
+            "X-Forwarded-For: 6.6.6.6\r\n",
+        )
+        .await;
+        assert_eq!(seen(&t, "x-forwarded-for"), "192.0.2.7", "{name}: {t}");
+        // Allow lists judge the source.
+        let t = after(http, &pp_v1("192.0.2.7", 1), "/office/x", "").await;
+        assert!(t.starts_with("HTTP/1.1 200"), "{name}: {t}");
+        let t = after(http, &pp_v1("203.0.113.7", 1), "/office/x", "").await;
+        assert!(t.starts_with("HTTP/1.1 403"), "{name}: {t}");
+        // LOCAL (a balancer's own health check): the peer stays, and being
+        // trusted, its X-Forwarded-For is.
+        let t = after(
+            http,
+            &pp_v2(None),
+            "/a",
+            "X-Forwarded-For: 198.51.100.9\r\n",
+        )
+        .await;
+        assert_eq!(seen(&t, "x-real-ip"), "198.51.100.9", "{name}: {t}");
+        // Without a header, or with a broken one: closed, unanswered.
+        assert_eq!(after(http, b"", "/a", "").await, "", "{name}");
+        assert_eq!(
+            after(http, b"PROXY TCP4 1.2.3.4\r\n", "/a", "").await,
+            "",
+            "{name}"
+        );
+
+        // h2c after the header.
+        let (status, body) = h2c_after(http, &pp_v1("192.0.2.9", 2), "/h2").await;
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_eq!(
+            seen(&body, "x-forwarded-for"),
+            "192.0.2.9",
+            "{name}: {body}"
+        );
+
+        // TLS: the header comes before the ClientHello.
+        let https = p.ports.https;
+        for preamble in [pp_v1("192.0.2.10", 3), pp_v2(Some(v6))] {
+            let t = tls_after(https, &preamble, "/tls").await.unwrap();
+            assert!(t.starts_with("HTTP/1.1 200"), "{name}: {t}");
+            let want = if preamble.starts_with(b"PROXY") {
+                "192.0.2.10"
+            } else {
+                "2001:db8::7"
+            };
+            assert_eq!(seen(&t, "x-forwarded-for"), want, "{name}: {t}");
+            assert_eq!(seen(&t, "x-forwarded-proto"), "https", "{name}: {t}");
+        }
+        assert!(tls_after(https, b"", "/tls").await.is_err(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn proxy_protocol_from_an_untrusted_peer_is_refused() {
+    let up = upstream().await;
+    let (lane, pingora) = start(&pp_config(up, r#"["10.0.0.0/8"]"#, r#"["http"]"#)).await;
+    for (name, p) in [("lane", &lane), ("pingora", &pingora)] {
+        assert_eq!(
+            after(p.ports.http, &pp_v1("192.0.2.7", 1), "/a", "").await,
+            "",
+            "{name}"
+        );
+        assert_eq!(after(p.ports.http, b"", "/a", "").await, "", "{name}");
+        // Only the http listener expects it.
+        let t = tls_after(p.ports.https, b"", "/tls").await.unwrap();
+        assert!(t.starts_with("HTTP/1.1 200"), "{name}: {t}");
+        assert_eq!(seen(&t, "x-forwarded-for"), "127.0.0.1", "{name}: {t}");
     }
 }
