@@ -118,6 +118,7 @@ fn lane(c: &mut Criterion) {
     let conn = request::Conn {
         tls: false,
         client_ip: "203.0.113.9",
+        peer: Some([203, 0, 113, 9].into()),
         acme: false,
     };
     let head = b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: example.com\r\n\

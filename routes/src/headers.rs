@@ -63,7 +63,10 @@ pub fn check_value(value: &str) -> Result<(), String> {
 /// already has (from the upstream or the file server); an empty value only
 /// removes it. Cheap to clone; empty for most routes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AddHeaders(Option<Arc<[(Box<str>, Box<str>)]>>);
+pub struct AddHeaders(Option<Arc<[Field]>>);
+
+/// One configured field: lowercase name and value.
+pub type Field = (Box<str>, Box<str>);
 
 impl AddHeaders {
     /// Nothing configured.
@@ -71,7 +74,7 @@ impl AddHeaders {
 
     /// Merges a site's and a route's checked lists (lowercase names).
     pub fn merge(site: &[(String, String)], route: &[(String, String)]) -> AddHeaders {
-        let mut all: Vec<(Box<str>, Box<str>)> = Vec::new();
+        let mut all: Vec<Field> = Vec::new();
         for (n, v) in site.iter().chain(route) {
             all.retain(|(m, _)| **m != **n);
             all.push((n.as_str().into(), v.as_str().into()));
@@ -91,7 +94,7 @@ impl AddHeaders {
     /// The fields for a response with `status`, as nginx's `add_header`
     /// (without `always`) does: on 2xx and 3xx responses only, so an
     /// error answered by the edge or the upstream is left as it is.
-    pub fn for_status(&self, status: u16) -> &[(Box<str>, Box<str>)] {
+    pub fn for_status(&self, status: u16) -> &[Field] {
         match &self.0 {
             Some(list) if (200..400).contains(&status) => list,
             _ => &[],
@@ -99,7 +102,7 @@ impl AddHeaders {
     }
 
     /// True when `name` (any case) is one of `fields` and so is replaced.
-    pub fn replaces(fields: &[(Box<str>, Box<str>)], name: &str) -> bool {
+    pub fn replaces(fields: &[Field], name: &str) -> bool {
         fields.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 }

@@ -606,7 +606,7 @@ fn check_static(c: &mut Checker, at: KeyPath, s: &RawStatic) -> StaticSpec {
             Ok(_) => Some(p.clone()),
             Err(e) => {
                 let e = e.to_string();
-                let last = e.lines().filter(|l| !l.trim().is_empty()).last();
+                let last = e.lines().rfind(|l| !l.trim().is_empty());
                 c.err(
                     at.key("immutable_pattern"),
                     format!(
