@@ -130,7 +130,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limits = self.control.load().table.config.limits;
+        let (limits, proxy_protocol) = {
+            let snap = self.control.load();
+            let config = &snap.table.config;
+            (config.limits, config.server.proxy_protocol.http)
+        };
         let (now, open) = self.conns.open();
         if now > limits.max_connections as i64 {
             tracing::warn!(
@@ -142,27 +146,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         }
         let mut stream = stream;
         let mut rest = Vec::new();
-        if stream.get_ssl_digest().is_none() {
+        if proxy_protocol && stream.get_ssl_digest().is_none() {
             // Plain HTTP (TLS streams had theirs before the handshake:
             // `proxy_protocol::PreTls`).
             let snap = self.control.load();
-            let server = &snap.table.config.server;
-            if server.proxy_protocol.http {
-                let fd = crate::proxy_protocol::raw_fd(&stream);
-                let trusted = &server.trusted_proxies;
-                match crate::proxy_protocol::accept(
-                    &mut *stream,
-                    fd,
-                    trusted,
-                    limits.header_timeout,
-                )
-                .await
-                {
-                    Ok(r) => rest = r,
-                    Err(why) => {
-                        tracing::debug!("closing a connection: {why}");
-                        return None;
-                    }
+            let trusted = &snap.table.config.server.trusted_proxies;
+            let fd = crate::proxy_protocol::raw_fd(&stream);
+            let read =
+                crate::proxy_protocol::accept(&mut *stream, fd, trusted, limits.header_timeout);
+            match read.await {
+                Ok(r) => rest = r,
+                Err(why) => {
+                    tracing::debug!("closing a connection: {why}");
+                    return None;
                 }
             }
         }

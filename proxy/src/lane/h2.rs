@@ -48,9 +48,10 @@ pub async fn serve_connection<A>(
 ) where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    let peer = super::peer_ip(&stream);
     let info = Arc::new(ConnInfo {
-        ip: super::client_ip(&stream),
-        peer: super::peer_ip(&stream),
+        ip: peer.map(|ip| ip.to_string()).unwrap_or_default(),
+        peer,
         tls: stream.get_ssl_digest().is_some(),
     });
     let digest = Arc::new(Digest {

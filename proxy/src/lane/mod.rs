@@ -77,7 +77,8 @@ impl Lane {
             return End::Handoff(Vec::new());
         }
         let tls = io.get_ssl_digest().is_some();
-        let ip = client_ip(io);
+        let peer = peer_ip(io);
+        let ip = peer.map(|ip| ip.to_string()).unwrap_or_default();
         let mut shutdown = shutdown.clone();
         let mut buf: Vec<u8> = Vec::new();
         let mut out: Vec<u8> = Vec::new();
@@ -88,7 +89,7 @@ impl Lane {
         let conn = request::Conn {
             tls,
             client_ip: &ip,
-            peer: peer_ip(io),
+            peer,
             acme: self.acme,
         };
         let mut snap = self.control.load();
@@ -273,11 +274,6 @@ fn hsts(snap: &Snapshot, site: usize, tls: bool) -> Option<&str> {
         .get(site)
         .and_then(|s| s.hsts.as_deref())
         .filter(|_| tls)
-}
-
-/// The client's IP address as text (IPv4-mapped IPv6 shown as IPv4).
-fn client_ip(io: &HeadDeadline) -> String {
-    peer_ip(io).map(|ip| ip.to_string()).unwrap_or_default()
 }
 
 /// The connection peer's IP address (IPv4-mapped IPv6 as IPv4).
