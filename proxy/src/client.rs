@@ -119,16 +119,7 @@ fn print_service(s: &ServiceView) {
             if c.live { "  (live)" } else { "" }
         );
         for m in &c.members {
-            println!(
-                "      {:<32} {}{}",
-                m.addr,
-                m.health,
-                if m.ejected {
-                    ", ejected after errors"
-                } else {
-                    ""
-                }
-            );
+            println!("      {:<32} {}", m.addr, m.describe());
         }
     }
 }
@@ -334,12 +325,23 @@ fn wait_healthy(api: &Api, service: &str, color: &str, old: &str, limit: Duratio
         );
     }
     let baseline = checks(&first);
+    // Each new reason a member's checks fail for, printed once as it appears.
+    let mut said: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let s = api.service(service)?;
         let c = s
             .colors
             .get(color)
             .with_context(|| format!("service {service} has no color {color:?} any more"))?;
+        for m in &c.members {
+            let before = baseline.get(&m.addr).copied().unwrap_or(0);
+            if let (Some(e), true) = (&m.last_check_error, m.checks > before) {
+                if said.get(&m.addr) != Some(e) {
+                    println!("      {} check failed: {e}", m.addr);
+                    said.insert(m.addr.clone(), e.clone());
+                }
+            }
+        }
         let fresh = |m: &crate::views::MemberView| {
             let before = baseline.get(&m.addr).copied().unwrap_or(0);
             m.healthy && m.last_check_ok == Some(true) && m.checks >= before + 2
@@ -352,10 +354,11 @@ fn wait_healthy(api: &Api, service: &str, color: &str, old: &str, limit: Duratio
                 .members
                 .iter()
                 .map(|m| {
-                    let last = match m.last_check_ok {
-                        Some(true) => "last check passed",
-                        Some(false) => "last check failed",
-                        None => "not checked yet",
+                    let last = match (m.last_check_ok, &m.last_check_error) {
+                        (Some(true), _) => "last check passed".to_string(),
+                        (Some(false), Some(e)) => format!("last check failed: {e}"),
+                        (Some(false), None) => "last check failed".to_string(),
+                        (None, _) => "not checked yet".to_string(),
                     };
                     format!("{} {} ({last})", m.addr, m.health)
                 })
