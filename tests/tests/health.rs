@@ -131,7 +131,7 @@ colors.slow = ["{hanging}"]
     ] {
         assert!(
             out.lines()
-                .any(|l| l.trim().split_whitespace().collect::<Vec<_>>().join(" ") == want),
+                .any(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == want),
             "missing {want:?} in:\n{out}"
         );
     }
