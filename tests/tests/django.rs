@@ -86,7 +86,11 @@ DEBUG = False
 ALLOWED_HOSTS = ["{HOST}"]
 ROOT_URLCONF = "djapp.urls"
 INSTALLED_APPS = ["django.contrib.staticfiles"]
-MIDDLEWARE = []
+# As `startproject` makes it: CommonMiddleware checks Host against ALLOWED_HOSTS.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
 DATABASES = {{}}
 STATIC_URL = "/static/"
 STATIC_ROOT = os.environ["STATIC_ROOT"]
