@@ -119,16 +119,7 @@ fn print_service(s: &ServiceView) {
             if c.live { "  (live)" } else { "" }
         );
         for m in &c.members {
-            println!(
-                "      {:<32} {}{}",
-                m.addr,
-                m.health,
-                if m.ejected {
-                    ", ejected after errors"
-                } else {
-                    ""
-                }
-            );
+            println!("      {:<32} {}", m.addr, m.describe());
         }
     }
 }
@@ -278,8 +269,18 @@ pub struct DeployArgs {
     #[arg(long)]
     pub start: String,
     /// Shell command that stops the old color after draining; `{color}` is the old color.
+    /// After a failed deploy it also stops the new color again (unless --keep-failed).
     #[arg(long)]
     pub stop: Option<String>,
+    /// Longest the start command may run. It must start the color in the
+    /// background and return (`docker compose up -d`, `systemctl start`); one
+    /// still running after this is stopped and the deploy refused.
+    #[arg(long, default_value = "300s")]
+    pub start_timeout: String,
+    /// After a failed deploy, leave the new color running (for a look at it)
+    /// instead of running --stop for it.
+    #[arg(long)]
+    pub keep_failed: bool,
     /// How long to wait for the new color to become healthy.
     #[arg(long, default_value = "120s")]
     pub health_timeout: String,
@@ -304,6 +305,76 @@ fn shell(cmd: &str, color: &str, old: &str) -> Result<()> {
         bail!("command failed ({status}): {cmd}");
     }
     Ok(())
+}
+
+/// Runs the start command, which must return within `limit`. It runs in a
+/// process group of its own so that one still running then (a server left
+/// in the foreground, `docker compose up` without `-d`) is stopped with
+/// everything it started, and the deploy refused.
+fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let cmd = cmd.replace("{color}", color);
+    println!("  $ {cmd}");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .env("DUOTONE_COLOR", color)
+        .env("DUOTONE_OLD_COLOR", old)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {cmd:?}"))?
+        {
+            if !status.success() {
+                bail!("command failed ({status}): {cmd}");
+            }
+            return Ok(());
+        }
+        if start.elapsed() >= limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGTERM to the group, then SIGKILL to what is left of it.
+    let group = -(child.id() as i32);
+    // SAFETY: kill(2) on the process group of our own child.
+    unsafe { libc::kill(group, libc::SIGTERM) };
+    let grace = Instant::now();
+    while grace.elapsed() < Duration::from_secs(5) {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above; the group id stays ours until the child is reaped.
+    unsafe { libc::kill(group, libc::SIGKILL) };
+    let _ = child.wait();
+    bail!(
+        "the start command was still running after {limit:?}, so it was stopped: it must start \
+         {color} in the background and return (e.g. `docker compose up -d`, `systemctl start`, \
+         `gunicorn --daemon`); raise --start-timeout if starting really takes longer: {cmd}"
+    )
+}
+
+/// After a failed deploy: stops the color it started (unless `--keep-failed`
+/// or there is no `--stop`), then returns the failure with what was done.
+fn clean_up(a: &DeployArgs, new: &str, old: &str, failure: anyhow::Error) -> anyhow::Error {
+    let done = match (&a.stop, a.keep_failed) {
+        (_, true) => format!("{new} left running (--keep-failed)"),
+        (None, false) => format!("{new} may still be running: no --stop command to stop it"),
+        (Some(stop), false) => {
+            println!("==> deploy failed: stopping {new} again");
+            match shell(stop, new, old) {
+                Ok(()) => format!("{new} stopped again"),
+                Err(e) => format!("stopping {new} failed too: {e:#}"),
+            }
+        }
+    };
+    failure.context(format!("deploy failed; {old} stays live, {done}"))
 }
 
 /// Waits until `color` of `service` is healthy by checks made after now.
@@ -334,12 +405,23 @@ fn wait_healthy(api: &Api, service: &str, color: &str, old: &str, limit: Duratio
         );
     }
     let baseline = checks(&first);
+    // Each new reason a member's checks fail for, printed once as it appears.
+    let mut said: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let s = api.service(service)?;
         let c = s
             .colors
             .get(color)
             .with_context(|| format!("service {service} has no color {color:?} any more"))?;
+        for m in &c.members {
+            let before = baseline.get(&m.addr).copied().unwrap_or(0);
+            if let (Some(e), true) = (&m.last_check_error, m.checks > before) {
+                if said.get(&m.addr) != Some(e) {
+                    println!("      {} check failed: {e}", m.addr);
+                    said.insert(m.addr.clone(), e.clone());
+                }
+            }
+        }
         let fresh = |m: &crate::views::MemberView| {
             let before = baseline.get(&m.addr).copied().unwrap_or(0);
             m.healthy && m.last_check_ok == Some(true) && m.checks >= before + 2
@@ -352,10 +434,11 @@ fn wait_healthy(api: &Api, service: &str, color: &str, old: &str, limit: Duratio
                 .members
                 .iter()
                 .map(|m| {
-                    let last = match m.last_check_ok {
-                        Some(true) => "last check passed",
-                        Some(false) => "last check failed",
-                        None => "not checked yet",
+                    let last = match (m.last_check_ok, &m.last_check_error) {
+                        (Some(true), _) => "last check passed".to_string(),
+                        (Some(false), Some(e)) => format!("last check failed: {e}"),
+                        (Some(false), None) => "last check failed".to_string(),
+                        (None, _) => "not checked yet".to_string(),
                     };
                     format!("{} {} ({last})", m.addr, m.health)
                 })
@@ -368,10 +451,12 @@ fn wait_healthy(api: &Api, service: &str, color: &str, old: &str, limit: Duratio
 }
 
 /// `duotone deploy`: start idle color, wait healthy, flip, drain, stop old.
-/// Any failure before the flip leaves the old color live.
+/// Any failure before the flip leaves the old color live and stops the new
+/// one again (unless `--keep-failed`).
 pub fn deploy(a: &DeployArgs) -> Result<()> {
     let health_limit = parse_duration(&a.health_timeout)?;
     let drain_limit = parse_duration(&a.drain_timeout)?;
+    let start_limit = parse_duration(&a.start_timeout)?;
     let api = Api::new(&a.admin)?;
     let svc = api.service(&a.service)?;
     let old = svc.live.clone();
@@ -394,17 +479,21 @@ pub fn deploy(a: &DeployArgs) -> Result<()> {
         bail!("{new} is already live");
     }
     println!("==> deploying {} to {new} (live: {old})", a.service);
-    println!("[1/5] starting {new}");
-    shell(&a.start, &new, &old)?;
-    println!("[2/5] waiting for {new} to be healthy (up to {health_limit:?})");
-    wait_healthy(&api, &a.service, &new, &old, health_limit)?;
-    println!("[3/5] flipping {} to {new}", a.service);
-    api.ok(
-        http::Method::POST,
-        &format!("/v1/services/{}/flip", a.service),
-        Some(serde_json::json!({ "to": new })),
-    )
-    .with_context(|| format!("flip refused; {old} stays live"))?;
+    let until_flip = || -> Result<()> {
+        println!("[1/5] starting {new} (the command may take up to {start_limit:?})");
+        start_within(&a.start, &new, &old, start_limit)?;
+        println!("[2/5] waiting for {new} to be healthy (up to {health_limit:?})");
+        wait_healthy(&api, &a.service, &new, &old, health_limit)?;
+        println!("[3/5] flipping {} to {new}", a.service);
+        api.ok(
+            http::Method::POST,
+            &format!("/v1/services/{}/flip", a.service),
+            Some(serde_json::json!({ "to": new })),
+        )
+        .with_context(|| format!("flip refused; {old} stays live"))?;
+        Ok(())
+    };
+    until_flip().map_err(|e| clean_up(a, &new, &old, e))?;
     println!("[4/5] draining {old}");
     drain(&api, &a.service, &old, drain_limit)?;
     match &a.stop {

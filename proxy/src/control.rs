@@ -45,8 +45,31 @@ impl Source {
     /// Reads, expands, parses and validates the config, including the checks
     /// that need the file system (static roots, certificate files).
     pub fn load(&self) -> Result<Config, Diagnostics> {
+        routes::load_checked(
+            &self.name(),
+            &self.text()?,
+            |v| std::env::var(v).ok(),
+            &crate::slots::io_checks,
+        )
+    }
+
+    /// What `duotone check` needs: like [`Source::load`], except that static
+    /// roots missing on this machine are warnings (returned beside the
+    /// config), not errors.
+    pub fn load_for_check(&self) -> Result<(Config, Diagnostics), Diagnostics> {
+        routes::load_with_warnings(
+            &self.name(),
+            &self.text()?,
+            |v| std::env::var(v).ok(),
+            &crate::slots::io_checks_here,
+            &crate::slots::missing_static_roots,
+        )
+    }
+
+    /// The config text.
+    fn text(&self) -> Result<String, Diagnostics> {
         let name = self.name();
-        let text = match self {
+        Ok(match self {
             Source::File(p) => std::fs::read_to_string(p).map_err(|e| {
                 Diagnostics(vec![routes::Diagnostic {
                     file: name.clone(),
@@ -56,13 +79,7 @@ impl Source {
                 }])
             })?,
             Source::Embedded { text, .. } => text.clone(),
-        };
-        routes::load_checked(
-            &name,
-            &text,
-            |v| std::env::var(v).ok(),
-            &crate::slots::io_checks,
-        )
+        })
     }
 }
 

@@ -167,9 +167,16 @@ fn main() -> ExitCode {
 }
 
 fn check(config: PathBuf) -> ExitCode {
-    let loaded = control::Source::File(config.clone()).load().and_then(|c| {
+    let loaded = control::Source::File(config.clone()).load_for_check();
+    let loaded = loaded.and_then(|(c, warnings)| {
+        // Printed, but the config is valid: `duotone run` checks them again
+        // where it runs.
+        for w in &warnings.0 {
+            eprintln!("warning: {w}");
+        }
+        let warned = warnings.0.len();
         if c.sites.iter().any(|s| s.tls != routes::config::Tls::Off) {
-            duotone::tls::store(&c).map_err(|e| {
+            duotone::tls::store_for_check(&c).map_err(|e| {
                 routes::Diagnostics(vec![routes::Diagnostic {
                     file: config.display().to_string(),
                     line: 0,
@@ -178,15 +185,20 @@ fn check(config: PathBuf) -> ExitCode {
                 }])
             })?;
         }
-        Ok(c)
+        Ok((c, warned))
     });
     match loaded {
-        Ok(c) => {
+        Ok((c, warned)) => {
             println!(
-                "{}: ok ({} sites, {} services)",
+                "{}: ok ({} sites, {} services{})",
                 config.display(),
                 c.sites.len(),
-                c.services.len()
+                c.services.len(),
+                match warned {
+                    0 => String::new(),
+                    1 => ", 1 warning".to_string(),
+                    n => format!(", {n} warnings"),
+                }
             );
             ExitCode::SUCCESS
         }

@@ -88,6 +88,8 @@ pub fn run(source: Source) -> Result<()> {
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
         max_retries: 9,
+        // Neither file is ever made: Pingora writes the pid file only when it
+        // daemonizes and uses the socket only for a graceful binary upgrade.
         pid_file: format!("{state}/duotone.pid"),
         upgrade_sock: format!("{state}/upgrade.sock"),
         ..Default::default()

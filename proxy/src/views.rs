@@ -53,6 +53,25 @@ pub struct MemberView {
     /// Whether the last active check passed (absent before the first one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_ok: Option<bool>,
+    /// Why the last active check failed ("connection refused", "no such
+    /// socket …", "timed out after 1s", "status 503", …); absent when it
+    /// passed or before the first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_error: Option<String>,
+}
+
+impl MemberView {
+    /// The member's state in words: "up", "down (connection refused)", …
+    pub fn describe(&self) -> String {
+        let mut out = self.health.clone();
+        if let Some(e) = &self.last_check_error {
+            out.push_str(&format!(" ({e})"));
+        }
+        if self.ejected {
+            out.push_str(", ejected after errors");
+        }
+        out
+    }
 }
 
 impl ServiceView {
@@ -77,6 +96,7 @@ impl ServiceView {
                                 && (!checked || state == HealthState::Up),
                             checks: m.health.checks(),
                             last_check_ok: m.health.last_check_ok(),
+                            last_check_error: m.health.last_error().map(|e| e.to_string()),
                         }
                     })
                     .collect();

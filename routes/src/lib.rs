@@ -25,7 +25,7 @@ pub mod validate;
 pub use config::Config;
 pub use diag::KeyPath;
 pub use diag::{Diagnostic, Diagnostics};
-pub use load::{load, load_checked};
+pub use load::{load, load_checked, load_with_warnings};
 pub use pool::{
     Color, ColorStats, HealthState, InFlight, Member, MemberAddr, MemberHealth, Pool, Service,
 };

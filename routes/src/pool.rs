@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A deployment color such as `blue` or `green`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,6 +124,9 @@ pub struct MemberHealth {
     checks: AtomicU64,
     /// Whether the last completed active check passed.
     last_check_ok: AtomicBool,
+    /// Why the last completed active check failed (`None` after a pass).
+    /// Read by the admin API only, never on the request path.
+    last_error: Mutex<Option<Arc<str>>>,
 }
 
 impl Default for MemberHealth {
@@ -134,6 +137,7 @@ impl Default for MemberHealth {
             failures: AtomicU64::new(0),
             checks: AtomicU64::new(0),
             last_check_ok: AtomicBool::new(false),
+            last_error: Mutex::new(None),
         }
     }
 }
@@ -167,12 +171,26 @@ impl MemberHealth {
         }
     }
 
-    /// Records the outcome of one active check, after any verdict it led
+    /// Records the outcome of one active check (`Err` with why it failed,
+    /// e.g. "connection refused" or "status 503"), after any verdict it led
     /// to was set with [`MemberHealth::set_up`]. Lets callers tell a fresh
     /// check from a verdict learned earlier (e.g. before a redeploy).
-    pub fn record_check(&self, ok: bool) {
-        self.last_check_ok.store(ok, Ordering::Release);
+    pub fn record_check(&self, outcome: Result<(), &str>) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = outcome.err().map(Arc::from);
+        self.last_check_ok.store(outcome.is_ok(), Ordering::Release);
         self.checks.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Why the last active check failed; `None` before the first check and
+    /// after one that passed.
+    pub fn last_error(&self) -> Option<Arc<str>> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Active checks completed so far.
@@ -454,9 +472,13 @@ mod tests {
     fn counts_active_checks() {
         let h = MemberHealth::default();
         assert_eq!((h.checks(), h.last_check_ok()), (0, None));
-        h.record_check(true);
-        h.record_check(false);
+        h.record_check(Ok(()));
+        assert_eq!(h.last_error(), None);
+        h.record_check(Err("status 503"));
         assert_eq!((h.checks(), h.last_check_ok()), (2, Some(false)));
+        assert_eq!(h.last_error().as_deref(), Some("status 503"));
+        h.record_check(Ok(()));
+        assert_eq!(h.last_error(), None);
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let services = check_services(&mut c, &raw.services);
     let known: HashSet<&str> = raw.services.keys().map(String::as_str).collect();
     let sites = check_sites(&mut c, &raw.sites, &known);
+    let services = default_health_hosts(services, &sites);
     let acme = check_acme(&mut c, raw.acme.as_ref(), &server, &sites);
     let limits = check_limits(&mut c, &raw.limits);
     let access_log = match raw.log.access.as_deref() {
@@ -731,7 +732,15 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
                 timeout: c.duration(hat.key("timeout"), &h.timeout, Duration::from_secs(1)),
                 rise,
                 fall,
-                host: h.host.clone(),
+                host: h.host.as_deref().map(str::trim).map(|host| {
+                    if split_authority(host).is_none() || host.contains('/') {
+                        c.err(
+                            hat.key("host"),
+                            format!("{host:?} is not a Host header value like \"app.example.com\""),
+                        );
+                    }
+                    host.to_string()
+                }),
             }
         });
         let d = default_timeouts();
@@ -752,6 +761,33 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
         });
     }
     out
+}
+
+/// Gives every health check without an explicit `host` the first exact
+/// host of the first site that routes to its service, so that an app which
+/// checks `Host` (Django's `ALLOWED_HOSTS`) accepts the check. Wildcard and
+/// catch-all patterns are skipped (they are not host names); a service no
+/// site names keeps `None` (the check then sends the member's address).
+fn default_health_hosts(mut services: Vec<ServiceSpec>, sites: &[SiteSpec]) -> Vec<ServiceSpec> {
+    for svc in &mut services {
+        let Some(health) = svc.health.as_mut() else {
+            continue;
+        };
+        if health.host.is_some() {
+            continue;
+        }
+        health.host = sites
+            .iter()
+            .filter(|site| {
+                site.routes
+                    .iter()
+                    .any(|r| matches!(&r.action, ActionSpec::Proxy(n) if *n == svc.name))
+            })
+            .flat_map(|site| site.hosts.iter())
+            .find(|h| !h.starts_with('*'))
+            .cloned();
+    }
+    services
 }
 
 fn check_limits(c: &mut Checker, l: &RawLimits) -> Limits {

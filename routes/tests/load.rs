@@ -238,6 +238,68 @@ fn static_routes_do_not_follow_symlinks_by_default() {
     assert_eq!(statics, vec![false]);
 }
 
+const HEALTH_HOSTS: &str = r#"
+[server]
+http = "127.0.0.1:8080"
+
+[[sites]]
+hosts = ["*.wild.example"]
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+
+[[sites]]
+hosts = ["*", "app.example.com", "www.example.com"]
+  [[sites.routes]]
+  path = "/api/"
+  service = "api"
+  [[sites.routes]]
+  path = "/"
+  service = "web"
+
+[services.api]
+health = { path = "/healthz/" }
+colors.blue = ["unix:/run/api.sock"]
+
+[services.web]
+health = { path = "/healthz/", host = "web.internal:8000" }
+colors.blue = ["127.0.0.1:8001"]
+
+[services.lonely]
+health = { path = "/healthz/" }
+colors.blue = ["127.0.0.1:8002"]
+
+[services.unchecked]
+colors.blue = ["127.0.0.1:8003"]
+"#;
+
+#[test]
+fn health_checks_send_the_first_exact_host_of_a_site_routing_to_the_service() {
+    let c = load("d.toml", HEALTH_HOSTS, env).unwrap();
+    let host = |name: &str| {
+        let i = c.service_index(name).unwrap();
+        c.services[i].health.as_ref().map(|h| h.host.clone())
+    };
+    // Wildcards and the catch-all are skipped, across sites in file order.
+    assert_eq!(host("api"), Some(Some("app.example.com".into())));
+    // An explicit host wins.
+    assert_eq!(host("web"), Some(Some("web.internal:8000".into())));
+    // No site routes to it: the check falls back to the member address.
+    assert_eq!(host("lonely"), Some(None));
+    assert_eq!(host("unchecked"), None);
+}
+
+#[test]
+fn a_health_host_that_is_no_host_is_refused() {
+    let text = HEALTH_HOSTS.replace("web.internal:8000", "web internal/x");
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("services.web.health.host") && e.contains("not a Host")),
+        "{errs:?}"
+    );
+}
+
 #[test]
 fn response_headers_are_checked_with_line_and_key() {
     let text = r#"

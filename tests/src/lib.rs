@@ -57,3 +57,4 @@ pub fn blackhole() -> (
 }
 pub mod bluegreen;
 pub mod pebble;
+pub mod tls;
