@@ -49,7 +49,7 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: String,
     },
-    /// Show services: live color, weights, health, in-flight requests.
+    /// Show services: live color, weights, health, in-flight requests, open WebSockets.
     Status {
         /// Only this service.
         service: Option<String>,
