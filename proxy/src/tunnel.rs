@@ -112,7 +112,7 @@ impl Tunnel {
             frames.feed(b);
         }
         let closed = self.socket.as_ref().is_some_and(|s| s.closed_by_edge());
-        if end_of_stream && closed && frames.at_boundary() {
+        if end_of_stream && closed && frames.may_close() {
             let mut out = BytesMut::new();
             if let Some(b) = body.take() {
                 out.extend_from_slice(&b);
@@ -143,6 +143,8 @@ pub struct FrameBoundary {
     skip: u64,
     /// A header made no sense: never claim a boundary again.
     lost: bool,
+    /// The app already sent a close frame.
+    close_seen: bool,
 }
 
 impl FrameBoundary {
@@ -185,6 +187,7 @@ impl FrameBoundary {
                 self.lost = true;
                 return;
             }
+            self.close_seen |= self.head[0] & 0x0f == 0x8;
             self.skip = payload;
             self.have = 0;
         }
@@ -193,6 +196,12 @@ impl FrameBoundary {
     /// Whether the bytes seen so far end with a whole frame.
     pub fn at_boundary(&self) -> bool {
         !self.lost && self.have == 0 && self.skip == 0
+    }
+
+    /// Whether a close frame may be sent now: between frames, and the app
+    /// has not sent its own (nothing may follow a close frame).
+    pub fn may_close(&self) -> bool {
+        self.at_boundary() && !self.close_seen
     }
 }
 
@@ -249,9 +258,13 @@ mod tests {
         assert!(!b.at_boundary());
         b.feed(&stream[..1]);
         assert!(b.at_boundary(), "the last byte completes the close frame");
+        assert!(!b.may_close(), "the stream ends with a close frame");
         let mut b = FrameBoundary::default();
         b.feed(&stream[..1]);
         assert!(!b.at_boundary(), "one header byte");
+        let mut b = FrameBoundary::default();
+        b.feed(&frame(3, false));
+        assert!(b.may_close());
     }
 
     #[test]

@@ -369,3 +369,58 @@ async fn a_drain_that_times_out_with_requests_in_flight_fails_and_keeps_the_old_
     assert_eq!(f.stopped(), "blue\n");
     slow.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipping_back_keeps_websockets_and_weights_drain_a_color() {
+    let f = Fixture::new("1h").await;
+    let mut ws = f.websocket("blue").await;
+    let call = |method: &'static str, path: &'static str, body: &'static str| {
+        let url = f.p.admin_url(path);
+        async move {
+            let r = admin(method, &url, Some(TOKEN), Some(body)).await.unwrap();
+            assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+            r.json()
+        }
+    };
+    let v = call("POST", "/v1/services/api/flip", r#"{"to":"green"}"#).await;
+    assert!(
+        v["colors"]["blue"]["upgraded_close_in_ms"].as_u64() > Some(0),
+        "{v:#}"
+    );
+    // Back before the close is due: called off, the WebSocket stays usable.
+    let v = call("POST", "/v1/services/api/flip", r#"{"to":"blue"}"#).await;
+    assert_eq!(
+        v["colors"]["blue"]["upgraded_close_in_ms"],
+        serde_json::Value::Null,
+        "{v:#}"
+    );
+    ws.send(Message::text("again")).await.unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .expect("echo")
+        .expect("echo frame");
+    assert_eq!(msg.into_text().unwrap().as_str(), "blue: again");
+    assert_eq!(f.counts("blue").await, (0, 1));
+
+    // Weights that give blue nothing drain it like a flip.
+    let v = call(
+        "PUT",
+        "/v1/services/api/weights",
+        r#"{"blue":0,"green":100}"#,
+    )
+    .await;
+    assert!(
+        v["colors"]["blue"]["upgraded_close_in_ms"].as_u64() > Some(0),
+        "{v:#}"
+    );
+    let v = call("POST", "/v1/services/api/drain", "{}").await;
+    assert_eq!(v["closed"], 1, "{v:#}");
+    assert_eq!(ended(ws).await, Some(CloseCode::Away));
+    f.wait("blue's WebSocket gone", |v| {
+        v["colors"]["blue"]["upgraded"] == 0
+    })
+    .await;
+    // A new WebSocket goes where the weights say.
+    let _ws = f.websocket("green").await;
+}
