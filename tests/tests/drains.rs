@@ -168,7 +168,10 @@ colors.green = ["{green}"]
 /// Reads what is left of a WebSocket the edge is closing: returns the close
 /// code, if a close frame came, once the stream has ended. Panics if it
 /// does not end (bounded wait).
-async fn ended(mut ws: Ws) -> Option<CloseCode> {
+async fn ended<S>(mut ws: tokio_tungstenite::WebSocketStream<S>) -> Option<CloseCode>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut code = None;
     let done = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(m) = ws.next().await {
@@ -423,4 +426,76 @@ async fn flipping_back_keeps_websockets_and_weights_drain_a_color() {
     .await;
     // A new WebSocket goes where the weights say.
     let _ws = f.websocket("green").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_over_tls_are_counted_and_closed_by_a_drain() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let p = Proxy::start(&format!(
+        r#"
+[server]
+http = "{{http}}"
+https = "{{https}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+admin_token = "{TOKEN}"
+
+[[sites]]
+hosts = ["app.test"]
+tls = "self-signed"
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+
+[services.api]
+live = "blue"
+drain_upgraded = "0s"
+colors.blue = ["{blue}"]
+colors.green = ["{green}"]
+"#,
+        blue = blue.member(),
+        green = green.member()
+    ))
+    .await;
+    let tls = e2e::tls::connect_any_cert(p.ports.https, "app.test")
+        .await
+        .expect("TLS to duotone");
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://app.test/ws", tls)
+        .await
+        .expect("websocket handshake over TLS");
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("hi")).await.unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .expect("echo")
+        .expect("echo frame");
+    assert_eq!(msg.into_text().unwrap().as_str(), "blue: hi");
+    let service = || async {
+        admin("GET", &p.admin_url("/v1/services/api"), Some(TOKEN), None)
+            .await
+            .unwrap()
+            .json()
+    };
+    assert_eq!(service().await["colors"]["blue"]["upgraded"], 1);
+    let admin_url = p.admin_url("");
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run_cli(
+            &["flip", "api", "green", "--drain"],
+            &[
+                ("DUOTONE_ADMIN", &admin_url),
+                ("DUOTONE_ADMIN_TOKEN", TOKEN),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(ended(ws).await, Some(CloseCode::Away));
+    let v = service().await;
+    assert_eq!(
+        (&v["colors"]["blue"]["upgraded"], &v["live"]),
+        (&0.into(), &"green".into())
+    );
 }
