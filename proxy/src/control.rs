@@ -276,6 +276,9 @@ impl Control {
         color: Option<&str>,
         force: bool,
     ) -> Result<usize, ChangeError> {
+        // Serialized with flips and weights, so the color's share of
+        // traffic cannot change between the check and the close.
+        let _changes = self.lock();
         let snap = self.load();
         let svc = snap
             .table
