@@ -48,6 +48,10 @@ pub struct Ctx {
     /// The next attempt replays the request on the same member.
     replay: bool,
     in_flight: Option<InFlight>,
+    /// The upstream connection's descriptor, while connected.
+    upstream_fd: Option<std::os::fd::RawFd>,
+    /// After a 101: the upgraded connection, counted apart from requests.
+    tunnel: Option<crate::tunnel::Tunnel>,
     /// Set when the request's host matched a site.
     site_found: bool,
     /// Why the shared request check refused the request.
@@ -139,6 +143,8 @@ impl ProxyHttp for Edge {
             attempts: 0,
             replay: false,
             in_flight: None,
+            upstream_fd: None,
+            tunnel: None,
             site_found: false,
             refusal: None,
             tls: false,
@@ -296,8 +302,23 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         if site.tls && !ctx.tls && !route.allow_http {
-            let location = forwarded::https_location(req, snap.table.config.server.https);
-            respond::redirect(session, 308, &location).await?;
+            // Only to the https listener that is open (the config's address
+            // may name one a reload could not open; reloads refuse that).
+            match self.control.listeners().https {
+                Some(https) => {
+                    let location = forwarded::https_location(req, Some(https));
+                    respond::redirect(session, 308, &location).await?;
+                }
+                None => {
+                    respond::text(
+                        session,
+                        503,
+                        "this site is served over https, which is not listening: restart duotone\n",
+                        &[],
+                    )
+                    .await?
+                }
+            }
             return Ok(true);
         }
         let slot = snap.slots.get(route.slot);
@@ -566,12 +587,28 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::fd::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_fd = Some(fd);
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if resp.status.as_u16() == 101 {
+            upgraded(resp, ctx);
+        }
         strip_hop_by_hop(resp);
         if ctx.tls {
             if let Some(hsts) = ctx
@@ -590,6 +627,19 @@ impl ProxyHttp for Edge {
             respond::add_headers(resp, &route.headers)?;
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(t) = &mut ctx.tunnel {
+            t.relay(body, end_of_stream);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
@@ -641,6 +691,7 @@ impl ProxyHttp for Edge {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.in_flight = None;
+        ctx.tunnel = None;
         crate::conn::HeadDeadline::request_done(session.as_downstream().stream());
         let status = session
             .response_written()
@@ -730,6 +781,32 @@ impl ProxyHttp for Edge {
         };
         self.access_log.log(format, &entry);
     }
+}
+
+/// After a 101 from the upstream: the request becomes an upgraded
+/// connection of its color ([`crate::tunnel`]), counted apart from
+/// requests, so a drain does not wait for it to end by itself.
+fn upgraded(resp: &ResponseHeader, ctx: &mut Ctx) {
+    let Some(stats) = ctx
+        .snap
+        .as_ref()
+        .and_then(|s| s.table.services.get(ctx.service))
+        .and_then(|svc| svc.pools.get(ctx.pool))
+        .map(|p| p.stats.clone())
+    else {
+        return;
+    };
+    let websocket = resp
+        .headers
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    // Registered before the request stops counting: never idle in between.
+    ctx.tunnel = Some(crate::tunnel::Tunnel::start(
+        &stats,
+        ctx.upstream_fd,
+        websocket,
+    ));
+    ctx.in_flight = None;
 }
 
 /// True for HTTP/1 framing that proxies and upstreams may read differently:

@@ -26,6 +26,7 @@ pub mod server;
 pub mod slots;
 pub mod static_files;
 pub mod tls;
+pub mod tunnel;
 pub mod views;
 
 /// How the CLI reaches the admin API.

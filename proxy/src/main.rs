@@ -49,7 +49,7 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: String,
     },
-    /// Show services: live color, weights, health, in-flight requests.
+    /// Show services: live color, weights, health, in-flight requests, open WebSockets.
     Status {
         /// Only this service.
         service: Option<String>,
@@ -68,10 +68,13 @@ enum Cmd {
         /// Flip even if the target color has no healthy member.
         #[arg(long)]
         force: bool,
-        /// Then wait until the old color has no in-flight requests.
+        /// Then wait until the old color is drained: no request in flight,
+        /// and its WebSockets closed by the edge (`drain_upgraded`). Exits
+        /// non-zero if requests are still in flight after --drain-timeout.
         #[arg(long)]
         drain: bool,
-        /// Longest wait for --drain.
+        /// Longest wait for the old color's requests with --drain (its
+        /// WebSockets are closed by then at the latest).
         #[arg(long, default_value = "300s")]
         drain_timeout: String,
         #[command(flatten)]

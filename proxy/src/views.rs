@@ -17,6 +17,10 @@ pub struct ServiceView {
     /// as healthy only after passing one).
     #[serde(default)]
     pub active_checks: bool,
+    /// How long upgraded connections of a color that stopped taking new
+    /// traffic stay open before the edge closes them, in milliseconds.
+    #[serde(default)]
+    pub drain_upgraded_ms: u64,
     /// Per color.
     pub colors: BTreeMap<String, ColorView>,
 }
@@ -28,8 +32,16 @@ pub struct ColorView {
     pub live: bool,
     /// True when at least one member can take traffic.
     pub healthy: bool,
-    /// Requests being proxied to this color now.
+    /// Requests being proxied to this color now (upgraded connections not
+    /// included).
     pub in_flight: i64,
+    /// Upgraded connections (WebSockets) open to this color now.
+    #[serde(default)]
+    pub upgraded: i64,
+    /// While this color takes no new traffic: milliseconds until the edge
+    /// closes its upgraded connections (`drain_upgraded`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_close_in_ms: Option<u64>,
     /// Requests sent to this color since start.
     pub requests: u64,
     /// Members.
@@ -106,6 +118,11 @@ impl ServiceView {
                         live: i == svc.live,
                         healthy: p.is_healthy(now_ms, checked),
                         in_flight: p.stats.in_flight(),
+                        upgraded: p.stats.upgraded(),
+                        upgraded_close_in_ms: p
+                            .stats
+                            .close_due_ms()
+                            .map(|due| due.saturating_sub(now_ms)),
                         requests: p.stats.requests(),
                         members,
                     },
@@ -119,6 +136,7 @@ impl ServiceView {
                 .weight_pairs()
                 .map(|w| w.into_iter().map(|(c, w)| (c.to_string(), w)).collect()),
             active_checks: checked,
+            drain_upgraded_ms: svc.drain_upgraded.as_millis() as u64,
             colors,
         }
     }

@@ -366,6 +366,9 @@ pub struct ServiceSpec {
     pub timeouts: Timeouts,
     /// Extra attempts after connect failures.
     pub retries: u32,
+    /// How long a color's upgraded connections (WebSockets) stay open once
+    /// it stops taking new traffic, before the edge closes them.
+    pub drain_upgraded: Duration,
 }
 
 /// Client-side limits.

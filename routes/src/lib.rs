@@ -27,7 +27,8 @@ pub use diag::KeyPath;
 pub use diag::{Diagnostic, Diagnostics};
 pub use load::{load, load_checked, load_with_warnings};
 pub use pool::{
-    Color, ColorStats, HealthState, InFlight, Member, MemberAddr, MemberHealth, Pool, Service,
+    Closer, Color, ColorStats, HealthState, InFlight, Member, MemberAddr, MemberHealth, Pool,
+    Service,
 };
 pub use state::LiveState;
 pub use table::{Action, Route, RouteTable, Site, Vitals};

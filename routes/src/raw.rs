@@ -237,6 +237,8 @@ pub struct RawService {
     pub idle_timeout: Option<String>,
     /// Extra attempts on other members after a connect failure.
     pub retries: Option<u32>,
+    /// How long WebSockets of a color that stopped taking traffic stay open.
+    pub drain_upgraded: Option<String>,
 }
 
 /// `health = { … }`.

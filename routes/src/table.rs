@@ -367,5 +367,6 @@ fn compile_service(
         health: s.health.clone(),
         timeouts: s.timeouts,
         retries: s.retries,
+        drain_upgraded: s.drain_upgraded,
     }
 }

@@ -15,6 +15,9 @@ use std::time::Duration;
 /// A problem found by validation: where, and what.
 pub type Problem = (KeyPath, String);
 
+/// Default of `services.*.drain_upgraded`.
+pub const DEFAULT_DRAIN_UPGRADED: Duration = Duration::from_secs(30);
+
 /// Let's Encrypt production directory.
 pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// Let's Encrypt staging directory.
@@ -758,6 +761,11 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
             health,
             timeouts,
             retries: s.retries.unwrap_or(1).min(8),
+            drain_upgraded: c.duration(
+                at.key("drain_upgraded"),
+                &s.drain_upgraded,
+                DEFAULT_DRAIN_UPGRADED,
+            ),
         });
     }
     out

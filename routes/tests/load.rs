@@ -484,3 +484,42 @@ proxy_protocol = ["http", "ftp"]
     assert_eq!(c.server.trusted_proxies.len(), 1);
     assert!(c.server.proxy_protocol.https && !c.server.proxy_protocol.http);
 }
+
+#[test]
+fn every_kind_of_tls_site_needs_an_https_listener() {
+    for tls in [
+        "\"acme\"",
+        "\"self-signed\"",
+        "{ cert = \"/c.pem\", key = \"/k.pem\" }",
+    ] {
+        let e = errors(&format!(
+            "[server]\nhttp = \":80\"\n[acme]\nemail = \"a@b.c\"\n[[sites]]\nhosts = [\"a.com\"]\ntls = {tls}\n"
+        ));
+        assert!(
+            e.iter().any(|l| l
+                .ends_with("server.https: a site has TLS enabled but no https listener is set")),
+            "{tls}: {e:?}"
+        );
+    }
+    let ok = "[server]\nhttp = \":80\"\nhttps = \":443\"\n[[sites]]\nhosts = [\"a.com\"]\ntls = \"self-signed\"\n";
+    assert!(load("d.toml", ok, env).is_ok());
+}
+
+#[test]
+fn drain_upgraded_defaults_to_30s_and_is_checked() {
+    let svc = |extra: &str| {
+        format!(
+            "[server]\nhttp = \":80\"\n[services.api]\ncolors.blue = [\"127.0.0.1:1\"]\n{extra}"
+        )
+    };
+    let c = load("d.toml", &svc(""), env).unwrap();
+    assert_eq!(c.services[0].drain_upgraded.as_secs(), 30);
+    let c = load("d.toml", &svc("drain_upgraded = \"0s\"\n"), env).unwrap();
+    assert!(c.services[0].drain_upgraded.is_zero());
+    let e = errors(&svc("drain_upgraded = \"soon\"\n"));
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:5: services.api.drain_upgraded")),
+        "{e:?}"
+    );
+}

@@ -60,14 +60,12 @@ impl ServerCertVerifier for AcceptAnything {
     }
 }
 
-/// GET `path` over HTTP/1.1 and TLS from `addr`, with SNI and `Host: host`,
-/// accepting any certificate. Returns the leaf certificate (DER) and the
-/// response; 10 s limit.
-pub async fn get_any_cert(
+/// A TLS connection to `addr` with SNI `host` and ALPN http/1.1, accepting
+/// any certificate.
+pub async fn connect_any_cert(
     addr: SocketAddr,
     host: &str,
-    path: &str,
-) -> anyhow::Result<(Vec<u8>, Resp)> {
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
@@ -77,9 +75,20 @@ pub async fn get_any_cert(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from(host.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    Ok(connector.connect(name, tcp).await?)
+}
+
+/// GET `path` over HTTP/1.1 and TLS from `addr`, with SNI and `Host: host`,
+/// accepting any certificate. Returns the leaf certificate (DER) and the
+/// response; 10 s limit.
+pub async fn get_any_cert(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<(Vec<u8>, Resp)> {
     let work = async {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        let tls = connector.connect(name, tcp).await?;
+        let tls = connect_any_cert(addr, host).await?;
         let leaf = tls
             .get_ref()
             .1
