@@ -273,7 +273,7 @@ impl HeadDeadline {
         if let Poll::Ready(Ok(())) = &res {
             let new = &buf.filled()[before..];
             if this.armed {
-                if this.scan.feed(new).is_some() {
+                if this.scan.feed(new) {
                     this.armed = false;
                 }
             } else if !new.is_empty() && this.next_head.swap(false, Ordering::Relaxed) {
@@ -281,7 +281,7 @@ impl HeadDeadline {
                 this.scan = Default::default();
                 // Not when a parser already has this head (it came in an
                 // earlier read, pipelined): these bytes are its body.
-                if this.scan.feed(new).is_none() && !this.parsed.swap(false, Ordering::Relaxed) {
+                if !this.scan.feed(new) && !this.parsed.swap(false, Ordering::Relaxed) {
                     this.armed = true;
                     let deadline = tokio::time::Instant::now() + this.limit;
                     this.sleep.as_mut().reset(deadline);

@@ -101,7 +101,7 @@ impl Lane {
             let mut scanned = 0;
             let plan = loop {
                 if buf.len() > scanned {
-                    let complete = scan.feed(&buf[scanned..]).is_some();
+                    let complete = scan.feed(&buf[scanned..]);
                     scanned = buf.len();
                     if complete {
                         // The routing table as of this request's arrival.
