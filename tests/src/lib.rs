@@ -2,6 +2,7 @@
 //! real upstream servers on loopback, and talks to them over real sockets.
 
 pub mod client;
+pub mod h2c;
 pub mod proxy;
 pub mod scripted;
 pub mod upstream;
