@@ -97,15 +97,24 @@ mod tests {
     #[test]
     fn leading_empty_lines_do_not_end_a_head() {
         assert_eq!(scan(&[b"\r\n\r\n"]), None);
-        assert_eq!(scan(&[b"\r\n", b"\n", b"\r\n\r\n", b"GET / HTTP/1.1\r\n"]), None);
-        assert_eq!(scan(&[b"\r\n\r\nGET / HTTP/1.1\r\n", b"X-Slow: 1\r\n"]), None);
+        assert_eq!(
+            scan(&[b"\r\n", b"\n", b"\r\n\r\n", b"GET / HTTP/1.1\r\n"]),
+            None
+        );
+        assert_eq!(
+            scan(&[b"\r\n\r\nGET / HTTP/1.1\r\n", b"X-Slow: 1\r\n"]),
+            None
+        );
         assert_eq!(scan(&[b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"]), Some(0));
         assert_eq!(scan(&[b"\n\r\n\r\n"]), None);
     }
 
     #[test]
     fn unfinished_heads_are_not_ended() {
-        assert_eq!(scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"X-Slow: 1\r\n"]), None);
+        assert_eq!(
+            scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"X-Slow: 1\r\n"]),
+            None
+        );
         assert_eq!(scan(&[b"GET / HTTP/1.1\r\n", b"\r", b"X\r\n"]), None);
         assert_eq!(scan(&[b"GET / HTTP/1.1\r\n\r\r\n"]), None);
         // The HTTP/2 preface holds an empty line after its first line.
