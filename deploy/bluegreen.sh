@@ -8,10 +8,17 @@
 #   2. waits until the proxy's active health checks pass for that color
 #      (checks made after the start command finished, not stale ones),
 #   3. flips the service to it (atomic; requests in flight finish where they are),
-#   4. waits until the old color has no requests in flight,
+#   4. drains the old color: waits until it has no requests in flight, while
+#      the proxy closes its WebSockets (the service's drain_upgraded, or at
+#      the latest when --drain-timeout runs out),
 #   5. runs the stop command for the old color.
-# If step 1 or 2 fails, nothing is flipped, the old color stays live and the
-# stop command does not run; the exit status is non-zero.
+# If step 1 or 2 fails, nothing is flipped and the old color stays live; the
+# stop command then runs for the new color (unless --keep-failed), never for
+# the old one; the exit status is non-zero. A start command still running
+# after --start-timeout (a server left in the foreground) is stopped and the
+# deploy refused. If requests are still in flight on the old color after
+# --drain-timeout, the new color stays live, the stop command is not run for
+# the old one (unless --force-stop) and the exit status is non-zero.
 #
 # Usage:
 #   bluegreen.sh SERVICE --start CMD [--stop CMD] [options]
@@ -31,8 +38,11 @@
 #       color's host port (the members listed in duotone.toml).
 #   -f, --file COMPOSE_FILE   compose file (default: compose's own lookup)
 #   --to COLOR                color to deploy (default: the idle one of two)
+#   --start-timeout DUR       default 300s (the start command must return)
 #   --health-timeout DUR      default 120s
+#   --keep-failed             leave the new color running after a failure
 #   --drain-timeout DUR       default 300s
+#   --force-stop              run the stop command even if the drain timed out
 #   --admin URL               admin API (default: $DUOTONE_ADMIN, else
 #                             http://127.0.0.1:9090)
 #
@@ -80,10 +90,11 @@ while [[ $# -gt 0 ]]; do
     --stop) stop=${2?--stop needs a command}; shift 2 ;;
     -p | --project) project=${2?-p needs a project name}; shift 2 ;;
     -f | --file) compose_file=${2?-f needs a file}; shift 2 ;;
-    --to | --health-timeout | --drain-timeout | --admin)
+    --to | --start-timeout | --health-timeout | --drain-timeout | --admin)
         passthrough+=("$1" "${2?$1 needs a value}")
         shift 2
         ;;
+    --keep-failed | --force-stop) passthrough+=("$1"); shift ;;
     -h | --help) usage ;;
     *) die "unknown argument: $1 (see --help)" ;;
     esac

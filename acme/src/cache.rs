@@ -34,7 +34,7 @@ impl DiskCache {
     }
 }
 
-fn hashed_name(prefix: &str, parts: &[String], directory_url: &str) -> String {
+pub(crate) fn hashed_name(prefix: &str, parts: &[String], directory_url: &str) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for part in parts {
         ctx.update(part.as_bytes());

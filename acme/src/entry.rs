@@ -75,9 +75,14 @@ impl Entry {
         }
     }
 
-    /// Builds an entry: fallback, static files or cached ACME certificate.
-    pub fn build(spec: CertSpec, acme: Option<&AcmeCtx>) -> Result<Entry, CertError> {
-        let fallback = certs::self_signed(&spec.hosts, &spec.name)?;
+    /// Builds an entry: fallback (kept in `fallback_dir` when given), static
+    /// files or cached ACME certificate.
+    pub fn build(
+        spec: CertSpec,
+        acme: Option<&AcmeCtx>,
+        fallback_dir: Option<&Path>,
+    ) -> Result<Entry, CertError> {
+        let fallback = certs::self_signed_kept(&spec.hosts, &spec.name, fallback_dir)?;
         let mut current = None;
         let mut stamp = None;
         let mut domains = Vec::new();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, PreTlsProcess, ALPN};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, PreTlsCallback, PreTlsProcess, ALPN};
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::services::listening::Service;
 use rustls::server::{Accepted, Acceptor, ClientHello};
@@ -56,10 +56,30 @@ pub fn add_https<A>(
     addr: &str,
     store: Arc<CertStore>,
 ) -> Result<(), CertError> {
+    add_https_with(svc, addr, store, None)
+}
+
+/// Like [`add_https`], with `before` run on every connection before the
+/// TLS handshake (and before a TLS-ALPN-01 check), e.g. to read a PROXY
+/// protocol header.
+pub fn add_https_with<A>(
+    svc: &mut Service<A>,
+    addr: &str,
+    store: Arc<CertStore>,
+    before: Option<PreTlsCallback>,
+) -> Result<(), CertError> {
     let settings = tls_settings(&store)?;
-    if store.challenge() == Some(Challenge::TlsAlpn01) {
-        svc.endpoints()
-            .set_pre_tls_callback(Arc::new(TlsAlpnHook::new(store.clone())?));
+    let alpn: Option<PreTlsCallback> = if store.challenge() == Some(Challenge::TlsAlpn01) {
+        Some(Arc::new(TlsAlpnHook::new(store.clone())?))
+    } else {
+        None
+    };
+    let hook: Option<PreTlsCallback> = match (before, alpn) {
+        (Some(a), Some(b)) => Some(Arc::new(Chain(a, b))),
+        (a, b) => a.or(b),
+    };
+    if let Some(hook) = hook {
+        svc.endpoints().set_pre_tls_callback(hook);
     }
     svc.add_listener(
         ListenerConfig::tcp(addr)
@@ -67,6 +87,17 @@ pub fn add_https<A>(
             .l4_buffer(client_buffers()),
     );
     Ok(())
+}
+
+/// Two pre-TLS hooks, one after the other.
+struct Chain(PreTlsCallback, PreTlsCallback);
+
+#[async_trait]
+impl PreTlsProcess for Chain {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        self.0.process(stream).await?;
+        self.1.process(stream).await
+    }
 }
 
 /// Buffers of accepted client connections: no read buffer (Pingora's HTTP

@@ -83,6 +83,8 @@ pub struct CertStore {
     pub(crate) changed: tokio::sync::Notify,
     pub(crate) poll_interval_ms: AtomicU64,
     replace_lock: Mutex<()>,
+    /// Where self-signed fallback certificates are kept across restarts.
+    fallback_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for CertStore {
@@ -102,8 +104,20 @@ impl CertStore {
     /// Fails on unusable static files, duplicate names, ACME specs without
     /// ACME settings, or a bad directory / `ca_roots`.
     pub fn new(acme: Option<AcmeSettings>, specs: Vec<CertSpec>) -> Result<Arc<Self>, CertError> {
+        Self::with_fallback_dir(acme, specs, None)
+    }
+
+    /// Like [`CertStore::new`], keeping the self-signed fallback
+    /// certificates (and `tls = "self-signed"` ones) in `fallback_dir`
+    /// (0700, files 0600) and reusing them while they have more than 30 days
+    /// left, so that a restart serves the same certificate.
+    pub fn with_fallback_dir(
+        acme: Option<AcmeSettings>,
+        specs: Vec<CertSpec>,
+        fallback_dir: Option<PathBuf>,
+    ) -> Result<Arc<Self>, CertError> {
         let acme = acme.map(Self::acme_ctx).transpose()?;
-        let generic_default = certs::self_signed(&[], "default")?.key;
+        let generic_default = certs::self_signed_kept(&[], "default", fallback_dir.as_deref())?.key;
         let store = CertStore {
             acme,
             snapshot: ArcSwap::from_pointee(Snapshot {
@@ -115,6 +129,7 @@ impl CertStore {
             changed: tokio::sync::Notify::new(),
             poll_interval_ms: AtomicU64::new(5_000),
             replace_lock: Mutex::new(()),
+            fallback_dir,
         };
         store.replace_specs(specs)?;
         Ok(Arc::new(store))
@@ -178,7 +193,11 @@ impl CertStore {
         for spec in specs {
             match old.entries.iter().find(|e| e.spec == spec) {
                 Some(e) => entries.push(e.clone()),
-                None => entries.push(Arc::new(Entry::build(spec, self.acme.as_ref())?)),
+                None => entries.push(Arc::new(Entry::build(
+                    spec,
+                    self.acme.as_ref(),
+                    self.fallback_dir.as_deref(),
+                )?)),
             }
         }
         let index = HostIndex::new(entries.iter().map(|e| &e.spec.hosts));

@@ -87,7 +87,8 @@ fn headers(c: &mut Criterion) {
         b.iter(|| {
             let mut req = base.clone();
             let id = ids.for_request(&req);
-            duotone::forwarded::set_headers(&mut req, client, true, Some(id)).expect("headers");
+            duotone::forwarded::set_headers(&mut req, client, None, true, Some(id))
+                .expect("headers");
             req
         })
     });
@@ -117,6 +118,7 @@ fn lane(c: &mut Criterion) {
     let conn = request::Conn {
         tls: false,
         client_ip: "203.0.113.9",
+        peer: Some([203, 0, 113, 9].into()),
         acme: false,
     };
     let head = b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: example.com\r\n\
@@ -140,6 +142,7 @@ fn lane(c: &mut Criterion) {
         hsts: None,
         request_id: b"0123456789abcdef",
         close: false,
+        add: &routes::headers::AddHeaders::NONE,
     };
     let mut client_head = Vec::with_capacity(1024);
     c.bench_function("lane: upstream head → client head", |b| {

@@ -58,7 +58,7 @@ fn change_error(e: ChangeError) -> Resp {
     let status = match &e {
         ChangeError::UnknownService(_) => StatusCode::NOT_FOUND,
         ChangeError::Invalid(_) | ChangeError::BadConfig(_) => StatusCode::BAD_REQUEST,
-        ChangeError::Unhealthy(_) => StatusCode::CONFLICT,
+        ChangeError::Unhealthy(_) | ChangeError::Conflict(_) => StatusCode::CONFLICT,
         ChangeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)
@@ -245,6 +245,30 @@ impl Admin {
                     Err(e) => change_error(e),
                 }
             }
+            (&Method::POST, ["v1", "services", name, "drain"]) => {
+                let name = name.to_string();
+                let query_force = match force_param(req.uri().query()) {
+                    Ok(f) => f,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                };
+                let body = match read_json::<DrainBody>(req, true).await {
+                    Ok(b) => b.unwrap_or_default(),
+                    Err(r) => return r,
+                };
+                let force = body.force || query_force;
+                let (control, svc, color) = (self.control.clone(), name.clone(), body.color);
+                match blocking(move || control.close_upgraded(&svc, color.as_deref(), force)).await
+                {
+                    Ok(closed) => match self.service_json(&name) {
+                        Some(mut v) => {
+                            v["closed"] = closed.into();
+                            json_resp(StatusCode::OK, v)
+                        }
+                        None => error(StatusCode::NOT_FOUND, "service vanished"),
+                    },
+                    Err(e) => change_error(e),
+                }
+            }
             (&Method::PUT, ["v1", "services", name, "weights"]) => {
                 let name = name.to_string();
                 let query_force = match force_param(req.uri().query()) {
@@ -301,7 +325,7 @@ impl Admin {
                 | ["v1", "certificates"]
                 | ["metrics"],
             )
-            | (_, ["v1", "services", _, "flip" | "weights"]) => error(
+            | (_, ["v1", "services", _, "flip" | "weights" | "drain"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not allowed on {path}"),
             ),
@@ -393,6 +417,17 @@ fn weights_body(
 #[serde(deny_unknown_fields)]
 struct FlipBody {
     to: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// Body of `POST /v1/services/{name}/drain`: closes the upgraded
+/// connections (WebSockets) of `color` now, or of every color taking no new
+/// traffic when absent. A color that takes traffic needs `force`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    color: Option<String>,
     #[serde(default)]
     force: bool,
 }

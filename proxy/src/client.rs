@@ -110,25 +110,23 @@ fn print_service(s: &ServiceView) {
         println!("  weights {}", parts.join(" "));
     }
     for (color, c) in &s.colors {
+        let closing = c
+            .upgraded_close_in_ms
+            .filter(|_| c.upgraded > 0)
+            .map(|ms| format!("  (WebSockets close in {:.0}s)", ms as f64 / 1e3))
+            .unwrap_or_default();
         println!(
-            "  {:<10} {:<9} in-flight {:<5} requests {}{}",
+            "  {:<10} {:<9} in-flight {:<5} upgraded {:<5} requests {}{}{}",
             color,
             if c.healthy { "healthy" } else { "UNHEALTHY" },
             c.in_flight,
+            c.upgraded,
             c.requests,
-            if c.live { "  (live)" } else { "" }
+            if c.live { "  (live)" } else { "" },
+            closing
         );
         for m in &c.members {
-            println!(
-                "      {:<32} {}{}",
-                m.addr,
-                m.health,
-                if m.ejected {
-                    ", ejected after errors"
-                } else {
-                    ""
-                }
-            );
+            println!("      {:<32} {}", m.addr, m.describe());
         }
     }
 }
@@ -153,39 +151,119 @@ pub fn status(args: &AdminArgs, service: Option<&str>, json: bool) -> Result<()>
     Ok(())
 }
 
-/// Waits until `color` of `service` has no in-flight requests, with a progress bar.
-fn drain(api: &Api, service: &str, color: &str, limit: Duration) -> Result<()> {
+/// How long the CLI waits for upgraded connections to end once it asked
+/// the edge to close them (each takes one read on the edge to notice).
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// No request in flight and no upgraded connection left.
+    Done,
+    /// Time ran out with these still open.
+    TimedOut {
+        /// Requests still in flight.
+        requests: i64,
+        /// Upgraded connections still open after the edge closed them.
+        upgraded: i64,
+    },
+}
+
+impl Drain {
+    /// Why a drain that timed out is not done, in words.
+    fn why(self, color: &str, limit: Duration) -> String {
+        match self {
+            Drain::Done => format!("{color} is drained"),
+            Drain::TimedOut { requests, .. } if requests > 0 => format!(
+                "{color} is not drained: {requests} request(s) still in flight after {limit:?} \
+                 (raise --drain-timeout)"
+            ),
+            Drain::TimedOut { upgraded, .. } => format!(
+                "{color} is not drained: {upgraded} upgraded connection(s) still open after \
+                 the edge closed them"
+            ),
+        }
+    }
+}
+
+/// Drains `color` of `service`, with a progress bar: waits up to `limit`
+/// for its in-flight requests to end, and for its upgraded connections
+/// (WebSockets), which the edge closes `drain_upgraded` after the color
+/// stopped taking traffic. If only upgraded connections are left when
+/// `limit` has passed, asks the edge to close them now
+/// (`POST /v1/services/{service}/drain`) and waits [`CLOSE_GRACE`] more.
+fn drain(api: &Api, service: &str, color: &str, limit: Duration) -> Result<Drain> {
     let start = Instant::now();
-    let first = api
-        .service(service)?
-        .colors
-        .get(color)
-        .map(|c| c.in_flight)
-        .unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(first.max(0) as u64);
+    let counts = || -> Result<(i64, i64, Option<u64>)> {
+        let s = api.service(service)?;
+        let c = s
+            .colors
+            .get(color)
+            .with_context(|| format!("service {service} has no color {color:?} any more"))?;
+        Ok((
+            c.in_flight.max(0),
+            c.upgraded.max(0),
+            c.upgraded_close_in_ms,
+        ))
+    };
+    let (n, u, _) = counts()?;
+    let bar = indicatif::ProgressBar::new((n + u) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "draining {msg} [{bar:30}] {pos}/{len} done, {elapsed}",
+            "draining [{bar:30}] {pos}/{len} done, {elapsed}: {msg}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    bar.set_message(format!("{service}/{color}"));
+    let mut asked: Option<Instant> = None;
     loop {
-        let n = api
-            .service(service)?
-            .colors
-            .get(color)
-            .map(|c| c.in_flight)
-            .unwrap_or(0);
-        bar.set_length(bar.length().unwrap_or(0).max(n.max(0) as u64));
-        bar.set_position(bar.length().unwrap_or(0).saturating_sub(n.max(0) as u64));
-        if n <= 0 {
+        let (n, u, close_in) = counts()?;
+        let left = (n + u) as u64;
+        bar.set_length(bar.length().unwrap_or(0).max(left));
+        bar.set_position(bar.length().unwrap_or(0).saturating_sub(left));
+        let closing = match (u, close_in, asked) {
+            (0, _, _) => String::new(),
+            (_, _, Some(_)) => " (closing them now)".to_string(),
+            (_, Some(ms), None) => format!(" (the edge closes them in {:.0}s)", ms as f64 / 1e3),
+            (_, None, None) => " (being closed)".to_string(),
+        };
+        bar.set_message(format!(
+            "{service}/{color}: {n} request(s) in flight, {u} WebSocket(s){closing}"
+        ));
+        if left == 0 {
             bar.finish_with_message(format!("{service}/{color}: drained"));
-            return Ok(());
+            return Ok(Drain::Done);
         }
         if start.elapsed() > limit {
-            bar.abandon_with_message(format!("{service}/{color}: {n} still in flight"));
-            bail!("{color} still has {n} in-flight requests after {limit:?}");
+            let timed_out = Drain::TimedOut {
+                requests: n,
+                upgraded: u,
+            };
+            if n > 0 {
+                bar.abandon_with_message(format!(
+                    "{service}/{color}: {n} request(s) still in flight"
+                ));
+                return Ok(timed_out);
+            }
+            match asked {
+                None => {
+                    api.ok(
+                        http::Method::POST,
+                        &format!("/v1/services/{service}/drain"),
+                        Some(serde_json::json!({ "color": color })),
+                    )
+                    .with_context(|| {
+                        format!("asking the edge to close the WebSockets of {color}")
+                    })?;
+                    asked = Some(Instant::now());
+                }
+                Some(t) if t.elapsed() > CLOSE_GRACE => {
+                    bar.abandon_with_message(format!(
+                        "{service}/{color}: {u} upgraded connection(s) still open"
+                    ));
+                    return Ok(timed_out);
+                }
+                Some(_) => {}
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -218,7 +296,15 @@ pub fn flip(
     )?)?;
     println!("{service}: {} -> {}", before.live, after.live);
     if do_drain && before.live != after.live {
-        drain(&api, service, &before.live, limit)?;
+        let (new, old) = (&after.live, &before.live);
+        let drained = drain(&api, service, old, limit)
+            .with_context(|| format!("{service} flipped to {new}, but draining {old} failed"))?;
+        if drained != Drain::Done {
+            bail!(
+                "{service} flipped to {new}, but {}",
+                drained.why(old, limit)
+            );
+        }
     }
     Ok(())
 }
@@ -278,14 +364,31 @@ pub struct DeployArgs {
     #[arg(long)]
     pub start: String,
     /// Shell command that stops the old color after draining; `{color}` is the old color.
+    /// After a failed deploy it also stops the new color again (unless --keep-failed).
     #[arg(long)]
     pub stop: Option<String>,
+    /// Longest the start command may run. It must start the color in the
+    /// background and return (`docker compose up -d`, `systemctl start`); one
+    /// still running after this is stopped and the deploy refused.
+    #[arg(long, default_value = "300s")]
+    pub start_timeout: String,
+    /// After a failed deploy, leave the new color running (for a look at it)
+    /// instead of running --stop for it.
+    #[arg(long)]
+    pub keep_failed: bool,
     /// How long to wait for the new color to become healthy.
     #[arg(long, default_value = "120s")]
     pub health_timeout: String,
-    /// How long to wait for the old color to drain.
+    /// How long to wait for the old color's in-flight requests to end. Its
+    /// WebSockets are closed by the edge (the service's `drain_upgraded`),
+    /// at the latest when this runs out.
     #[arg(long, default_value = "300s")]
     pub drain_timeout: String,
+    /// Run --stop for the old color even when its drain timed out with
+    /// requests still in flight (they are cut off); the deploy still exits
+    /// non-zero.
+    #[arg(long)]
+    pub force_stop: bool,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -304,6 +407,76 @@ fn shell(cmd: &str, color: &str, old: &str) -> Result<()> {
         bail!("command failed ({status}): {cmd}");
     }
     Ok(())
+}
+
+/// Runs the start command, which must return within `limit`. It runs in a
+/// process group of its own so that one still running then (a server left
+/// in the foreground, `docker compose up` without `-d`) is stopped with
+/// everything it started, and the deploy refused.
+fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let cmd = cmd.replace("{color}", color);
+    println!("  $ {cmd}");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .env("DUOTONE_COLOR", color)
+        .env("DUOTONE_OLD_COLOR", old)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {cmd:?}"))?
+        {
+            if !status.success() {
+                bail!("command failed ({status}): {cmd}");
+            }
+            return Ok(());
+        }
+        if start.elapsed() >= limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGTERM to the group, then SIGKILL to what is left of it.
+    let group = -(child.id() as i32);
+    // SAFETY: kill(2) on the process group of our own child.
+    unsafe { libc::kill(group, libc::SIGTERM) };
+    let grace = Instant::now();
+    while grace.elapsed() < Duration::from_secs(5) {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above; the group id stays ours until the child is reaped.
+    unsafe { libc::kill(group, libc::SIGKILL) };
+    let _ = child.wait();
+    bail!(
+        "the start command was still running after {limit:?}, so it was stopped: it must start \
+         {color} in the background and return (e.g. `docker compose up -d`, `systemctl start`, \
+         `gunicorn --daemon`); raise --start-timeout if starting really takes longer: {cmd}"
+    )
+}
+
+/// After a failed deploy: stops the color it started (unless `--keep-failed`
+/// or there is no `--stop`), then returns the failure with what was done.
+fn clean_up(a: &DeployArgs, new: &str, old: &str, failure: anyhow::Error) -> anyhow::Error {
+    let done = match (&a.stop, a.keep_failed) {
+        (_, true) => format!("{new} left running (--keep-failed)"),
+        (None, false) => format!("{new} may still be running: no --stop command to stop it"),
+        (Some(stop), false) => {
+            println!("==> deploy failed: stopping {new} again");
+            match shell(stop, new, old) {
+                Ok(()) => format!("{new} stopped again"),
+                Err(e) => format!("stopping {new} failed too: {e:#}"),
+            }
+        }
+    };
+    failure.context(format!("deploy failed; {old} stays live, {done}"))
 }
 
 /// Waits until `color` of `service` is healthy by checks made after now.
@@ -334,12 +507,23 @@ fn wait_healthy(api: &Api, service: &str, color: &str, old: &str, limit: Duratio
         );
     }
     let baseline = checks(&first);
+    // Each new reason a member's checks fail for, printed once as it appears.
+    let mut said: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let s = api.service(service)?;
         let c = s
             .colors
             .get(color)
             .with_context(|| format!("service {service} has no color {color:?} any more"))?;
+        for m in &c.members {
+            let before = baseline.get(&m.addr).copied().unwrap_or(0);
+            if let (Some(e), true) = (&m.last_check_error, m.checks > before) {
+                if said.get(&m.addr) != Some(e) {
+                    println!("      {} check failed: {e}", m.addr);
+                    said.insert(m.addr.clone(), e.clone());
+                }
+            }
+        }
         let fresh = |m: &crate::views::MemberView| {
             let before = baseline.get(&m.addr).copied().unwrap_or(0);
             m.healthy && m.last_check_ok == Some(true) && m.checks >= before + 2
@@ -352,10 +536,11 @@ fn wait_healthy(api: &Api, service: &str, color: &str, old: &str, limit: Duratio
                 .members
                 .iter()
                 .map(|m| {
-                    let last = match m.last_check_ok {
-                        Some(true) => "last check passed",
-                        Some(false) => "last check failed",
-                        None => "not checked yet",
+                    let last = match (m.last_check_ok, &m.last_check_error) {
+                        (Some(true), _) => "last check passed".to_string(),
+                        (Some(false), Some(e)) => format!("last check failed: {e}"),
+                        (Some(false), None) => "last check failed".to_string(),
+                        (None, _) => "not checked yet".to_string(),
                     };
                     format!("{} {} ({last})", m.addr, m.health)
                 })
@@ -368,10 +553,12 @@ fn wait_healthy(api: &Api, service: &str, color: &str, old: &str, limit: Duratio
 }
 
 /// `duotone deploy`: start idle color, wait healthy, flip, drain, stop old.
-/// Any failure before the flip leaves the old color live.
+/// Any failure before the flip leaves the old color live and stops the new
+/// one again (unless `--keep-failed`).
 pub fn deploy(a: &DeployArgs) -> Result<()> {
     let health_limit = parse_duration(&a.health_timeout)?;
     let drain_limit = parse_duration(&a.drain_timeout)?;
+    let start_limit = parse_duration(&a.start_timeout)?;
     let api = Api::new(&a.admin)?;
     let svc = api.service(&a.service)?;
     let old = svc.live.clone();
@@ -394,26 +581,52 @@ pub fn deploy(a: &DeployArgs) -> Result<()> {
         bail!("{new} is already live");
     }
     println!("==> deploying {} to {new} (live: {old})", a.service);
-    println!("[1/5] starting {new}");
-    shell(&a.start, &new, &old)?;
-    println!("[2/5] waiting for {new} to be healthy (up to {health_limit:?})");
-    wait_healthy(&api, &a.service, &new, &old, health_limit)?;
-    println!("[3/5] flipping {} to {new}", a.service);
-    api.ok(
-        http::Method::POST,
-        &format!("/v1/services/{}/flip", a.service),
-        Some(serde_json::json!({ "to": new })),
-    )
-    .with_context(|| format!("flip refused; {old} stays live"))?;
+    let until_flip = || -> Result<()> {
+        println!("[1/5] starting {new} (the command may take up to {start_limit:?})");
+        start_within(&a.start, &new, &old, start_limit)?;
+        println!("[2/5] waiting for {new} to be healthy (up to {health_limit:?})");
+        wait_healthy(&api, &a.service, &new, &old, health_limit)?;
+        println!("[3/5] flipping {} to {new}", a.service);
+        api.ok(
+            http::Method::POST,
+            &format!("/v1/services/{}/flip", a.service),
+            Some(serde_json::json!({ "to": new })),
+        )
+        .with_context(|| format!("flip refused; {old} stays live"))?;
+        Ok(())
+    };
+    until_flip().map_err(|e| clean_up(a, &new, &old, e))?;
     println!("[4/5] draining {old}");
-    drain(&api, &a.service, &old, drain_limit)?;
-    match &a.stop {
-        Some(cmd) => {
+    let live = format!("{} is live on {new}", a.service);
+    let drained = drain(&api, &a.service, &old, drain_limit)
+        .with_context(|| format!("{live}, but draining {old} failed; --stop was not run"))?;
+    match (drained, &a.stop) {
+        (Drain::Done, Some(cmd)) => {
             println!("[5/5] stopping {old}");
-            shell(cmd, &old, &old)?;
+            shell(cmd, &old, &old).with_context(|| format!("{live}, but stopping {old} failed"))?;
         }
-        None => println!("[5/5] no --stop command: leaving {old} running"),
+        (Drain::Done, None) => println!("[5/5] no --stop command: leaving {old} running"),
+        (timed_out, Some(cmd)) if a.force_stop => {
+            println!(
+                "[5/5] {}: stopping it anyway (--force-stop)",
+                timed_out.why(&old, drain_limit)
+            );
+            shell(cmd, &old, &old).with_context(|| format!("{live}, but stopping {old} failed"))?;
+            bail!(
+                "{live}, but {}; {old} was stopped anyway (--force-stop)",
+                timed_out.why(&old, drain_limit)
+            );
+        }
+        (timed_out, stop) => bail!(
+            "{live}, but {}; {old} was left running{}",
+            timed_out.why(&old, drain_limit),
+            if stop.is_some() {
+                " (--stop not run; --force-stop runs it anyway)"
+            } else {
+                ""
+            }
+        ),
     }
-    println!("==> {} is live on {new}", a.service);
+    println!("==> {live}");
     Ok(())
 }

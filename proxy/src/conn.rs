@@ -130,7 +130,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limits = self.control.load().table.config.limits;
+        let (limits, proxy_protocol) = {
+            let snap = self.control.load();
+            let config = &snap.table.config;
+            (config.limits, config.server.proxy_protocol.http)
+        };
         let (now, open) = self.conns.open();
         if now > limits.max_connections as i64 {
             tracing::warn!(
@@ -140,7 +144,28 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             // Uncounted before the socket closes (`open` drops first).
             return None;
         }
+        let mut stream = stream;
+        let mut rest = Vec::new();
+        if proxy_protocol && stream.get_ssl_digest().is_none() {
+            // Plain HTTP (TLS streams had theirs before the handshake:
+            // `proxy_protocol::PreTls`).
+            let snap = self.control.load();
+            let trusted = &snap.table.config.server.trusted_proxies;
+            let fd = crate::proxy_protocol::raw_fd(&stream);
+            let read =
+                crate::proxy_protocol::accept(&mut *stream, fd, trusted, limits.header_timeout);
+            match read.await {
+                Ok(r) => rest = r,
+                Err(why) => {
+                    tracing::debug!("closing a connection: {why}");
+                    return None;
+                }
+            }
+        }
         let mut stream = HeadDeadline::new(stream, limits.header_timeout, open);
+        if !rest.is_empty() {
+            stream.unread(rest);
+        }
         if let Some(lane) = &self.lane {
             match lane.serve(&mut stream, shutdown).await {
                 crate::lane::End::Closed => {
@@ -248,7 +273,7 @@ impl HeadDeadline {
         if let Poll::Ready(Ok(())) = &res {
             let new = &buf.filled()[before..];
             if this.armed {
-                if this.scan.feed(new).is_some() {
+                if this.scan.feed(new) {
                     this.armed = false;
                 }
             } else if !new.is_empty() && this.next_head.swap(false, Ordering::Relaxed) {
@@ -256,7 +281,7 @@ impl HeadDeadline {
                 this.scan = Default::default();
                 // Not when a parser already has this head (it came in an
                 // earlier read, pipelined): these bytes are its body.
-                if this.scan.feed(new).is_none() && !this.parsed.swap(false, Ordering::Relaxed) {
+                if !this.scan.feed(new) && !this.parsed.swap(false, Ordering::Relaxed) {
                     this.armed = true;
                     let deadline = tokio::time::Instant::now() + this.limit;
                     this.sleep.as_mut().reset(deadline);

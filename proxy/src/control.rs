@@ -45,8 +45,44 @@ impl Source {
     /// Reads, expands, parses and validates the config, including the checks
     /// that need the file system (static roots, certificate files).
     pub fn load(&self) -> Result<Config, Diagnostics> {
+        self.load_with(&|_| Vec::new())
+    }
+
+    /// Like [`Source::load`], with `more` checks of the valid config, whose
+    /// problems are placed at their lines as well.
+    pub fn load_with(
+        &self,
+        more: &dyn Fn(&Config) -> Vec<routes::Problem>,
+    ) -> Result<Config, Diagnostics> {
+        routes::load_checked(
+            &self.name(),
+            &self.text()?,
+            |v| std::env::var(v).ok(),
+            &|c| {
+                let mut problems = crate::slots::io_checks(c);
+                problems.extend(more(c));
+                problems
+            },
+        )
+    }
+
+    /// What `duotone check` needs: like [`Source::load`], except that static
+    /// roots missing on this machine are warnings (returned beside the
+    /// config), not errors.
+    pub fn load_for_check(&self) -> Result<(Config, Diagnostics), Diagnostics> {
+        routes::load_with_warnings(
+            &self.name(),
+            &self.text()?,
+            |v| std::env::var(v).ok(),
+            &crate::slots::io_checks_here,
+            &crate::slots::missing_static_roots,
+        )
+    }
+
+    /// The config text.
+    fn text(&self) -> Result<String, Diagnostics> {
         let name = self.name();
-        let text = match self {
+        Ok(match self {
             Source::File(p) => std::fs::read_to_string(p).map_err(|e| {
                 Diagnostics(vec![routes::Diagnostic {
                     file: name.clone(),
@@ -56,13 +92,7 @@ impl Source {
                 }])
             })?,
             Source::Embedded { text, .. } => text.clone(),
-        };
-        routes::load_checked(
-            &name,
-            &text,
-            |v| std::env::var(v).ok(),
-            &crate::slots::io_checks,
-        )
+        })
     }
 }
 
@@ -81,6 +111,10 @@ pub enum ChangeError {
     /// The target color has no healthy member.
     #[error("{0}")]
     Unhealthy(String),
+    /// The change conflicts with the service's state (e.g. closing the
+    /// WebSockets of a color that takes traffic).
+    #[error("{0}")]
+    Conflict(String),
     /// The config file is invalid.
     #[error("{0}")]
     BadConfig(Diagnostics),
@@ -104,6 +138,84 @@ pub struct Control {
     certs: Option<Arc<acme::CertStore>>,
     /// Whether the response compression module was installed at start.
     pub compression_installed: std::sync::OnceLock<bool>,
+    /// The listeners opened at start: a reload cannot change them.
+    listeners: Listeners,
+}
+
+/// The listeners a running proxy has open. Pingora opens its sockets at
+/// start only, so a reload that would need other ones is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listeners {
+    /// The plain HTTP listener.
+    pub http: Option<SocketAddr>,
+    /// The HTTPS listener (opened only when a site had TLS at start).
+    pub https: Option<SocketAddr>,
+    /// The admin API's listener.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// The listeners `run` opens for `config` (`tls`: whether the
+    /// certificate store, hence the HTTPS listener, exists).
+    pub fn of(config: &Config, tls: bool) -> Self {
+        Listeners {
+            http: config.server.http,
+            https: config.server.https.filter(|_| tls),
+            admin: config.server.admin,
+        }
+    }
+
+    /// Why `config` cannot be reloaded onto these listeners, if it cannot:
+    /// the key at fault and the message.
+    pub fn refuse(&self, config: &Config) -> Option<routes::Problem> {
+        let key = |k: &str| routes::KeyPath::root("server").key(k);
+        const WHY: &str = "listeners cannot change on reload";
+        let show = |a: Option<SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
+        let s = &config.server;
+        if s.http != self.http {
+            return Some((
+                key("http"),
+                format!(
+                    "{WHY}: restart duotone to move plain HTTP from {} to {}",
+                    show(self.http),
+                    show(s.http)
+                ),
+            ));
+        }
+        let tls = config
+            .sites
+            .iter()
+            .any(|site| site.tls != routes::config::Tls::Off);
+        match (self.https, s.https) {
+            (None, Some(want)) if tls => {
+                return Some((
+                    key("https"),
+                    format!("{WHY}: restart duotone to add https on {want}"),
+                ))
+            }
+            (Some(have), want) if want != Some(have) => {
+                return Some((
+                    key("https"),
+                    format!(
+                        "{WHY}: restart duotone to move https from {have} to {}",
+                        show(want)
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        if s.admin != self.admin {
+            return Some((
+                key("admin"),
+                format!(
+                    "{WHY}: restart duotone to move the admin API from {} to {}",
+                    show(self.admin),
+                    show(s.admin)
+                ),
+            ));
+        }
+        None
+    }
 }
 
 /// Resolves a member host name once, when a table is compiled.
@@ -122,6 +234,7 @@ impl Control {
         std::fs::create_dir_all(&config.server.state_dir)
             .with_context(|| format!("creating state_dir {}", config.server.state_dir.display()))?;
         let live = persist::read_live(&config.server.state_dir)?;
+        let listeners = Listeners::of(&config, certs.is_some());
         let vitals = Vitals::default();
         let (snap, _) = build(Arc::new(config), &live, &vitals, &metrics)
             .map_err(|d| anyhow::anyhow!("{d}"))?;
@@ -134,7 +247,69 @@ impl Control {
             metrics,
             certs,
             compression_installed: std::sync::OnceLock::new(),
+            listeners,
         }))
+    }
+
+    /// The listeners opened at start.
+    pub fn listeners(&self) -> Listeners {
+        self.listeners
+    }
+
+    /// Stores `next` as the current snapshot and starts or calls off the
+    /// drains of upgraded connections it implies.
+    fn store(&self, next: Snapshot) {
+        let next = Arc::new(next);
+        let old = self.current.swap(next.clone());
+        drain_changes(&old.table, &next.table);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes the upgraded connections (WebSockets) of `color` of `service`
+    /// now, or of every color taking no new traffic when `color` is `None`.
+    /// A color that takes traffic is refused unless `force`. Returns how
+    /// many connections were asked to close.
+    pub fn close_upgraded(
+        &self,
+        service: &str,
+        color: Option<&str>,
+        force: bool,
+    ) -> Result<usize, ChangeError> {
+        // Serialized with flips and weights, so the color's share of
+        // traffic cannot change between the check and the close.
+        let _changes = self.lock();
+        let snap = self.load();
+        let svc = snap
+            .table
+            .service(service)
+            .ok_or_else(|| ChangeError::UnknownService(service.to_string()))?;
+        let pools: Vec<usize> = match color {
+            Some(c) => {
+                let i = svc.pool_index(c).ok_or_else(|| {
+                    ChangeError::Invalid(format!("service {service:?} has no color {c:?}"))
+                })?;
+                if svc.takes_traffic(i) && !force {
+                    return Err(ChangeError::Conflict(format!(
+                        "color {c:?} of {service:?} takes new traffic: its WebSockets would \
+                         reconnect to it; flip first, or use force"
+                    )));
+                }
+                vec![i]
+            }
+            None => (0..svc.pools.len())
+                .filter(|i| !svc.takes_traffic(*i))
+                .collect(),
+        };
+        let mut closed = 0;
+        for i in pools {
+            let pool = &svc.pools[i];
+            // A drain (later upgrades closed too) only for a color without traffic.
+            let n = pool.stats.close_upgraded(!svc.takes_traffic(i));
+            tracing::info!(service, color = %pool.color, closed = n, "closing upgraded connections");
+            closed += n;
+        }
+        Ok(closed)
     }
 
     /// The snapshot requests should use now.
@@ -159,9 +334,7 @@ impl Control {
         if next != *live {
             persist::write_live(&config.server.state_dir, &next).map_err(ChangeError::Internal)?;
         }
-        self.current.store(Arc::new(snap));
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.store(snap);
         *live = next;
         Ok(())
     }
@@ -248,7 +421,10 @@ impl Control {
     /// Re-reads the config source; an invalid config changes nothing.
     /// Returns warnings (e.g. saved colors that no longer exist).
     pub fn reload(&self) -> Result<Vec<String>, ChangeError> {
-        let config = self.source.load().map_err(ChangeError::BadConfig)?;
+        let config = self
+            .source
+            .load_with(&|c| self.listeners.refuse(c).into_iter().collect())
+            .map_err(ChangeError::BadConfig)?;
         let live = self.lock();
         // A start-up would refuse a state file it cannot read: so does a
         // reload, rather than report success for a config that would not
@@ -276,14 +452,95 @@ impl Control {
                     message: e.to_string(),
                 }]))
             })?,
-            None if !specs.is_empty() => warnings
-                .push("TLS sites were added: restart duotone to open the https listener".into()),
+            // Refused above (`Listeners::refuse`): TLS sites need the
+            // https listener, which only a start opens.
+            None if !specs.is_empty() => {
+                return Err(ChangeError::BadConfig(Diagnostics(vec![
+                    routes::Diagnostic {
+                        file: self.source.name(),
+                        line: 0,
+                        key: "sites.tls".into(),
+                        message: "listeners cannot change on reload: restart duotone to add https"
+                            .into(),
+                    },
+                ])))
+            }
             None => {}
         }
-        self.current.store(Arc::new(snap));
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.store(snap);
         Ok(warnings)
+    }
+}
+
+/// Starts the drain of upgraded connections (closed after the service's
+/// `drain_upgraded`) of every color that took new traffic in `old` and no
+/// longer does in `new`, and calls off that of every color that takes
+/// traffic again. The color stats are shared between tables.
+fn drain_changes(old: &RouteTable, new: &RouteTable) {
+    let takes = |table: &RouteTable, svc: &str, color: &routes::Color| {
+        table.service(svc).is_some_and(|s| {
+            s.pool_index(color.as_str())
+                .is_some_and(|i| s.takes_traffic(i))
+        })
+    };
+    for svc in &old.services {
+        for (i, pool) in svc.pools.iter().enumerate() {
+            if svc.takes_traffic(i) && !takes(new, &svc.name, &pool.color) {
+                let after = new
+                    .service(&svc.name)
+                    .map_or(svc.drain_upgraded, |s| s.drain_upgraded);
+                schedule_close(&svc.name, &pool.color, pool.stats.clone(), after);
+            }
+        }
+    }
+    for svc in &new.services {
+        for (i, pool) in svc.pools.iter().enumerate() {
+            if svc.takes_traffic(i) && !takes(old, &svc.name, &pool.color) {
+                pool.stats.cancel_drain();
+            }
+        }
+    }
+}
+
+/// Closes the upgraded connections of a color that stopped taking traffic
+/// once `after` has passed, unless it takes traffic again by then.
+fn schedule_close(
+    service: &str,
+    color: &routes::Color,
+    stats: Arc<routes::ColorStats>,
+    after: std::time::Duration,
+) {
+    let due = crate::clock::now_ms().saturating_add(after.as_millis() as u64);
+    let epoch = stats.begin_drain(due);
+    let (service, color) = (service.to_string(), color.to_string());
+    tracing::info!(
+        %service,
+        %color,
+        open = stats.upgraded(),
+        "color takes no new traffic: its upgraded connections (WebSockets) close in {after:?}"
+    );
+    let close = move || {
+        if let Some(n) = stats.close_if_current(epoch) {
+            tracing::info!(%service, %color, closed = n, "drain: closing upgraded connections");
+        }
+    };
+    if after.is_zero() {
+        close();
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                tokio::time::sleep(after).await;
+                close();
+            });
+        }
+        Err(_) => {
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                close();
+            });
+        }
     }
 }
 
@@ -353,4 +610,63 @@ fn build(
     }
     let slots = crate::slots::build(&table, metrics)?;
     Ok((Snapshot { table, slots }, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(server: &str, tls: bool) -> Config {
+        let site = if tls {
+            "[[sites]]\nhosts = [\"a.test\"]\ntls = \"self-signed\"\n"
+        } else {
+            "[[sites]]\nhosts = [\"a.test\"]\n"
+        };
+        let text = format!("[server]\n{server}\nstate_dir = \"/tmp/x\"\n{site}");
+        routes::load("t.toml", &text, |_| None).unwrap()
+    }
+
+    #[test]
+    fn reload_keeps_the_listeners_opened_at_start() {
+        let plain = "http = \"127.0.0.1:8080\"\nadmin = \"127.0.0.1:9090\"";
+        let both =
+            "http = \"127.0.0.1:8080\"\nhttps = \"127.0.0.1:8443\"\nadmin = \"127.0.0.1:9090\"";
+        let start = Listeners::of(&config(plain, false), false);
+        assert_eq!(start.refuse(&config(plain, false)), None);
+        // An https address alone opens nothing, now or at start.
+        assert_eq!(start.refuse(&config(both, false)), None);
+        let (key, message) = start.refuse(&config(both, true)).unwrap();
+        assert_eq!(key.to_string(), "server.https");
+        assert_eq!(
+            message,
+            "listeners cannot change on reload: restart duotone to add https on 127.0.0.1:8443"
+        );
+        let moved = "http = \"127.0.0.1:8081\"\nadmin = \"127.0.0.1:9090\"";
+        let (key, message) = start.refuse(&config(moved, false)).unwrap();
+        assert_eq!(key.to_string(), "server.http");
+        assert!(
+            message.contains("from 127.0.0.1:8080 to 127.0.0.1:8081"),
+            "{message}"
+        );
+        let admin = "http = \"127.0.0.1:8080\"\nadmin = \"127.0.0.1:9091\"";
+        assert_eq!(
+            start.refuse(&config(admin, false)).unwrap().0.to_string(),
+            "server.admin"
+        );
+
+        let tls = Listeners::of(&config(both, true), true);
+        assert_eq!(tls.https, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(tls.refuse(&config(both, true)), None);
+        // TLS sites may go; the https listener stays configured.
+        assert_eq!(tls.refuse(&config(both, false)), None);
+        let other =
+            "http = \"127.0.0.1:8080\"\nhttps = \"127.0.0.1:9443\"\nadmin = \"127.0.0.1:9090\"";
+        let (key, message) = tls.refuse(&config(other, true)).unwrap();
+        assert_eq!(key.to_string(), "server.https");
+        assert!(
+            message.contains("move https from 127.0.0.1:8443 to 127.0.0.1:9443"),
+            "{message}"
+        );
+        assert!(tls.refuse(&config(plain, false)).is_some());
+    }
 }

@@ -48,11 +48,17 @@ pub struct Ctx {
     /// The next attempt replays the request on the same member.
     replay: bool,
     in_flight: Option<InFlight>,
+    /// The upstream connection's descriptor, while connected.
+    upstream_fd: Option<std::os::fd::RawFd>,
+    /// After a 101: the upgraded connection, counted apart from requests.
+    tunnel: Option<crate::tunnel::Tunnel>,
     /// Set when the request's host matched a site.
     site_found: bool,
     /// Why the shared request check refused the request.
     refusal: Option<routes::request::Refusal>,
     tls: bool,
+    /// The real client ([`routes::client::resolve`]), once known.
+    client: Option<routes::client::Client>,
     start: Instant,
     request_id: Option<http::HeaderValue>,
     body_limit: u64,
@@ -137,9 +143,12 @@ impl ProxyHttp for Edge {
             attempts: 0,
             replay: false,
             in_flight: None,
+            upstream_fd: None,
+            tunnel: None,
             site_found: false,
             refusal: None,
             tls: false,
+            client: None,
             start: Instant::now(),
             request_id: None,
             body_limit: u64::MAX,
@@ -227,6 +236,18 @@ impl ProxyHttp for Edge {
             return Err(Error::explain(ErrorType::InternalError, "no snapshot"));
         };
         ctx.tls = is_tls(session);
+        ctx.client = client_ip(session).map(|peer| {
+            routes::client::resolve(
+                peer,
+                &snap.table.config.server.trusted_proxies,
+                session
+                    .req_header()
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )
+        });
         let limits = &snap.table.config.limits;
         // Pingora turns keep-alive off for messages that must close (e.g.
         // both Content-Length and Transfer-Encoding); never turn it back on.
@@ -276,13 +297,28 @@ impl ProxyHttp for Edge {
             return Ok(true);
         };
         let route = &site.routes[route_idx];
-        if !crate::auth::ip_allowed(&route.allow, client_ip(session)) {
+        if !crate::auth::ip_allowed(&route.allow, ctx.client.map(|c| c.ip)) {
             respond::text(session, 403, "forbidden\n", &[]).await?;
             return Ok(true);
         }
         if site.tls && !ctx.tls && !route.allow_http {
-            let location = forwarded::https_location(req, snap.table.config.server.https);
-            respond::redirect(session, 308, &location).await?;
+            // Only to the https listener that is open (the config's address
+            // may name one a reload could not open; reloads refuse that).
+            match self.control.listeners().https {
+                Some(https) => {
+                    let location = forwarded::https_location(req, Some(https));
+                    respond::redirect(session, 308, &location).await?;
+                }
+                None => {
+                    respond::text(
+                        session,
+                        503,
+                        "this site is served over https, which is not listening: restart duotone\n",
+                        &[],
+                    )
+                    .await?
+                }
+            }
             return Ok(true);
         }
         let slot = snap.slots.get(route.slot);
@@ -335,7 +371,7 @@ impl ProxyHttp for Edge {
             Action::Redirect { to, status } => {
                 let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
                 let location = to.replace("$path", pq);
-                respond::redirect(session, *status, &location).await?;
+                respond::redirect_with(session, *status, &location, &route.headers).await?;
                 Ok(true)
             }
             Action::Static(_) => {
@@ -343,8 +379,14 @@ impl ProxyHttp for Edge {
                 match slot.and_then(|s| s.files.clone()) {
                     Some(files) => {
                         let hsts = site.hsts.as_deref().filter(|_| ctx.tls);
-                        ctx.static_bytes =
-                            crate::static_files::serve(session, &files, prefix_len, hsts).await?;
+                        ctx.static_bytes = crate::static_files::serve(
+                            session,
+                            &files,
+                            prefix_len,
+                            hsts,
+                            &route.headers,
+                        )
+                        .await?;
                     }
                     None => {
                         respond::text(session, 500, "static route unavailable\n", &[]).await?;
@@ -434,7 +476,10 @@ impl ProxyHttp for Edge {
         // watcher then runs on the thread that reuses it, avoiding Pingora's
         // cross-thread hand-off (which drops the connection when it races).
         peer.group_key = worker_index();
-        let t = &svc.timeouts;
+        let t = match ctx.route() {
+            Some(route) => route.upstream_timeouts(svc),
+            None => &svc.timeouts,
+        };
         if replay {
             // A group of its own: Pingora's pool has no connection for it,
             // so it connects afresh (another pooled connection may be just
@@ -512,7 +557,17 @@ impl ProxyHttp for Edge {
             .route()
             .filter(|r| r.strip_prefix)
             .map(|r| r.prefix.len());
-        forwarded::apply(session, upstream, ctx.tls, ctx.request_id.clone())?;
+        let via = ctx
+            .client
+            .filter(|c| c.via_proxy)
+            .and_then(|_| client_ip(session));
+        forwarded::apply(
+            upstream,
+            ctx.client.map(|c| c.ip).or_else(|| client_ip(session)),
+            via,
+            ctx.tls,
+            ctx.request_id.clone(),
+        )?;
         let forwards =
             |n: &http::HeaderName| routes::request::forwards_field(n.as_str().as_bytes());
         if !upstream.headers.keys().all(forwards) {
@@ -532,12 +587,28 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::fd::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_fd = Some(fd);
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if resp.status.as_u16() == 101 {
+            upgraded(resp, ctx);
+        }
         strip_hop_by_hop(resp);
         if ctx.tls {
             if let Some(hsts) = ctx
@@ -552,7 +623,23 @@ impl ProxyHttp for Edge {
         if let Some(id) = &ctx.request_id {
             resp.insert_header("x-request-id", id.clone())?;
         }
+        if let Some(route) = ctx.route().filter(|r| !r.headers.is_empty()) {
+            respond::add_headers(resp, &route.headers)?;
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(t) = &mut ctx.tunnel {
+            t.relay(body, end_of_stream);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
@@ -604,6 +691,7 @@ impl ProxyHttp for Edge {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.in_flight = None;
+        ctx.tunnel = None;
         crate::conn::HeadDeadline::request_done(session.as_downstream().stream());
         let status = session
             .response_written()
@@ -657,7 +745,10 @@ impl ProxyHttp for Edge {
         };
         let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
         let entry = crate::access_log::Entry {
-            client: client_ip(session)
+            client: ctx
+                .client
+                .map(|c| c.ip)
+                .or_else(|| client_ip(session))
                 .map(|i| i.to_string())
                 .unwrap_or_default(),
             host: request_host(req),
@@ -690,6 +781,32 @@ impl ProxyHttp for Edge {
         };
         self.access_log.log(format, &entry);
     }
+}
+
+/// After a 101 from the upstream: the request becomes an upgraded
+/// connection of its color ([`crate::tunnel`]), counted apart from
+/// requests, so a drain does not wait for it to end by itself.
+fn upgraded(resp: &ResponseHeader, ctx: &mut Ctx) {
+    let Some(stats) = ctx
+        .snap
+        .as_ref()
+        .and_then(|s| s.table.services.get(ctx.service))
+        .and_then(|svc| svc.pools.get(ctx.pool))
+        .map(|p| p.stats.clone())
+    else {
+        return;
+    };
+    let websocket = resp
+        .headers
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    // Registered before the request stops counting: never idle in between.
+    ctx.tunnel = Some(crate::tunnel::Tunnel::start(
+        &stats,
+        ctx.upstream_fd,
+        websocket,
+    ));
+    ctx.in_flight = None;
 }
 
 /// True for HTTP/1 framing that proxies and upstreams may read differently:

@@ -3,7 +3,6 @@
 //! form of a request URL.
 
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 use pingora::Result;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,26 +63,28 @@ fn hex(mut v: u64, out: &mut [u8]) {
     }
 }
 
-/// Sets the forwarding headers on the upstream request. Client-supplied
-/// X-Forwarded-* and X-Real-IP are replaced: Duotone is the edge.
+/// Sets the forwarding headers on the upstream request. From a client,
+/// X-Forwarded-* and X-Real-IP are replaced: Duotone is the edge. From a
+/// trusted proxy (`via`: the peer's address), X-Forwarded-For is kept and
+/// extended with the peer and X-Forwarded-Proto/-Host are kept; `client`
+/// is the real client either way ([`routes::client::resolve`]).
 pub fn apply(
-    session: &Session,
     up: &mut RequestHeader,
+    client: Option<std::net::IpAddr>,
+    via: Option<std::net::IpAddr>,
     tls: bool,
     request_id: Option<http::HeaderValue>,
 ) -> Result<()> {
-    let client = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
-    set_headers(up, client, tls, request_id)
+    set_headers(up, client, via, tls, request_id)
 }
 
-/// The pure part of [`apply`]: rewrites `up` given the client address.
+/// The pure part of [`apply`]: rewrites `up` given the client address and,
+/// when the peer is a trusted proxy, its address.
 /// Header values are built once and shared (cheap `Bytes` clones).
 pub fn set_headers(
     up: &mut RequestHeader,
     client: Option<std::net::IpAddr>,
+    via: Option<std::net::IpAddr>,
     tls: bool,
     request_id: Option<http::HeaderValue>,
 ) -> Result<()> {
@@ -100,24 +101,49 @@ pub fn set_headers(
             v
         }
     };
-    match client.map(|ip| ip_value(ip.to_canonical())) {
-        Some(ip) => {
-            up.insert_header("x-forwarded-for", ip.clone())?;
-            up.insert_header("x-real-ip", ip)?;
+    if let Some(peer) = via {
+        let mut chain = Vec::with_capacity(64);
+        let peer = ip_value(peer.to_canonical());
+        routes::client::extend_forwarded_for(
+            up.headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes()),
+            peer.as_bytes(),
+            &mut chain,
+        );
+        let chain = http::HeaderValue::from_bytes(&chain).unwrap_or(peer);
+        up.insert_header("x-forwarded-for", chain)?;
+        match client {
+            Some(ip) => up.insert_header("x-real-ip", ip_value(ip.to_canonical()))?,
+            None => {
+                up.remove_header("x-real-ip");
+            }
         }
-        None => {
-            up.remove_header("x-forwarded-for");
-            up.remove_header("x-real-ip");
+    } else {
+        match client.map(|ip| ip_value(ip.to_canonical())) {
+            Some(ip) => {
+                up.insert_header("x-forwarded-for", ip.clone())?;
+                up.insert_header("x-real-ip", ip)?;
+            }
+            None => {
+                up.remove_header("x-forwarded-for");
+                up.remove_header("x-real-ip");
+            }
         }
     }
-    up.insert_header(
-        "x-forwarded-proto",
-        http::HeaderValue::from_static(if tls { "https" } else { "http" }),
-    )?;
-    match host {
-        Some(h) => up.insert_header("x-forwarded-host", h)?,
-        None => {
-            up.remove_header("x-forwarded-host");
+    if via.is_none() || !up.headers.contains_key("x-forwarded-proto") {
+        up.insert_header(
+            "x-forwarded-proto",
+            http::HeaderValue::from_static(if tls { "https" } else { "http" }),
+        )?;
+    }
+    if via.is_none() || !up.headers.contains_key("x-forwarded-host") {
+        match host {
+            Some(h) => up.insert_header("x-forwarded-host", h)?,
+            None => {
+                up.remove_header("x-forwarded-host");
+            }
         }
     }
     if up.headers.contains_key("forwarded") {
@@ -199,6 +225,7 @@ mod tests {
         set_headers(
             &mut req,
             Some("::ffff:10.0.0.7".parse().unwrap()),
+            None,
             true,
             None,
         )

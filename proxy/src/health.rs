@@ -101,7 +101,24 @@ fn record(t: &Target, ok: &Result<(), String>, streaks: &mut HashMap<String, i64
         }
         t.health.set_up(up);
     }
-    t.health.record_check(ok.is_ok());
+    t.health
+        .record_check(ok.as_ref().map(|_| ()).map_err(String::as_str));
+}
+
+/// Says in a few words why a connection to `addr` failed, as `duotone
+/// status` shows it: "connection refused", "no such socket /run/x.sock", …
+fn connect_error(addr: &MemberAddr, e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match (addr, e.kind()) {
+        (_, ConnectionRefused) => "connection refused".to_string(),
+        (MemberAddr::Unix(p), NotFound) => format!("no such socket {}", p.display()),
+        (MemberAddr::Unix(p), PermissionDenied) => {
+            format!("permission denied on socket {}", p.display())
+        }
+        (_, ConnectionReset) => "connection reset".to_string(),
+        (_, TimedOut) => "connect timed out".to_string(),
+        _ => format!("cannot connect: {e}"),
+    }
 }
 
 async fn probe(t: &Target) -> Result<(), String> {
@@ -120,13 +137,13 @@ async fn probe(t: &Target) -> Result<(), String> {
             (MemberAddr::Unix(p), _) => {
                 let s = tokio::net::UnixStream::connect(p)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| connect_error(&t.addr, &e))?;
                 exchange(s, &request).await
             }
             (_, Some(a)) => {
                 let s = tokio::net::TcpStream::connect(a)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| connect_error(&t.addr, &e))?;
                 exchange(s, &request).await
             }
             (a, None) => Err(format!("cannot resolve {a}")),
@@ -143,11 +160,14 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), String> {
     s.write_all(request.as_bytes())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("sending the check failed: {e}"))?;
     let mut buf = [0u8; 64];
     let mut n = 0;
     while n < 12 {
-        let r = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
+        let r = s
+            .read(&mut buf[n..])
+            .await
+            .map_err(|e| format!("reading the reply failed: {e}"))?;
         if r == 0 {
             break;
         }
@@ -158,7 +178,13 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| "no HTTP status in reply".to_string())?;
+        .ok_or_else(|| {
+            if n == 0 {
+                "closed without a reply".to_string()
+            } else {
+                "no HTTP status in reply".to_string()
+            }
+        })?;
     if (200..400).contains(&status) {
         Ok(())
     } else {

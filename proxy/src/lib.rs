@@ -19,12 +19,14 @@ pub mod lane;
 pub mod logging;
 pub mod metrics;
 pub mod persist;
+pub mod proxy_protocol;
 pub mod replay;
 pub mod respond;
 pub mod server;
 pub mod slots;
 pub mod static_files;
 pub mod tls;
+pub mod tunnel;
 pub mod views;
 
 /// How the CLI reaches the admin API.

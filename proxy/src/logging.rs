@@ -32,15 +32,28 @@ pub fn handshake_failures() -> u64 {
     HANDSHAKE_FAILURES.load(Ordering::Relaxed)
 }
 
+/// Whether log lines get ANSI colours: only when stderr is a terminal, and
+/// never when `NO_COLOR` is set to a non-empty value (<https://no-color.org>).
+/// A file, a pipe, journald or `docker logs` gets plain text.
+pub fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber (levels from `RUST_LOG`, else
-/// [`DEFAULT_LOG`]) and the `log` bridge.
+/// [`DEFAULT_LOG`]; colours per [`colour`]) and the `log` bridge.
 pub fn init() {
+    use std::io::IsTerminal;
+    let ansi = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .finish();
     if tracing::subscriber::set_global_default(subscriber).is_err() {
         return;
@@ -153,7 +166,17 @@ impl log::Log for Demote {
 
 #[cfg(test)]
 mod tests {
-    use super::{classify, Demoted};
+    use super::{classify, colour, Demoted};
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new(""))));
+    }
 
     #[test]
     fn tells_client_failures_from_other_errors() {

@@ -49,7 +49,7 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: String,
     },
-    /// Show services: live color, weights, health, in-flight requests.
+    /// Show services: live color, weights, health, in-flight requests, open WebSockets.
     Status {
         /// Only this service.
         service: Option<String>,
@@ -68,10 +68,13 @@ enum Cmd {
         /// Flip even if the target color has no healthy member.
         #[arg(long)]
         force: bool,
-        /// Then wait until the old color has no in-flight requests.
+        /// Then wait until the old color is drained: no request in flight,
+        /// and its WebSockets closed by the edge (`drain_upgraded`). Exits
+        /// non-zero if requests are still in flight after --drain-timeout.
         #[arg(long)]
         drain: bool,
-        /// Longest wait for --drain.
+        /// Longest wait for the old color's requests with --drain (its
+        /// WebSockets are closed by then at the latest).
         #[arg(long, default_value = "300s")]
         drain_timeout: String,
         #[command(flatten)]
@@ -167,9 +170,16 @@ fn main() -> ExitCode {
 }
 
 fn check(config: PathBuf) -> ExitCode {
-    let loaded = control::Source::File(config.clone()).load().and_then(|c| {
+    let loaded = control::Source::File(config.clone()).load_for_check();
+    let loaded = loaded.and_then(|(c, warnings)| {
+        // Printed, but the config is valid: `duotone run` checks them again
+        // where it runs.
+        for w in &warnings.0 {
+            eprintln!("warning: {w}");
+        }
+        let warned = warnings.0.len();
         if c.sites.iter().any(|s| s.tls != routes::config::Tls::Off) {
-            duotone::tls::store(&c).map_err(|e| {
+            duotone::tls::store_for_check(&c).map_err(|e| {
                 routes::Diagnostics(vec![routes::Diagnostic {
                     file: config.display().to_string(),
                     line: 0,
@@ -178,15 +188,20 @@ fn check(config: PathBuf) -> ExitCode {
                 }])
             })?;
         }
-        Ok(c)
+        Ok((c, warned))
     });
     match loaded {
-        Ok(c) => {
+        Ok((c, warned)) => {
             println!(
-                "{}: ok ({} sites, {} services)",
+                "{}: ok ({} sites, {} services{})",
                 config.display(),
                 c.sites.len(),
-                c.services.len()
+                c.services.len(),
+                match warned {
+                    0 => String::new(),
+                    1 => ", 1 warning".to_string(),
+                    n => format!(", {n} warnings"),
+                }
             );
             ExitCode::SUCCESS
         }

@@ -95,6 +95,11 @@ const GAUGES: &[(&str, &str, &[&str])] = &[
         &["service", "color"],
     ),
     (
+        "duotone_upgraded_connections",
+        "Upgraded connections (WebSockets) open now, per color; not counted in duotone_in_flight_requests.",
+        &["service", "color"],
+    ),
+    (
         "duotone_live_color",
         "1 for the live color of each service, else 0.",
         &["service", "color"],
@@ -360,6 +365,11 @@ pub fn service_gauges(control: &crate::control::Control) -> Vec<StateGauge> {
                 name: "duotone_in_flight_requests",
                 labels: labels.clone(),
                 value: pool.stats.in_flight() as f64,
+            });
+            out.push(StateGauge {
+                name: "duotone_upgraded_connections",
+                labels: labels.clone(),
+                value: pool.stats.upgraded() as f64,
             });
             out.push(StateGauge {
                 name: "duotone_live_color",

@@ -32,10 +32,45 @@ pub async fn text(
 
 /// Writes a redirect to `location` with an empty body.
 pub async fn redirect(session: &mut Session, status: u16, location: &str) -> Result<()> {
+    redirect_with(
+        session,
+        status,
+        location,
+        &routes::headers::AddHeaders::NONE,
+    )
+    .await
+}
+
+/// Writes a redirect to `location` with an empty body and the route's
+/// configured response fields.
+pub async fn redirect_with(
+    session: &mut Session,
+    status: u16,
+    location: &str,
+    add: &routes::headers::AddHeaders,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(2))?;
     resp.insert_header(http::header::LOCATION, location)?;
     resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    add_headers(&mut resp, add)?;
     session.write_response_header(Box::new(resp), true).await
+}
+
+/// Applies a route's configured response fields
+/// ([`routes::headers::AddHeaders`]) to a response head: on 2xx/3xx, each
+/// replaces the fields of its name; an empty value only removes them.
+pub fn add_headers(resp: &mut ResponseHeader, add: &routes::headers::AddHeaders) -> Result<()> {
+    for (name, value) in add.for_status(resp.status.as_u16()) {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
+            pingora::Error::because(pingora::ErrorType::InternalError, "header name", e)
+        })?;
+        if value.is_empty() {
+            resp.remove_header(&name);
+        } else {
+            resp.insert_header(name, &**value)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a complete `text/plain` response with an owned body.

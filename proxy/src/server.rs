@@ -88,6 +88,8 @@ pub fn run(source: Source) -> Result<()> {
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
         max_retries: 9,
+        // Neither file is ever made: Pingora writes the pid file only when it
+        // daemonizes and uses the socket only for a graceful binary upgrade.
         pid_file: format!("{state}/duotone.pid"),
         upgrade_sock: format!("{state}/upgrade.sock"),
         ..Default::default()
@@ -131,7 +133,12 @@ pub fn run(source: Source) -> Result<()> {
         );
     }
     if let (Some(addr), Some(store)) = (server_cfg.https, &certs) {
-        acme::listener::add_https(&mut proxy, &addr.to_string(), store.clone())
+        // Always installed: it reads the running config per connection, so
+        // a reload can turn `proxy_protocol` on or off for https too.
+        let pre_tls = Arc::new(crate::proxy_protocol::PreTls {
+            control: control.clone(),
+        });
+        acme::listener::add_https_with(&mut proxy, &addr.to_string(), store.clone(), Some(pre_tls))
             .context("setting up the https listener")?;
     }
     server.add_service(proxy);

@@ -69,6 +69,44 @@ pub fn build(
 /// Checks that need the file system: static roots are directories, and
 /// certificate files and extra CA roots are readable.
 pub fn io_checks(config: &Config) -> Vec<Problem> {
+    let mut out = io_checks_here(config);
+    out.extend(missing_static_roots(config));
+    out
+}
+
+/// Static roots that do not exist on this machine. `duotone run` refuses
+/// them ([`io_checks`]); `duotone check` only warns, since a config is often
+/// checked where it is written (CI, a laptop), not where it runs.
+pub fn missing_static_roots(config: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (i, site) in config.sites.iter().enumerate() {
+        for (j, route) in site.routes.iter().enumerate() {
+            if let routes::config::ActionSpec::Static(s) = &route.action {
+                if let Err(e) = std::fs::metadata(&s.root) {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        out.push((
+                            KeyPath::root("sites")
+                                .index(i)
+                                .key("routes")
+                                .index(j)
+                                .key("static")
+                                .key("root"),
+                            format!(
+                                "{} does not exist here (`duotone run` refuses to start without it)",
+                                s.root.display()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`io_checks`] except static roots that do not exist
+/// ([`missing_static_roots`]): what `duotone check` counts as errors.
+pub fn io_checks_here(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     for (i, site) in config.sites.iter().enumerate() {
         let at = KeyPath::root("sites").index(i);
@@ -84,6 +122,8 @@ pub fn io_checks(config: &Config) -> Vec<Problem> {
                 let ok = std::fs::metadata(&s.root).map(|m| m.is_dir());
                 match ok {
                     Ok(true) => {}
+                    // Listed by `missing_static_roots`.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Ok(false) => out.push((
                         at.key("routes").index(j).key("static").key("root"),
                         format!("{} is not a directory", s.root.display()),

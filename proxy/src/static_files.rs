@@ -59,6 +59,11 @@ pub fn options(spec: &StaticSpec, open_files: OpenFiles) -> FileOptions {
         root: spec.root.clone(),
         precompressed: spec.precompressed,
         immutable_hashed: spec.immutable_hashed,
+        // Checked by validation (same syntax and limit).
+        immutable_pattern: spec
+            .immutable_pattern
+            .as_deref()
+            .and_then(|p| files::HashPattern::new(p).ok()),
         index: spec.index.clone(),
         follow_symlinks: spec.follow_symlinks,
         max_age: spec.max_age,
@@ -69,12 +74,14 @@ pub fn options(spec: &StaticSpec, open_files: OpenFiles) -> FileOptions {
 
 /// Answers the request from `files`; `prefix_len` bytes of the path are the route prefix.
 /// Returns the number of body bytes sent.
-/// `hsts` is added on HTTPS responses of sites that enable it.
+/// `hsts` is added on HTTPS responses of sites that enable it, `add` (the
+/// route's `headers`) on 2xx/3xx ones.
 pub async fn serve(
     session: &mut Session,
     files: &FileServer,
     prefix_len: usize,
     hsts: Option<&str>,
+    add: &routes::headers::AddHeaders,
 ) -> Result<u64> {
     let req = session.req_header();
     let path = req.uri.path();
@@ -87,6 +94,7 @@ pub async fn serve(
     if let Some(h) = hsts {
         resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, h)?;
     }
+    crate::respond::add_headers(&mut resp, add)?;
     match reply.body {
         Body::Empty => {
             session.write_response_header(Box::new(resp), true).await?;

@@ -45,8 +45,20 @@ pub fn acme_settings(config: &Config) -> Option<AcmeSettings> {
 }
 
 /// Builds the certificate store for `config` (reads certificate files and
-/// the ACME cache; never contacts the CA).
+/// the ACME cache; never contacts the CA). Self-signed certificates are kept
+/// in `state_dir/self-signed` and reused across restarts while valid.
 pub fn store(config: &Config) -> Result<Arc<CertStore>, acme::CertError> {
+    CertStore::with_fallback_dir(
+        acme_settings(config),
+        cert_specs(config),
+        Some(config.server.state_dir.join("self-signed")),
+    )
+}
+
+/// What `duotone check` builds: [`store`] without writing self-signed
+/// certificates to `state_dir` (the machine that checks may not be the one
+/// that runs).
+pub fn store_for_check(config: &Config) -> Result<Arc<CertStore>, acme::CertError> {
     CertStore::new(acme_settings(config), cert_specs(config))
 }
 

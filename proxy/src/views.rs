@@ -17,6 +17,10 @@ pub struct ServiceView {
     /// as healthy only after passing one).
     #[serde(default)]
     pub active_checks: bool,
+    /// How long upgraded connections of a color that stopped taking new
+    /// traffic stay open before the edge closes them, in milliseconds.
+    #[serde(default)]
+    pub drain_upgraded_ms: u64,
     /// Per color.
     pub colors: BTreeMap<String, ColorView>,
 }
@@ -28,8 +32,16 @@ pub struct ColorView {
     pub live: bool,
     /// True when at least one member can take traffic.
     pub healthy: bool,
-    /// Requests being proxied to this color now.
+    /// Requests being proxied to this color now (upgraded connections not
+    /// included).
     pub in_flight: i64,
+    /// Upgraded connections (WebSockets) open to this color now.
+    #[serde(default)]
+    pub upgraded: i64,
+    /// While this color takes no new traffic: milliseconds until the edge
+    /// closes its upgraded connections (`drain_upgraded`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_close_in_ms: Option<u64>,
     /// Requests sent to this color since start.
     pub requests: u64,
     /// Members.
@@ -53,6 +65,25 @@ pub struct MemberView {
     /// Whether the last active check passed (absent before the first one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_ok: Option<bool>,
+    /// Why the last active check failed ("connection refused", "no such
+    /// socket …", "timed out after 1s", "status 503", …); absent when it
+    /// passed or before the first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_error: Option<String>,
+}
+
+impl MemberView {
+    /// The member's state in words: "up", "down (connection refused)", …
+    pub fn describe(&self) -> String {
+        let mut out = self.health.clone();
+        if let Some(e) = &self.last_check_error {
+            out.push_str(&format!(" ({e})"));
+        }
+        if self.ejected {
+            out.push_str(", ejected after errors");
+        }
+        out
+    }
 }
 
 impl ServiceView {
@@ -77,6 +108,7 @@ impl ServiceView {
                                 && (!checked || state == HealthState::Up),
                             checks: m.health.checks(),
                             last_check_ok: m.health.last_check_ok(),
+                            last_check_error: m.health.last_error().map(|e| e.to_string()),
                         }
                     })
                     .collect();
@@ -86,6 +118,11 @@ impl ServiceView {
                         live: i == svc.live,
                         healthy: p.is_healthy(now_ms, checked),
                         in_flight: p.stats.in_flight(),
+                        upgraded: p.stats.upgraded(),
+                        upgraded_close_in_ms: p
+                            .stats
+                            .close_due_ms()
+                            .map(|due| due.saturating_sub(now_ms)),
                         requests: p.stats.requests(),
                         members,
                     },
@@ -99,6 +136,7 @@ impl ServiceView {
                 .weight_pairs()
                 .map(|w| w.into_iter().map(|(c, w)| (c.to_string(), w)).collect()),
             active_checks: checked,
+            drain_upgraded_ms: svc.drain_upgraded.as_millis() as u64,
             colors,
         }
     }

@@ -42,6 +42,21 @@ pub struct Server {
     pub threads: Option<usize>,
     /// SIGTERM drain deadline.
     pub grace_period: Duration,
+    /// Proxies whose X-Forwarded-For/-Proto/-Host are believed
+    /// ([`crate::client::resolve`]).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Listeners whose connections start with a PROXY protocol header.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// Which listeners expect a PROXY protocol header (v1 or v2) before
+/// anything else, accepted only from `trusted_proxies`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// On the plain HTTP listener.
+    pub http: bool,
+    /// On the HTTPS listener (read before the TLS handshake).
+    pub https: bool,
 }
 
 /// One `server.admin_hosts` entry: a host name (lowercase, IPv6 literals in
@@ -141,6 +156,8 @@ pub struct SiteSpec {
     pub tls: Tls,
     /// HSTS, if enabled.
     pub hsts: Option<Hsts>,
+    /// Response header fields (lowercase name, value) for 2xx/3xx responses.
+    pub headers: Vec<(String, String)>,
     /// Routes in file order.
     pub routes: Vec<RouteSpec>,
 }
@@ -177,6 +194,9 @@ pub struct StaticSpec {
     pub precompressed: bool,
     /// Immutable caching for hashed names.
     pub immutable_hashed: bool,
+    /// Regular expression for hashed file names (matched against the file
+    /// name), replacing the built-in rule; checked to compile.
+    pub immutable_pattern: Option<String>,
     /// Index file for directories.
     pub index: Option<String>,
     /// Follow symlinks whose target stays inside the root (default `false`:
@@ -207,6 +227,39 @@ pub struct RouteSpec {
     pub allow: Vec<IpNet>,
     /// On-the-fly compression of upstream text responses.
     pub compress: bool,
+    /// Response header fields (lowercase name, value) for 2xx/3xx
+    /// responses, over the site's.
+    pub headers: Vec<(String, String)>,
+    /// Upstream timeouts that override the service's for this route.
+    pub timeouts: RouteTimeouts,
+}
+
+/// A route's own upstream timeouts; `None` keeps the service's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteTimeouts {
+    /// TCP/unix connect.
+    pub connect: Option<Duration>,
+    /// Between response bytes.
+    pub read: Option<Duration>,
+    /// Between request bytes.
+    pub write: Option<Duration>,
+}
+
+impl RouteTimeouts {
+    /// True when the route sets none.
+    pub fn is_empty(&self) -> bool {
+        *self == RouteTimeouts::default()
+    }
+
+    /// The service's timeouts with this route's on top.
+    pub fn over(&self, service: &Timeouts) -> Timeouts {
+        Timeouts {
+            connect: self.connect.unwrap_or(service.connect),
+            read: self.read.unwrap_or(service.read),
+            write: self.write.unwrap_or(service.write),
+            idle: service.idle,
+        }
+    }
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`).
@@ -313,6 +366,9 @@ pub struct ServiceSpec {
     pub timeouts: Timeouts,
     /// Extra attempts after connect failures.
     pub retries: u32,
+    /// How long a color's upgraded connections (WebSockets) stay open once
+    /// it stops taking new traffic, before the edge closes them.
+    pub drain_upgraded: Duration,
 }
 
 /// Client-side limits.

@@ -5,14 +5,17 @@
 //! TOML text → [`load`] (env expansion, parse, validate) → [`Config`] →
 //! [`RouteTable::compile`] → shared by the proxy.
 
+pub mod client;
 pub mod config;
 pub mod diag;
 pub mod duration;
 pub mod env;
+pub mod headers;
 pub mod host;
 pub mod load;
 pub mod path;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod raw;
 pub mod request;
 pub mod state;
@@ -22,9 +25,10 @@ pub mod validate;
 pub use config::Config;
 pub use diag::KeyPath;
 pub use diag::{Diagnostic, Diagnostics};
-pub use load::{load, load_checked};
+pub use load::{load, load_checked, load_with_warnings};
 pub use pool::{
-    Color, ColorStats, HealthState, InFlight, Member, MemberAddr, MemberHealth, Pool, Service,
+    Closer, Color, ColorStats, HealthState, InFlight, Member, MemberAddr, MemberHealth, Pool,
+    Service,
 };
 pub use state::LiveState;
 pub use table::{Action, Route, RouteTable, Site, Vitals};

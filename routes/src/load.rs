@@ -25,6 +25,19 @@ pub fn load_checked(
     env: impl Fn(&str) -> Option<String>,
     extra: &dyn Fn(&Config) -> Vec<Problem>,
 ) -> Result<Config, Diagnostics> {
+    load_with_warnings(file, text, env, extra, &|_| Vec::new()).map(|(c, _)| c)
+}
+
+/// Like [`load_checked`], and also runs `warn` on the valid config: its
+/// problems do not make the config invalid and come back, placed at their
+/// lines, beside it.
+pub fn load_with_warnings(
+    file: &str,
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+    extra: &dyn Fn(&Config) -> Vec<Problem>,
+    warn: &dyn Fn(&Config) -> Vec<Problem>,
+) -> Result<(Config, Diagnostics), Diagnostics> {
     let diag = |line, key: String, message: String| Diagnostic {
         file: file.to_string(),
         line,
@@ -67,7 +80,7 @@ pub fn load_checked(
             Err(more)
         }
     });
-    checked.map_err(|problems| {
+    let place = |problems: Vec<Problem>| {
         let mut list: Vec<Diagnostic> = problems
             .into_iter()
             .map(|(path, msg)| {
@@ -77,7 +90,14 @@ pub fn load_checked(
             .collect();
         list.sort_by_key(|d| d.line);
         Diagnostics(list)
-    })
+    };
+    match checked {
+        Ok(c) => {
+            let warnings = place(warn(&c));
+            Ok((c, warnings))
+        }
+        Err(problems) => Err(place(problems)),
+    }
 }
 
 fn first_line(s: &str) -> String {

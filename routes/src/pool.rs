@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A deployment color such as `blue` or `green`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,6 +124,9 @@ pub struct MemberHealth {
     checks: AtomicU64,
     /// Whether the last completed active check passed.
     last_check_ok: AtomicBool,
+    /// Why the last completed active check failed (`None` after a pass).
+    /// Read by the admin API only, never on the request path.
+    last_error: Mutex<Option<Arc<str>>>,
 }
 
 impl Default for MemberHealth {
@@ -134,6 +137,7 @@ impl Default for MemberHealth {
             failures: AtomicU64::new(0),
             checks: AtomicU64::new(0),
             last_check_ok: AtomicBool::new(false),
+            last_error: Mutex::new(None),
         }
     }
 }
@@ -167,12 +171,26 @@ impl MemberHealth {
         }
     }
 
-    /// Records the outcome of one active check, after any verdict it led
+    /// Records the outcome of one active check (`Err` with why it failed,
+    /// e.g. "connection refused" or "status 503"), after any verdict it led
     /// to was set with [`MemberHealth::set_up`]. Lets callers tell a fresh
     /// check from a verdict learned earlier (e.g. before a redeploy).
-    pub fn record_check(&self, ok: bool) {
-        self.last_check_ok.store(ok, Ordering::Release);
+    pub fn record_check(&self, outcome: Result<(), &str>) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = outcome.err().map(Arc::from);
+        self.last_check_ok.store(outcome.is_ok(), Ordering::Release);
         self.checks.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Why the last active check failed; `None` before the first check and
+    /// after one that passed.
+    pub fn last_error(&self) -> Option<Arc<str>> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Active checks completed so far.
@@ -211,14 +229,57 @@ impl MemberHealth {
 }
 
 /// Per-color counters, shared across table generations.
+///
+/// Requests and upgraded connections (WebSockets and other `101 Switching
+/// Protocols` tunnels) are counted apart: a request ends by itself, an
+/// upgraded connection may stay open for hours, so a drain waits for the
+/// first and closes the second (see [`ColorStats::close_upgraded`]).
 #[derive(Debug, Default)]
 pub struct ColorStats {
     in_flight: AtomicI64,
     requests: AtomicU64,
+    upgraded: AtomicI64,
+    /// Bumped whenever the color starts or stops taking new traffic, so a
+    /// close scheduled for an earlier change does not run after a newer one.
+    drain_epoch: AtomicU64,
+    /// When the scheduled close of the upgraded connections is due (unix
+    /// milliseconds; 0 when none is scheduled).
+    close_at_ms: AtomicU64,
+    /// The open upgraded connections. Locked once when a connection upgrades
+    /// and once when it ends, and by drains: never per request.
+    tunnels: Mutex<Tunnels>,
+}
+
+/// Ends an upgraded connection from outside the task that relays it. The
+/// proxy registers one per upgraded connection ([`ColorStats::upgrade`]).
+pub trait Closer: Send + Sync {
+    /// Asks the connection to end. It must not block; the connection
+    /// deregisters itself (drops its [`Upgraded`]) once it has ended.
+    fn close(&self);
+}
+
+/// The registry of a color's open upgraded connections.
+#[derive(Default)]
+struct Tunnels {
+    next: u64,
+    open: std::collections::BTreeMap<u64, Arc<dyn Closer>>,
+    /// Set by a drain: a connection that upgrades on this color afterwards
+    /// (its handshake was under way during the drain) is closed at once.
+    closing: bool,
+}
+
+impl fmt::Debug for Tunnels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tunnels")
+            .field("open", &self.open.len())
+            .field("closing", &self.closing)
+            .finish()
+    }
 }
 
 impl ColorStats {
-    /// Requests currently being proxied to this color.
+    /// Requests currently being proxied to this color (upgraded connections
+    /// not included).
     pub fn in_flight(&self) -> i64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -228,11 +289,89 @@ impl ColorStats {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Upgraded connections (WebSockets) open to this color now.
+    pub fn upgraded(&self) -> i64 {
+        self.upgraded.load(Ordering::Relaxed)
+    }
+
     /// Marks a request as started; the guard ends it when dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Registers an upgraded connection that `closer` can end; the guard
+    /// deregisters it when dropped. Take it before dropping the request's
+    /// [`InFlight`], so the color never looks idle in between. If the color
+    /// is being drained, the connection is closed at once.
+    pub fn upgrade(self: &Arc<Self>, closer: Arc<dyn Closer>) -> Upgraded {
+        self.upgraded.fetch_add(1, Ordering::Relaxed);
+        let (id, closing) = {
+            let mut t = self.tunnels();
+            let id = t.next;
+            t.next += 1;
+            t.open.insert(id, closer.clone());
+            (id, t.closing)
+        };
+        if closing {
+            closer.close();
+        }
+        Upgraded {
+            stats: self.clone(),
+            id,
+        }
+    }
+
+    /// Closes every upgraded connection open to this color now; returns how
+    /// many were asked to close. With `drain`, connections that upgrade later
+    /// are closed too, until [`ColorStats::cancel_drain`] (the color takes
+    /// traffic again).
+    pub fn close_upgraded(&self, drain: bool) -> usize {
+        let closers: Vec<Arc<dyn Closer>> = {
+            let mut t = self.tunnels();
+            t.closing |= drain;
+            t.open.values().cloned().collect()
+        };
+        self.close_at_ms.store(0, Ordering::Relaxed);
+        for c in &closers {
+            c.close();
+        }
+        closers.len()
+    }
+
+    /// The color stopped taking new traffic: starts a drain whose close of
+    /// the upgraded connections is due at `close_at_ms`. Returns the drain's
+    /// epoch for [`ColorStats::close_if_current`].
+    pub fn begin_drain(&self, close_at_ms: u64) -> u64 {
+        self.close_at_ms
+            .store(close_at_ms.max(1), Ordering::Relaxed);
+        self.drain_epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The color takes traffic again: a scheduled close is called off and
+    /// new upgraded connections stay open.
+    pub fn cancel_drain(&self) {
+        self.drain_epoch.fetch_add(1, Ordering::AcqRel);
+        self.close_at_ms.store(0, Ordering::Relaxed);
+        self.tunnels().closing = false;
+    }
+
+    /// Runs the close scheduled by the drain of `epoch`, unless a later
+    /// change superseded it. Returns the connections asked to close, or
+    /// `None` when it was called off.
+    pub fn close_if_current(&self, epoch: u64) -> Option<usize> {
+        (self.drain_epoch.load(Ordering::Acquire) == epoch).then(|| self.close_upgraded(true))
+    }
+
+    /// When the scheduled close of the upgraded connections is due (unix
+    /// milliseconds), if one is.
+    pub fn close_due_ms(&self) -> Option<u64> {
+        Some(self.close_at_ms.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    fn tunnels(&self) -> std::sync::MutexGuard<'_, Tunnels> {
+        self.tunnels.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -243,6 +382,20 @@ pub struct InFlight(Arc<ColorStats>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An upgraded connection open on a color; deregisters it when dropped.
+#[derive(Debug)]
+pub struct Upgraded {
+    stats: Arc<ColorStats>,
+    id: u64,
+}
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        self.stats.tunnels().open.remove(&self.id);
+        self.stats.upgraded.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -329,6 +482,9 @@ pub struct Service {
     pub timeouts: Timeouts,
     /// Extra attempts on connect failure.
     pub retries: u32,
+    /// How long upgraded connections (WebSockets) of a color that stopped
+    /// taking new traffic stay open before the edge closes them.
+    pub drain_upgraded: std::time::Duration,
 }
 
 impl Service {
@@ -350,6 +506,22 @@ impl Service {
                 cum.iter().position(|c| r < *c).unwrap_or(self.live)
             }
             None => self.live,
+        }
+    }
+
+    /// Whether pool `i` gets new requests: a weight above zero when weights
+    /// are set, else being the live pool. A pool that does not is drained.
+    pub fn takes_traffic(&self, i: usize) -> bool {
+        match &self.weights {
+            Some(cum) if cum.last().is_some_and(|t| *t > 0) => {
+                let prev = if i == 0 {
+                    Some(0)
+                } else {
+                    cum.get(i - 1).copied()
+                };
+                matches!((prev, cum.get(i)), (Some(p), Some(c)) if c > &p)
+            }
+            _ => i == self.live,
         }
     }
 
@@ -441,6 +613,7 @@ mod tests {
             health: None,
             timeouts: crate::validate::default_timeouts(),
             retries: 1,
+            drain_upgraded: std::time::Duration::from_secs(30),
         };
         let green = (0..1000u32).filter(|r| svc.choose_pool(*r) == 1).count();
         assert_eq!(green, 100);
@@ -448,15 +621,30 @@ mod tests {
             svc.weight_pairs().unwrap(),
             vec![(Color::new("blue"), 90), (Color::new("green"), 10)]
         );
+        assert!(svc.takes_traffic(0) && svc.takes_traffic(1));
+        let svc = Service {
+            weights: Some(vec![0, 100]),
+            ..svc
+        };
+        assert!(!svc.takes_traffic(0) && svc.takes_traffic(1));
+        let svc = Service {
+            weights: None,
+            ..svc
+        };
+        assert!(svc.takes_traffic(0) && !svc.takes_traffic(1));
     }
 
     #[test]
     fn counts_active_checks() {
         let h = MemberHealth::default();
         assert_eq!((h.checks(), h.last_check_ok()), (0, None));
-        h.record_check(true);
-        h.record_check(false);
+        h.record_check(Ok(()));
+        assert_eq!(h.last_error(), None);
+        h.record_check(Err("status 503"));
         assert_eq!((h.checks(), h.last_check_ok()), (2, Some(false)));
+        assert_eq!(h.last_error().as_deref(), Some("status 503"));
+        h.record_check(Ok(()));
+        assert_eq!(h.last_error(), None);
     }
 
     #[test]
@@ -469,5 +657,65 @@ mod tests {
         drop(b);
         assert_eq!(stats.in_flight(), 0);
         assert_eq!(stats.requests(), 2);
+    }
+
+    /// Counts its `close` calls.
+    #[derive(Default)]
+    struct Counting(AtomicU64);
+
+    impl Closer for Counting {
+        fn close(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn closes(c: &Arc<Counting>) -> u64 {
+        c.0.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn upgraded_connections_are_counted_apart_and_closed_by_drains() {
+        let stats = Arc::new(ColorStats::default());
+        let request = stats.begin();
+        let a = Arc::new(Counting::default());
+        let tunnel = stats.upgrade(a.clone());
+        drop(request);
+        assert_eq!((stats.in_flight(), stats.upgraded()), (0, 1));
+        assert_eq!(stats.close_due_ms(), None);
+
+        // A drain superseded by a later change does nothing.
+        let old = stats.begin_drain(1_000);
+        assert_eq!(stats.close_due_ms(), Some(1_000));
+        stats.cancel_drain();
+        assert_eq!(stats.close_due_ms(), None);
+        assert_eq!(stats.close_if_current(old), None);
+        assert_eq!(closes(&a), 0);
+
+        let epoch = stats.begin_drain(2_000);
+        assert_eq!(stats.close_if_current(epoch), Some(1));
+        assert_eq!(closes(&a), 1);
+        assert_eq!(stats.close_due_ms(), None);
+        // Still counted until the connection has really ended.
+        assert_eq!(stats.upgraded(), 1);
+        drop(tunnel);
+        assert_eq!(stats.upgraded(), 0);
+
+        // Upgrading on a drained color: closed at once.
+        let b = Arc::new(Counting::default());
+        let late = stats.upgrade(b.clone());
+        assert_eq!(closes(&b), 1);
+        drop(late);
+        // Taking traffic again: new connections stay open.
+        stats.cancel_drain();
+        let c = Arc::new(Counting::default());
+        let kept = stats.upgrade(c.clone());
+        assert_eq!(closes(&c), 0);
+        // A forced close (not a drain) leaves later connections alone.
+        assert_eq!(stats.close_upgraded(false), 1);
+        let d = Arc::new(Counting::default());
+        let _d = stats.upgrade(d.clone());
+        assert_eq!(closes(&d), 0);
+        drop(kept);
+        assert_eq!(stats.upgraded(), 1);
     }
 }

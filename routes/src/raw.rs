@@ -48,6 +48,22 @@ pub struct RawServer {
     pub threads: Option<usize>,
     /// How long SIGTERM waits for in-flight requests.
     pub grace_period: Option<String>,
+    /// Proxies (addresses or CIDR blocks) whose X-Forwarded-* are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// PROXY protocol on the listeners: `true` (both) or a list of
+    /// listener names (`["http", "https"]`).
+    pub proxy_protocol: Option<RawProxyProtocol>,
+}
+
+/// `proxy_protocol = true | ["http", "https"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawProxyProtocol {
+    /// On every listener, or off.
+    All(bool),
+    /// On the listeners named.
+    Listeners(Vec<String>),
 }
 
 /// `[acme]`.
@@ -109,6 +125,8 @@ pub struct RawSite {
     pub tls: Option<RawTls>,
     /// HSTS header on HTTPS responses.
     pub hsts: Option<RawHsts>,
+    /// Response header fields added to this site's 2xx/3xx responses.
+    pub headers: Option<BTreeMap<String, String>>,
     /// Routes, longest path prefix wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -141,6 +159,15 @@ pub struct RawRoute {
     pub allow: Option<Vec<String>>,
     /// Compress text responses from upstreams when clients accept it.
     pub compress: Option<bool>,
+    /// Response header fields added to this route's 2xx/3xx responses
+    /// (over the site's for the same name).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Upstream connect timeout for this route (over the service's).
+    pub connect_timeout: Option<String>,
+    /// Upstream read timeout for this route (over the service's).
+    pub read_timeout: Option<String>,
+    /// Upstream write timeout for this route (over the service's).
+    pub write_timeout: Option<String>,
 }
 
 /// `static = { … }`.
@@ -155,6 +182,8 @@ pub struct RawStatic {
     /// Far-future caching for hashed names.
     #[serde(default)]
     pub immutable_hashed: bool,
+    /// A regular expression for hashed file names, instead of the built-in rule.
+    pub immutable_pattern: Option<String>,
     /// Index file for directories (`true` means `index.html`).
     pub index: Option<RawIndex>,
     /// Follow symlinks that stay inside the root (default: no).
@@ -208,6 +237,8 @@ pub struct RawService {
     pub idle_timeout: Option<String>,
     /// Extra attempts on other members after a connect failure.
     pub retries: Option<u32>,
+    /// How long WebSockets of a color that stopped taking traffic stay open.
+    pub drain_upgraded: Option<String>,
 }
 
 /// `health = { … }`.

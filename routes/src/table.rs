@@ -70,6 +70,18 @@ pub struct Route {
     pub allow: Vec<IpNet>,
     /// Compress text responses.
     pub compress: bool,
+    /// Response fields added to 2xx/3xx answers (the site's and the route's).
+    pub headers: crate::headers::AddHeaders,
+    /// Upstream timeouts when the route overrides its service's.
+    pub timeouts: Option<crate::config::Timeouts>,
+}
+
+impl Route {
+    /// The upstream timeouts for a request this route proxies to `service`:
+    /// the route's own where it sets them, else the service's.
+    pub fn upstream_timeouts<'a>(&'a self, service: &'a Service) -> &'a crate::config::Timeouts {
+        self.timeouts.as_ref().unwrap_or(&service.timeouts)
+    }
 }
 
 /// A compiled site.
@@ -151,7 +163,7 @@ impl RouteTable {
                 .iter()
                 .map(|r| {
                     slot += 1;
-                    compile_route(r, slot - 1, &config, config.limits.max_body)
+                    compile_route(r, slot - 1, &config, &s.headers)
                 })
                 .collect();
             routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -244,7 +256,13 @@ impl RouteTable {
     }
 }
 
-fn compile_route(r: &RouteSpec, slot: usize, config: &Config, max_body: u64) -> Route {
+fn compile_route(
+    r: &RouteSpec,
+    slot: usize,
+    config: &Config,
+    site_headers: &[(String, String)],
+) -> Route {
+    let max_body = config.limits.max_body;
     let action = match &r.action {
         ActionSpec::Proxy(name) => Action::Proxy(config.service_index(name).unwrap_or(usize::MAX)),
         ActionSpec::Static(s) => Action::Static(Arc::new(s.clone())),
@@ -263,6 +281,15 @@ fn compile_route(r: &RouteSpec, slot: usize, config: &Config, max_body: u64) -> 
         basic_auth: r.basic_auth.clone(),
         allow: r.allow.clone(),
         compress: r.compress,
+        headers: crate::headers::AddHeaders::merge(site_headers, &r.headers),
+        timeouts: match &r.action {
+            ActionSpec::Proxy(name) if !r.timeouts.is_empty() => config
+                .services
+                .iter()
+                .find(|s| s.name == *name)
+                .map(|s| r.timeouts.over(&s.timeouts)),
+            _ => None,
+        },
     }
 }
 
@@ -340,5 +367,6 @@ fn compile_service(
         health: s.health.clone(),
         timeouts: s.timeouts,
         retries: s.retries,
+        drain_upgraded: s.drain_upgraded,
     }
 }

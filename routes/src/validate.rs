@@ -15,6 +15,9 @@ use std::time::Duration;
 /// A problem found by validation: where, and what.
 pub type Problem = (KeyPath, String);
 
+/// Default of `services.*.drain_upgraded`.
+pub const DEFAULT_DRAIN_UPGRADED: Duration = Duration::from_secs(30);
+
 /// Let's Encrypt production directory.
 pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// Let's Encrypt staging directory.
@@ -111,6 +114,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let services = check_services(&mut c, &raw.services);
     let known: HashSet<&str> = raw.services.keys().map(String::as_str).collect();
     let sites = check_sites(&mut c, &raw.sites, &known);
+    let services = default_health_hosts(services, &sites);
     let acme = check_acme(&mut c, raw.acme.as_ref(), &server, &sites);
     let limits = check_limits(&mut c, &raw.limits);
     let access_log = match raw.log.access.as_deref() {
@@ -202,6 +206,41 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
             );
         }
     }
+    let mut trusted_proxies = Vec::new();
+    for (i, a) in s.trusted_proxies.iter().enumerate() {
+        match IpNet::parse(a) {
+            Ok(n) => trusted_proxies.push(n),
+            Err(e) => c.err(at.key("trusted_proxies").index(i), e),
+        }
+    }
+    let mut proxy_protocol = ProxyProtocol::default();
+    match &s.proxy_protocol {
+        None => {}
+        Some(RawProxyProtocol::All(on)) => {
+            proxy_protocol = ProxyProtocol {
+                http: *on,
+                https: *on,
+            }
+        }
+        Some(RawProxyProtocol::Listeners(names)) => {
+            for (i, n) in names.iter().enumerate() {
+                match n.as_str() {
+                    "http" => proxy_protocol.http = true,
+                    "https" => proxy_protocol.https = true,
+                    other => c.err(
+                        at.key("proxy_protocol").index(i),
+                        format!("{other:?}: name a listener, \"http\" or \"https\""),
+                    ),
+                }
+            }
+        }
+    }
+    if (proxy_protocol.http || proxy_protocol.https) && trusted_proxies.is_empty() {
+        c.err(
+            at.key("proxy_protocol"),
+            "the PROXY protocol is accepted only from server.trusted_proxies: list the load balancers there",
+        );
+    }
     if s.threads == Some(0) {
         c.err(at.key("threads"), "threads must be at least 1");
     }
@@ -218,6 +257,8 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
             &s.grace_period,
             Duration::from_secs(30),
         ),
+        trusted_proxies,
+        proxy_protocol,
     }
 }
 
@@ -336,11 +377,13 @@ fn check_sites(c: &mut Checker, sites: &[RawSite], services: &HashSet<&str>) -> 
             }
         }
         let hsts = check_hsts(c, at.key("hsts"), s.hsts.as_ref());
+        let headers = check_headers(c, at.key("headers"), s.headers.as_ref());
         let routes = check_routes(c, &at, &s.routes, services);
         out.push(SiteSpec {
             hosts,
             tls,
             hsts,
+            headers,
             routes,
         });
     }
@@ -468,7 +511,27 @@ fn check_routes(
                 "an empty allow list would refuse everyone; remove it instead",
             );
         }
+        let timeouts = RouteTimeouts {
+            connect: opt_duration(c, at.key("connect_timeout"), &r.connect_timeout),
+            read: opt_duration(c, at.key("read_timeout"), &r.read_timeout),
+            write: opt_duration(c, at.key("write_timeout"), &r.write_timeout),
+        };
+        if !timeouts.is_empty() && !matches!(action, ActionSpec::Proxy(_)) {
+            let key = [
+                ("connect_timeout", &r.connect_timeout),
+                ("read_timeout", &r.read_timeout),
+                ("write_timeout", &r.write_timeout),
+            ]
+            .into_iter()
+            .find(|(_, v)| v.is_some())
+            .map_or("read_timeout", |(k, _)| k);
+            c.err(
+                at.key(key),
+                "upstream timeouts apply to routes with a service only",
+            );
+        }
         out.push(RouteSpec {
+            timeouts,
             path,
             action,
             allow_http: r.allow_http,
@@ -477,9 +540,47 @@ fn check_routes(
             basic_auth,
             allow,
             compress: r.compress.unwrap_or(false),
+            headers: check_headers(c, at.key("headers"), r.headers.as_ref()),
         });
     }
     out
+}
+
+/// `headers = { "Name" = "value" }`: valid names and values, no hop-by-hop
+/// or framing fields, one value per name in any case.
+fn check_headers(
+    c: &mut Checker,
+    at: KeyPath,
+    h: Option<&BTreeMap<String, String>>,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, value) in h.into_iter().flatten() {
+        let key = at.key(name);
+        match crate::headers::check_name(name) {
+            Ok(lower) if out.iter().any(|(n, _)| *n == lower) => {
+                c.err(key, format!("{name:?} is given twice (names ignore case)"))
+            }
+            Ok(lower) => match crate::headers::check_value(value) {
+                Ok(()) => out.push((lower, value.clone())),
+                Err(e) => c.err(key, e),
+            },
+            Err(e) => c.err(key, e),
+        }
+    }
+    out
+}
+
+/// A duration given only when set; zero is refused (it would fail every request).
+fn opt_duration(c: &mut Checker, at: KeyPath, v: &Option<String>) -> Option<Duration> {
+    v.as_ref()?;
+    let d = c.duration(at.clone(), v, Duration::ZERO);
+    if d.is_zero() {
+        if c.problems.last().is_none_or(|(k, _)| *k != at) {
+            c.err(at, "must be more than 0");
+        }
+        return None;
+    }
+    Some(d)
 }
 
 fn is_supported_hash(h: &str) -> bool {
@@ -503,10 +604,29 @@ fn check_static(c: &mut Checker, at: KeyPath, s: &RawStatic) -> StaticSpec {
             None
         }
     };
+    let immutable_pattern = s.immutable_pattern.as_ref().and_then(|p| {
+        // The files crate compiles it with the same limit.
+        match regex::RegexBuilder::new(p).size_limit(1 << 16).build() {
+            Ok(_) => Some(p.clone()),
+            Err(e) => {
+                let e = e.to_string();
+                let last = e.lines().rfind(|l| !l.trim().is_empty());
+                c.err(
+                    at.key("immutable_pattern"),
+                    format!(
+                        "{p:?} is not a valid regular expression: {}",
+                        last.unwrap_or("").trim()
+                    ),
+                );
+                None
+            }
+        }
+    });
     StaticSpec {
         root,
         precompressed: s.precompressed,
         immutable_hashed: s.immutable_hashed,
+        immutable_pattern,
         index,
         // Off unless asked for, as documented: a symlink inside the root can
         // still be planted by whoever writes there (uploads, deploys).
@@ -615,7 +735,15 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
                 timeout: c.duration(hat.key("timeout"), &h.timeout, Duration::from_secs(1)),
                 rise,
                 fall,
-                host: h.host.clone(),
+                host: h.host.as_deref().map(str::trim).map(|host| {
+                    if split_authority(host).is_none() || host.contains('/') {
+                        c.err(
+                            hat.key("host"),
+                            format!("{host:?} is not a Host header value like \"app.example.com\""),
+                        );
+                    }
+                    host.to_string()
+                }),
             }
         });
         let d = default_timeouts();
@@ -633,9 +761,41 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
             health,
             timeouts,
             retries: s.retries.unwrap_or(1).min(8),
+            drain_upgraded: c.duration(
+                at.key("drain_upgraded"),
+                &s.drain_upgraded,
+                DEFAULT_DRAIN_UPGRADED,
+            ),
         });
     }
     out
+}
+
+/// Gives every health check without an explicit `host` the first exact
+/// host of the first site that routes to its service, so that an app which
+/// checks `Host` (Django's `ALLOWED_HOSTS`) accepts the check. Wildcard and
+/// catch-all patterns are skipped (they are not host names); a service no
+/// site names keeps `None` (the check then sends the member's address).
+fn default_health_hosts(mut services: Vec<ServiceSpec>, sites: &[SiteSpec]) -> Vec<ServiceSpec> {
+    for svc in &mut services {
+        let Some(health) = svc.health.as_mut() else {
+            continue;
+        };
+        if health.host.is_some() {
+            continue;
+        }
+        health.host = sites
+            .iter()
+            .filter(|site| {
+                site.routes
+                    .iter()
+                    .any(|r| matches!(&r.action, ActionSpec::Proxy(n) if *n == svc.name))
+            })
+            .flat_map(|site| site.hosts.iter())
+            .find(|h| !h.starts_with('*'))
+            .cloned();
+    }
+    services
 }
 
 fn check_limits(c: &mut Checker, l: &RawLimits) -> Limits {

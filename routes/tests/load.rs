@@ -237,3 +237,289 @@ fn static_routes_do_not_follow_symlinks_by_default() {
         .collect();
     assert_eq!(statics, vec![false]);
 }
+
+const HEALTH_HOSTS: &str = r#"
+[server]
+http = "127.0.0.1:8080"
+
+[[sites]]
+hosts = ["*.wild.example"]
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+
+[[sites]]
+hosts = ["*", "app.example.com", "www.example.com"]
+  [[sites.routes]]
+  path = "/api/"
+  service = "api"
+  [[sites.routes]]
+  path = "/"
+  service = "web"
+
+[services.api]
+health = { path = "/healthz/" }
+colors.blue = ["unix:/run/api.sock"]
+
+[services.web]
+health = { path = "/healthz/", host = "web.internal:8000" }
+colors.blue = ["127.0.0.1:8001"]
+
+[services.lonely]
+health = { path = "/healthz/" }
+colors.blue = ["127.0.0.1:8002"]
+
+[services.unchecked]
+colors.blue = ["127.0.0.1:8003"]
+"#;
+
+#[test]
+fn health_checks_send_the_first_exact_host_of_a_site_routing_to_the_service() {
+    let c = load("d.toml", HEALTH_HOSTS, env).unwrap();
+    let host = |name: &str| {
+        let i = c.service_index(name).unwrap();
+        c.services[i].health.as_ref().map(|h| h.host.clone())
+    };
+    // Wildcards and the catch-all are skipped, across sites in file order.
+    assert_eq!(host("api"), Some(Some("app.example.com".into())));
+    // An explicit host wins.
+    assert_eq!(host("web"), Some(Some("web.internal:8000".into())));
+    // No site routes to it: the check falls back to the member address.
+    assert_eq!(host("lonely"), Some(None));
+    assert_eq!(host("unchecked"), None);
+}
+
+#[test]
+fn a_health_host_that_is_no_host_is_refused() {
+    let text = HEALTH_HOSTS.replace("web.internal:8000", "web internal/x");
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("services.web.health.host") && e.contains("not a Host")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn response_headers_are_checked_with_line_and_key() {
+    let text = r#"
+[server]
+http = "127.0.0.1:8080"
+
+[[sites]]
+hosts = ["a.example"]
+headers = { "X-Frame-Options" = "DENY", "X-Bad Name" = "1" }
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+  headers = { "Connection" = "close", "X-Ok" = "a\r\nX-Evil: 1" }
+
+[services.api]
+colors.blue = ["127.0.0.1:8001"]
+"#;
+    let e = errors(text);
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:7: sites[0].headers.X-Bad Name:")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(
+            |l| l.starts_with("d.toml:11: sites[0].routes[0].headers.Connection:")
+                && l.contains("hop-by-hop")
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:11: sites[0].routes[0].headers.X-Ok:")),
+        "{e:?}"
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+
+    let good = text.replace(", \"X-Bad Name\" = \"1\"", "").replace(
+        "\"Connection\" = \"close\", \"X-Ok\" = \"a\\r\\nX-Evil: 1\"",
+        "\"x-frame-options\" = \"SAMEORIGIN\"",
+    );
+    let c = load("d.toml", &good, env).unwrap();
+    assert_eq!(
+        c.sites[0].headers,
+        [("x-frame-options".to_string(), "DENY".to_string())]
+    );
+    assert_eq!(
+        c.sites[0].routes[0].headers,
+        [("x-frame-options".to_string(), "SAMEORIGIN".to_string())]
+    );
+}
+
+#[test]
+fn immutable_patterns_must_compile() {
+    let text = r#"
+[server]
+http = "127.0.0.1:8080"
+
+[[sites]]
+hosts = ["a.example"]
+  [[sites.routes]]
+  path = "/assets/"
+  static = { root = "/srv/assets", immutable_pattern = '-[A-Za-z0-9_-]{8}\.(js|css$' }
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("d.toml:9: sites[0].routes[0].static.immutable_pattern:")
+            && e[0].contains("not a valid regular expression"),
+        "{e:?}"
+    );
+    let good = text.replace("(js|css$", "(js|css)$");
+    let c = load("d.toml", &good, env).unwrap();
+    let routes::config::ActionSpec::Static(s) = &c.sites[0].routes[0].action else {
+        panic!("static route expected");
+    };
+    assert_eq!(
+        s.immutable_pattern.as_deref(),
+        Some(r"-[A-Za-z0-9_-]{8}\.(js|css)$")
+    );
+}
+
+#[test]
+fn route_timeouts_override_the_services() {
+    let text = r#"
+[server]
+http = "127.0.0.1:8080"
+
+[[sites]]
+hosts = ["a.example"]
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+  [[sites.routes]]
+  path = "/reports/"
+  service = "api"
+  read_timeout = "5m"
+  connect_timeout = "1s"
+  [[sites.routes]]
+  path = "/static/"
+  static = { root = "/srv" }
+  read_timeout = "1s"
+  [[sites.routes]]
+  path = "/x/"
+  service = "api"
+  write_timeout = "0s"
+
+[services.api]
+colors.blue = ["127.0.0.1:8001"]
+read_timeout = "30s"
+"#;
+    let e = errors(text);
+    assert!(
+        e.iter().any(
+            |l| l.starts_with("d.toml:18: sites[0].routes[2].read_timeout:")
+                && l.contains("service only")
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:22: sites[0].routes[3].write_timeout:")),
+        "{e:?}"
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    let good = text
+        .replace("  read_timeout = \"1s\"\n", "")
+        .replace("write_timeout = \"0s\"", "write_timeout = \"2s\"");
+    let c = std::sync::Arc::new(load("d.toml", &good, env).unwrap());
+    let (table, _) = routes::RouteTable::compile(
+        c,
+        &routes::LiveState::default(),
+        &routes::Vitals::default(),
+        &|_, _| None,
+    );
+    let svc = &table.services[0];
+    let (_, _, reports) = table.find("a.example", "/reports/x").unwrap();
+    let t = reports.upstream_timeouts(svc);
+    assert_eq!(t.read.as_secs(), 300);
+    assert_eq!(t.connect.as_secs(), 1);
+    assert_eq!(t.write, svc.timeouts.write);
+    let (_, _, x) = table.find("a.example", "/x/y").unwrap();
+    assert_eq!(x.upstream_timeouts(svc).write.as_secs(), 2);
+    assert_eq!(x.upstream_timeouts(svc).read.as_secs(), 30);
+    let (_, _, root) = table.find("a.example", "/y").unwrap();
+    assert!(root.timeouts.is_none());
+    assert_eq!(root.upstream_timeouts(svc).read.as_secs(), 30);
+}
+
+#[test]
+fn trusted_proxies_and_proxy_protocol_are_checked() {
+    let text = r#"
+[server]
+http = "127.0.0.1:8080"
+trusted_proxies = ["10.0.0.0/8", "10.0.0.0/33", "fd00::/8"]
+proxy_protocol = ["http", "ftp"]
+"#;
+    let e = errors(text);
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:4: server.trusted_proxies[1]:")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:5: server.proxy_protocol[1]:") && l.contains("\"ftp\"")),
+        "{e:?}"
+    );
+    let e = errors("[server]\nhttp = \"127.0.0.1:8080\"\nproxy_protocol = true\n");
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:3: server.proxy_protocol:")
+                && l.contains("trusted_proxies")),
+        "{e:?}"
+    );
+    let c = load(
+        "d.toml",
+        "[server]\nhttp = \"127.0.0.1:8080\"\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = [\"https\"]\n",
+        env,
+    )
+    .unwrap();
+    assert_eq!(c.server.trusted_proxies.len(), 1);
+    assert!(c.server.proxy_protocol.https && !c.server.proxy_protocol.http);
+}
+
+#[test]
+fn every_kind_of_tls_site_needs_an_https_listener() {
+    for tls in [
+        "\"acme\"",
+        "\"self-signed\"",
+        "{ cert = \"/c.pem\", key = \"/k.pem\" }",
+    ] {
+        let e = errors(&format!(
+            "[server]\nhttp = \":80\"\n[acme]\nemail = \"a@b.c\"\n[[sites]]\nhosts = [\"a.com\"]\ntls = {tls}\n"
+        ));
+        assert!(
+            e.iter().any(|l| l
+                .ends_with("server.https: a site has TLS enabled but no https listener is set")),
+            "{tls}: {e:?}"
+        );
+    }
+    let ok = "[server]\nhttp = \":80\"\nhttps = \":443\"\n[[sites]]\nhosts = [\"a.com\"]\ntls = \"self-signed\"\n";
+    assert!(load("d.toml", ok, env).is_ok());
+}
+
+#[test]
+fn drain_upgraded_defaults_to_30s_and_is_checked() {
+    let svc = |extra: &str| {
+        format!(
+            "[server]\nhttp = \":80\"\n[services.api]\ncolors.blue = [\"127.0.0.1:1\"]\n{extra}"
+        )
+    };
+    let c = load("d.toml", &svc(""), env).unwrap();
+    assert_eq!(c.services[0].drain_upgraded.as_secs(), 30);
+    let c = load("d.toml", &svc("drain_upgraded = \"0s\"\n"), env).unwrap();
+    assert!(c.services[0].drain_upgraded.is_zero());
+    let e = errors(&svc("drain_upgraded = \"soon\"\n"));
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:5: services.api.drain_upgraded")),
+        "{e:?}"
+    );
+}

@@ -2,6 +2,7 @@
 //! real upstream servers on loopback, and talks to them over real sockets.
 
 pub mod client;
+pub mod h2c;
 pub mod proxy;
 pub mod recorder;
 pub mod scripted;
@@ -58,3 +59,4 @@ pub fn blackhole() -> (
 }
 pub mod bluegreen;
 pub mod pebble;
+pub mod tls;

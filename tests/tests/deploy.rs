@@ -76,7 +76,7 @@ colors.green = ["{green}"]
 
     fn stop_cmd(&self) -> String {
         let d = self.dir.path().display();
-        format!("rm {d}/{{color}}.ready && echo $DUOTONE_COLOR >> {d}/stopped")
+        format!("rm -f {d}/{{color}}.ready && echo $DUOTONE_COLOR >> {d}/stopped")
     }
 
     fn log(&self, name: &str) -> String {
@@ -233,7 +233,8 @@ async fn deploy_starts_waits_flips_drains_and_stops() {
     assert!(err.contains("did not become healthy"), "{err}");
     assert_eq!(f.service().await["live"], "green");
     assert_eq!(f.answer().await, "green");
-    assert_eq!(f.log("stopped"), "blue\n", "stop must not run");
+    // The failed color is stopped again; the live one (green) is not.
+    assert_eq!(f.log("stopped"), "blue\nblue\n");
 
     // And a real start of blue deploys it.
     let (code, out, err) = f
@@ -248,7 +249,7 @@ async fn deploy_starts_waits_flips_drains_and_stops() {
         .await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(f.log("started"), "green from blue\nblue from green\n");
-    assert_eq!(f.log("stopped"), "blue\ngreen\n");
+    assert_eq!(f.log("stopped"), "blue\nblue\ngreen\n");
     assert_eq!(f.answer().await, "blue");
 }
 
@@ -264,7 +265,9 @@ async fn failing_start_command_keeps_the_old_color() {
     assert!(err.contains("command failed"), "{err}");
     assert_eq!(f.service().await["live"], "blue");
     assert_eq!(f.answer().await, "blue");
-    assert_eq!(f.log("stopped"), "");
+    // Whatever the failed start left behind is stopped; blue is not touched.
+    assert_eq!(f.log("stopped"), "green\n");
+    assert!(err.contains("green stopped again"), "{err}");
     assert!(f.blue.marker.exists());
 }
 
@@ -293,8 +296,78 @@ async fn new_color_never_healthy_times_out_and_keeps_the_old_color() {
     assert!(f.path("green.started").exists());
     assert_eq!(f.service().await["live"], "blue");
     assert_eq!(f.answer().await, "blue");
-    assert_eq!(f.log("stopped"), "");
+    assert_eq!(f.log("stopped"), "green\n");
     assert!(f.blue.marker.exists());
+}
+
+#[tokio::test]
+async fn keep_failed_leaves_the_new_color_running() {
+    let f = Fixture::new().await;
+    let d = f.dir.path().display().to_string();
+    let stop = f.stop_cmd();
+    let (code, out, err) = f
+        .deploy(&[
+            "--start",
+            &format!("touch {d}/{{color}}.started"),
+            "--stop",
+            &stop,
+            "--health-timeout",
+            "1s",
+            "--keep-failed",
+        ])
+        .await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("blue stays live, green left running (--keep-failed)"),
+        "{err}"
+    );
+    assert_eq!(f.log("stopped"), "");
+    assert_eq!(f.service().await["live"], "blue");
+}
+
+/// Whether `pid` is gone (or a zombie waiting for whoever inherited it).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn start_command_left_in_the_foreground_is_stopped_and_refused() {
+    let f = Fixture::new().await;
+    let d = f.dir.path().display().to_string();
+    let stop = f.stop_cmd();
+    // A "server" that never returns, as `docker compose up` without -d.
+    let start = format!("touch {d}/{{color}}.ready; sleep 60 & echo $! > {d}/server.pid; wait");
+    let started = std::time::Instant::now();
+    let (code, out, err) = f
+        .deploy(&["--start", &start, "--stop", &stop, "--start-timeout", "1s"])
+        .await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(
+        err.contains("the start command was still running after 1s, so it was stopped")
+            && err.contains("in the background and return"),
+        "{err}"
+    );
+    // The deploy went no further: no flip, green stopped again, and the
+    // process the command left in the foreground is gone.
+    assert!(!out.contains("[2/5]"), "{out}");
+    assert_eq!(f.service().await["live"], "blue");
+    assert_eq!(f.answer().await, "blue");
+    assert_eq!(f.log("stopped"), "green\n");
+    let pid: i32 = f.log("server.pid").trim().parse().expect("server.pid");
+    let dead = e2e::eventually(Duration::from_secs(10), || async move {
+        gone(pid).then_some(())
+    })
+    .await;
+    assert!(
+        dead.is_some(),
+        "process {pid} of the start command still runs"
+    );
 }
 
 fn script() -> PathBuf {

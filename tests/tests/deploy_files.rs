@@ -18,6 +18,7 @@ const METRICS: &[&str] = &[
     "duotone_request_duration_seconds",
     "duotone_upstream_connect_errors_total",
     "duotone_in_flight_requests",
+    "duotone_upgraded_connections",
     "duotone_live_color",
     "duotone_color_weight",
     "duotone_member_up",

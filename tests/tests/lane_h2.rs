@@ -6,53 +6,8 @@
 
 use bytes::Bytes;
 use e2e::scripted::{big_body, setup};
-use std::time::Duration;
 
-/// An h2c client connection to `addr`.
-async fn connect(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
-}
-
-/// One request (`body`: sent as DATA when not empty): status, headers, body.
-async fn call(
-    send: &h2::client::SendRequest<Bytes>,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, http::HeaderMap, Vec<u8>) {
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(format!("http://app.test{path}"));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let req = b.body(()).unwrap();
-    let mut send = send.clone().ready().await.unwrap();
-    let (resp, mut stream) = send.send_request(req, body.is_empty()).unwrap();
-    if !body.is_empty() {
-        stream
-            .send_data(Bytes::copy_from_slice(body), true)
-            .unwrap();
-    }
-    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
-        .await
-        .expect("response in time")
-        .expect("response");
-    let (parts, mut recv) = resp.into_parts();
-    let mut out = Vec::new();
-    while let Some(chunk) = recv.data().await {
-        let chunk = chunk.expect("body");
-        let _ = recv.flow_control().release_capacity(chunk.len());
-        out.extend_from_slice(&chunk);
-    }
-    (parts.status.as_u16(), parts.headers, out)
-}
+use e2e::h2c::{call, connect};
 
 async fn get(send: &h2::client::SendRequest<Bytes>, path: &str) -> (u16, http::HeaderMap, Vec<u8>) {
     call(send, "GET", path, &[], b"").await

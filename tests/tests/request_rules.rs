@@ -381,41 +381,16 @@ async fn empty_lines_before_the_request_line_do_not_end_the_head_deadline() {
     }
 }
 
-/// An h2c client connection.
-async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
-}
+use e2e::h2c::connect as h2_connect;
 
-/// One body-less HTTP/2 request: status and body.
+/// One body-less HTTP/2 request: status and body as text.
 async fn h2_get(
     send: &h2::client::SendRequest<Bytes>,
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
-    let mut b = http::Request::builder().uri(format!("http://app.test{path}"));
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let mut send = send.clone().ready().await.unwrap();
-    let (resp, _) = send.send_request(b.body(()).unwrap(), true).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
-        .await
-        .expect("response in time")
-        .unwrap();
-    let status = resp.status().as_u16();
-    let mut body = resp.into_body();
-    let mut out = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        out.extend_from_slice(&chunk);
-    }
-    (status, String::from_utf8_lossy(&out).into_owned())
+    let (status, _, body) = e2e::h2c::call(send, "GET", path, headers, b"").await;
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]

@@ -282,51 +282,22 @@ fn h1_request(method: &str, path: &str, body: &str) -> String {
     format!("{method} {path} HTTP/1.1\r\nHost: app.test\r\n{length}\r\n{body}")
 }
 
-/// An h2c client connection.
-async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
-}
+use e2e::h2c::connect as h2_connect;
 
-/// One HTTP/2 request (`body` sent as DATA when not empty): status,
-/// headers, body.
+/// One HTTP/2 request, with Content-Length when it has a body.
 async fn h2_call(
     send: &h2::client::SendRequest<Bytes>,
     method: &str,
     path: &str,
     body: &[u8],
 ) -> (u16, http::HeaderMap, Vec<u8>) {
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(format!("http://app.test{path}"));
-    if !body.is_empty() {
-        b = b.header("content-length", body.len());
-    }
-    let mut send = send.clone().ready().await.unwrap();
-    let (resp, mut stream) = send
-        .send_request(b.body(()).unwrap(), body.is_empty())
-        .unwrap();
-    if !body.is_empty() {
-        stream
-            .send_data(Bytes::copy_from_slice(body), true)
-            .unwrap();
-    }
-    let resp = tokio::time::timeout(Duration::from_secs(20), resp)
-        .await
-        .expect("response in time")
-        .expect("response");
-    let (parts, mut recv) = resp.into_parts();
-    let mut out = Vec::new();
-    while let Some(chunk) = recv.data().await {
-        let chunk = chunk.expect("body");
-        let _ = recv.flow_control().release_capacity(chunk.len());
-        out.extend_from_slice(&chunk);
-    }
-    (parts.status.as_u16(), parts.headers, out)
+    let len = body.len().to_string();
+    let headers: &[(&str, &str)] = if body.is_empty() {
+        &[]
+    } else {
+        &[("content-length", &len)]
+    };
+    e2e::h2c::call(send, method, path, headers, body).await
 }
 
 /// The methods checked, and whether each may reach the application twice.

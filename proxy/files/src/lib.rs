@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use body::{read_chunk, Body, FileBody, DEFAULT_CHUNK_SIZE};
+pub use cache::HashPattern;
 pub use error::FilesError;
 pub use memo::SMALL_FILE;
 pub use open_files::OpenFiles;
@@ -60,6 +61,10 @@ pub struct FileOptions {
     /// Send `public, max-age=<immutable_max_age>, immutable` for
     /// content-hashed names (`app.3f2a9c81b7d4.css`).
     pub immutable_hashed: bool,
+    /// Which names are content-hashed, instead of the built-in rule
+    /// (Django/webpack hex segments, Vite's `-XXXXXXXX`); a name it
+    /// matches is immutable even without `immutable_hashed`.
+    pub immutable_pattern: Option<HashPattern>,
     /// File served for directory requests (e.g. `index.html`); `None`: 404.
     pub index: Option<String>,
     /// Follow symlinks whose target stays inside the root; outside the root
@@ -88,6 +93,7 @@ impl FileOptions {
             root: root.into(),
             precompressed: false,
             immutable_hashed: false,
+            immutable_pattern: None,
             index: None,
             follow_symlinks: false,
             max_age: Duration::from_secs(60),

@@ -62,6 +62,7 @@ impl Repr {
         let cc = cache::cache_control(
             name,
             opts.immutable_hashed,
+            opts.immutable_pattern.as_ref(),
             opts.max_age,
             opts.immutable_max_age,
         );

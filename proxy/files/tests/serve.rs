@@ -455,6 +455,36 @@ async fn immutable_only_for_hashed_names() {
     );
 }
 
+#[tokio::test]
+async fn vite_names_and_a_configured_pattern() {
+    let fx = Fixture::new();
+    for n in [
+        "assets/index-BdX3k9aQ.js",
+        "assets/chunk.5f3a2b1c.js",
+        "assets/my-document.pdf",
+        "assets/app_v12.js",
+    ] {
+        fx.write(n, b"x");
+    }
+    let immutable = Some("public, max-age=31536000, immutable");
+    let short = Some("public, max-age=60, must-revalidate");
+    let default = fx.server(|o| o.immutable_hashed = true);
+    let custom = fx.server(|o| {
+        o.immutable_pattern = Some(files::HashPattern::new(r"_v[0-9]+\.js$").unwrap());
+    });
+    for (n, by_default, by_pattern) in [
+        ("assets/index-BdX3k9aQ.js", immutable, short),
+        ("assets/chunk.5f3a2b1c.js", immutable, short),
+        ("assets/my-document.pdf", short, short),
+        ("assets/app_v12.js", short, immutable),
+    ] {
+        let r = get(&default, n, &[]).await.0;
+        assert_eq!(hdr(&r, "cache-control"), by_default, "default: {n}");
+        let r = get(&custom, n, &[]).await.0;
+        assert_eq!(hdr(&r, "cache-control"), by_pattern, "pattern: {n}");
+    }
+}
+
 #[cfg(unix)]
 #[tokio::test]
 async fn traversal_and_symlinks() {

@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 pub struct ConnInfo {
     /// The client's IP address as text.
     pub ip: String,
+    /// The peer's IP address.
+    pub peer: Option<std::net::IpAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
 }
@@ -46,8 +48,10 @@ pub async fn serve_connection<A>(
 ) where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    let peer = super::peer_ip(&stream);
     let info = Arc::new(ConnInfo {
-        ip: super::client_ip(&stream),
+        ip: peer.map(|ip| ip.to_string()).unwrap_or_default(),
+        peer,
         tls: stream.get_ssl_digest().is_some(),
     });
     let digest = Arc::new(Digest {
@@ -90,6 +94,7 @@ impl Lane {
         let conn = request::Conn {
             tls: info.tls,
             client_ip: &info.ip,
+            peer: info.peer,
             acme: self.acme,
         };
         let req = session.req_header();
@@ -194,7 +199,15 @@ fn plan(
         }
         out.extend_from_slice(b"\r\n");
     }
-    request::forwarding(out, conn, host, &id);
+    let via = request::Via::of(
+        conn,
+        &snap.table.config.server.trusted_proxies,
+        req.headers
+            .iter()
+            .map(|(n, v)| (Field::of(n.as_str()), v.as_bytes()))
+            .filter(|(f, _)| f.forwarding()),
+    );
+    request::forwarding(out, conn, host, &id, via.as_ref());
 
     if let Some(log) = log {
         let value = |n: http::header::HeaderName| {
@@ -208,6 +221,9 @@ fn plan(
         log.uri = target.to_string();
         log.referer = value(http::header::REFERER);
         log.user_agent = value(http::header::USER_AGENT);
+        if let Some(via) = via {
+            log.client = via.client;
+        }
     }
     let plan = Plan {
         head_len: 0,

@@ -13,10 +13,12 @@ use tokio::io::AsyncWriteExt;
 const CHUNK: usize = 256 * 1024;
 
 /// Answers `req` from its route's files; `hsts` is added on HTTPS
-/// responses of sites that enable it.
+/// responses of sites that enable it, `add` (the route's `headers`) on
+/// 2xx/3xx ones.
 pub async fn serve(
     req: &StaticRequest,
     hsts: Option<&str>,
+    add: &routes::headers::AddHeaders,
     close: bool,
     io: &mut HeadDeadline,
     timeout: Duration,
@@ -47,11 +49,17 @@ pub async fn serve(
             .as_bytes(),
     );
     out.extend_from_slice(b"\r\n");
+    let add = add.for_status(status);
     for (name, value) in reply.headers.iter() {
-        header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        if add.is_empty() || !routes::headers::AddHeaders::replaces(add, name.as_str()) {
+            header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     if let Some(h) = hsts {
         header(&mut out, b"strict-transport-security", h.as_bytes());
+    }
+    for (name, value) in add.iter().filter(|(_, v)| !v.is_empty()) {
+        header(&mut out, name.as_bytes(), value.as_bytes());
     }
     super::response::date(&mut out);
     if close {

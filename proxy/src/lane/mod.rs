@@ -77,7 +77,8 @@ impl Lane {
             return End::Handoff(Vec::new());
         }
         let tls = io.get_ssl_digest().is_some();
-        let ip = client_ip(io);
+        let peer = peer_ip(io);
+        let ip = peer.map(|ip| ip.to_string()).unwrap_or_default();
         let mut shutdown = shutdown.clone();
         let mut buf: Vec<u8> = Vec::new();
         let mut out: Vec<u8> = Vec::new();
@@ -88,6 +89,7 @@ impl Lane {
         let conn = request::Conn {
             tls,
             client_ip: &ip,
+            peer,
             acme: self.acme,
         };
         let mut snap = self.control.load();
@@ -99,7 +101,7 @@ impl Lane {
             let mut scanned = 0;
             let plan = loop {
                 if buf.len() > scanned {
-                    let complete = scan.feed(&buf[scanned..]).is_some();
+                    let complete = scan.feed(&buf[scanned..]);
                     scanned = buf.len();
                     if complete {
                         // The routing table as of this request's arrival.
@@ -177,7 +179,13 @@ impl Lane {
                 }
                 Work::Static(req) => {
                     let hsts = hsts(&snap, plan.site, tls);
-                    local::serve(req, hsts, plan.close, io, limits.body_timeout).await
+                    let add = snap
+                        .table
+                        .sites
+                        .get(plan.site)
+                        .and_then(|s| s.routes.get(plan.route))
+                        .map_or(&routes::headers::AddHeaders::NONE, |r| &r.headers);
+                    local::serve(req, hsts, add, plan.close, io, limits.body_timeout).await
                 }
             };
             buf.drain(..need);
@@ -235,7 +243,11 @@ impl Lane {
         };
         let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
         let entry = Entry {
-            client: ip.to_string(),
+            client: if log.client.is_empty() {
+                ip.to_string()
+            } else {
+                log.client
+            },
             host: &log.host,
             method: &log.method,
             uri: &log.uri,
@@ -264,12 +276,11 @@ fn hsts(snap: &Snapshot, site: usize, tls: bool) -> Option<&str> {
         .filter(|_| tls)
 }
 
-/// The client's IP address as text (IPv4-mapped IPv6 shown as IPv4).
-fn client_ip(io: &HeadDeadline) -> String {
+/// The connection peer's IP address (IPv4-mapped IPv6 as IPv4).
+fn peer_ip(io: &HeadDeadline) -> Option<std::net::IpAddr> {
     io.get_socket_digest()
         .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-        .map(|ip| ip.to_canonical().to_string())
-        .unwrap_or_default()
+        .map(|ip| ip.to_canonical())
 }
 
 /// Reads what is available into the spare capacity of `buf`.

@@ -171,13 +171,19 @@ pub async fn exchange<C: Client>(
     };
     let _in_flight = pool.stats.begin();
     let hsts = super::hsts(snap, plan.site, tls);
+    let route = snap
+        .table
+        .sites
+        .get(plan.site)
+        .and_then(|s| s.routes.get(plan.route));
     let extra = Extra {
         head_method: plan.head_method,
         hsts,
         request_id: plan.id.as_bytes(),
         close: plan.close,
+        add: route.map_or(&routes::headers::AddHeaders::NONE, |r| &r.headers),
     };
-    let t = &svc.timeouts;
+    let t = route.map_or(&svc.timeouts, |r| r.upstream_timeouts(svc));
     let mut tried = 0u64;
     let mut attempts = 0u32;
     let mut rbuf = Spare::take();

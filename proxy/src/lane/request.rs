@@ -18,8 +18,10 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct Conn<'a> {
     /// Whether the client connection is TLS.
     pub tls: bool,
-    /// The client's IP address, formatted (empty when unknown).
+    /// The peer's IP address, formatted (empty when unknown).
     pub client_ip: &'a str,
+    /// The peer's IP address (for `server.trusted_proxies`).
+    pub peer: Option<std::net::IpAddr>,
     /// Whether plain-HTTP ACME challenges are answered (Pingora's path does).
     pub acme: bool,
 }
@@ -111,6 +113,54 @@ pub struct LogFields {
     pub referer: String,
     /// User-Agent header.
     pub user_agent: String,
+    /// The real client when a trusted proxy sent the request (else empty:
+    /// the connection's peer).
+    pub client: String,
+}
+
+/// A request from a trusted proxy (`server.trusted_proxies`): what it
+/// said about the client, kept and extended rather than replaced.
+pub struct Via<'a> {
+    /// Its X-Forwarded-For values, in order.
+    pub xff: Vec<&'a [u8]>,
+    /// Its X-Forwarded-Proto.
+    pub proto: Option<&'a [u8]>,
+    /// Its X-Forwarded-Host.
+    pub host: Option<&'a [u8]>,
+    /// The real client ([`routes::client::resolve`]), formatted.
+    pub client: String,
+}
+
+impl<'a> Via<'a> {
+    /// When the connection's peer is a trusted proxy: the forwarding
+    /// fields among `fields` (name, value) and the real client they name.
+    pub fn of(
+        conn: &Conn<'_>,
+        trusted: &[routes::config::IpNet],
+        fields: impl Iterator<Item = (Field, &'a [u8])>,
+    ) -> Option<Via<'a>> {
+        let peer = conn.peer.filter(|_| !trusted.is_empty())?;
+        if !routes::client::is_trusted(peer.to_canonical(), trusted) {
+            return None;
+        }
+        let mut via = Via {
+            xff: Vec::new(),
+            proto: None,
+            host: None,
+            client: String::new(),
+        };
+        for (f, v) in fields {
+            match f {
+                Field::XForwardedFor => via.xff.push(v),
+                Field::XForwardedProto if via.proto.is_none() => via.proto = Some(v),
+                Field::XForwardedHost if via.host.is_none() => via.host = Some(v),
+                _ => {}
+            }
+        }
+        let client = routes::client::resolve(peer, trusted, via.xff.iter().copied());
+        via.client = client.ip.to_string();
+        Some(via)
+    }
 }
 
 /// True when header `name` is `lower` (given in lower case), in any case.
@@ -261,10 +311,22 @@ pub fn plan(
             header(out, h.name.as_bytes(), h.value);
         }
     }
-    forwarding(out, conn, host, &id);
+    let via = Via::of(
+        conn,
+        &snap.table.config.server.trusted_proxies,
+        req.headers
+            .iter()
+            .zip(fields)
+            .filter(|(_, f)| f.forwarding())
+            .map(|(h, f)| (f, h.value)),
+    );
+    forwarding(out, conn, host, &id, via.as_ref());
 
     if let Some(log) = log {
         fill_log(log, &req, host, target);
+        if let Some(via) = via {
+            log.client = via.client;
+        }
     }
     Parsed::Lane(Plan {
         head_len,
@@ -333,15 +395,40 @@ pub fn request_line(
 }
 
 /// Ends the upstream head in `out` with the headers Duotone sets as the
-/// edge: X-Forwarded-For/-Proto/-Host, X-Real-IP and X-Request-Id.
-pub fn forwarding(out: &mut Vec<u8>, conn: &Conn<'_>, host: &str, id: &RequestId) {
-    if !conn.client_ip.is_empty() {
-        header(out, b"x-forwarded-for", conn.client_ip.as_bytes());
-        header(out, b"x-real-ip", conn.client_ip.as_bytes());
-    }
+/// edge: X-Forwarded-For/-Proto/-Host, X-Real-IP and X-Request-Id. From a
+/// trusted proxy (`via`), its X-Forwarded-For is extended with the peer and
+/// its X-Forwarded-Proto/-Host are kept.
+pub fn forwarding(
+    out: &mut Vec<u8>,
+    conn: &Conn<'_>,
+    host: &str,
+    id: &RequestId,
+    via: Option<&Via<'_>>,
+) {
     let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
+    let mut proto = proto;
+    let mut host = host.as_bytes();
+    match via {
+        None if !conn.client_ip.is_empty() => {
+            header(out, b"x-forwarded-for", conn.client_ip.as_bytes());
+            header(out, b"x-real-ip", conn.client_ip.as_bytes());
+        }
+        None => {}
+        Some(via) => {
+            out.extend_from_slice(b"x-forwarded-for: ");
+            routes::client::extend_forwarded_for(
+                via.xff.iter().copied(),
+                conn.client_ip.as_bytes(),
+                out,
+            );
+            out.extend_from_slice(b"\r\n");
+            header(out, b"x-real-ip", via.client.as_bytes());
+            proto = via.proto.unwrap_or(proto);
+            host = via.host.unwrap_or(host);
+        }
+    }
     header(out, b"x-forwarded-proto", proto);
-    header(out, b"x-forwarded-host", host.as_bytes());
+    header(out, b"x-forwarded-host", host);
     header(out, b"x-request-id", id.as_bytes());
     out.extend_from_slice(b"\r\n");
 }

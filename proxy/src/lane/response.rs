@@ -55,6 +55,8 @@ pub struct Extra<'a> {
     pub request_id: &'a [u8],
     /// Tell the client the connection closes after this response.
     pub close: bool,
+    /// The route's configured response fields (2xx/3xx only).
+    pub add: &'a routes::headers::AddHeaders,
 }
 
 /// Receives the client's response head, field by field: HTTP/1.1 bytes
@@ -174,6 +176,7 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
     }
 
     out.start(status, resp.reason);
+    let add = extra.add.for_status(status);
     let mut has_date = false;
     for (h, field) in resp.headers.iter().zip(fields.iter()) {
         let dropped = match field {
@@ -188,7 +191,7 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
             Field::ContentLength => chunked,
             Field::StrictTransportSecurity => extra.hsts.is_some(),
             _ => nominates && nominated(resp.headers, &fields, h.name),
-        };
+        } || (!add.is_empty() && routes::headers::AddHeaders::replaces(add, h.name));
         if !dropped {
             has_date |= *field == Field::Date;
             out.header(h.name, h.value);
@@ -201,6 +204,9 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
         out.header("strict-transport-security", hsts.as_bytes());
     }
     out.header("x-request-id", extra.request_id);
+    for (name, value) in add.iter().filter(|(_, v)| !v.is_empty()) {
+        out.header(name, value.as_bytes());
+    }
     out.end(extra.close || framing == Framing::Close);
     Parsed::Done(Head {
         len,
@@ -399,6 +405,7 @@ mod tests {
             hsts: None,
             request_id: b"id",
             close: false,
+            add: &routes::headers::AddHeaders::NONE,
         };
         let mut out = Vec::new();
         let up = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-A\r\nConnection: x-b, Content-Length\r\nX-A: 1\r\nx-B: 2\r\nX-C: 3\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nTE: trailers\r\nTrailer: X-T\r\nDate: d\r\n\r\nok";
@@ -434,6 +441,7 @@ mod tests {
             hsts: Some("max-age=1"),
             request_id: b"id-1",
             close: false,
+            add: &routes::headers::AddHeaders::NONE,
         };
         let mut out = Vec::new();
         let up = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Request-Id: theirs\r\nStrict-Transport-Security: max-age=9\r\nDate: x\r\n\r\nok";

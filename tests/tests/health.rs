@@ -1,0 +1,163 @@
+//! Why a member is down: the admin API, `duotone status` and `duotone
+//! deploy` name the last check's failure (connection refused, no such
+//! socket, a timeout, a status), with real sockets behind each.
+
+use e2e::client::admin;
+use e2e::proxy::{run_cli, Proxy};
+use e2e::upstream::Upstream;
+use std::time::Duration;
+
+const TOKEN: &str = "health-test-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_members_say_why() {
+    let answers_503 = Upstream::start("sick").await;
+    answers_503.set_healthy(false);
+    let healthy = Upstream::start("ok").await;
+    let refused = format!("127.0.0.1:{}", e2e::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("gone/app.sock");
+    let (hanging, _fill, _listener) = e2e::blackhole();
+    let p = Proxy::start(&format!(
+        r#"
+[server]
+http = "{{http}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+admin_token = "{TOKEN}"
+
+[[sites]]
+hosts = ["*"]
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+
+[services.api]
+live = "blue"
+health = {{ path = "/healthz", interval = "100ms", timeout = "300ms" }}
+colors.blue = ["{ok}", "{sick}"]
+colors.green = ["{refused}"]
+colors.red = ["unix:{missing}"]
+colors.slow = ["{hanging}"]
+"#,
+        ok = healthy.member(),
+        sick = answers_503.member(),
+        missing = missing.display(),
+    ))
+    .await;
+
+    let get = |path: &'static str| {
+        let url = p.admin_url(path);
+        async move {
+            let r = admin("GET", &url, Some(TOKEN), None).await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()
+        }
+    };
+    let error_of = |v: &serde_json::Value, color: &str, i: usize| {
+        v["colors"][color]["members"][i]["last_check_error"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let all_checked = |v: &serde_json::Value| {
+        ["green", "red", "slow"]
+            .iter()
+            .all(|c| error_of(v, c, 0).is_some())
+            && error_of(v, "blue", 1).is_some()
+            && v["colors"]["blue"]["members"][0]["health"] == "up"
+    };
+    let v = e2e::eventually(Duration::from_secs(15), || async {
+        let v = get("/v1/services/api").await;
+        all_checked(&v).then_some(v)
+    })
+    .await
+    .unwrap_or_else(|| panic!("checks never failed; log:\n{}", p.log()));
+
+    assert_eq!(error_of(&v, "blue", 1).as_deref(), Some("status 503"));
+    assert_eq!(
+        error_of(&v, "green", 0).as_deref(),
+        Some("connection refused")
+    );
+    assert_eq!(
+        error_of(&v, "red", 0),
+        Some(format!("no such socket {}", missing.display()))
+    );
+    assert_eq!(
+        error_of(&v, "slow", 0).as_deref(),
+        Some("timed out after 300ms")
+    );
+    // A member whose last check passed has no error.
+    assert!(
+        v["colors"]["blue"]["members"][0]
+            .get("last_check_error")
+            .is_none(),
+        "{v:#}"
+    );
+    for c in ["green", "red", "slow"] {
+        assert_eq!(v["colors"][c]["members"][0]["health"], "down", "{v:#}");
+    }
+
+    // The list shows the same.
+    let list = get("/v1/services").await;
+    let api = &list["services"][0];
+    assert_eq!(
+        error_of(api, "green", 0).as_deref(),
+        Some("connection refused")
+    );
+
+    // `duotone status` prints each reason beside "down".
+    let env = [
+        ("DUOTONE_ADMIN", p.admin_url("")),
+        ("DUOTONE_ADMIN_TOKEN", TOKEN.to_string()),
+    ];
+    let cli = move |args: Vec<&'static str>| {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            run_cli(&args, &env)
+        })
+    };
+    let (code, out, err) = cli(vec!["status", "api"]).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    for want in [
+        format!("{} down (status 503)", answers_503.member()),
+        format!("{refused} down (connection refused)"),
+        format!(
+            "unix:{} down (no such socket {})",
+            missing.display(),
+            missing.display()
+        ),
+        format!("{hanging} down (timed out after 300ms)"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == want),
+            "missing {want:?} in:\n{out}"
+        );
+    }
+
+    // `duotone deploy` to a color that never comes up says why.
+    let (code, out, err) = cli(vec![
+        "deploy",
+        "--service",
+        "api",
+        "--to",
+        "green",
+        "--start",
+        "true",
+        "--health-timeout",
+        "1s",
+    ])
+    .await
+    .unwrap();
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{refused} check failed: connection refused")),
+        "{out}"
+    );
+    assert!(
+        err.contains("did not become healthy")
+            && err.contains("last check failed: connection refused"),
+        "{err}"
+    );
+}
