@@ -108,6 +108,7 @@ fuzz_target!(|data: &[u8]| {
     let conn = Conn {
         tls: flags & 1 != 0,
         client_ip: "192.0.2.7",
+        peer: Some(std::net::IpAddr::from([192, 0, 2, 7])),
         acme: flags & 2 != 0,
     };
     let mut out = Vec::new();

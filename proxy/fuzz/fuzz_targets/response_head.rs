@@ -8,13 +8,40 @@
 //! written through another `HeadOut` (as the HTTP/2 side does) must come
 //! in the same order, with one start and one end.
 //!
-//! Input: one flags byte (bit 0: HEAD request, bit 1: HSTS, bit 2: close),
-//! then the upstream's bytes.
+//! With a route's configured fields (`headers = { … }`), a 2xx/3xx response
+//! carries each once with its value and none of those removed.
+//!
+//! Input: one flags byte (bit 0: HEAD request, bit 1: HSTS, bit 2: close,
+//! bit 3: configured fields), then the upstream's bytes.
 
 #![no_main]
 
 use duotone::lane::response::{parse, Extra, Framing, HeadOut, Parsed};
 use libfuzzer_sys::fuzz_target;
+use routes::headers::AddHeaders;
+use std::sync::OnceLock;
+
+/// Configured fields: two set, one removed (empty value).
+const CONFIGURED: [(&str, &str); 3] = [
+    ("X-Frame-Options", "DENY"),
+    ("Cache-Control", "no-store"),
+    ("Server", ""),
+];
+
+fn configured() -> &'static AddHeaders {
+    static ADD: OnceLock<AddHeaders> = OnceLock::new();
+    ADD.get_or_init(|| {
+        let list: Vec<(String, String)> = CONFIGURED
+            .iter()
+            .map(|(n, v)| {
+                let n = routes::headers::check_name(n).expect("name");
+                routes::headers::check_value(v).expect("value");
+                (n, v.to_string())
+            })
+            .collect();
+        AddHeaders::merge(&[], &list)
+    })
+}
 
 /// A `HeadOut` that records the calls.
 #[derive(Default)]
@@ -54,6 +81,11 @@ fuzz_target!(|data: &[u8]| {
         hsts: (flags & 2 != 0).then_some(HSTS),
         request_id: ID,
         close: flags & 4 != 0,
+        add: if flags & 8 != 0 {
+            configured()
+        } else {
+            &AddHeaders::NONE
+        },
     };
     let mut out = b"stale bytes from an earlier response".to_vec();
     let parsed = parse(buf, &extra, &mut out);
@@ -153,9 +185,11 @@ fn client_head(
         "x-request-id",
         "strict-transport-security",
     ];
+    let add = extra.add.for_status(h.status);
     for (name, _) in &fields {
         let lower = name.to_ascii_lowercase();
         if ours.contains(&lower.as_str())
+            || AddHeaders::replaces(add, &lower)
             || lower == "content-length"
             || lower == "transfer-encoding"
         {
@@ -175,6 +209,17 @@ fn client_head(
         );
     }
     assert!(count("date") >= 1, "no date: {text:?}");
+    // Configured fields: on 2xx/3xx, each once with its value; removed
+    // ones gone.
+    if !extra.add.is_empty() && (200..400).contains(&h.status) {
+        for (name, value) in CONFIGURED {
+            if value.is_empty() {
+                assert_eq!(count(name), 0, "{name} not removed: {text:?}");
+            } else {
+                assert_eq!(values(name), vec![value.as_bytes()], "{text:?}");
+            }
+        }
+    }
     let close = extra.close || h.framing == Framing::Close;
     assert_eq!(calls.close, close);
     if close {
