@@ -203,7 +203,11 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
     if let Some(hsts) = extra.hsts {
         out.header("strict-transport-security", hsts.as_bytes());
     }
-    out.header("x-request-id", extra.request_id);
+    // A configured X-Request-Id replaces ours (an empty one removes it), as
+    // on Pingora's path (`respond::add_headers` after the id is set).
+    if !routes::headers::AddHeaders::replaces(add, "x-request-id") {
+        out.header("x-request-id", extra.request_id);
+    }
     for (name, value) in add.iter().filter(|(_, v)| !v.is_empty()) {
         out.header(name, value.as_bytes());
     }
@@ -432,6 +436,39 @@ mod tests {
             "{text}"
         );
         assert!(!text.to_ascii_lowercase().contains("connection"), "{text}");
+    }
+
+    #[test]
+    fn a_configured_request_id_replaces_ours_as_on_pingoras_path() {
+        let with = |value: &str, status: &str| {
+            let add = routes::headers::AddHeaders::merge(
+                &[],
+                &[("x-request-id".to_string(), value.to_string())],
+            );
+            let extra = Extra {
+                head_method: false,
+                hsts: None,
+                request_id: b"ours",
+                close: false,
+                add: &add,
+            };
+            let mut out = Vec::new();
+            let up =
+                format!("HTTP/1.1 {status}\r\nX-Request-Id: theirs\r\nContent-Length: 0\r\n\r\n");
+            assert!(matches!(
+                parse(up.as_bytes(), &extra, &mut out),
+                Parsed::Done(_)
+            ));
+            let text = String::from_utf8(out).unwrap();
+            text.lines()
+                .filter_map(|l| l.strip_prefix("x-request-id: "))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(with("fixed", "200 OK"), ["fixed"]);
+        assert!(with("", "200 OK").is_empty());
+        // Configured fields are for 2xx/3xx only.
+        assert_eq!(with("fixed", "502 Bad Gateway"), ["ours"]);
     }
 
     #[test]
