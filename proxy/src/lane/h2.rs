@@ -139,7 +139,7 @@ fn plan(
     let head = routes::request::Head {
         proto: routes::request::Proto::Http2,
         method,
-        target: target.as_bytes(),
+        target,
         host,
         host_fields: usize::from(host.is_some()) + hosts.count(),
         authority: req.uri.authority().map(|a| a.as_str()),

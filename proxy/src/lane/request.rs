@@ -243,7 +243,7 @@ pub fn plan(
     let head = routes::request::Head {
         proto: routes::request::Proto::Http11,
         method,
-        target: target.as_bytes(),
+        target,
         host: host.map(str::as_bytes),
         host_fields: usize::from(host.is_some()),
         authority: None,
