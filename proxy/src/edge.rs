@@ -868,7 +868,7 @@ fn check_request<'a>(
         _ => Proto::Http11,
     };
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
-    let host = hosts.next().map(|h| h.as_bytes());
+    let host = hosts.next().map(|h| h.to_str().unwrap_or(""));
     check(&Head {
         proto,
         method: req.method.as_str(),

@@ -30,8 +30,9 @@ pub struct Head<'a> {
     /// The request-target as received (HTTP/2: `:path`); a transport that
     /// has raw bytes refuses a target that is not UTF-8 (see [`utf8_target`]).
     pub target: &'a str,
-    /// The first Host header field's value.
-    pub host: Option<&'a [u8]>,
+    /// The first Host header field's value (a value that is not text is
+    /// given as `""`, which is refused like any invalid host).
+    pub host: Option<&'a str>,
     /// How many Host header fields the request has.
     pub host_fields: usize,
     /// HTTP/2's `:authority`.
@@ -179,12 +180,8 @@ fn finish<'a>(
         return Err(refuse(400, "more than one Host header\n"));
     }
     let field = match head.host {
-        Some(h) => Some(
-            std::str::from_utf8(h)
-                .ok()
-                .filter(|h| valid_host(h))
-                .ok_or(refuse(400, "invalid Host header\n"))?,
-        ),
+        Some(h) if valid_host(h) => Some(h),
+        Some(_) => return Err(refuse(400, "invalid Host header\n")),
         None => None,
     };
     let host = match head.proto {
@@ -309,7 +306,7 @@ mod tests {
             proto: Proto::Http11,
             method: "GET",
             target,
-            host: host.map(str::as_bytes),
+            host,
             host_fields: usize::from(host.is_some()),
             authority: None,
         }
@@ -402,10 +399,10 @@ mod tests {
         h.proto = Proto::Http2;
         h.authority = Some("a.example");
         assert_eq!(check(&h).unwrap().host, "a.example");
-        h.host = Some(b"A.example");
+        h.host = Some("A.example");
         h.host_fields = 1;
         assert_eq!(check(&h).unwrap().host, "a.example");
-        h.host = Some(b"admin.example");
+        h.host = Some("admin.example");
         assert_eq!(check(&h).unwrap_err().status, 400);
         h.authority = None;
         assert_eq!(check(&h).unwrap().host, "admin.example");

@@ -135,7 +135,7 @@ fn plan(
     let method = req.method.as_str();
     let target = req.uri.path_and_query()?.as_str();
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
-    let host = hosts.next().map(|h| h.as_bytes());
+    let host = hosts.next().map(|h| h.to_str().unwrap_or(""));
     let head = routes::request::Head {
         proto: routes::request::Proto::Http2,
         method,
