@@ -176,7 +176,8 @@ impl ProxyHttp for Edge {
             None => Some(session.req_header().raw_path()),
         };
         let checked = match raw_target {
-            Some(target) => check_request(session.req_header(), target),
+            Some(target) => routes::request::utf8_target(target)
+                .and_then(|target| check_request(session.req_header(), target)),
             None => Err(routes::request::Refusal {
                 status: 400,
                 reason: "malformed request line\n",
@@ -858,7 +859,7 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 /// Pingora parsed.
 fn check_request<'a>(
     req: &'a RequestHeader,
-    target: &'a [u8],
+    target: &'a str,
 ) -> std::result::Result<routes::request::Checked<'a>, routes::request::Refusal> {
     use routes::request::{check, Head, Proto};
     let proto = match req.version {
@@ -867,7 +868,7 @@ fn check_request<'a>(
         _ => Proto::Http11,
     };
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
-    let host = hosts.next().map(|h| h.as_bytes());
+    let host = hosts.next().map(|h| h.to_str().unwrap_or(""));
     check(&Head {
         proto,
         method: req.method.as_str(),

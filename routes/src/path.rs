@@ -53,21 +53,33 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if b.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    // One pass for the common case: canonical paths are returned as they
+    // are. `seg` follows the current segment: 0 empty, 1 `.`, 2 `..`,
+    // 3 anything else.
     let mut canonical = true;
+    let mut dots = false;
     let mut prev = 0u8;
+    let mut seg = 0u8;
     for &c in b {
         match c {
+            b'/' => {
+                canonical &= prev != b'/';
+                dots |= seg == 1 || seg == 2;
+                seg = 0;
+            }
+            b'.' => seg = if seg < 2 { seg + 1 } else { 3 },
             b'%' => canonical = false,
-            b'/' if prev == b'/' => canonical = false,
-            b'/' => {}
             0..=0x20 | 0x7f | b'#' | b'\\' => return Err(PathError::BadByte),
-            _ if !is_pchar(c) => canonical = false,
-            _ => {}
+            _ => {
+                canonical &= is_pchar(c);
+                seg = 3;
+            }
         }
         prev = c;
     }
+    dots |= seg == 1 || seg == 2;
     if canonical {
-        return if has_dot_segment(path) {
+        return if dots {
             Err(PathError::DotSegment)
         } else {
             Ok(Cow::Borrowed(path))
@@ -114,8 +126,38 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 /// Bytes a path segment holds as they are (RFC 3986 `pchar` less `%`):
 /// unreserved, sub-delims, `:` and `@`. Others are percent-encoded.
 fn is_pchar(c: u8) -> bool {
-    is_unreserved(c) || b"!$&'()*+,;=:@".contains(&c)
+    PCHAR[usize::from(c)]
 }
+
+const PCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        b += 1;
+    }
+    t
+};
 
 fn push_escaped(out: &mut Vec<u8>, v: u8) {
     out.extend_from_slice(&[b'%', HEX[usize::from(v >> 4)], HEX[usize::from(v & 15)]]);

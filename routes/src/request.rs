@@ -27,10 +27,12 @@ pub struct Head<'a> {
     pub proto: Proto,
     /// The method.
     pub method: &'a str,
-    /// The request-target as received (HTTP/2: `:path`).
-    pub target: &'a [u8],
-    /// The first Host header field's value.
-    pub host: Option<&'a [u8]>,
+    /// The request-target as received (HTTP/2: `:path`); a transport that
+    /// has raw bytes refuses a target that is not UTF-8 (see [`utf8_target`]).
+    pub target: &'a str,
+    /// The first Host header field's value (a value that is not text is
+    /// given as `""`, which is refused like any invalid host).
+    pub host: Option<&'a str>,
     /// How many Host header fields the request has.
     pub host_fields: usize,
     /// HTTP/2's `:authority`.
@@ -102,36 +104,70 @@ pub fn check<'a>(head: &Head<'a>) -> Result<Checked<'a>, Refusal> {
     if head.method.eq_ignore_ascii_case("CONNECT") {
         return Err(refuse(405, "CONNECT is not supported\n"));
     }
-    // A fragment is not part of the request-target (RFC 9112 §3.2): dropped,
-    // as nginx and Pingora do.
-    let target = head.target.split(|b| *b == b'#').next().unwrap_or_default();
-    let target = std::str::from_utf8(target)
-        .map_err(|_| refuse(400, "the request-target must be ASCII\n"))?;
-    // Printable ASCII only, less the characters browsers always encode and
-    // Pingora's URI parser refuses in some places: one rule everywhere.
-    if !target
-        .bytes()
-        .all(|b| (0x21..0x7f).contains(&b) && !matches!(b, b'"' | b'<' | b'>' | b'`' | b'\\'))
-    {
-        return Err(refuse(
-            400,
-            "the request-target holds a character that must be percent-encoded\n",
-        ));
+    // One pass: printable ASCII only, less the characters browsers always
+    // encode and Pingora's URI parser refuses in some places; the first `?`;
+    // and a fragment, which is not part of the request-target (RFC 9112
+    // §3.2) and is dropped, as nginx and Pingora do.
+    let bytes = head.target.as_bytes();
+    let mut end = bytes.len();
+    let mut question = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !TARGET_BYTE[usize::from(b)] {
+            if b == b'#' {
+                end = i;
+                break;
+            }
+            return Err(refuse(
+                400,
+                "the request-target holds a character that must be percent-encoded\n",
+            ));
+        }
+        if b == b'?' && question.is_none() {
+            question = Some(i);
+        }
     }
-    let (target, authority) = match split_absolute(target) {
-        Some((authority, rest)) if head.proto != Proto::Http2 => (rest, Some(authority)),
-        _ => (target, None),
-    };
-    let (raw_path, query) = match target.find('?') {
+    let target = &head.target[..end];
+    if bytes.first() != Some(&b'/') {
+        if let Some((authority, rest)) = split_absolute(target) {
+            if head.proto != Proto::Http2 {
+                let (raw_path, query) = match rest.find('?') {
+                    Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                    None => (rest, None),
+                };
+                // `http://host` and `http://host?q` mean the root.
+                let path = if raw_path.is_empty() {
+                    "/".into()
+                } else {
+                    normalize(raw_path)?
+                };
+                return finish(head, path, query, Some(authority));
+            }
+        }
+    }
+    let (raw_path, query) = match question {
         Some(i) => (&target[..i], Some(&target[i + 1..])),
         None => (target, None),
     };
-    if raw_path.is_empty() && authority.is_some() {
-        // `http://host` and `http://host?q` mean the root.
-        return finish(head, "/".into(), query, authority);
-    }
     let path = normalize(raw_path)?;
-    finish(head, path, query, authority)
+    finish(head, path, query, None)
+}
+
+/// Bytes a request-target may hold as they are: printable ASCII less
+/// `"`, `<`, `>`, backquote, `\` and `#` (the fragment's start).
+const TARGET_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x21;
+    while b < 0x7f {
+        t[b] = !matches!(b as u8, b'"' | b'<' | b'>' | b'`' | b'\\' | b'#');
+        b += 1;
+    }
+    t
+};
+
+/// A raw request-target as text, or the refusal for one that is not UTF-8
+/// (it holds bytes that must be percent-encoded).
+pub fn utf8_target(raw: &[u8]) -> Result<&str, Refusal> {
+    std::str::from_utf8(raw).map_err(|_| refuse(400, "the request-target must be ASCII\n"))
 }
 
 fn finish<'a>(
@@ -144,12 +180,8 @@ fn finish<'a>(
         return Err(refuse(400, "more than one Host header\n"));
     }
     let field = match head.host {
-        Some(h) => Some(
-            std::str::from_utf8(h)
-                .ok()
-                .filter(|h| valid_host(h))
-                .ok_or(refuse(400, "invalid Host header\n"))?,
-        ),
+        Some(h) if valid_host(h) => Some(h),
+        Some(_) => return Err(refuse(400, "invalid Host header\n")),
         None => None,
     };
     let host = match head.proto {
@@ -220,13 +252,31 @@ fn split_absolute(target: &str) -> Option<(&str, &str)> {
 /// A Host value Duotone routes by: a name, IPv4 or `[IPv6]` with an
 /// optional port. No user info, path, spaces, control bytes or `..`.
 pub fn valid_host(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 255
-        && h.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
-        })
-        && !h.contains("..")
+    let b = h.as_bytes();
+    if b.is_empty() || b.len() > 255 {
+        return false;
+    }
+    let mut prev = 0u8;
+    for &c in b {
+        if !HOST_BYTE[usize::from(c)] || (c == b'.' && prev == b'.') {
+            return false;
+        }
+        prev = c;
+    }
+    true
 }
+
+/// Bytes a Host value may hold: letters, digits, `-._:[]`.
+const HOST_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b':' | b'[' | b']');
+        b += 1;
+    }
+    t
+};
 
 /// True when a request header named `name` is forwarded upstream. Names
 /// with `_` are dropped, as nginx does by default (`underscores_in_headers
@@ -255,8 +305,8 @@ mod tests {
         Head {
             proto: Proto::Http11,
             method: "GET",
-            target: target.as_bytes(),
-            host: host.map(str::as_bytes),
+            target,
+            host,
             host_fields: usize::from(host.is_some()),
             authority: None,
         }
@@ -349,10 +399,10 @@ mod tests {
         h.proto = Proto::Http2;
         h.authority = Some("a.example");
         assert_eq!(check(&h).unwrap().host, "a.example");
-        h.host = Some(b"A.example");
+        h.host = Some("A.example");
         h.host_fields = 1;
         assert_eq!(check(&h).unwrap().host, "a.example");
-        h.host = Some(b"admin.example");
+        h.host = Some("admin.example");
         assert_eq!(check(&h).unwrap_err().status, 400);
         h.authority = None;
         assert_eq!(check(&h).unwrap().host, "admin.example");
@@ -360,7 +410,7 @@ mod tests {
         h.host_fields = 0;
         assert_eq!(check(&h).unwrap().host, "");
         // :path is never absolute-form.
-        h.target = b"http://x/";
+        h.target = "http://x/";
         assert_eq!(check(&h).unwrap_err().status, 400);
     }
 

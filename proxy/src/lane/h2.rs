@@ -135,11 +135,11 @@ fn plan(
     let method = req.method.as_str();
     let target = req.uri.path_and_query()?.as_str();
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
-    let host = hosts.next().map(|h| h.as_bytes());
+    let host = hosts.next().map(|h| h.to_str().unwrap_or(""));
     let head = routes::request::Head {
         proto: routes::request::Proto::Http2,
         method,
-        target: target.as_bytes(),
+        target,
         host,
         host_fields: usize::from(host.is_some()) + hosts.count(),
         authority: req.uri.authority().map(|a| a.as_str()),

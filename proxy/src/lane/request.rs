@@ -243,8 +243,8 @@ pub fn plan(
     let head = routes::request::Head {
         proto: routes::request::Proto::Http11,
         method,
-        target: target.as_bytes(),
-        host: host.map(str::as_bytes),
+        target,
+        host,
         host_fields: usize::from(host.is_some()),
         authority: None,
     };
@@ -307,7 +307,10 @@ pub fn plan(
 
     request_line(out, method, &checked, route);
     for (h, field) in req.headers.iter().zip(fields) {
-        if !replaced(field) && routes::request::forwards_field(h.name.as_bytes()) {
+        // Only unrecognised names can hold `_` (the recognised ones do not).
+        if !replaced(field)
+            && (field != Field::Other || routes::request::forwards_field(h.name.as_bytes()))
+        {
             header(out, h.name.as_bytes(), h.value);
         }
     }
