@@ -155,14 +155,16 @@ fn path_properties(path: &str) {
 }
 
 fn check_properties(sel: u8, rest: &[u8]) {
-    let mut parts = rest.split(|b| *b == b'\n');
-    let method_bytes = parts.next().unwrap_or_default();
-    let target = parts.next().unwrap_or_default();
-    let host = parts.next();
-    let authority = parts.next().and_then(|a| std::str::from_utf8(a).ok());
-    let Ok(method) = std::str::from_utf8(method_bytes) else {
+    // The transports hand `check` text (Pingora's path refuses raw bytes
+    // that are not UTF-8 before it).
+    let Ok(rest) = std::str::from_utf8(rest) else {
         return;
     };
+    let mut parts = rest.split('\n');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let host = parts.next();
+    let authority = parts.next();
     let proto = match (sel >> 1) & 3 {
         0 => Proto::Http10,
         1 | 3 => Proto::Http11,
@@ -197,8 +199,7 @@ fn check_properties(sel: u8, rest: &[u8]) {
             assert!(host_fields <= 1, "two Host fields accepted");
             // A fragment is dropped; what is before it must be printable
             // ASCII without the characters browsers always encode.
-            let t = target.split(|b| *b == b'#').next().unwrap_or_default();
-            let t = std::str::from_utf8(t).expect("accepted a non-UTF-8 target");
+            let t = target.split('#').next().unwrap_or_default();
             assert!(
                 t.bytes().all(|b| (0x21..0x7f).contains(&b)
                     && !matches!(b, b'"' | b'<' | b'>' | b'`' | b'\\')),
@@ -243,7 +244,6 @@ fn check_properties(sel: u8, rest: &[u8]) {
             }
             if let Some(h) = host {
                 // Whatever host routes, the Host field was checked too.
-                let h = std::str::from_utf8(h).expect("non-UTF-8 Host accepted");
                 assert!(valid_host(h), "Host {h:?} accepted");
             }
         }

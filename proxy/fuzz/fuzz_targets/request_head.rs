@@ -146,11 +146,14 @@ fuzz_target!(|data: &[u8]| {
         .filter(|h| h.name.eq_ignore_ascii_case("host"))
         .map(|h| h.value)
         .collect();
+    let Ok(host) = hosts.first().map(|h| std::str::from_utf8(h)).transpose() else {
+        panic!("lane served a non-UTF-8 Host");
+    };
     let head = Head {
         proto,
         method,
-        target: target.as_bytes(),
-        host: hosts.first().copied(),
+        target,
+        host,
         host_fields: hosts.len(),
         authority: None,
     };
