@@ -253,17 +253,10 @@ fn split_absolute(target: &str) -> Option<(&str, &str)> {
 /// optional port. No user info, path, spaces, control bytes or `..`.
 pub fn valid_host(h: &str) -> bool {
     let b = h.as_bytes();
-    if b.is_empty() || b.len() > 255 {
-        return false;
-    }
-    let mut prev = 0u8;
-    for &c in b {
-        if !HOST_BYTE[usize::from(c)] || (c == b'.' && prev == b'.') {
-            return false;
-        }
-        prev = c;
-    }
-    true
+    !b.is_empty()
+        && b.len() <= 255
+        && b.iter().all(|c| HOST_BYTE[usize::from(*c)])
+        && memchr::memchr_iter(b'.', b).all(|i| b.get(i + 1) != Some(&b'.'))
 }
 
 /// Bytes a Host value may hold: letters, digits, `-._:[]`.
