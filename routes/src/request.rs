@@ -56,12 +56,6 @@ pub struct Checked<'a> {
 }
 
 impl Checked<'_> {
-    /// True when the forwarded request-target differs from the received
-    /// one, so a transport that forwards the received head must rewrite it.
-    pub fn rewritten(&self) -> bool {
-        self.absolute || matches!(self.path, Cow::Owned(_))
-    }
-
     /// The request-target to forward: the canonical path and the query.
     pub fn target(&self) -> Cow<'_, str> {
         match self.query {
@@ -216,8 +210,10 @@ fn finish<'a>(
 /// The request-target of a raw HTTP/1 head, exactly as sent: the request
 /// line (after any empty lines) must be `method SP target SP HTTP/1.x`
 /// ending in CRLF or LF, with single spaces and no control bytes. `None`
-/// otherwise: a lenient parser would have read such a line some other way
-/// (a space in the target, say), so the request is refused as nginx does.
+/// otherwise (the request is refused). Pingora's parser percent-encodes
+/// spaces, control bytes and `"<>` in a target it could not otherwise
+/// parse before this sees the head, so a target with spaces reaches here
+/// as `%20`; the control bytes are then refused by [`check`].
 pub fn raw_target(head: &[u8]) -> Option<&[u8]> {
     let start = head.iter().position(|b| *b != b'\r' && *b != b'\n')?;
     let rest = &head[start..];
@@ -253,10 +249,17 @@ fn split_absolute(target: &str) -> Option<(&str, &str)> {
 /// optional port. No user info, path, spaces, control bytes or `..`.
 pub fn valid_host(h: &str) -> bool {
     let b = h.as_bytes();
-    !b.is_empty()
-        && b.len() <= 255
-        && b.iter().all(|c| HOST_BYTE[usize::from(*c)])
-        && memchr::memchr_iter(b'.', b).all(|i| b.get(i + 1) != Some(&b'.'))
+    if b.is_empty() || b.len() > 255 {
+        return false;
+    }
+    // Branch-free per byte: hosts are short, and every request has one.
+    let mut bad = false;
+    let mut prev = 0u8;
+    for &c in b {
+        bad |= !HOST_BYTE[usize::from(c)] | ((c == b'.') & (prev == b'.'));
+        prev = c;
+    }
+    !bad
 }
 
 /// Bytes a Host value may hold: letters, digits, `-._:[]`.
@@ -311,10 +314,8 @@ mod tests {
         assert_eq!(c.host, "a.example");
         assert_eq!(c.path, "/admin/x");
         assert_eq!(c.query, Some("a=%61"));
-        assert!(c.rewritten());
         assert_eq!(c.target(), "/admin/x?a=%61");
         let c = check(&h1("/plain?q", Some("a"))).unwrap();
-        assert!(!c.rewritten());
         let c = check(&h1("/a#/../b", Some("a"))).unwrap();
         assert_eq!((&*c.path, c.query), ("/a", None));
     }
@@ -323,7 +324,7 @@ mod tests {
     fn absolute_form_routes_by_its_authority() {
         let c = check(&h1("http://b.example/x?y", Some("a.example"))).unwrap();
         assert_eq!((c.host, &*c.path, c.query), ("b.example", "/x", Some("y")));
-        assert!(c.absolute && c.rewritten());
+        assert!(c.absolute);
         let c = check(&h1("HTTPS://b.example:8443", Some("a"))).unwrap();
         assert_eq!((c.host, &*c.path), ("b.example:8443", "/"));
         assert_eq!(
