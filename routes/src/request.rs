@@ -252,14 +252,14 @@ pub fn valid_host(h: &str) -> bool {
     if b.is_empty() || b.len() > 255 {
         return false;
     }
-    // Branch-free per byte: hosts are short, and every request has one.
-    let mut bad = false;
     let mut prev = 0u8;
     for &c in b {
-        bad |= !HOST_BYTE[usize::from(c)] | ((c == b'.') & (prev == b'.'));
+        if !HOST_BYTE[usize::from(c)] || (c == b'.' && prev == b'.') {
+            return false;
+        }
         prev = c;
     }
-    !bad
+    true
 }
 
 /// Bytes a Host value may hold: letters, digits, `-._:[]`.
