@@ -316,6 +316,8 @@ mod tests {
         assert_eq!(c.query, Some("a=%61"));
         assert_eq!(c.target(), "/admin/x?a=%61");
         let c = check(&h1("/plain?q", Some("a"))).unwrap();
+        assert!(matches!(c.path, Cow::Borrowed("/plain")));
+        assert_eq!(c.target(), "/plain?q");
         let c = check(&h1("/a#/../b", Some("a"))).unwrap();
         assert_eq!((&*c.path, c.query), ("/a", None));
     }
