@@ -536,7 +536,7 @@ impl ProxyHttp for Edge {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let method = session.req_header().method.as_str().as_bytes();
-        if !crate::replay::may_replay(method) || session.as_ref().retry_buffer_truncated() {
+        if !routes::replay::may_replay(method) || session.as_ref().retry_buffer_truncated() {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);

@@ -20,7 +20,6 @@ pub mod logging;
 pub mod metrics;
 pub mod persist;
 pub mod proxy_protocol;
-pub mod replay;
 pub mod respond;
 pub mod server;
 pub mod slots;

@@ -17,6 +17,7 @@ pub mod path;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod raw;
+pub mod replay;
 pub mod request;
 pub mod state;
 pub mod table;

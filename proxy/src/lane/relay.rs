@@ -240,7 +240,8 @@ pub async fn exchange<C: Client>(
                 // it (RFC 9110 §9.2.2); Pingora's path applies the same rule.
                 Attempt::Broken { sent }
                     if reused
-                        && (!sent || crate::replay::may_replay(crate::replay::method_of(req))) =>
+                        && (!sent
+                            || routes::replay::may_replay(routes::replay::method_of(req))) =>
                 {
                     continue
                 }

@@ -1,6 +1,6 @@
 //! When a request may be sent to the upstream again after an attempt
-//! failed, on every path (the lane's HTTP/1.1 and HTTP/2 clients, and
-//! Pingora's path through `Edge::error_while_proxy`).
+//! failed: one pure rule for every path (the lane's HTTP/1.1 and HTTP/2
+//! clients, and Pingora's path through `Edge::error_while_proxy`).
 //!
 //! A request that provably never left (the connection could not be made,
 //! or not one byte of it was written) may always be tried again. Once any
