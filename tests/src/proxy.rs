@@ -229,3 +229,27 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A config template with the admin token `token`, one default site that
+/// routes everything to the service `api`, and `service` as the body of
+/// `[services.api]` (colors, health, …). Placeholders as in [`Proxy::render`].
+pub fn api_config(token: &str, service: &str) -> String {
+    format!(
+        r#"
+[server]
+http = "{{http}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+admin_token = "{token}"
+
+[[sites]]
+hosts = ["*"]
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+
+[services.api]
+{service}
+"#
+    )
+}

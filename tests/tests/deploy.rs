@@ -26,28 +26,17 @@ impl Fixture {
         let blue = GatedUpstream::start("blue", dir.path().join("blue.ready")).await;
         let green = GatedUpstream::start("green", dir.path().join("green.ready")).await;
         std::fs::write(&blue.marker, "").unwrap();
-        let p = Proxy::start(&format!(
-            r#"
-[server]
-http = "{{http}}"
-admin = "{{admin}}"
-state_dir = "{{state}}"
-admin_token = "{TOKEN}"
-
-[[sites]]
-hosts = ["*"]
-  [[sites.routes]]
-  path = "/"
-  service = "api"
-
-[services.api]
-live = "blue"
+        let p = Proxy::start(&e2e::proxy::api_config(
+            TOKEN,
+            &format!(
+                r#"live = "blue"
 health = {{ path = "/healthz", interval = "100ms" }}
 colors.blue = ["{blue}"]
 colors.green = ["{green}"]
 "#,
-            blue = blue.member(),
-            green = green.member()
+                blue = blue.member(),
+                green = green.member()
+            ),
         ))
         .await;
         let f = Fixture {

@@ -29,29 +29,18 @@ impl Fixture {
     async fn new(drain_upgraded: &str) -> Fixture {
         let blue = Upstream::start("blue").await;
         let green = Upstream::start("green").await;
-        let p = Proxy::start(&format!(
-            r#"
-[server]
-http = "{{http}}"
-admin = "{{admin}}"
-state_dir = "{{state}}"
-admin_token = "{TOKEN}"
-
-[[sites]]
-hosts = ["*"]
-  [[sites.routes]]
-  path = "/"
-  service = "api"
-
-[services.api]
-live = "blue"
+        let p = Proxy::start(&e2e::proxy::api_config(
+            TOKEN,
+            &format!(
+                r#"live = "blue"
 drain_upgraded = "{drain_upgraded}"
 health = {{ path = "/healthz", interval = "100ms" }}
 colors.blue = ["{blue}"]
 colors.green = ["{green}"]
 "#,
-            blue = blue.member(),
-            green = green.member()
+                blue = blue.member(),
+                green = green.member()
+            ),
         ))
         .await;
         let f = Fixture {

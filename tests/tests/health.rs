@@ -18,31 +18,20 @@ async fn down_members_say_why() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("gone/app.sock");
     let (hanging, _fill, _listener) = e2e::blackhole();
-    let p = Proxy::start(&format!(
-        r#"
-[server]
-http = "{{http}}"
-admin = "{{admin}}"
-state_dir = "{{state}}"
-admin_token = "{TOKEN}"
-
-[[sites]]
-hosts = ["*"]
-  [[sites.routes]]
-  path = "/"
-  service = "api"
-
-[services.api]
-live = "blue"
+    let p = Proxy::start(&e2e::proxy::api_config(
+        TOKEN,
+        &format!(
+            r#"live = "blue"
 health = {{ path = "/healthz", interval = "100ms", timeout = "300ms" }}
 colors.blue = ["{ok}", "{sick}"]
 colors.green = ["{refused}"]
 colors.red = ["unix:{missing}"]
 colors.slow = ["{hanging}"]
 "#,
-        ok = healthy.member(),
-        sick = answers_503.member(),
-        missing = missing.display(),
+            ok = healthy.member(),
+            sick = answers_503.member(),
+            missing = missing.display(),
+        ),
     ))
     .await;
 
