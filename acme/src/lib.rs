@@ -8,7 +8,8 @@
 //!
 //! All rustls objects built here use [`tls::provider`] (aws-lc-rs) explicitly.
 
-#![warn(missing_docs)]
+// House rule: no `unwrap()`/`expect()` on input or I/O outside tests.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod cache;
 mod certs;

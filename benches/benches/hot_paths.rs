@@ -3,6 +3,10 @@
 //! forwarding-header rewrite on Pingora's path, and the lane's (HTTP/1.1)
 //! request-head rewrite and response-head parse.
 
+// `criterion_main!` defines an undocumented `pub fn main`; a doc comment
+// there would add nothing.
+#![allow(missing_docs)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
 use routes::{load, LiveState, RouteTable, Vitals};

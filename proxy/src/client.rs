@@ -389,6 +389,7 @@ pub struct DeployArgs {
     /// non-zero.
     #[arg(long)]
     pub force_stop: bool,
+    /// Where the admin API is and its token (`--admin`, `--token`).
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -444,7 +445,10 @@ fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()
     // SIGTERM to the group, then SIGKILL to what is left of it.
     let group = -(child.id() as i32);
     // SAFETY: kill(2) on the process group of our own child.
-    unsafe { libc::kill(group, libc::SIGTERM) };
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(group, libc::SIGTERM)
+    };
     let grace = Instant::now();
     while grace.elapsed() < Duration::from_secs(5) {
         if matches!(child.try_wait(), Ok(Some(_))) {
@@ -453,7 +457,10 @@ fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()
         std::thread::sleep(Duration::from_millis(50));
     }
     // SAFETY: as above; the group id stays ours until the child is reaped.
-    unsafe { libc::kill(group, libc::SIGKILL) };
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(group, libc::SIGKILL)
+    };
     let _ = child.wait();
     bail!(
         "the start command was still running after {limit:?}, so it was stopped: it must start \

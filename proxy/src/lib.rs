@@ -1,6 +1,9 @@
 //! Duotone: an edge proxy on Pingora with automatic TLS, static files and
 //! blue/green deploys. The binary (`main.rs`) is a thin CLI over this library.
 
+// House rule: no `unwrap()`/`expect()` on input or I/O outside tests.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod access_log;
 pub mod admin;
 pub mod admin_extras;

@@ -1,5 +1,8 @@
 //! `duotone`: an edge proxy with TLS, static files and blue/green deploys.
 
+// House rule: no `unwrap()`/`expect()` on input or I/O outside tests.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 use clap::{Parser, Subcommand};
 use duotone::{client, control, demo, server, AdminArgs};
 use std::path::PathBuf;
@@ -108,11 +111,16 @@ const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 /// Commits mimalloc arena memory as it is used rather than all at once
 /// (idle RSS ≈ 14 MiB instead of ≈ 23 MiB). It must run before the first
 /// Rust allocation creates the arena, hence a constructor, not `main`.
+#[allow(unsafe_code)]
 extern "C" fn lazy_arena_commit() {
     // SAFETY: setting a mimalloc option has no memory-safety preconditions.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
 }
 
+// SAFETY: `.init_array` takes pointers to `extern "C" fn()` that the loader
+// calls before `main`; `lazy_arena_commit` is one, and it neither allocates
+// nor relies on Rust's runtime being set up.
+#[allow(unsafe_code)]
 #[used]
 #[unsafe(link_section = ".init_array")]
 static LAZY_ARENA_COMMIT: extern "C" fn() = lazy_arena_commit;

@@ -18,6 +18,7 @@ pub fn run(source: Source) -> Result<()> {
     // Until the reload handler is installed (with the background tasks), a
     // SIGHUP must not kill the proxy: ignore it. The handler replaces this.
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    #[allow(unsafe_code)]
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }

@@ -41,6 +41,7 @@ impl UpstreamSocket {
         // SAFETY: Pingora passed `fd` for the upstream connection it is
         // proxying on right now, so it is open for the length of this call;
         // it is only borrowed to duplicate it (F_DUPFD_CLOEXEC).
+        #[allow(unsafe_code)]
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let owned = borrowed.try_clone_to_owned()?;
         Ok(UpstreamSocket {

@@ -5,6 +5,9 @@
 //! TOML text → [`load`] (env expansion, parse, validate) → [`Config`] →
 //! [`RouteTable::compile`] → shared by the proxy.
 
+// House rule: no `unwrap()`/`expect()` on input or I/O outside tests.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod client;
 pub mod config;
 pub mod diag;

@@ -147,6 +147,7 @@ impl Proxy {
     }
 
     /// Sends a signal.
+    #[allow(unsafe_code)]
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {

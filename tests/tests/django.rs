@@ -158,6 +158,7 @@ impl Gunicorn {
 }
 
 impl Drop for Gunicorn {
+    #[allow(unsafe_code)]
     fn drop(&mut self) {
         // SAFETY: kill(2) on the process group of our own child.
         unsafe {

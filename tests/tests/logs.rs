@@ -47,6 +47,7 @@ async fn stderr_on_a_terminal(no_color: Option<&str>) -> String {
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two new descriptors into the given ints; the
     // name, termios and window size pointers may be null.
+    #[allow(unsafe_code)]
     let rc = unsafe {
         libc::openpty(
             &mut master,
@@ -58,6 +59,7 @@ async fn stderr_on_a_terminal(no_color: Option<&str>) -> String {
     };
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
     // SAFETY: both descriptors are new and owned by nothing else.
+    #[allow(unsafe_code)]
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
 
     let mut cmd = Command::new(duotone_bin());

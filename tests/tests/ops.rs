@@ -758,6 +758,8 @@ async fn sighup_during_startup_does_not_kill_the_proxy() {
         );
         tokio::task::yield_now().await;
     }
+    // SAFETY: kill(2) on our own child's pid.
+    #[allow(unsafe_code)]
     unsafe {
         libc::kill(pid as i32, libc::SIGHUP);
     }

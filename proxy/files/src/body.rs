@@ -163,6 +163,8 @@ mod sys {
     use std::io;
     use std::os::fd::AsRawFd;
 
+    // SAFETY: each `unsafe` block below says why it holds.
+    #[allow(unsafe_code)]
     pub(super) fn pread_into(
         file: &File,
         buf: &mut Vec<u8>,

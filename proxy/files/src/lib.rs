@@ -26,7 +26,8 @@
 //! streamed body then holds a permit, and requests beyond the limit wait for
 //! one (cache hits need none).
 
-#![warn(missing_docs)]
+// House rule: no `unwrap()`/`expect()` on input or I/O outside tests.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod body;
 mod cache;

@@ -568,7 +568,9 @@ async fn only_regular_files() {
     let fifo = fx.root.join("pipe");
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("cstring");
     // SAFETY: valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(rc, 0);
     let srv = fx.server(|o| o.index = Some("index.html".into()));
     assert_eq!(get(&srv, "pipe", &[]).await.0.status, StatusCode::NOT_FOUND);
 }
@@ -761,7 +763,9 @@ fn constructor_validation() {
 async fn permission_denied_is_403() {
     use std::os::unix::fs::PermissionsExt;
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    #[allow(unsafe_code)]
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
         return; // root bypasses file permissions
     }
     let fx = Fixture::new();
