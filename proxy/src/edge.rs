@@ -585,6 +585,9 @@ impl ProxyHttp for Edge {
         if let Some(n) = strip {
             forwarded::strip_prefix(upstream, n)?;
         }
+        if session.req_header().version == http::Version::HTTP_2 {
+            join_cookies(upstream)?;
+        }
         Ok(())
     }
 
@@ -914,6 +917,24 @@ fn canonical_target(
 /// Removes an upstream response's hop-by-hop fields ([`crate::hop`]):
 /// `Connection` and the fields it nominates, and the standard ones
 /// (`Upgrade` and `Connection` stay on a 101: the upgrade needs them).
+/// Joins an HTTP/2 request's Cookie fields into one, separated by "; ", for
+/// the HTTP/1.1 upstream (RFC 9113 §8.2.3), as the lane does.
+fn join_cookies(upstream: &mut RequestHeader) -> Result<()> {
+    let cookies = upstream.headers.get_all(http::header::COOKIE);
+    if cookies.iter().nth(1).is_none() {
+        return Ok(());
+    }
+    let mut joined = Vec::new();
+    for (i, v) in cookies.iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    upstream.insert_header(http::header::COOKIE, joined)?;
+    Ok(())
+}
+
 fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     let upgrade = resp.status.as_u16() == 101;
     let nominates = resp
