@@ -6,6 +6,7 @@ pub mod h2c;
 pub mod proxy;
 pub mod recorder;
 pub mod scripted;
+pub mod transport;
 pub mod upstream;
 
 use std::time::{Duration, Instant};

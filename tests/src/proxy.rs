@@ -62,6 +62,12 @@ impl Proxy {
         Self::start_with_env(template, &[]).await
     }
 
+    /// Like [`Proxy::start`], with requests served on `transport` (the
+    /// lane, or Pingora's path alone).
+    pub async fn start_on(transport: crate::transport::Transport, template: &str) -> Proxy {
+        Self::start_with_env(template, transport.env()).await
+    }
+
     /// Like [`Proxy::start`] with extra environment variables.
     pub async fn start_with_env(template: &str, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -3,6 +3,7 @@
 //! records exactly what it received.
 
 use crate::proxy::Proxy;
+use crate::transport::Transport;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -187,12 +188,12 @@ read_timeout = "2s"
     )
 }
 
-/// A scripted upstream and Duotone in front of it ([`config`]), with
-/// `a.txt` in the static root.
-pub async fn setup() -> (Scripted, Proxy, tempfile::TempDir) {
+/// A scripted upstream and Duotone in front of it ([`config`]), serving
+/// on `transport`, with `a.txt` in the static root.
+pub async fn setup(transport: Transport) -> (Scripted, Proxy, tempfile::TempDir) {
     let up = Scripted::start().await;
     let www = tempfile::tempdir().unwrap();
     std::fs::write(www.path().join("a.txt"), "static file\n").unwrap();
-    let p = Proxy::start(&config(up.addr, www.path())).await;
+    let p = Proxy::start_on(transport, &config(up.addr, www.path())).await;
     (up, p, www)
 }

@@ -1,7 +1,10 @@
 //! Proxy core, end to end: the real binary, real upstreams, real sockets.
+//! Each test that proxies runs twice: `::lane` (the default) and `::pingora`
+//! (`DUOTONE_LANE=off`), see `e2e::transport`.
 
 use e2e::client::{raw, Http};
 use e2e::proxy::{run_cli, Proxy};
+use e2e::transport::Transport;
 use e2e::upstream::Upstream;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
@@ -58,13 +61,16 @@ colors.blue = ["{s}"]
     )
 }
 
-#[tokio::test]
-async fn routes_by_host_and_longest_prefix_and_unix_sockets() {
+e2e::on_both_transports!(
+    #[tokio::test]
+    routes_by_host_and_longest_prefix_and_unix_sockets
+);
+async fn routes_by_host_and_longest_prefix_and_unix_sockets(t: Transport) {
     let a = Upstream::start("app").await;
     let b = Upstream::start("api").await;
     let dir = tempfile::tempdir().unwrap();
     let s = Upstream::start_unix("sock", dir.path().join("app.sock")).await;
-    let p = Proxy::start(&two_sites(&a, &b, &s)).await;
+    let p = Proxy::start_on(t, &two_sites(&a, &b, &s)).await;
     let http = Http::new();
     let get = |host: &'static str, path: &'static str| {
         let (http, url) = (http.clone(), p.url(path));
@@ -97,13 +103,16 @@ async fn routes_by_host_and_longest_prefix_and_unix_sockets() {
     );
 }
 
-#[tokio::test]
-async fn sets_forwarded_headers_and_request_id() {
+e2e::on_both_transports!(
+    #[tokio::test]
+    sets_forwarded_headers_and_request_id
+);
+async fn sets_forwarded_headers_and_request_id(t: Transport) {
     let a = Upstream::start("app").await;
     let b = Upstream::start("api").await;
     let dir = tempfile::tempdir().unwrap();
     let s = Upstream::start_unix("sock", dir.path().join("s.sock")).await;
-    let p = Proxy::start(&two_sites(&a, &b, &s)).await;
+    let p = Proxy::start_on(t, &two_sites(&a, &b, &s)).await;
     let r = Http::new()
         .get_with(
             &p.url("/headers"),
@@ -138,13 +147,16 @@ async fn sets_forwarded_headers_and_request_id() {
     assert_eq!(r.json()["headers"]["x-request-id"], "trace-42");
 }
 
-#[tokio::test]
-async fn websocket_echo_through_the_proxy() {
+e2e::on_both_transports!(
+    #[tokio::test]
+    websocket_echo_through_the_proxy
+);
+async fn websocket_echo_through_the_proxy(t: Transport) {
     let a = Upstream::start("app").await;
     let b = Upstream::start("api").await;
     let dir = tempfile::tempdir().unwrap();
     let s = Upstream::start_unix("sock", dir.path().join("s.sock")).await;
-    let p = Proxy::start(&two_sites(&a, &b, &s)).await;
+    let p = Proxy::start_on(t, &two_sites(&a, &b, &s)).await;
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
         format!("ws://{}/ws", p.ports.http),
     )
@@ -171,8 +183,11 @@ async fn websocket_echo_through_the_proxy() {
     ws.close(None).await.unwrap();
 }
 
-#[tokio::test]
-async fn upstream_down_is_502_and_slow_upstream_is_504() {
+e2e::on_both_transports!(
+    #[tokio::test]
+    upstream_down_is_502_and_slow_upstream_is_504
+);
+async fn upstream_down_is_502_and_slow_upstream_is_504(t: Transport) {
     let b = Upstream::start("api").await;
     let dead = e2e::free_port();
     let (hole, _queued, _listener) = e2e::blackhole();
@@ -216,7 +231,7 @@ connect_timeout = "300ms"
 "#,
         b = b.member()
     );
-    let p = Proxy::start(&cfg).await;
+    let p = Proxy::start_on(t, &cfg).await;
     let http = Http::new();
     let r = http.get(&p.url("/")).await.unwrap();
     assert_eq!(r.status, 502);
@@ -241,13 +256,16 @@ connect_timeout = "300ms"
     }
 }
 
-#[tokio::test]
-async fn malformed_requests_get_4xx_not_a_hang() {
+e2e::on_both_transports!(
+    #[tokio::test]
+    malformed_requests_get_4xx_not_a_hang
+);
+async fn malformed_requests_get_4xx_not_a_hang(t: Transport) {
     let a = Upstream::start("app").await;
     let b = Upstream::start("api").await;
     let dir = tempfile::tempdir().unwrap();
     let s = Upstream::start_unix("sock", dir.path().join("s.sock")).await;
-    let p = Proxy::start(&two_sites(&a, &b, &s)).await;
+    let p = Proxy::start_on(t, &two_sites(&a, &b, &s)).await;
     for bad in [
         &b"GET / HTTP/1.1\r\nHost: app.test\r\nBad Header\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
@@ -306,13 +324,16 @@ fn invalid_config_is_a_clear_error_and_nonzero_exit() {
     assert_eq!(code, 1, "{out}");
 }
 
-#[tokio::test]
-async fn upstream_connections_are_kept_alive_and_reused() {
+e2e::on_both_transports!(
+    #[tokio::test]
+    upstream_connections_are_kept_alive_and_reused
+);
+async fn upstream_connections_are_kept_alive_and_reused(t: Transport) {
     let a = Upstream::start("app").await;
     let b = Upstream::start("api").await;
     let dir = tempfile::tempdir().unwrap();
     let s = Upstream::start_unix("sock", dir.path().join("s.sock")).await;
-    let p = Proxy::start(&two_sites(&a, &b, &s)).await;
+    let p = Proxy::start_on(t, &two_sites(&a, &b, &s)).await;
     let http = Http::new();
     for i in 0..60 {
         let r = http

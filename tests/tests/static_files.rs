@@ -1,9 +1,11 @@
 //! Static and media files served at the edge, end to end: the real binary,
 //! real files in a temp dir, real sockets (raw request lines where a client
-//! could normalize the path).
+//! could normalize the path). Each test runs twice: `::lane` (the default)
+//! and `::pingora` (`DUOTONE_LANE=off`), see `e2e::transport`.
 
 use e2e::client::{raw, Http, Resp};
 use e2e::proxy::Proxy;
+use e2e::transport::Transport;
 use e2e::upstream::Upstream;
 use std::fs;
 use std::net::SocketAddr;
@@ -124,11 +126,11 @@ struct Env {
 }
 
 impl Env {
-    async fn start() -> Env {
+    async fn start(t: Transport) -> Env {
         let tree = Tree::new();
         tree.populate();
         let app = Upstream::start("app").await;
-        let proxy = Proxy::start(&config(&tree, &app)).await;
+        let proxy = Proxy::start_on(t, &config(&tree, &app)).await;
         Env {
             tree,
             _app: app,
@@ -180,9 +182,12 @@ async fn raw_get(addr: SocketAddr, target: &str) -> Raw {
     Raw { status, text }
 }
 
-#[tokio::test]
-async fn content_types_validators_and_conditionals() {
-    let env = Env::start().await;
+e2e::on_both_transports!(
+    #[tokio::test]
+    content_types_validators_and_conditionals
+);
+async fn content_types_validators_and_conditionals(t: Transport) {
+    let env = Env::start(t).await;
     for (path, ct) in [
         ("/static/app.css", "text/css; charset=utf-8"),
         ("/static/page.html", "text/html; charset=utf-8"),
@@ -253,9 +258,12 @@ fn httpdate_ok(v: &str) -> bool {
     v.ends_with(" GMT") && v.len() == 29
 }
 
-#[tokio::test]
-async fn byte_ranges_and_if_range() {
-    let env = Env::start().await;
+e2e::on_both_transports!(
+    #[tokio::test]
+    byte_ranges_and_if_range
+);
+async fn byte_ranges_and_if_range(t: Transport) {
+    let env = Env::start(t).await;
     let all = digits(100);
     let path = "/static/digits.bin";
     let full = env.get(path, &[]).await;
@@ -307,9 +315,12 @@ async fn byte_ranges_and_if_range() {
     assert_eq!((r.status, r.body.len()), (200, 100));
 }
 
-#[tokio::test]
-async fn precompressed_sidecars_by_accept_encoding() {
-    let env = Env::start().await;
+e2e::on_both_transports!(
+    #[tokio::test]
+    precompressed_sidecars_by_accept_encoding
+);
+async fn precompressed_sidecars_by_accept_encoding(t: Transport) {
+    let env = Env::start(t).await;
     let path = "/static/app.css";
     let cases: [(Option<&str>, &str, &str); 7] = [
         (None, "", "body{color:red}"),
@@ -363,9 +374,12 @@ async fn precompressed_sidecars_by_accept_encoding() {
     assert_eq!(r.header("vary"), "", "no sidecars on /media/");
 }
 
-#[tokio::test]
-async fn cache_control_index_head_and_methods() {
-    let env = Env::start().await;
+e2e::on_both_transports!(
+    #[tokio::test]
+    cache_control_index_head_and_methods
+);
+async fn cache_control_index_head_and_methods(t: Transport) {
+    let env = Env::start(t).await;
     let r = env.get("/static/app.3f2a9c81b7d4.css", &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -440,9 +454,12 @@ async fn cache_control_index_head_and_methods() {
     assert_eq!(r.status, 405);
 }
 
-#[tokio::test]
-async fn mixed_site_routes_static_media_and_proxy() {
-    let env = Env::start().await;
+e2e::on_both_transports!(
+    #[tokio::test]
+    mixed_site_routes_static_media_and_proxy
+);
+async fn mixed_site_routes_static_media_and_proxy(t: Transport) {
+    let env = Env::start(t).await;
     let r = env.get("/", &[]).await;
     assert_eq!((r.status, r.text().as_str()), (200, "app"));
     let r = env.get("/anything/else", &[]).await;
@@ -477,9 +494,12 @@ async fn mixed_site_routes_static_media_and_proxy() {
     assert_eq!((r.status, r.text().as_str()), (200, "body{color:red}"));
 }
 
-#[tokio::test]
-async fn traversal_is_refused_and_never_leaks() {
-    let env = Env::start().await;
+e2e::on_both_transports!(
+    #[tokio::test]
+    traversal_is_refused_and_never_leaks
+);
+async fn traversal_is_refused_and_never_leaks(t: Transport) {
+    let env = Env::start(t).await;
     let addr = env.proxy.ports.http;
     // Sanity: the raw path works for a legitimate file.
     let ok = raw_get(addr, "/static/inner/real.txt").await;
@@ -698,9 +718,12 @@ async fn download(
     got
 }
 
-#[tokio::test]
-async fn large_file_streams_with_bounded_memory() {
-    let env = Env::start().await;
+e2e::on_both_transports!(
+    #[tokio::test]
+    large_file_streams_with_bounded_memory
+);
+async fn large_file_streams_with_bounded_memory(t: Transport) {
+    let env = Env::start(t).await;
     let size = 100 * MIB;
     let path = env.tree.path("media/big.bin");
     let f = fs::File::create(&path).expect("create");
@@ -803,13 +826,16 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, u64) {
     (status, got)
 }
 
-#[tokio::test]
-async fn open_files_are_capped_and_waiting_downloads_complete() {
+e2e::on_both_transports!(
+    #[tokio::test]
+    open_files_are_capped_and_waiting_downloads_complete
+);
+async fn open_files_are_capped_and_waiting_downloads_complete(t: Transport) {
     let tree = Tree::new();
     tree.populate();
     let app = Upstream::start("app").await;
     let cfg = format!("{}\n[limits]\nmax_open_files = 2\n", config(&tree, &app));
-    let proxy = Proxy::start(&cfg).await;
+    let proxy = Proxy::start_on(t, &cfg).await;
     let size = 64 * MIB;
     let path = tree.path("media/big.bin");
     fs::File::create(&path)

@@ -5,6 +5,12 @@
 //!
 //! Pebble tests print a loud SKIPPED notice when the `pebble` binaries are
 //! missing, unless `DUOTONE_REQUIRE_PEBBLE=1` makes that a failure.
+//!
+//! The tests that send requests over TLS (HTTP/2, HTTP/1.1 and no ALPN after
+//! TLS-ALPN-01 issuance; HSTS, redirects and static files; TLS 1.2 and 1.3)
+//! run twice: `::lane` and `::pingora` (`DUOTONE_LANE=off`, see
+//! `e2e::transport`). The others are about certificates and handshakes,
+//! which come before either transport; they run once.
 
 use bytes::Bytes;
 use e2e::client::{admin, Http, Resp};
@@ -38,6 +44,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 use e2e::tls::AcceptAnything;
+use e2e::transport::Transport;
 
 /// How a test client connects.
 #[derive(Clone, Copy)]
@@ -437,14 +444,17 @@ async fn http01_issuance_then_restart_from_cache_with_ca_down() {
     assert_eq!(certificate(&p, "a.test").await["source"], "acme");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_alpn01_issuance_beside_h2_and_http11() {
+e2e::on_both_transports!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    tls_alpn01_issuance_beside_h2_and_http11
+);
+async fn tls_alpn01_issuance_beside_h2_and_http11(t: Transport) {
     if !pebble_or_skip("tls_alpn01_issuance_beside_h2_and_http11") {
         return;
     }
     let app = Upstream::start("app").await;
     let mut pebble = Pebble::new(PebbleOptions::default()).expect("pebble");
-    let mut p = Proxy::start(&acme_config(&app, &pebble, "tls-alpn-01")).await;
+    let mut p = Proxy::start_on(t, &acme_config(&app, &pebble, "tls-alpn-01")).await;
     let https = p.ports.https;
     p.kill();
     pebble
@@ -609,7 +619,7 @@ struct StaticSetup {
 }
 
 impl StaticSetup {
-    async fn start() -> StaticSetup {
+    async fn start(t: Transport) -> StaticSetup {
         let app = Upstream::start("app").await;
         let ca = TestCa::new();
         let files = tempfile::tempdir().unwrap();
@@ -657,7 +667,7 @@ colors.blue = ["{app}"]
             dir = files.path().display(),
             app = app.member()
         );
-        let p = Proxy::start(&config).await;
+        let p = Proxy::start_on(t, &config).await;
         StaticSetup {
             ca,
             files,
@@ -668,9 +678,12 @@ colors.blue = ["{app}"]
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn static_certificate_rotation_redirects_and_hsts() {
-    let s = StaticSetup::start().await;
+e2e::on_both_transports!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    static_certificate_rotation_redirects_and_hsts
+);
+async fn static_certificate_rotation_redirects_and_hsts(t: Transport) {
+    let s = StaticSetup::start(t).await;
     let (p, roots) = (&s.p, s.ca.roots());
     let https = p.ports.https;
 
@@ -789,9 +802,12 @@ async fn static_certificate_rotation_redirects_and_hsts() {
     assert_eq!(r.status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_13_and_12_accepted_11_refused() {
-    let s = StaticSetup::start().await;
+e2e::on_both_transports!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    tls_13_and_12_accepted_11_refused
+);
+async fn tls_13_and_12_accepted_11_refused(t: Transport) {
+    let s = StaticSetup::start(t).await;
     let (p, roots) = (&s.p, s.ca.roots());
     let https = p.ports.https;
     let cases: [(&[&'static SupportedProtocolVersion], ProtocolVersion); 2] = [
@@ -867,7 +883,7 @@ async fn tls_13_and_12_accepted_11_refused() {
 /// on TLS 1.2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_resumes_by_session_ticket() {
-    let s = StaticSetup::start().await;
+    let s = StaticSetup::start(Transport::Lane).await;
     let roots = s.ca.roots();
     let https = s.p.ports.https;
     let cases: [(&[&'static SupportedProtocolVersion], usize); 2] = [
@@ -899,7 +915,7 @@ async fn every_client_resumes_by_session_ticket() {
 /// such a hello, and at the default levels that warning is not written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_address_sni_handshakes_write_no_log_line() {
-    let s = StaticSetup::start().await;
+    let s = StaticSetup::start(Transport::Lane).await;
     let https = s.p.ports.https;
     for _ in 0..3 {
         let out = tokio::time::timeout(
