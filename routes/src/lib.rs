@@ -14,6 +14,7 @@ pub mod headers;
 pub mod host;
 pub mod load;
 pub mod path;
+pub mod policy;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod raw;

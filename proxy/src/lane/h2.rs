@@ -11,8 +11,8 @@ use super::field::Field;
 use super::relay::{self, Client};
 use super::request::{self, LogFields, Plan, Work};
 use super::response::HeadOut;
+use super::state::Lane;
 use super::timer::Timer;
-use super::Lane;
 use ::h2::server::SendResponse;
 use ::h2::SendStream;
 use bytes::Bytes;
@@ -43,12 +43,12 @@ pub struct ConnInfo {
 pub async fn serve_connection<A>(
     lane: Arc<Lane>,
     app: Arc<A>,
-    stream: crate::conn::HeadDeadline,
+    stream: crate::net::stream::HeadDeadline,
     shutdown: &ShutdownWatch,
 ) where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    let peer = super::peer_ip(&stream);
+    let peer = super::state::peer_ip(&stream);
     let info = Arc::new(ConnInfo {
         ip: peer.map(|ip| ip.to_string()).unwrap_or_default(),
         peer,
@@ -128,7 +128,7 @@ fn plan(
     req: &RequestHeader,
     snap: &crate::control::Snapshot,
     conn: &request::Conn<'_>,
-    ids: &crate::forwarded::RequestIds,
+    ids: &crate::net::forwarded::RequestIds,
     out: &mut Vec<u8>,
     log: Option<&mut LogFields>,
 ) -> Option<(Plan, usize)> {

@@ -181,7 +181,7 @@ pub fn plan(
     buf: &[u8],
     snap: &Snapshot,
     conn: &Conn<'_>,
-    ids: &crate::forwarded::RequestIds,
+    ids: &crate::net::forwarded::RequestIds,
     out: &mut Vec<u8>,
     log: Option<&mut LogFields>,
 ) -> Parsed {
@@ -470,13 +470,13 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
 }
 
 /// The client's request id when sane, else a fresh one.
-pub fn request_id(client: Option<&[u8]>, ids: &crate::forwarded::RequestIds) -> RequestId {
+pub fn request_id(client: Option<&[u8]>, ids: &crate::net::forwarded::RequestIds) -> RequestId {
     let mut id = RequestId {
         buf: [0; 128],
         len: 0,
     };
     match client {
-        Some(v) if crate::forwarded::is_sane_id(v) => {
+        Some(v) if crate::net::forwarded::is_sane_id(v) => {
             id.buf[..v.len()].copy_from_slice(v);
             id.len = v.len();
         }

@@ -189,12 +189,23 @@ pub fn strip_prefix(up: &mut RequestHeader, n: usize) -> Result<()> {
 /// The https:// URL of this request, for the HTTP→HTTPS redirect. The port
 /// is kept when the HTTPS listener is not on 443.
 pub fn https_location(req: &RequestHeader, https: Option<SocketAddr>) -> String {
-    let host = routes::host::strip_port(crate::edge::request_host(req));
+    let host = routes::host::strip_port(request_host(req));
     let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     match https.map(|a| a.port()) {
         Some(443) | None => format!("https://{host}{pq}"),
         Some(port) => format!("https://{host}:{port}{pq}"),
     }
+}
+
+/// The request's host: `:authority` for HTTP/2, else the Host header.
+pub fn request_host(req: &RequestHeader) -> &str {
+    if let Some(a) = req.uri.authority() {
+        return a.as_str();
+    }
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
 }
 
 #[cfg(test)]

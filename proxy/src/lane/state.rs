@@ -1,0 +1,145 @@
+//! What the lane's HTTP/1.1 and HTTP/2 sides share: the lane's state,
+//! how a connection or request ended, and small connection helpers.
+
+use super::request::{LogFields, Plan, Work};
+use crate::control::{Control, Snapshot};
+use crate::net::forwarded::RequestIds;
+use crate::net::stream::HeadDeadline;
+use crate::ops::access_log::{AccessLog, Entry};
+use pingora::protocols::GetSocketDigest;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The lane's shared state.
+pub struct Lane {
+    /// The control plane (routing snapshot).
+    pub control: Arc<Control>,
+    /// Request ids, shared with Pingora's path.
+    pub ids: Arc<RequestIds>,
+    /// Access log, shared with Pingora's path.
+    pub access_log: Arc<AccessLog>,
+    /// Whether ACME HTTP-01 challenges are answered (by Pingora's path).
+    pub acme: bool,
+}
+
+/// How the lane left a connection.
+pub enum End {
+    /// Closed (or to be closed): nothing more to do.
+    Closed,
+    /// Pingora's path takes over; these bytes were read and not consumed.
+    Handoff(Vec<u8>),
+}
+
+/// What happened to one proxied request.
+pub struct Outcome {
+    /// Status sent to the client (0: none).
+    pub status: u16,
+    /// Response body bytes sent to the client.
+    pub bytes: u64,
+    /// The pool (color) chosen (`usize::MAX` when answered locally).
+    pub pool: usize,
+    /// The member last tried.
+    pub member: Option<usize>,
+    /// The exchange completed without error.
+    pub ok: bool,
+    /// The client connection can serve another request.
+    pub keep_client: bool,
+}
+
+impl Lane {
+    /// Metrics, passive health and the access log line for one request.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn finish(
+        &self,
+        snap: &Snapshot,
+        plan: &Plan,
+        o: &Outcome,
+        start: Instant,
+        log: Option<LogFields>,
+        ip: &str,
+        proto: &'static str,
+    ) {
+        let Some(site) = snap.table.sites.get(plan.site) else {
+            return;
+        };
+        let Some(route) = site.routes.get(plan.route) else {
+            return;
+        };
+        let svc = match plan.work {
+            Work::Proxy(i) => snap.table.services.get(i),
+            Work::Static(_) => None,
+        };
+        let pool = svc.and_then(|s| s.pools.get(o.pool));
+        let member = pool.and_then(|p| p.members.get(o.member?));
+        if o.ok {
+            if let Some(m) = member {
+                m.health.succeed();
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        if let Some(slot) = snap.slots.get(route.slot) {
+            match slot.metrics.colors.get(o.pool) {
+                Some(c) => c.count(o.status),
+                None => slot.metrics.local.count(o.status),
+            }
+            slot.metrics.duration.observe(elapsed);
+            if svc.is_none() && o.bytes > 0 {
+                slot.metrics.static_bytes.inc_by(o.bytes);
+            }
+        }
+        let Some(log) = log else {
+            return;
+        };
+        let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
+        let entry = Entry {
+            client: if log.client.is_empty() {
+                ip.to_string()
+            } else {
+                log.client
+            },
+            host: &log.host,
+            method: &log.method,
+            uri: &log.uri,
+            proto,
+            status: o.status,
+            bytes: o.bytes as usize,
+            duration: elapsed,
+            site: &site.name,
+            service: svc.map(|s| s.name.as_str()).unwrap_or(""),
+            color: pool.map(|p| p.color.as_str()).unwrap_or(""),
+            upstream: &upstream,
+            request_id: std::str::from_utf8(plan.id.as_bytes()).unwrap_or(""),
+            referer: &log.referer,
+            user_agent: &log.user_agent,
+        };
+        self.access_log.log(snap.table.config.access_log, &entry);
+    }
+}
+
+/// The site's Strict-Transport-Security value, on TLS connections only.
+pub(super) fn hsts(snap: &Snapshot, site: usize, tls: bool) -> Option<&str> {
+    snap.table
+        .sites
+        .get(site)
+        .and_then(|s| s.hsts.as_deref())
+        .filter(|_| tls)
+}
+
+/// The connection peer's IP address (IPv4-mapped IPv6 as IPv4).
+pub(super) fn peer_ip(io: &HeadDeadline) -> Option<std::net::IpAddr> {
+    io.get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// Reads what is available into the spare capacity of `buf`.
+pub(super) async fn read_some<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    r.read_buf(buf).await
+}
