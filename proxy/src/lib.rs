@@ -7,6 +7,7 @@
 //! - [`lane`]: the fast path for common HTTP/1.1 and HTTP/2 requests.
 //! - [`edge`]: Pingora's full request path (`ProxyHttp`), static files, tunnels.
 //! - [`net`]: pieces both transports share (head scanning, hop-by-hop and forwarded fields).
+//! - [`record`]: what a finished request reports (health, metrics, access log), for both.
 //! - [`control`]: the control plane: routing snapshot, live colors, health, persistence.
 //! - [`ops`]: admin API, access log, logging; [`metrics`]: Prometheus metrics.
 //! - [`cli`]: the admin API client behind the CLI, and the demo.
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod proxy_protocol;
+pub mod record;
 pub mod server;
 pub mod tls;
 

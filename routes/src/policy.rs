@@ -133,6 +133,18 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// Whether a transport that only proxies and serves files, with no
+    /// auth and no compression (the lane), must leave this request to the
+    /// full path: anything but a proxied or static route, a route with
+    /// basic auth or compression, or a body over the route's limit.
+    pub fn needs_full_path(&self, table: &RouteTable) -> bool {
+        let Some(r) = self.routed() else {
+            return true;
+        };
+        let redirect = matches!(self, Decision::Redirect(..));
+        redirect || r.auth || r.too_large || table.sites[r.site].routes[r.route].compress
+    }
+
     /// The route, when one matched and the request got that far.
     pub fn routed(&self) -> Option<&Routed> {
         match self {

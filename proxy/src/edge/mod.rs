@@ -603,84 +603,47 @@ impl ProxyHttp for Edge {
         let route = ctx
             .route
             .and_then(|(s, r)| snap.table.sites.get(s)?.routes.get(r));
-        let slot = route.and_then(|r| snap.slots.get(r.slot));
-        let proxied =
-            matches!(route.map(|r| &r.action), Some(Action::Proxy(_))) && ctx.attempts.is_some();
-        let svc = proxied
-            .then(|| snap.table.services.get(ctx.service))
-            .flatten();
-        let pool_idx = ctx.attempts.as_ref().map_or(usize::MAX, |a| a.pool());
-        let pool = svc.and_then(|s| s.pools.get(pool_idx));
-        let member = pool.and_then(|p| p.members.get(ctx.attempts.as_ref()?.member()?));
-        if e.is_none() {
-            if let Some(m) = member {
-                m.health.succeed();
-            }
-        }
-        let elapsed = ctx.start.elapsed().as_secs_f64();
-        if let Some(slot) = slot {
-            let m = &slot.metrics;
-            match (proxied, m.colors.get(pool_idx)) {
-                (true, Some(c)) => c.count(status),
-                _ => m.local.count(status),
-            }
-            m.duration.observe(elapsed);
-            if ctx.static_bytes > 0 {
-                m.static_bytes.inc_by(ctx.static_bytes);
-            }
-        }
-        let format = snap.table.config.access_log;
-        if format == routes::config::AccessLog::Off {
-            return;
-        }
+        let proxied = matches!(route.map(|r| &r.action), Some(Action::Proxy(_)));
+        let attempts = ctx.attempts.as_ref().filter(|_| proxied);
+        let f = crate::record::Finished {
+            site: Some(ctx.site),
+            route: ctx.route,
+            service: attempts.map(|_| ctx.service),
+            pool: attempts.map(|a| a.pool()),
+            member: attempts.and_then(|a| a.member()),
+            ok: e.is_none(),
+            status,
+            bytes: session.body_bytes_sent() as u64,
+            static_bytes: ctx.static_bytes,
+            elapsed: ctx.start.elapsed().as_secs_f64(),
+        };
         let req = session.req_header();
-        if ctx.request_id.is_none() {
-            // Answered locally (static, redirect, 4xx): still one id per line.
-            ctx.request_id = Some(self.ids.for_request(req));
-        }
+        let request_id = ctx
+            .request_id
+            .get_or_insert_with(|| self.ids.for_request(req));
         let header = |n: http::header::HeaderName| {
             req.headers
                 .get(n)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
         };
-        let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
-        let entry = crate::ops::access_log::Entry {
-            client: ctx
-                .client
-                .map(|c| c.ip)
-                .or_else(|| client_ip(session))
-                .map(|i| i.to_string())
-                .unwrap_or_default(),
-            host: forwarded::request_host(req),
-            method: req.method.as_str(),
-            uri: req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-            proto: if session.is_http2() {
-                "HTTP/2.0"
-            } else {
-                "HTTP/1.1"
-            },
-            status,
-            bytes: session.body_bytes_sent(),
-            duration: elapsed,
-            site: snap
-                .table
-                .sites
-                .get(ctx.site)
-                .map(|s| s.name.as_str())
-                .unwrap_or(""),
-            service: svc.map(|s| s.name.as_str()).unwrap_or(""),
-            color: pool.map(|p| p.color.as_str()).unwrap_or(""),
-            upstream: &upstream,
-            request_id: ctx
-                .request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
-            referer: header(http::header::REFERER),
-            user_agent: header(http::header::USER_AGENT),
-        };
-        self.access_log.log(format, &entry);
+        let client = ctx.client.map(|c| c.ip).or_else(|| client_ip(session));
+        crate::record::record(&snap, &self.access_log, &f, || {
+            Some(crate::record::Line {
+                client: client.map(|i| i.to_string()).unwrap_or_default(),
+                host: forwarded::request_host(req),
+                method: req.method.as_str(),
+                uri: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+                proto: if session.is_http2() {
+                    "HTTP/2.0"
+                } else {
+                    "HTTP/1.1"
+                },
+                request_id: request_id.to_str().unwrap_or(""),
+                referer: header(http::header::REFERER),
+                user_agent: header(http::header::USER_AGENT),
+            })
+        });
     }
 }
 

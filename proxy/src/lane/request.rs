@@ -6,7 +6,7 @@
 
 use super::field::Field;
 use crate::control::Snapshot;
-use routes::Action;
+use routes::policy::Decision;
 
 /// The most header lines the lane parses (more: Pingora's path).
 const MAX_HEADERS: usize = 64;
@@ -127,7 +127,9 @@ pub struct Via<'a> {
     pub proto: Option<&'a [u8]>,
     /// Its X-Forwarded-Host.
     pub host: Option<&'a [u8]>,
-    /// The real client ([`routes::client::resolve`]), formatted.
+    /// The real client ([`routes::client::resolve`]).
+    pub ip: std::net::IpAddr,
+    /// The same, formatted.
     pub client: String,
 }
 
@@ -147,6 +149,7 @@ impl<'a> Via<'a> {
             xff: Vec::new(),
             proto: None,
             host: None,
+            ip: peer,
             client: String::new(),
         };
         for (f, v) in fields {
@@ -158,6 +161,7 @@ impl<'a> Via<'a> {
             }
         }
         let client = routes::client::resolve(peer, trusted, via.xff.iter().copied());
+        via.ip = client.ip;
         via.client = client.ip.to_string();
         Some(via)
     }
@@ -238,37 +242,53 @@ pub fn plan(
     if req.headers.len() > limits.max_headers || header_bytes > limits.max_header_bytes {
         return Parsed::Handoff;
     }
-    // The request rules every transport shares; what they refuse, Pingora's
-    // path answers (with the same check).
-    let head = routes::request::Head {
-        proto: routes::request::Proto::Http11,
-        method,
-        target,
-        host,
-        host_fields: usize::from(host.is_some()),
-        authority: None,
+    let via = Via::of(
+        conn,
+        &snap.table.config.server.trusted_proxies,
+        req.headers
+            .iter()
+            .zip(fields)
+            .filter(|(_, f)| f.forwarding())
+            .map(|(h, f)| (f, h.value)),
+    );
+    // The policy every transport shares; what the lane does not serve,
+    // Pingora's path serves (deciding the same way).
+    let view = routes::policy::View {
+        head: routes::request::Head {
+            proto: routes::request::Proto::Http11,
+            method,
+            target,
+            host,
+            host_fields: usize::from(host.is_some()),
+            authority: None,
+        },
+        tls: conn.tls,
+        client: via.as_ref().map_or(conn.peer, |v| Some(v.ip)),
+        content_length: length,
+        header_count: req.headers.len(),
+        header_bytes,
+        bad_framing: false,
+        acme: conn.acme,
+        unreadable: None,
     };
-    let Ok(checked) = routes::request::check(&head) else {
+    let verdict = routes::policy::decide(&snap.table, &view);
+    let (Some(checked), false) = (
+        verdict.checked,
+        verdict.decision.needs_full_path(&snap.table),
+    ) else {
         return Parsed::Handoff;
     };
-    let path = &*checked.path;
-    if checked.absolute
-        || (conn.acme && !conn.tls && path.starts_with("/.well-known/acme-challenge/"))
-    {
+    if checked.absolute {
         return Parsed::Handoff;
     }
+    let path = &*checked.path;
     let host = checked.host;
     let body_len = length.unwrap_or(0);
-    let Some((site_idx, route_idx)) = route(snap, conn, host, path, body_len) else {
-        return Parsed::Handoff;
-    };
-    let route = &snap.table.sites[site_idx].routes[route_idx];
-    let slot = snap.slots.get(route.slot);
-    let id = request_id(client_id, ids);
-    let service = match &route.action {
-        Action::Proxy(service) if body_len <= MAX_BODY as u64 => *service,
-        Action::Static(_) if body_len == 0 => {
-            let Some(files) = slot.and_then(|s| s.files.clone()) else {
+    let (site_idx, route_idx, service) = match verdict.decision {
+        Decision::Proxy(r, service) if body_len <= MAX_BODY as u64 => (r.site, r.route, service),
+        Decision::Static(r) if body_len == 0 => {
+            let route = &snap.table.sites[r.site].routes[r.route];
+            let Some(files) = snap.slots.get(route.slot).and_then(|s| s.files.clone()) else {
                 return Parsed::Handoff;
             };
             let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
@@ -289,11 +309,11 @@ pub fn plan(
             return Parsed::Lane(Plan {
                 head_len,
                 body_len: 0,
-                site: site_idx,
-                route: route_idx,
+                site: r.site,
+                route: r.route,
                 close,
                 head_method: method == http::Method::HEAD,
-                id,
+                id: request_id(client_id, ids),
                 work: Work::Static(Box::new(StaticRequest {
                     files,
                     method,
@@ -304,6 +324,8 @@ pub fn plan(
         }
         _ => return Parsed::Handoff,
     };
+    let route = &snap.table.sites[site_idx].routes[route_idx];
+    let id = request_id(client_id, ids);
 
     request_line(out, method, &checked, route);
     for (h, field) in req.headers.iter().zip(fields) {
@@ -314,15 +336,6 @@ pub fn plan(
             header(out, h.name.as_bytes(), h.value);
         }
     }
-    let via = Via::of(
-        conn,
-        &snap.table.config.server.trusted_proxies,
-        req.headers
-            .iter()
-            .zip(fields)
-            .filter(|(_, f)| f.forwarding())
-            .map(|(h, f)| (f, h.value)),
-    );
     forwarding(out, conn, host, &id, via.as_ref());
 
     if let Some(log) = log {
@@ -341,31 +354,6 @@ pub fn plan(
         id,
         work: Work::Proxy(service),
     })
-}
-
-/// The site and route (indices) for `host` and `path` when the lane may
-/// serve the request: not when the route compresses, has an allow list or
-/// auth, needs TLS the connection lacks, or the body is over its limit.
-pub fn route(
-    snap: &Snapshot,
-    conn: &Conn<'_>,
-    host: &str,
-    path: &str,
-    body_len: u64,
-) -> Option<(usize, usize)> {
-    let (site_idx, route_idx) = snap.table.locate(host, path)?;
-    let site = &snap.table.sites[site_idx];
-    let route = &site.routes[route_idx];
-    let slot = snap.slots.get(route.slot);
-    if route.compress
-        || !route.allow.is_empty()
-        || slot.is_none_or(|s| s.auth.is_some())
-        || (site.tls && !conn.tls && !route.allow_http)
-        || body_len > route.max_body
-    {
-        return None;
-    }
-    Some((site_idx, route_idx))
 }
 
 /// Starts the upstream head in `out` (cleared first): the request line

@@ -5,7 +5,7 @@ use super::request::{LogFields, Plan, Work};
 use crate::control::{Control, Snapshot};
 use crate::net::forwarded::RequestIds;
 use crate::net::stream::HeadDeadline;
-use crate::ops::access_log::{AccessLog, Entry};
+use crate::ops::access_log::AccessLog;
 use pingora::protocols::GetSocketDigest;
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,60 +60,40 @@ impl Lane {
         ip: &str,
         proto: &'static str,
     ) {
-        let Some(site) = snap.table.sites.get(plan.site) else {
-            return;
-        };
-        let Some(route) = site.routes.get(plan.route) else {
-            return;
-        };
-        let svc = match plan.work {
-            Work::Proxy(i) => snap.table.services.get(i),
+        let service = match plan.work {
+            Work::Proxy(i) => Some(i),
             Work::Static(_) => None,
         };
-        let pool = svc.and_then(|s| s.pools.get(o.pool));
-        let member = pool.and_then(|p| p.members.get(o.member?));
-        if o.ok {
-            if let Some(m) = member {
-                m.health.succeed();
-            }
-        }
-        let elapsed = start.elapsed().as_secs_f64();
-        if let Some(slot) = snap.slots.get(route.slot) {
-            match slot.metrics.colors.get(o.pool) {
-                Some(c) => c.count(o.status),
-                None => slot.metrics.local.count(o.status),
-            }
-            slot.metrics.duration.observe(elapsed);
-            if svc.is_none() && o.bytes > 0 {
-                slot.metrics.static_bytes.inc_by(o.bytes);
-            }
-        }
-        let Some(log) = log else {
-            return;
-        };
-        let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
-        let entry = Entry {
-            client: if log.client.is_empty() {
-                ip.to_string()
-            } else {
-                log.client
-            },
-            host: &log.host,
-            method: &log.method,
-            uri: &log.uri,
-            proto,
+        let f = crate::record::Finished {
+            site: Some(plan.site),
+            route: Some((plan.site, plan.route)),
+            service,
+            pool: service.map(|_| o.pool),
+            member: o.member,
+            ok: o.ok,
             status: o.status,
-            bytes: o.bytes as usize,
-            duration: elapsed,
-            site: &site.name,
-            service: svc.map(|s| s.name.as_str()).unwrap_or(""),
-            color: pool.map(|p| p.color.as_str()).unwrap_or(""),
-            upstream: &upstream,
-            request_id: std::str::from_utf8(plan.id.as_bytes()).unwrap_or(""),
-            referer: &log.referer,
-            user_agent: &log.user_agent,
+            bytes: o.bytes,
+            static_bytes: if service.is_none() { o.bytes } else { 0 },
+            elapsed: start.elapsed().as_secs_f64(),
         };
-        self.access_log.log(snap.table.config.access_log, &entry);
+        let log = log.as_ref();
+        crate::record::record(snap, &self.access_log, &f, || {
+            let log = log?;
+            Some(crate::record::Line {
+                client: if log.client.is_empty() {
+                    ip.to_string()
+                } else {
+                    log.client.clone()
+                },
+                host: &log.host,
+                method: &log.method,
+                uri: &log.uri,
+                proto,
+                request_id: std::str::from_utf8(plan.id.as_bytes()).unwrap_or(""),
+                referer: &log.referer,
+                user_agent: &log.user_agent,
+            })
+        });
     }
 }
 

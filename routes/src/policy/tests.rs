@@ -218,6 +218,24 @@ fn auth_comes_before_the_body_limit() {
 }
 
 #[test]
+fn the_full_path_takes_what_needs_more_than_proxying_or_files() {
+    let t = table();
+    let full = |target: &str, length: Option<u64>| {
+        let mut v = view(target, "example.com");
+        v.content_length = length;
+        decision(&t, &v).needs_full_path(&t)
+    };
+    assert!(!full("/x", Some(10)));
+    assert!(!full("/static/a.css", None));
+    assert!(full("/admin/x", None), "basic auth");
+    assert!(full("/old/x", None), "redirect");
+    assert!(full("/upload/x", Some(101)), "413");
+    assert!(full("/internal/x", None), "403");
+    assert!(full("/a/../b", None), "400");
+    assert!(full("/", None) == full("/y", None));
+}
+
+#[test]
 fn acme_challenges_only_on_plain_http_where_answered() {
     let t = table();
     let target = "/.well-known/acme-challenge/tok-1";
