@@ -3,7 +3,7 @@
 //! color or local, duration, static bytes), and the access log line.
 
 use crate::control::Snapshot;
-use crate::ops::access_log::{AccessLog, Entry};
+use crate::ops::access_log::{AccessLog, Entry, Request};
 use routes::config::AccessLog as Format;
 
 /// Where a finished request went and how it ended.
@@ -31,34 +31,13 @@ pub struct Finished {
     pub elapsed: f64,
 }
 
-/// The request's fields for its access log line, built only when the log
-/// is on.
-pub struct Line<'a> {
-    /// The client address, formatted.
-    pub client: String,
-    /// Host (or `:authority`).
-    pub host: &'a str,
-    /// Method.
-    pub method: &'a str,
-    /// Path and query as received.
-    pub uri: &'a str,
-    /// `HTTP/1.1` or `HTTP/2.0`.
-    pub proto: &'static str,
-    /// The request id.
-    pub request_id: &'a str,
-    /// Referer.
-    pub referer: &'a str,
-    /// User-Agent.
-    pub user_agent: &'a str,
-}
-
 /// Reports `f` to health, metrics and (when on) the access log; `line` is
 /// called only when a line is written.
 pub fn record<'a>(
     snap: &Snapshot,
     access_log: &AccessLog,
     f: &Finished,
-    line: impl FnOnce() -> Option<Line<'a>>,
+    line: impl FnOnce() -> Option<Request<'a>>,
 ) {
     let table = &snap.table;
     let route = f.route.and_then(|(s, r)| table.sites.get(s)?.routes.get(r));
@@ -90,11 +69,7 @@ pub fn record<'a>(
     };
     let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
     let entry = Entry {
-        client: line.client,
-        host: line.host,
-        method: line.method,
-        uri: line.uri,
-        proto: line.proto,
+        req: line,
         status: f.status,
         bytes: f.bytes as usize,
         duration: f.elapsed,
@@ -105,9 +80,6 @@ pub fn record<'a>(
         service: svc.map_or("", |s| s.name.as_str()),
         color: pool.map_or("", |p| p.color.as_str()),
         upstream: &upstream,
-        request_id: line.request_id,
-        referer: line.referer,
-        user_agent: line.user_agent,
     };
     access_log.log(format, &entry);
 }

@@ -248,6 +248,18 @@ fn route(
     }
 }
 
+/// What one header field counts toward [`View::header_bytes`]: its name
+/// and value, and 4 bytes for `: ` and the line end.
+pub const fn field_bytes(name: usize, value: usize) -> usize {
+    name + value + 4
+}
+
+/// [`View::header_bytes`] of a request whose target is `target` bytes and
+/// whose fields' names and values are `fields` bytes long.
+pub fn header_bytes(target: usize, fields: impl Iterator<Item = (usize, usize)>) -> usize {
+    fields.fold(target, |n, (name, value)| n + field_bytes(name, value))
+}
+
 /// Whether `client` may use a route whose allow list is `allow` (empty:
 /// everyone; unknown client: only an empty list).
 pub fn ip_allowed(allow: &[crate::config::IpNet], client: Option<IpAddr>) -> bool {

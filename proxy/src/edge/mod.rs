@@ -172,7 +172,10 @@ impl ProxyHttp for Edge {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok()),
             header_count: req.headers.len(),
-            header_bytes: header_bytes(req),
+            header_bytes: policy::header_bytes(
+                req.uri.path_and_query().map_or(1, |p| p.as_str().len()),
+                req.headers.iter().map(|(k, v)| (k.as_str().len(), v.len())),
+            ),
             bad_framing: is_smuggling_attempt(session),
             acme: self.acme_http01.is_some(),
             unreadable,
@@ -629,7 +632,7 @@ impl ProxyHttp for Edge {
         };
         let client = ctx.client.map(|c| c.ip).or_else(|| client_ip(session));
         crate::record::record(&snap, &self.access_log, &f, || {
-            Some(crate::record::Line {
+            Some(crate::ops::access_log::Request {
                 client: client.map(|i| i.to_string()).unwrap_or_default(),
                 host: forwarded::request_host(req),
                 method: req.method.as_str(),
@@ -695,19 +698,6 @@ fn is_smuggling_attempt(session: &Session) -> bool {
         }
         (Some(_), Some(_)) => true,
     }
-}
-
-/// Total bytes of the request's header names and values.
-fn header_bytes(req: &RequestHeader) -> usize {
-    req.headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().len())
-            .unwrap_or(1)
 }
 
 /// The client's IP address (IPv4-mapped IPv6 shown as IPv4).

@@ -143,11 +143,6 @@ fn plan(
         host_fields: usize::from(host.is_some()) + hosts.count(),
         authority: req.uri.authority().map(|a| a.as_str()),
     };
-    let header_bytes: usize = req
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
     let via = request::Via::of(
         conn,
         &snap.table.config.server.trusted_proxies,
@@ -162,7 +157,10 @@ fn plan(
         client: via.as_ref().map_or(conn.peer, |v| Some(v.ip)),
         content_length: None,
         header_count: req.headers.len(),
-        header_bytes: header_bytes + target.len(),
+        header_bytes: routes::policy::header_bytes(
+            target.len(),
+            req.headers.iter().map(|(n, v)| (n.as_str().len(), v.len())),
+        ),
         bad_framing: false,
         acme: conn.acme,
         unreadable: None,

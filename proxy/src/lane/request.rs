@@ -200,7 +200,6 @@ pub fn plan(
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Handoff;
     };
-    let limits = &snap.table.config.limits;
     let mut host = None;
     let mut length = None;
     let mut close = false;
@@ -208,7 +207,7 @@ pub fn plan(
     let mut header_bytes = target.len();
     let mut fields = [Field::Other; MAX_HEADERS];
     for (h, field) in req.headers.iter().zip(fields.iter_mut()) {
-        header_bytes += h.name.len() + h.value.len() + 4;
+        header_bytes += routes::policy::field_bytes(h.name.len(), h.value.len());
         *field = Field::of(h.name);
         match *field {
             Field::Host => {
@@ -238,9 +237,6 @@ pub fn plan(
             f if f.hop_by_hop() || f == Field::Expect => return Parsed::Handoff,
             _ => {}
         }
-    }
-    if req.headers.len() > limits.max_headers || header_bytes > limits.max_header_bytes {
-        return Parsed::Handoff;
     }
     let via = Via::of(
         conn,

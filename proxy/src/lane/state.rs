@@ -79,7 +79,7 @@ impl Lane {
         let log = log.as_ref();
         crate::record::record(snap, &self.access_log, &f, || {
             let log = log?;
-            Some(crate::record::Line {
+            Some(crate::ops::access_log::Request {
                 client: if log.client.is_empty() {
                     ip.to_string()
                 } else {
