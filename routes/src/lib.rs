@@ -10,6 +10,7 @@ pub mod config;
 pub mod diag;
 pub mod duration;
 pub mod env;
+pub mod forwarded;
 pub mod headers;
 pub mod host;
 pub mod load;

@@ -121,12 +121,8 @@ pub struct LogFields {
 /// A request from a trusted proxy (`server.trusted_proxies`): what it
 /// said about the client, kept and extended rather than replaced.
 pub struct Via<'a> {
-    /// Its X-Forwarded-For values, in order.
-    pub xff: Vec<&'a [u8]>,
-    /// Its X-Forwarded-Proto.
-    pub proto: Option<&'a [u8]>,
-    /// Its X-Forwarded-Host.
-    pub host: Option<&'a [u8]>,
+    /// Its forwarding fields.
+    pub relayed: routes::forwarded::Relayed<'a>,
     /// The real client ([`routes::client::resolve`]).
     pub ip: std::net::IpAddr,
     /// The same, formatted.
@@ -145,25 +141,21 @@ impl<'a> Via<'a> {
         if !routes::client::is_trusted(peer.to_canonical(), trusted) {
             return None;
         }
-        let mut via = Via {
-            xff: Vec::new(),
-            proto: None,
-            host: None,
-            ip: peer,
-            client: String::new(),
-        };
+        let mut r = routes::forwarded::Relayed::default();
         for (f, v) in fields {
             match f {
-                Field::XForwardedFor => via.xff.push(v),
-                Field::XForwardedProto if via.proto.is_none() => via.proto = Some(v),
-                Field::XForwardedHost if via.host.is_none() => via.host = Some(v),
+                Field::XForwardedFor => r.xff.push(v),
+                Field::XForwardedProto if r.proto.is_none() => r.proto = Some(v),
+                Field::XForwardedHost if r.host.is_none() => r.host = Some(v),
                 _ => {}
             }
         }
-        let client = routes::client::resolve(peer, trusted, via.xff.iter().copied());
-        via.ip = client.ip;
-        via.client = client.ip.to_string();
-        Some(via)
+        let client = routes::client::resolve(peer, trusted, r.xff.iter().copied());
+        Some(Via {
+            relayed: r,
+            ip: client.ip,
+            client: client.ip.to_string(),
+        })
     }
 }
 
@@ -381,10 +373,8 @@ pub fn request_line(
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
-/// Ends the upstream head in `out` with the headers Duotone sets as the
-/// edge: X-Forwarded-For/-Proto/-Host, X-Real-IP and X-Request-Id. From a
-/// trusted proxy (`via`), its X-Forwarded-For is extended with the peer and
-/// its X-Forwarded-Proto/-Host are kept.
+/// Ends the upstream head in `out` with the forwarding fields
+/// ([`routes::forwarded`]) and the blank line.
 pub fn forwarding(
     out: &mut Vec<u8>,
     conn: &Conn<'_>,
@@ -392,32 +382,27 @@ pub fn forwarding(
     id: &RequestId,
     via: Option<&Via<'_>>,
 ) {
-    let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
-    let mut proto = proto;
-    let mut host = host.as_bytes();
-    match via {
-        None if !conn.client_ip.is_empty() => {
-            header(out, b"x-forwarded-for", conn.client_ip.as_bytes());
-            header(out, b"x-real-ip", conn.client_ip.as_bytes());
-        }
-        None => {}
-        Some(via) => {
-            out.extend_from_slice(b"x-forwarded-for: ");
-            routes::client::extend_forwarded_for(
-                via.xff.iter().copied(),
-                conn.client_ip.as_bytes(),
-                out,
-            );
-            out.extend_from_slice(b"\r\n");
-            header(out, b"x-real-ip", via.client.as_bytes());
-            proto = via.proto.unwrap_or(proto);
-            host = via.host.unwrap_or(host);
-        }
-    }
-    header(out, b"x-forwarded-proto", proto);
-    header(out, b"x-forwarded-host", host);
-    header(out, b"x-request-id", id.as_bytes());
+    let facts = routes::forwarded::Facts {
+        tls: conn.tls,
+        host: host.as_bytes(),
+        peer: conn.client_ip.as_bytes(),
+        client: via.map_or(conn.client_ip, |v| v.client.as_str()).as_bytes(),
+        request_id: id.as_bytes(),
+    };
+    routes::forwarded::write(&mut HeadFields(out), &facts, via.map(|v| &v.relayed));
     out.extend_from_slice(b"\r\n");
+}
+
+/// An HTTP/1.1 head being written, as [`routes::forwarded::Fields`].
+struct HeadFields<'a>(&'a mut Vec<u8>);
+
+impl routes::forwarded::Fields for HeadFields<'_> {
+    fn add(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>)) {
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b": ");
+        value(self.0);
+        self.0.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Copies what the access log needs out of the read buffer.
