@@ -464,7 +464,7 @@ impl ProxyHttp for Edge {
             .client
             .filter(|c| c.via_proxy)
             .and_then(|_| client_ip(session));
-        forwarded::apply(
+        forwarded::set_headers(
             upstream,
             ctx.client.map(|c| c.ip).or_else(|| client_ip(session)),
             via,

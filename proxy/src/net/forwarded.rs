@@ -64,24 +64,9 @@ fn hex(mut v: u64, out: &mut [u8]) {
     }
 }
 
-/// Sets the forwarding headers on the upstream request. From a client,
-/// X-Forwarded-* and X-Real-IP are replaced: Duotone is the edge. From a
-/// trusted proxy (`via`: the peer's address), X-Forwarded-For is kept and
-/// extended with the peer and X-Forwarded-Proto/-Host are kept; `client`
-/// is the real client either way ([`routes::client::resolve`]).
-pub fn apply(
-    up: &mut RequestHeader,
-    client: Option<std::net::IpAddr>,
-    via: Option<std::net::IpAddr>,
-    tls: bool,
-    request_id: Option<http::HeaderValue>,
-) -> Result<()> {
-    set_headers(up, client, via, tls, request_id)
-}
-
-/// The pure part of [`apply`]: rewrites `up` given the client address and,
-/// when the peer is a trusted proxy, its address.
-/// Header values are built once and shared (cheap `Bytes` clones).
+/// Sets the forwarding headers ([`routes::forwarded`]) on the upstream
+/// request: `client` is the real client ([`routes::client::resolve`]),
+/// `via` the peer's address when it is a trusted proxy.
 pub fn set_headers(
     up: &mut RequestHeader,
     client: Option<std::net::IpAddr>,
