@@ -29,10 +29,11 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// The proxy's environment for this transport.
+    /// The proxy's environment for this transport. `DUOTONE_LANE` is set
+    /// either way, so a `DUOTONE_LANE` of the test run's own does not decide.
     pub fn env(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Transport::Lane => &[],
+            Transport::Lane => &[("DUOTONE_LANE", "on")],
             Transport::Pingora => &[("DUOTONE_LANE", "off")],
         }
     }
