@@ -5,13 +5,14 @@
 //!
 //! A test written as `async fn name(t: Transport)` that starts its proxy
 //! with [`Proxy::start_on`](crate::proxy::Proxy::start_on) becomes two
-//! tests, `name::lane` and `name::pingora`, with [`on_both_transports!`]:
+//! tests, `name::lane` and `name::pingora`, with
+//! [`on_both_transports!`](crate::on_both_transports):
 //!
 //! ```ignore
 //! e2e::on_both_transports!(#[tokio::test] routes_by_host);
 //! async fn routes_by_host(t: Transport) {
 //!     let p = Proxy::start_on(t, &config).await;
-//!     …
+//!     // …
 //! }
 //! ```
 //!
