@@ -1,6 +1,7 @@
 //! Duotone: an edge proxy on Pingora with automatic TLS, static files and
 //! blue/green deploys. The binary (`main.rs`) is a thin CLI over this library.
 
+pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod admin_extras;
