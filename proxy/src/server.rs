@@ -130,7 +130,7 @@ pub fn run(source: Source) -> Result<()> {
         proxy.add(crate::accept::Endpoint::plain(addr.to_string(), buffers));
     }
     if let (Some(addr), Some(store)) = (server_cfg.https, &certs) {
-        let tls = crate::tls::https(store, &control).context("setting up the https listener")?;
+        let tls = https(store, &control).context("setting up the https listener")?;
         proxy.add(crate::accept::Endpoint::tls(addr.to_string(), buffers, tls));
     }
     server.add_service(proxy);
@@ -168,6 +168,30 @@ pub fn run(source: Source) -> Result<()> {
         "duotone running"
     );
     server.run_forever()
+}
+
+/// The TLS side of the HTTPS listener: certificates from `store`, the
+/// rustls config of [`crate::tls::server_config`], and before the handshake the PROXY
+/// header when the running config asks for one
+/// ([`crate::proxy_protocol::PreTls`], always installed, so a reload can turn
+/// it on or off), then, with TLS-ALPN-01 configured, the hook that answers
+/// validation connections ([`acme::listener::TlsAlpnHook`]).
+fn https(
+    store: &Arc<acme::CertStore>,
+    control: &Arc<Control>,
+) -> Result<crate::accept::Tls, acme::CertError> {
+    let mut before: Vec<pingora::listeners::PreTlsCallback> =
+        vec![Arc::new(crate::proxy_protocol::PreTls {
+            control: control.clone(),
+        })];
+    if store.challenge() == Some(acme::Challenge::TlsAlpn01) {
+        before.push(Arc::new(acme::listener::TlsAlpnHook::new(store.clone())?));
+    }
+    let config = crate::tls::server_config(store)?;
+    Ok(crate::accept::Tls {
+        acceptor: pingora::listeners::tls::Acceptor::from_server_config(Arc::new(config)),
+        before,
+    })
 }
 
 /// Whether HTTP/1.1 requests take the lane (on unless `DUOTONE_LANE=off`,

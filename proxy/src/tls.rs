@@ -2,8 +2,6 @@
 //! site, ACME settings, and the admin/metrics views of certificates.
 
 use acme::{AcmeSettings, CertError, CertSource, CertSpec, CertStore, Challenge};
-use pingora::listeners::tls::Acceptor;
-use pingora::listeners::PreTlsCallback;
 use routes::config::{Config, Tls};
 use std::sync::Arc;
 
@@ -55,29 +53,6 @@ pub fn store(config: &Config) -> Result<Arc<CertStore>, acme::CertError> {
         cert_specs(config),
         Some(config.server.state_dir.join("self-signed")),
     )
-}
-
-/// The TLS side of the HTTPS listener: certificates from `store`, the
-/// rustls config of [`server_config`], and before the handshake the PROXY
-/// header when the running config asks for one
-/// ([`crate::proxy_protocol::PreTls`], always installed, so a reload can turn
-/// it on or off), then, with TLS-ALPN-01 configured, the hook that answers
-/// validation connections ([`acme::listener::TlsAlpnHook`]).
-pub fn https(
-    store: &Arc<CertStore>,
-    control: &Arc<crate::control::Control>,
-) -> Result<crate::accept::Tls, CertError> {
-    let mut before: Vec<PreTlsCallback> = vec![Arc::new(crate::proxy_protocol::PreTls {
-        control: control.clone(),
-    })];
-    if store.challenge() == Some(Challenge::TlsAlpn01) {
-        before.push(Arc::new(acme::listener::TlsAlpnHook::new(store.clone())?));
-    }
-    let config = server_config(store)?;
-    Ok(crate::accept::Tls {
-        acceptor: Acceptor::from_server_config(Arc::new(config)),
-        before,
-    })
 }
 
 /// The HTTPS listener's rustls config: [`acme::tls::server_config`] (TLS 1.2

@@ -66,7 +66,10 @@ async fn bind(addr: &str) -> Result<StdListener> {
                 tokio::time::sleep(BIND_STEP).await;
             }
             Err(e) => {
-                return Err(Error::new(e.kind(), format!("bind() failed on {addr}: {e}")));
+                return Err(Error::new(
+                    e.kind(),
+                    format!("bind() failed on {addr}: {e}"),
+                ));
             }
         }
     }

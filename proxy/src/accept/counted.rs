@@ -145,7 +145,9 @@ mod tests {
 
     #[tokio::test]
     async fn stops_counting_when_the_close_begins() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
@@ -153,14 +155,18 @@ mod tests {
         let (_, open) = load.assign(0);
         let mut counted = Counted::new(L4Stream::from(server), open);
         assert_eq!(load.counts(), [1]);
-        AsyncWriteExt::shutdown(&mut counted).await.expect("shutdown");
+        AsyncWriteExt::shutdown(&mut counted)
+            .await
+            .expect("shutdown");
         assert_eq!(load.counts(), [0]);
         drop((counted, client));
     }
 
     #[tokio::test]
     async fn stops_counting_when_dropped() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");

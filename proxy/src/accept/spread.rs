@@ -91,7 +91,9 @@ pub struct Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.load.open[self.worker].0.fetch_sub(1, Ordering::Relaxed);
+        self.load.open[self.worker]
+            .0
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -48,7 +48,11 @@ impl<A: ServerApp + Send + Sync + 'static> Worker<A> {
     /// Starts the worker's thread, named `name`. The receiver completes when
     /// its accept loops have ended (at shutdown); the thread and its
     /// connections live on until the process exits.
-    pub fn start(self, name: &str, inbox: UnboundedReceiver<Handoff>) -> std::io::Result<oneshot::Receiver<()>> {
+    pub fn start(
+        self,
+        name: &str,
+        inbox: UnboundedReceiver<Handoff>,
+    ) -> std::io::Result<oneshot::Receiver<()>> {
         let (done, finished) = oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
