@@ -81,13 +81,13 @@ fn headers(c: &mut Criterion) {
     base.insert_header("user-agent", "bench").expect("ua");
     base.insert_header("x-forwarded-for", "6.6.6.6")
         .expect("xff");
-    let ids = duotone::forwarded::RequestIds::default();
+    let ids = duotone::net::forwarded::RequestIds::default();
     let client = Some("203.0.113.9".parse().expect("ip"));
     c.bench_function("forwarding headers + request id", |b| {
         b.iter(|| {
             let mut req = base.clone();
             let id = ids.for_request(&req);
-            duotone::forwarded::set_headers(&mut req, client, None, true, Some(id))
+            duotone::net::forwarded::set_headers(&mut req, client, None, true, Some(id))
                 .expect("headers");
             req
         })
@@ -114,7 +114,7 @@ fn lane(c: &mut Criterion) {
     let metrics = Arc::new(duotone::metrics::Metrics::new().expect("metrics"));
     let control = duotone::control::Control::new(source, config, metrics, None).expect("control");
     let snap = control.load();
-    let ids = duotone::forwarded::RequestIds::default();
+    let ids = duotone::net::forwarded::RequestIds::default();
     let conn = request::Conn {
         tls: false,
         client_ip: "203.0.113.9",

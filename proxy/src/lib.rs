@@ -1,34 +1,36 @@
 //! Duotone: an edge proxy on Pingora with automatic TLS, static files and
 //! blue/green deploys. The binary (`main.rs`) is a thin CLI over this library.
+//!
+//! Layout, from the wire inwards:
+//! - [`server`]: start-up wiring (Pingora server, listeners, services).
+//! - [`accept`]: the listeners' accept loop (a Pingora service of Duotone's own): worker threads,
+//!   balanced hand-off, PROXY protocol and TLS handshakes, then [`conn`].
+//! - [`conn`]: each accepted connection's dispatch between the lane and Pingora's path.
+//! - [`lane`]: the fast path for common HTTP/1.1 and HTTP/2 requests.
+//! - [`edge`]: Pingora's full request path (`ProxyHttp`), static files, tunnels.
+//! - [`net`]: pieces both transports share (head scanning, hop-by-hop and forwarded fields).
+//! - [`record`]: what a finished request reports (health, metrics, access log), for both.
+//! - [`control`]: the control plane: routing snapshot, live colors, health, persistence.
+//! - [`ops`]: admin API, access log, logging; [`metrics`]: Prometheus metrics.
+//! - [`cli`]: the admin API client behind the CLI, and the demo.
 
 pub mod accept;
-pub mod access_log;
-pub mod admin;
-pub mod admin_extras;
-pub mod auth;
-pub mod client;
+pub mod cli;
 pub mod clock;
 pub mod conn;
 pub mod control;
-pub mod demo;
 pub mod edge;
-pub mod forwarded;
-pub mod head_scan;
-pub mod health;
-pub mod hop;
 pub mod lane;
-pub mod logging;
 pub mod metrics;
-pub mod persist;
+pub mod net;
+pub mod ops;
 pub mod proxy_protocol;
-pub mod respond;
+pub mod record;
 pub mod server;
-pub mod slots;
-pub mod static_files;
 pub mod tls;
-pub mod tunnel;
-pub mod views;
 
+#[cfg(test)]
+mod layout;
 /// How the CLI reaches the admin API.
 #[derive(clap::Args, Clone, Debug)]
 pub struct AdminArgs {

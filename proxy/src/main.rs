@@ -1,7 +1,8 @@
 //! `duotone`: an edge proxy with TLS, static files and blue/green deploys.
 
 use clap::{Parser, Subcommand};
-use duotone::{client, control, demo, server, AdminArgs};
+use duotone::cli::{client, demo};
+use duotone::{control, server, AdminArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -122,7 +123,7 @@ fn main() -> ExitCode {
     // in Duotone's order (Pingora's listeners use the process default).
     acme::tls::install_default_provider();
     // Pingora's per-client handshake failures are demoted from ERROR there.
-    duotone::logging::init();
+    duotone::ops::logging::init();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run { config } => server::run(control::Source::File(config)),

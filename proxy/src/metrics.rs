@@ -328,32 +328,25 @@ impl Metrics {
 }
 
 /// Open client connections, in total and per worker thread.
-pub fn connection_gauges(conns: &crate::conn::Connections) -> Vec<StateGauge> {
+pub fn connection_gauges(total: i64, per_worker: Vec<i64>) -> Vec<StateGauge> {
     let mut gauges = vec![StateGauge {
         name: "duotone_downstream_connections",
         labels: vec![],
-        value: conns.total() as f64,
+        value: total as f64,
     }];
-    gauges.extend(
-        conns
-            .per_worker()
-            .into_iter()
-            .enumerate()
-            .map(|(i, n)| StateGauge {
-                name: "duotone_worker_connections",
-                labels: vec![("worker", i.to_string())],
-                value: n as f64,
-            }),
-    );
+    gauges.extend(per_worker.into_iter().enumerate().map(|(i, n)| StateGauge {
+        name: "duotone_worker_connections",
+        labels: vec![("worker", i.to_string())],
+        value: n as f64,
+    }));
     gauges
 }
 
 /// State gauges of the services in the current snapshot.
-pub fn service_gauges(control: &crate::control::Control) -> Vec<StateGauge> {
-    let snap = control.load();
+pub fn service_gauges(table: &routes::RouteTable) -> Vec<StateGauge> {
     let now = crate::clock::now_ms();
     let mut out = Vec::new();
-    for svc in &snap.table.services {
+    for svc in &table.services {
         let weights = svc.weight_pairs();
         let checked = svc.health.is_some();
         for (i, pool) in svc.pools.iter().enumerate() {

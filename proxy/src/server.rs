@@ -1,9 +1,9 @@
 //! Assembles and runs the Pingora server: the proxy service with its
 //! listeners, and the background tasks (admin API, health checks, SIGHUP).
 
-use crate::admin::Admin;
 use crate::control::{Control, Source};
 use crate::edge::Edge;
+use crate::ops::admin::Admin;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
@@ -41,26 +41,26 @@ pub fn run(source: Source) -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(2)
     });
-    let conns = crate::conn::Connections::new(threads);
+    let conns = crate::net::stream::Connections::new(threads);
     let control = Control::new(source, config, metrics.clone(), certs.clone())?;
     {
         let c = control.clone();
         let conns = conns.clone();
         metrics.set_state_sources(vec![
-            Arc::new(move || crate::metrics::service_gauges(&c)),
+            Arc::new(move || crate::metrics::service_gauges(&c.load().table)),
             Arc::new({
                 let certs = certs.clone();
                 move || certs.as_deref().map(crate::tls::gauges).unwrap_or_default()
             }),
-            Arc::new(crate::static_files::gauges),
+            Arc::new(crate::edge::static_files::gauges),
             Arc::new(|| {
                 vec![crate::metrics::StateGauge {
                     name: "duotone_client_handshake_failures_total",
                     labels: vec![],
-                    value: crate::logging::handshake_failures() as f64,
+                    value: crate::ops::logging::handshake_failures() as f64,
                 }]
             }),
-            Arc::new(move || crate::metrics::connection_gauges(&conns)),
+            Arc::new(move || crate::metrics::connection_gauges(conns.total(), conns.per_worker())),
         ]);
     }
 
@@ -96,8 +96,8 @@ pub fn run(source: Source) -> Result<()> {
 
     let compression = config_has_compression(&control);
     let _ = control.compression_installed.set(compression);
-    let ids = Arc::new(crate::forwarded::RequestIds::default());
-    let access_log = Arc::new(crate::access_log::AccessLog::start()?);
+    let ids = Arc::new(crate::net::forwarded::RequestIds::default());
+    let access_log = Arc::new(crate::ops::access_log::AccessLog::start()?);
     let lane = crate::lane::Lane {
         control: control.clone(),
         ids: ids.clone(),
@@ -135,7 +135,7 @@ pub fn run(source: Source) -> Result<()> {
     }
     server.add_service(proxy);
 
-    let extras = crate::admin_extras::Extras {
+    let extras = crate::ops::admin_extras::Extras {
         metrics,
         certs: certs.clone().map(|store| {
             Arc::new(move || crate::tls::certificates_json(&store))
@@ -218,8 +218,8 @@ fn config_has_compression(control: &Control) -> bool {
 struct Tasks {
     control: Arc<Control>,
     admin: Option<(Arc<Admin>, std::net::TcpListener)>,
-    extras: crate::admin_extras::Extras,
-    conns: Arc<crate::conn::Connections>,
+    extras: crate::ops::admin_extras::Extras,
+    conns: Arc<crate::net::stream::Connections>,
     certs: Option<Arc<acme::CertStore>>,
 }
 
@@ -229,12 +229,12 @@ impl BackgroundService for Tasks {
         if let Some((admin, l)) = &self.admin {
             match l.try_clone() {
                 Ok(l) => {
-                    tokio::spawn(crate::admin::serve(admin.clone(), l));
+                    tokio::spawn(crate::ops::admin::serve(admin.clone(), l));
                 }
                 Err(e) => tracing::error!("admin listener: {e}"),
             }
         }
-        tokio::spawn(crate::health::run(self.control.clone()));
+        tokio::spawn(crate::control::health::run(self.control.clone()));
         if let Some(store) = &self.certs {
             tokio::spawn(store.clone().run());
         }

@@ -641,7 +641,7 @@ hosts = ["*"]
 /// Failed client handshakes (garbage, a client that rejects the
 /// certificate, one that hangs up) are normal at an edge: no ERROR line
 /// each, one summary line; the proxy's real errors are not hidden by this
-/// (see the unit test of `duotone::logging`).
+/// (see the unit test of `duotone::ops::logging`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_tls_handshakes_are_not_logged_as_errors() {
     let app = Upstream::start("app").await;

@@ -16,7 +16,7 @@
 #![no_main]
 
 use duotone::control::Snapshot;
-use duotone::forwarded::RequestIds;
+use duotone::net::forwarded::RequestIds;
 use duotone::lane::request::{plan, Conn, LogFields, Parsed, Work};
 use libfuzzer_sys::fuzz_target;
 use routes::request::{check, Head, Proto};
@@ -90,7 +90,7 @@ fn snapshot() -> &'static Snapshot {
         );
         let metrics = duotone::metrics::Metrics::new().expect("metrics");
         let slots =
-            duotone::slots::build(&table, &metrics).unwrap_or_else(|d| panic!("fuzz slots: {d}"));
+            duotone::control::slots::build(&table, &metrics).unwrap_or_else(|d| panic!("fuzz slots: {d}"));
         Snapshot { table, slots }
     })
 }

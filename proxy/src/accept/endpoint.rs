@@ -23,7 +23,7 @@ use tracing_log::log;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `log` target of handshake failures: Pingora's listening service's,
-/// whose records Duotone's log set-up ([`crate::logging`]) counts as client
+/// whose records Duotone's log set-up ([`crate::ops::logging`]) counts as client
 /// handshake failures and demotes to DEBUG, and which
 /// `RUST_LOG=pingora_core=debug` shows, as its summary line says.
 pub const HANDSHAKE_LOG_TARGET: &str = "pingora_core::services::listening";

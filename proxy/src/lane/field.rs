@@ -135,6 +135,17 @@ mod tests {
     use super::{connection_close, Field};
 
     #[test]
+    fn the_forwarding_fields_are_the_policys() {
+        for name in routes::forwarded::NAMES {
+            assert!(Field::of(name).forwarding(), "{name}");
+            assert!(Field::of(&name.to_ascii_uppercase()).forwarding(), "{name}");
+        }
+        for name in ["x-forwarded-port", "host", "cookie", "x-forwarded"] {
+            assert!(!Field::of(name).forwarding(), "{name}");
+        }
+    }
+
+    #[test]
     fn connection_values() {
         assert_eq!(connection_close(b"close"), Some(true));
         assert_eq!(connection_close(b"Keep-Alive"), Some(false));

@@ -11,8 +11,8 @@ use super::field::Field;
 use super::relay::{self, Client};
 use super::request::{self, LogFields, Plan, Work};
 use super::response::HeadOut;
+use super::state::Lane;
 use super::timer::Timer;
-use super::Lane;
 use ::h2::server::SendResponse;
 use ::h2::SendStream;
 use bytes::Bytes;
@@ -24,7 +24,6 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Ssl};
 use pingora::server::ShutdownWatch;
 use routes::config::AccessLog as LogFormat;
-use routes::Action;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,12 +42,12 @@ pub struct ConnInfo {
 pub async fn serve_connection<A>(
     lane: Arc<Lane>,
     app: Arc<A>,
-    stream: crate::conn::HeadDeadline,
+    stream: crate::net::stream::HeadDeadline,
     shutdown: &ShutdownWatch,
 ) where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    let peer = super::peer_ip(&stream);
+    let peer = super::state::peer_ip(&stream);
     let info = Arc::new(ConnInfo {
         ip: peer.map(|ip| ip.to_string()).unwrap_or_default(),
         peer,
@@ -128,7 +127,7 @@ fn plan(
     req: &RequestHeader,
     snap: &crate::control::Snapshot,
     conn: &request::Conn<'_>,
-    ids: &crate::forwarded::RequestIds,
+    ids: &crate::net::forwarded::RequestIds,
     out: &mut Vec<u8>,
     log: Option<&mut LogFields>,
 ) -> Option<(Plan, usize)> {
@@ -144,31 +143,42 @@ fn plan(
         host_fields: usize::from(host.is_some()) + hosts.count(),
         authority: req.uri.authority().map(|a| a.as_str()),
     };
-    let checked = routes::request::check(&head).ok()?;
-    let path = &*checked.path;
-    if conn.acme && !conn.tls && path.starts_with("/.well-known/acme-challenge/") {
+    let via = request::Via::of(
+        conn,
+        &snap.table.config.server.trusted_proxies,
+        req.headers
+            .iter()
+            .map(|(n, v)| (Field::of(n.as_str()), v.as_bytes()))
+            .filter(|(f, _)| f.forwarding()),
+    );
+    let view = routes::policy::View {
+        head,
+        tls: conn.tls,
+        client: via.as_ref().map_or(conn.peer, |v| Some(v.ip)),
+        content_length: None,
+        header_count: req.headers.len(),
+        header_bytes: routes::policy::header_bytes(
+            target.len(),
+            req.headers.iter().map(|(n, v)| (n.as_str().len(), v.len())),
+        ),
+        bad_framing: false,
+        acme: conn.acme,
+        unreadable: None,
+    };
+    let verdict = routes::policy::decide(&snap.table, &view);
+    if verdict.decision.needs_full_path(&snap.table) {
         return None;
     }
-    let limits = &snap.table.config.limits;
-    let header_bytes: usize = req
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    if req.headers.len() > limits.max_headers
-        || header_bytes + target.len() > limits.max_header_bytes
-    {
-        return None;
-    }
+    let checked = verdict.checked?;
     let host = checked.host;
+    let routes::policy::Decision::Proxy(routed, service) = verdict.decision else {
+        return None;
+    };
     if host.is_empty() {
         return None;
     }
-    let (site, route_idx) = request::route(snap, conn, host, path, 0)?;
+    let (site, route_idx) = (routed.site, routed.route);
     let route = &snap.table.sites[site].routes[route_idx];
-    let Action::Proxy(service) = route.action else {
-        return None;
-    };
     let client_id = req.headers.get(X_REQUEST_ID).map(|v| v.as_bytes());
     let id = request::request_id(client_id, ids);
 
@@ -199,14 +209,6 @@ fn plan(
         }
         out.extend_from_slice(b"\r\n");
     }
-    let via = request::Via::of(
-        conn,
-        &snap.table.config.server.trusted_proxies,
-        req.headers
-            .iter()
-            .map(|(n, v)| (Field::of(n.as_str()), v.as_bytes()))
-            .filter(|(f, _)| f.forwarding()),
-    );
     request::forwarding(out, conn, host, &id, via.as_ref());
 
     if let Some(log) = log {

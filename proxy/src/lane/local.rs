@@ -5,7 +5,7 @@
 use super::request::{header, StaticRequest};
 use super::timer::within;
 use super::Outcome;
-use crate::conn::HeadDeadline;
+use crate::net::stream::HeadDeadline;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 

@@ -7,11 +7,11 @@
 
 use super::request::Plan;
 use super::response::{self, Chunks, Extra, Framing, HeadOut};
+use super::state::{read_some, Lane, Outcome};
 use super::timer::{within, Timer};
 use super::upstream::{self, Conn, Key};
-use super::{read_some, Lane, Outcome};
-use crate::conn::HeadDeadline;
 use crate::control::Snapshot;
+use crate::net::stream::HeadDeadline;
 use routes::MemberAddr;
 use tokio::io::AsyncWriteExt;
 
@@ -165,12 +165,13 @@ pub async fn exchange<C: Client>(
     let Some(svc) = snap.table.services.get(service) else {
         return failed(client, plan, outcome, 502).await;
     };
-    outcome.pool = svc.choose_pool(fastrand::u32(..));
+    let mut attempts = routes::policy::Attempts::new(svc, fastrand::u32(..));
+    outcome.pool = attempts.pool();
     let Some(pool) = svc.pools.get(outcome.pool) else {
         return failed(client, plan, outcome, 502).await;
     };
     let _in_flight = pool.stats.begin();
-    let hsts = super::hsts(snap, plan.site, tls);
+    let hsts = super::state::hsts(snap, plan.site, tls);
     let route = snap
         .table
         .sites
@@ -184,19 +185,13 @@ pub async fn exchange<C: Client>(
         add: route.map_or(&routes::headers::AddHeaders::NONE, |r| &r.headers),
     };
     let t = route.map_or(&svc.timeouts, |r| r.upstream_timeouts(svc));
-    let mut tried = 0u64;
-    let mut attempts = 0u32;
     let mut rbuf = Spare::take();
     let mut head = C::Head::default();
     let code = 'members: loop {
-        attempts += 1;
-        let Some(i) = pool.pick(crate::clock::now_ms(), tried) else {
+        let Some(i) = attempts.next(svc, crate::clock::now_ms()) else {
             break 502;
         };
         outcome.member = Some(i);
-        if i < 64 {
-            tried |= 1 << i;
-        }
         let member = &pool.members[i];
         let key = match (&member.addr, member.resolved) {
             (MemberAddr::Unix(path), _) => Key::Unix(path),
@@ -211,13 +206,7 @@ pub async fn exchange<C: Client>(
                 None => match within(t.connect, Conn::connect(key)).await {
                     Ok(Ok(c)) => c,
                     res => {
-                        if crate::edge::connect_failed(
-                            &lane.control,
-                            svc,
-                            outcome.pool,
-                            i,
-                            attempts,
-                        ) {
+                        if crate::control::connect_failed(&lane.control, svc, &attempts) {
                             continue 'members;
                         }
                         break 'members if res.is_err() { 504 } else { 502 };
@@ -239,9 +228,11 @@ pub async fn exchange<C: Client>(
                 // Never twice to the application unless the method allows
                 // it (RFC 9110 §9.2.2); Pingora's path applies the same rule.
                 Attempt::Broken { sent }
-                    if reused
-                        && (!sent
-                            || routes::replay::may_replay(routes::replay::method_of(req))) =>
+                    if routes::policy::Attempts::may_resend(
+                        reused,
+                        sent,
+                        routes::replay::method_of(req),
+                    ) =>
                 {
                     continue
                 }

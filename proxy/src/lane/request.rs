@@ -6,7 +6,7 @@
 
 use super::field::Field;
 use crate::control::Snapshot;
-use routes::Action;
+use routes::policy::Decision;
 
 /// The most header lines the lane parses (more: Pingora's path).
 const MAX_HEADERS: usize = 64;
@@ -121,13 +121,11 @@ pub struct LogFields {
 /// A request from a trusted proxy (`server.trusted_proxies`): what it
 /// said about the client, kept and extended rather than replaced.
 pub struct Via<'a> {
-    /// Its X-Forwarded-For values, in order.
-    pub xff: Vec<&'a [u8]>,
-    /// Its X-Forwarded-Proto.
-    pub proto: Option<&'a [u8]>,
-    /// Its X-Forwarded-Host.
-    pub host: Option<&'a [u8]>,
-    /// The real client ([`routes::client::resolve`]), formatted.
+    /// Its forwarding fields.
+    pub relayed: routes::forwarded::Relayed<'a>,
+    /// The real client ([`routes::client::resolve`]).
+    pub ip: std::net::IpAddr,
+    /// The same, formatted.
     pub client: String,
 }
 
@@ -143,23 +141,21 @@ impl<'a> Via<'a> {
         if !routes::client::is_trusted(peer.to_canonical(), trusted) {
             return None;
         }
-        let mut via = Via {
-            xff: Vec::new(),
-            proto: None,
-            host: None,
-            client: String::new(),
-        };
+        let mut r = routes::forwarded::Relayed::default();
         for (f, v) in fields {
             match f {
-                Field::XForwardedFor => via.xff.push(v),
-                Field::XForwardedProto if via.proto.is_none() => via.proto = Some(v),
-                Field::XForwardedHost if via.host.is_none() => via.host = Some(v),
+                Field::XForwardedFor => r.xff.push(v),
+                Field::XForwardedProto if r.proto.is_none() => r.proto = Some(v),
+                Field::XForwardedHost if r.host.is_none() => r.host = Some(v),
                 _ => {}
             }
         }
-        let client = routes::client::resolve(peer, trusted, via.xff.iter().copied());
-        via.client = client.ip.to_string();
-        Some(via)
+        let client = routes::client::resolve(peer, trusted, r.xff.iter().copied());
+        Some(Via {
+            relayed: r,
+            ip: client.ip,
+            client: client.ip.to_string(),
+        })
     }
 }
 
@@ -181,7 +177,7 @@ pub fn plan(
     buf: &[u8],
     snap: &Snapshot,
     conn: &Conn<'_>,
-    ids: &crate::forwarded::RequestIds,
+    ids: &crate::net::forwarded::RequestIds,
     out: &mut Vec<u8>,
     log: Option<&mut LogFields>,
 ) -> Parsed {
@@ -196,7 +192,6 @@ pub fn plan(
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Handoff;
     };
-    let limits = &snap.table.config.limits;
     let mut host = None;
     let mut length = None;
     let mut close = false;
@@ -204,7 +199,7 @@ pub fn plan(
     let mut header_bytes = target.len();
     let mut fields = [Field::Other; MAX_HEADERS];
     for (h, field) in req.headers.iter().zip(fields.iter_mut()) {
-        header_bytes += h.name.len() + h.value.len() + 4;
+        header_bytes += routes::policy::field_bytes(h.name.len(), h.value.len());
         *field = Field::of(h.name);
         match *field {
             Field::Host => {
@@ -235,40 +230,53 @@ pub fn plan(
             _ => {}
         }
     }
-    if req.headers.len() > limits.max_headers || header_bytes > limits.max_header_bytes {
+    let via = Via::of(
+        conn,
+        &snap.table.config.server.trusted_proxies,
+        req.headers
+            .iter()
+            .zip(fields)
+            .filter(|(_, f)| f.forwarding())
+            .map(|(h, f)| (f, h.value)),
+    );
+    // The policy every transport shares; what the lane does not serve,
+    // Pingora's path serves (deciding the same way).
+    let view = routes::policy::View {
+        head: routes::request::Head {
+            proto: routes::request::Proto::Http11,
+            method,
+            target,
+            host,
+            host_fields: usize::from(host.is_some()),
+            authority: None,
+        },
+        tls: conn.tls,
+        client: via.as_ref().map_or(conn.peer, |v| Some(v.ip)),
+        content_length: length,
+        header_count: req.headers.len(),
+        header_bytes,
+        bad_framing: false,
+        acme: conn.acme,
+        unreadable: None,
+    };
+    let verdict = routes::policy::decide(&snap.table, &view);
+    let (Some(checked), false) = (
+        verdict.checked,
+        verdict.decision.needs_full_path(&snap.table),
+    ) else {
+        return Parsed::Handoff;
+    };
+    if checked.absolute {
         return Parsed::Handoff;
     }
-    // The request rules every transport shares; what they refuse, Pingora's
-    // path answers (with the same check).
-    let head = routes::request::Head {
-        proto: routes::request::Proto::Http11,
-        method,
-        target,
-        host,
-        host_fields: usize::from(host.is_some()),
-        authority: None,
-    };
-    let Ok(checked) = routes::request::check(&head) else {
-        return Parsed::Handoff;
-    };
     let path = &*checked.path;
-    if checked.absolute
-        || (conn.acme && !conn.tls && path.starts_with("/.well-known/acme-challenge/"))
-    {
-        return Parsed::Handoff;
-    }
     let host = checked.host;
     let body_len = length.unwrap_or(0);
-    let Some((site_idx, route_idx)) = route(snap, conn, host, path, body_len) else {
-        return Parsed::Handoff;
-    };
-    let route = &snap.table.sites[site_idx].routes[route_idx];
-    let slot = snap.slots.get(route.slot);
-    let id = request_id(client_id, ids);
-    let service = match &route.action {
-        Action::Proxy(service) if body_len <= MAX_BODY as u64 => *service,
-        Action::Static(_) if body_len == 0 => {
-            let Some(files) = slot.and_then(|s| s.files.clone()) else {
+    let (site_idx, route_idx, service) = match verdict.decision {
+        Decision::Proxy(r, service) if body_len <= MAX_BODY as u64 => (r.site, r.route, service),
+        Decision::Static(r) if body_len == 0 => {
+            let route = &snap.table.sites[r.site].routes[r.route];
+            let Some(files) = snap.slots.get(route.slot).and_then(|s| s.files.clone()) else {
                 return Parsed::Handoff;
             };
             let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
@@ -289,11 +297,11 @@ pub fn plan(
             return Parsed::Lane(Plan {
                 head_len,
                 body_len: 0,
-                site: site_idx,
-                route: route_idx,
+                site: r.site,
+                route: r.route,
                 close,
                 head_method: method == http::Method::HEAD,
-                id,
+                id: request_id(client_id, ids),
                 work: Work::Static(Box::new(StaticRequest {
                     files,
                     method,
@@ -304,6 +312,8 @@ pub fn plan(
         }
         _ => return Parsed::Handoff,
     };
+    let route = &snap.table.sites[site_idx].routes[route_idx];
+    let id = request_id(client_id, ids);
 
     request_line(out, method, &checked, route);
     for (h, field) in req.headers.iter().zip(fields) {
@@ -314,15 +324,6 @@ pub fn plan(
             header(out, h.name.as_bytes(), h.value);
         }
     }
-    let via = Via::of(
-        conn,
-        &snap.table.config.server.trusted_proxies,
-        req.headers
-            .iter()
-            .zip(fields)
-            .filter(|(_, f)| f.forwarding())
-            .map(|(h, f)| (f, h.value)),
-    );
     forwarding(out, conn, host, &id, via.as_ref());
 
     if let Some(log) = log {
@@ -341,31 +342,6 @@ pub fn plan(
         id,
         work: Work::Proxy(service),
     })
-}
-
-/// The site and route (indices) for `host` and `path` when the lane may
-/// serve the request: not when the route compresses, has an allow list or
-/// auth, needs TLS the connection lacks, or the body is over its limit.
-pub fn route(
-    snap: &Snapshot,
-    conn: &Conn<'_>,
-    host: &str,
-    path: &str,
-    body_len: u64,
-) -> Option<(usize, usize)> {
-    let (site_idx, route_idx) = snap.table.locate(host, path)?;
-    let site = &snap.table.sites[site_idx];
-    let route = &site.routes[route_idx];
-    let slot = snap.slots.get(route.slot);
-    if route.compress
-        || !route.allow.is_empty()
-        || slot.is_none_or(|s| s.auth.is_some())
-        || (site.tls && !conn.tls && !route.allow_http)
-        || body_len > route.max_body
-    {
-        return None;
-    }
-    Some((site_idx, route_idx))
 }
 
 /// Starts the upstream head in `out` (cleared first): the request line
@@ -397,10 +373,8 @@ pub fn request_line(
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
-/// Ends the upstream head in `out` with the headers Duotone sets as the
-/// edge: X-Forwarded-For/-Proto/-Host, X-Real-IP and X-Request-Id. From a
-/// trusted proxy (`via`), its X-Forwarded-For is extended with the peer and
-/// its X-Forwarded-Proto/-Host are kept.
+/// Ends the upstream head in `out` with the forwarding fields
+/// ([`routes::forwarded`]) and the blank line.
 pub fn forwarding(
     out: &mut Vec<u8>,
     conn: &Conn<'_>,
@@ -408,32 +382,27 @@ pub fn forwarding(
     id: &RequestId,
     via: Option<&Via<'_>>,
 ) {
-    let proto: &[u8] = if conn.tls { b"https" } else { b"http" };
-    let mut proto = proto;
-    let mut host = host.as_bytes();
-    match via {
-        None if !conn.client_ip.is_empty() => {
-            header(out, b"x-forwarded-for", conn.client_ip.as_bytes());
-            header(out, b"x-real-ip", conn.client_ip.as_bytes());
-        }
-        None => {}
-        Some(via) => {
-            out.extend_from_slice(b"x-forwarded-for: ");
-            routes::client::extend_forwarded_for(
-                via.xff.iter().copied(),
-                conn.client_ip.as_bytes(),
-                out,
-            );
-            out.extend_from_slice(b"\r\n");
-            header(out, b"x-real-ip", via.client.as_bytes());
-            proto = via.proto.unwrap_or(proto);
-            host = via.host.unwrap_or(host);
-        }
-    }
-    header(out, b"x-forwarded-proto", proto);
-    header(out, b"x-forwarded-host", host);
-    header(out, b"x-request-id", id.as_bytes());
+    let facts = routes::forwarded::Facts {
+        tls: conn.tls,
+        host: host.as_bytes(),
+        peer: conn.client_ip.as_bytes(),
+        client: via.map_or(conn.client_ip, |v| v.client.as_str()).as_bytes(),
+        request_id: id.as_bytes(),
+    };
+    routes::forwarded::write(&mut HeadFields(out), &facts, via.map(|v| &v.relayed));
     out.extend_from_slice(b"\r\n");
+}
+
+/// An HTTP/1.1 head being written, as [`routes::forwarded::Fields`].
+struct HeadFields<'a>(&'a mut Vec<u8>);
+
+impl routes::forwarded::Fields for HeadFields<'_> {
+    fn add(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>)) {
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b": ");
+        value(self.0);
+        self.0.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Copies what the access log needs out of the read buffer.
@@ -470,13 +439,13 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
 }
 
 /// The client's request id when sane, else a fresh one.
-pub fn request_id(client: Option<&[u8]>, ids: &crate::forwarded::RequestIds) -> RequestId {
+pub fn request_id(client: Option<&[u8]>, ids: &crate::net::forwarded::RequestIds) -> RequestId {
     let mut id = RequestId {
         buf: [0; 128],
         len: 0,
     };
     match client {
-        Some(v) if crate::forwarded::is_sane_id(v) => {
+        Some(v) if crate::net::forwarded::is_sane_id(v) => {
             id.buf[..v.len()].copy_from_slice(v);
             id.len = v.len();
         }

@@ -153,7 +153,7 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
                 chunked = true;
             }
             Field::Connection => {
-                let o = crate::hop::options(h.value);
+                let o = crate::net::hop::options(h.value);
                 reusable &= !o.close;
                 nominates |= o.nominates;
             }
@@ -180,7 +180,7 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
     let mut has_date = false;
     for (h, field) in resp.headers.iter().zip(fields.iter()) {
         let dropped = match field {
-            // Hop-by-hop (crate::hop; 101 never gets here), and ours.
+            // Hop-by-hop (crate::net::hop; 101 never gets here), and ours.
             Field::Connection
             | Field::KeepAlive
             | Field::ProxyConnection
@@ -223,10 +223,9 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
 /// True when a Connection field among `headers` (classified in `fields`)
 /// nominates `name`.
 fn nominated(headers: &[httparse::Header<'_>], fields: &[Field], name: &str) -> bool {
-    headers
-        .iter()
-        .zip(fields)
-        .any(|(h, f)| *f == Field::Connection && crate::hop::nominated(h.value, name.as_bytes()))
+    headers.iter().zip(fields).any(|(h, f)| {
+        *f == Field::Connection && crate::net::hop::nominated(h.value, name.as_bytes())
+    })
 }
 
 /// Appends a `date:` header.

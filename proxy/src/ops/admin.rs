@@ -9,7 +9,7 @@
 //! cannot send without a CORS preflight that this API never grants.
 
 use crate::control::{ChangeError, Control};
-use crate::views::ServiceView;
+use crate::ops::views::ServiceView;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -32,27 +32,12 @@ pub struct Admin {
     /// Required bearer token, if any.
     pub token: Option<String>,
     /// Extra endpoints (metrics, certificates) supplied by other modules.
-    pub extras: crate::admin_extras::Extras,
+    pub extras: crate::ops::admin_extras::Extras,
     /// The listener's own address (its IP and port are allowed in `Host`).
     pub listen: SocketAddr,
 }
 
-type Resp = Response<Full<Bytes>>;
-
-fn json_resp(status: StatusCode, body: serde_json::Value) -> Resp {
-    let mut bytes = serde_json::to_vec_pretty(&body).unwrap_or_default();
-    bytes.push(b'\n');
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(bytes)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
-}
-
-/// A JSON error `{"error": reason}`.
-pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Resp {
-    json_resp(status, json!({ "error": reason.to_string() }))
-}
+use crate::ops::json::{error, json_resp, Resp};
 
 fn change_error(e: ChangeError) -> Resp {
     let status = match &e {

@@ -11,7 +11,7 @@ pub struct Slot {
     /// The file server of a static route.
     pub files: Option<Arc<files::FileServer>>,
     /// Basic auth, when the route has users.
-    pub auth: Option<crate::auth::BasicAuth>,
+    pub auth: Option<crate::control::auth::BasicAuth>,
     /// Metric handles.
     pub metrics: crate::metrics::RouteMetrics,
 }
@@ -23,7 +23,7 @@ pub fn build(
 ) -> Result<Vec<Slot>, Diagnostics> {
     let mut slots: Vec<Option<Slot>> = (0..table.route_count()).map(|_| None).collect();
     let mut errors = Vec::new();
-    let open_files = crate::static_files::open_files(table.config.limits.max_open_files);
+    let open_files = crate::edge::static_files::open_files(table.config.limits.max_open_files);
     for site in &table.sites {
         for route in &site.routes {
             let service = match route.action {
@@ -38,12 +38,14 @@ pub fn build(
             slots[route.slot] = Some(Slot {
                 files: None,
                 auth: (!route.basic_auth.is_empty())
-                    .then(|| crate::auth::BasicAuth::new(route.basic_auth.clone())),
+                    .then(|| crate::control::auth::BasicAuth::new(route.basic_auth.clone())),
                 metrics: metrics.route(&site.name, service),
             });
             if let Action::Static(spec) = &route.action {
-                match files::FileServer::new(crate::static_files::options(spec, open_files.clone()))
-                {
+                match files::FileServer::new(crate::edge::static_files::options(
+                    spec,
+                    open_files.clone(),
+                )) {
                     Ok(fs) => {
                         if let Some(slot) = slots[route.slot].as_mut() {
                             slot.files = Some(Arc::new(fs));

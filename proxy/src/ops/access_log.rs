@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::Duration;
 
-/// What is known about a finished request.
-pub struct Entry<'a> {
+/// What the request said, for its line.
+#[derive(Debug)]
+pub struct Request<'a> {
     /// Client IP.
     pub client: String,
     /// Host header or :authority.
@@ -19,6 +20,19 @@ pub struct Entry<'a> {
     pub uri: &'a str,
     /// Protocol version, e.g. `HTTP/1.1`.
     pub proto: &'static str,
+    /// Request id.
+    pub request_id: &'a str,
+    /// Referer header.
+    pub referer: &'a str,
+    /// User-Agent header.
+    pub user_agent: &'a str,
+}
+
+/// One access log line: the request and how it was answered.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    /// The request.
+    pub req: Request<'a>,
     /// Response status (0 when none was sent).
     pub status: u16,
     /// Response body bytes sent.
@@ -33,12 +47,6 @@ pub struct Entry<'a> {
     pub color: &'a str,
     /// Upstream member, when proxied.
     pub upstream: &'a str,
-    /// Request id.
-    pub request_id: &'a str,
-    /// Referer header.
-    pub referer: &'a str,
-    /// User-Agent header.
-    pub user_agent: &'a str,
 }
 
 /// The access log sink.
@@ -105,11 +113,11 @@ fn now_rfc3339() -> String {
 fn json_line(e: &Entry<'_>) -> String {
     let mut line = serde_json::json!({
         "time": now_rfc3339(),
-        "client": e.client,
-        "host": e.host,
-        "method": e.method,
-        "uri": e.uri,
-        "proto": e.proto,
+        "client": e.req.client,
+        "host": e.req.host,
+        "method": e.req.method,
+        "uri": e.req.uri,
+        "proto": e.req.proto,
         "status": e.status,
         "bytes": e.bytes,
         "duration_ms": (e.duration * 1e6).round() / 1e3,
@@ -117,8 +125,8 @@ fn json_line(e: &Entry<'_>) -> String {
         "service": e.service,
         "color": e.color,
         "upstream": e.upstream,
-        "request_id": e.request_id,
-        "user_agent": e.user_agent,
+        "request_id": e.req.request_id,
+        "user_agent": e.req.user_agent,
     })
     .to_string();
     line.push('\n');
@@ -136,14 +144,14 @@ fn combined_line(e: &Entry<'_>) -> String {
     let dash = |s: &str| if s.is_empty() { "-".to_string() } else { q(s) };
     format!(
         "{} - - [{t}] \"{} {} {}\" {} {} \"{}\" \"{}\"\n",
-        e.client,
-        e.method,
-        q(e.uri),
-        e.proto,
+        e.req.client,
+        e.req.method,
+        q(e.req.uri),
+        e.req.proto,
         e.status,
         e.bytes,
-        dash(e.referer),
-        dash(e.user_agent)
+        dash(e.req.referer),
+        dash(e.req.user_agent)
     )
 }
 
@@ -153,11 +161,16 @@ mod tests {
 
     fn entry() -> Entry<'static> {
         Entry {
-            client: "10.0.0.1".into(),
-            host: "example.com",
-            method: "GET",
-            uri: "/a?b=\"c\"",
-            proto: "HTTP/1.1",
+            req: Request {
+                client: "10.0.0.1".into(),
+                host: "example.com",
+                method: "GET",
+                uri: "/a?b=\"c\"",
+                proto: "HTTP/1.1",
+                request_id: "abc",
+                referer: "",
+                user_agent: "curl/8",
+            },
             status: 200,
             bytes: 12,
             duration: 0.0015,
@@ -165,9 +178,6 @@ mod tests {
             service: "api",
             color: "blue",
             upstream: "127.0.0.1:8000",
-            request_id: "abc",
-            referer: "",
-            user_agent: "curl/8",
         }
     }
 

@@ -3,8 +3,6 @@
 
 use arc_swap::ArcSwap;
 use base64::Engine;
-use routes::config::IpNet;
-use std::net::IpAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -98,11 +96,6 @@ impl BasicAuth {
     }
 }
 
-/// True when `ip` is allowed by `allow` (an empty list allows everyone).
-pub fn ip_allowed(allow: &[IpNet], ip: Option<IpAddr>) -> bool {
-    allow.is_empty() || ip.is_some_and(|ip| allow.iter().any(|n| n.contains(ip)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,19 +124,5 @@ mod tests {
         assert_eq!(auth.verified.load().len(), 1);
         assert_eq!(auth.check(Some(good.as_bytes())).await, Verdict::Allow);
         assert_eq!(auth.verified.load().len(), 1);
-    }
-
-    #[test]
-    fn allow_lists() {
-        let nets = vec![
-            IpNet::parse("10.0.0.0/8").unwrap(),
-            IpNet::parse("::1").unwrap(),
-        ];
-        assert!(ip_allowed(&nets, Some("10.1.2.3".parse().unwrap())));
-        assert!(ip_allowed(&nets, Some("::ffff:10.1.2.3".parse().unwrap())));
-        assert!(ip_allowed(&nets, Some("::1".parse().unwrap())));
-        assert!(!ip_allowed(&nets, Some("11.0.0.1".parse().unwrap())));
-        assert!(!ip_allowed(&nets, None));
-        assert!(ip_allowed(&[], None));
     }
 }

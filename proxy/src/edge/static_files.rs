@@ -94,7 +94,7 @@ pub async fn serve(
     if let Some(h) = hsts {
         resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, h)?;
     }
-    crate::respond::add_headers(&mut resp, add)?;
+    crate::edge::respond::add_headers(&mut resp, add)?;
     match reply.body {
         Body::Empty => {
             session.write_response_header(Box::new(resp), true).await?;

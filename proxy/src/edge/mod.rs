@@ -2,20 +2,21 @@
 //! once per request, routes by host and path, and either answers locally
 //! (static files, redirects, ACME challenges) or proxies to the live color.
 
+pub mod respond;
+pub mod static_files;
+pub mod tunnel;
+
 use crate::control::{Control, Snapshot};
-use crate::forwarded;
-use crate::respond;
+use crate::net::forwarded;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use routes::policy::{self, Attempts, Decision, View};
 use routes::{Action, InFlight, MemberAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How long a member that refused a connection is skipped.
-const EJECT_MS: u64 = 5_000;
 
 /// Answers ACME HTTP-01 challenges: token → key authorization.
 pub type Http01Answers = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -27,7 +28,7 @@ pub struct Edge {
     /// Request id generator.
     pub ids: Arc<forwarded::RequestIds>,
     /// Access log sink.
-    pub access_log: Arc<crate::access_log::AccessLog>,
+    pub access_log: Arc<crate::ops::access_log::AccessLog>,
     /// Answers ACME HTTP-01 challenges on the plain listener, when ACME is on.
     pub acme_http01: Option<Http01Answers>,
     /// Whether any route compresses responses (the compression module is
@@ -40,22 +41,18 @@ pub struct Ctx {
     snap: Option<Arc<Snapshot>>,
     site: usize,
     route: Option<(usize, usize)>,
+    /// What the policy decided ([`routes::policy::decide`]), until acted on.
+    decision: Option<Decision>,
     service: usize,
-    pool: usize,
-    member: usize,
-    tried: u64,
-    attempts: u32,
+    /// The upstream attempts, once proxying began.
+    attempts: Option<Attempts>,
     /// The next attempt replays the request on the same member.
     replay: bool,
     in_flight: Option<InFlight>,
     /// The upstream connection's descriptor, while connected.
     upstream_fd: Option<std::os::fd::RawFd>,
     /// After a 101: the upgraded connection, counted apart from requests.
-    tunnel: Option<crate::tunnel::Tunnel>,
-    /// Set when the request's host matched a site.
-    site_found: bool,
-    /// Why the shared request check refused the request.
-    refusal: Option<routes::request::Refusal>,
+    tunnel: Option<crate::edge::tunnel::Tunnel>,
     tls: bool,
     /// The real client ([`routes::client::resolve`]), once known.
     client: Option<routes::client::Client>,
@@ -87,37 +84,6 @@ fn worker_index() -> u64 {
     INDEX.with(|i| *i)
 }
 
-/// After a failed connect to `member` of `svc`'s pool `pool`: ejects the
-/// member for a while, counts the error, and says whether another member
-/// may be tried after `attempts` attempts (both request paths use this).
-pub fn connect_failed(
-    control: &Control,
-    svc: &routes::Service,
-    pool: usize,
-    member: usize,
-    attempts: u32,
-) -> bool {
-    let Some(p) = svc.pools.get(pool) else {
-        return false;
-    };
-    if let Some(m) = p.members.get(member) {
-        m.health.eject(crate::clock::now_ms(), EJECT_MS);
-    }
-    control.metrics.connect_error(&svc.name, p.color.as_str());
-    attempts <= svc.retries && p.members.len() as u32 > attempts
-}
-
-/// The request's host: `:authority` for HTTP/2, else the Host header.
-pub fn request_host(req: &RequestHeader) -> &str {
-    if let Some(a) = req.uri.authority() {
-        return a.as_str();
-    }
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-}
-
 #[async_trait]
 impl ProxyHttp for Edge {
     type CTX = Ctx;
@@ -136,17 +102,13 @@ impl ProxyHttp for Edge {
             snap: None,
             site: 0,
             route: None,
+            decision: None,
             service: 0,
-            pool: 0,
-            member: 0,
-            tried: 0,
-            attempts: 0,
+            attempts: None,
             replay: false,
             in_flight: None,
             upstream_fd: None,
             tunnel: None,
-            site_found: false,
-            refusal: None,
             tls: false,
             client: None,
             start: Instant::now(),
@@ -163,8 +125,21 @@ impl ProxyHttp for Edge {
             // Pipelined requests are served in turn (RFC 9112 §9.3.2), never
             // dropped with the connection.
             session.as_downstream_mut().set_pipelining_enabled(true);
-            crate::conn::HeadDeadline::head_parsed_on(session.as_downstream().stream());
+            crate::net::stream::HeadDeadline::head_parsed_on(session.as_downstream().stream());
         }
+        ctx.tls = is_tls(session);
+        ctx.client = client_ip(session).map(|peer| {
+            routes::client::resolve(
+                peer,
+                &snap.table.config.server.trusted_proxies,
+                session
+                    .req_header()
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )
+        });
         // HTTP/1: the target exactly as sent (Pingora's parser is lenient,
         // e.g. it reads `GET /a b HTTP/1.1` as `/a%20b`).
         let raw_head = session
@@ -175,32 +150,44 @@ impl ProxyHttp for Edge {
             Some(head) => routes::request::raw_target(head),
             None => Some(session.req_header().raw_path()),
         };
-        let checked = match raw_target {
-            Some(target) => routes::request::utf8_target(target)
-                .and_then(|target| check_request(session.req_header(), target)),
-            None => Err(routes::request::Refusal {
-                status: 400,
-                reason: "malformed request line\n",
-            }),
+        let (target, unreadable) = match raw_target.map(routes::request::utf8_target) {
+            Some(Ok(t)) => (t, None),
+            Some(Err(r)) => ("", Some(r)),
+            None => (
+                "",
+                Some(routes::request::Refusal {
+                    status: 400,
+                    reason: "malformed request line\n",
+                }),
+            ),
         };
-        let rewrite = match checked {
-            Ok(c) => {
-                let found = snap
-                    .table
-                    .site(c.host)
-                    .map(|(i, site)| (i, site.position(&c.path)));
-                if let Some((site_idx, route)) = found {
-                    ctx.site = site_idx;
-                    ctx.site_found = true;
-                    ctx.route = route.map(|r| (site_idx, r));
-                }
-                canonical_target(session.req_header(), &c)
-            }
-            Err(refusal) => {
-                ctx.refusal = Some(refusal);
-                None
-            }
+        let req = session.req_header();
+        let view = View {
+            head: head_of(req, target),
+            tls: ctx.tls,
+            client: ctx.client.map(|c| c.ip),
+            content_length: req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+            header_count: req.headers.len(),
+            header_bytes: policy::header_bytes(
+                req.uri.path_and_query().map_or(1, |p| p.as_str().len()),
+                req.headers.iter().map(|(k, v)| (k.as_str().len(), v.len())),
+            ),
+            bad_framing: is_smuggling_attempt(session),
+            acme: self.acme_http01.is_some(),
+            unreadable,
         };
+        let verdict = routes::policy::decide(&snap.table, &view);
+        ctx.site = verdict.site.unwrap_or(0);
+        ctx.route = verdict.site.zip(verdict.route);
+        let rewrite = verdict
+            .checked
+            .as_ref()
+            .and_then(|c| canonical_target(session.req_header(), c));
+        ctx.decision = Some(verdict.decision);
         let req = session.req_header_mut();
         if let Some((host, uri)) = rewrite {
             if let Some(host) = host {
@@ -236,19 +223,6 @@ impl ProxyHttp for Edge {
         let Some(snap) = ctx.snap.clone() else {
             return Err(Error::explain(ErrorType::InternalError, "no snapshot"));
         };
-        ctx.tls = is_tls(session);
-        ctx.client = client_ip(session).map(|peer| {
-            routes::client::resolve(
-                peer,
-                &snap.table.config.server.trusted_proxies,
-                session
-                    .req_header()
-                    .headers
-                    .get_all("x-forwarded-for")
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            )
-        });
         let limits = &snap.table.config.limits;
         // Pingora turns keep-alive off for messages that must close (e.g.
         // both Content-Length and Transfer-Encoding); never turn it back on.
@@ -256,134 +230,65 @@ impl ProxyHttp for Edge {
             session.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
         }
         session.set_read_timeout(Some(limits.body_timeout));
-        let req = session.req_header();
-        if req.headers.len() > limits.max_headers || header_bytes(req) > limits.max_header_bytes {
-            respond::text(session, 431, "request header fields too large\n", &[]).await?;
-            return Ok(true);
-        }
-        if is_smuggling_attempt(session) {
-            session.set_keepalive(None);
-            respond::text(
-                session,
-                400,
-                "conflicting or unsupported message framing\n",
-                &[],
-            )
-            .await?;
-            return Ok(true);
-        }
-        if let Some(refusal) = ctx.refusal {
-            session.set_keepalive(None);
-            respond::text(session, refusal.status, refusal.reason, &[]).await?;
-            return Ok(true);
-        }
-        let path = req.uri.path();
-        if let Some(acme) = &self.acme_http01 {
-            if !ctx.tls {
-                if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
-                    match acme(token) {
-                        Some(answer) => respond::owned(session, 200, answer).await?,
-                        None => respond::text(session, 404, "unknown challenge\n", &[]).await?,
-                    }
+        let Some(decision) = ctx.decision.take() else {
+            return Err(Error::explain(ErrorType::InternalError, "no decision"));
+        };
+        let (routed, service) = match decision {
+            Decision::Answer(a) => return answer(session, a).await,
+            Decision::Challenge(token) => {
+                match self.acme_http01.as_ref().and_then(|acme| acme(&token)) {
+                    Some(key_auth) => respond::owned(session, 200, key_auth).await?,
+                    None => return answer(session, policy::UNKNOWN_CHALLENGE).await,
+                }
+                return Ok(true);
+            }
+            Decision::ToHttps => {
+                // Only to the https listener that is open (the config's
+                // address may name one a reload could not open; reloads
+                // refuse that).
+                let Some(https) = self.control.listeners().https else {
+                    return answer(session, policy::NO_HTTPS).await;
+                };
+                let req = session.req_header();
+                let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                let location =
+                    policy::https_location(forwarded::request_host(req), target, https.port());
+                respond::redirect(session, 308, &location).await?;
+                return Ok(true);
+            }
+            Decision::Proxy(r, service) => (r, Some(service)),
+            Decision::Static(r) => (r, None),
+            Decision::Redirect(r, status, location) => {
+                if !self.admit(session, &snap, &r).await? {
                     return Ok(true);
                 }
-            }
-        }
-        let Some(site) = snap.table.sites.get(ctx.site).filter(|_| ctx.site_found) else {
-            respond::text(session, 404, "no site is configured for this host\n", &[]).await?;
-            return Ok(true);
-        };
-        let Some((_, route_idx)) = ctx.route else {
-            respond::text(session, 404, "not found\n", &[]).await?;
-            return Ok(true);
-        };
-        let route = &site.routes[route_idx];
-        if !crate::auth::ip_allowed(&route.allow, ctx.client.map(|c| c.ip)) {
-            respond::text(session, 403, "forbidden\n", &[]).await?;
-            return Ok(true);
-        }
-        if site.tls && !ctx.tls && !route.allow_http {
-            // Only to the https listener that is open (the config's address
-            // may name one a reload could not open; reloads refuse that).
-            match self.control.listeners().https {
-                Some(https) => {
-                    let location = forwarded::https_location(req, Some(https));
-                    respond::redirect(session, 308, &location).await?;
-                }
-                None => {
-                    respond::text(
-                        session,
-                        503,
-                        "this site is served over https, which is not listening: restart duotone\n",
-                        &[],
-                    )
-                    .await?
-                }
-            }
-            return Ok(true);
-        }
-        let slot = snap.slots.get(route.slot);
-        if let Some(auth) = slot.and_then(|s| s.auth.as_ref()) {
-            let header = req
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
-            if auth.check(header).await == crate::auth::Verdict::Challenge {
-                respond::text(
-                    session,
-                    401,
-                    "authentication required\n",
-                    &[(
-                        "www-authenticate",
-                        "Basic realm=\"restricted\", charset=\"UTF-8\"",
-                    )],
-                )
-                .await?;
+                let headers = &snap.table.sites[r.site].routes[r.route].headers;
+                respond::redirect_with(session, status, &location, headers).await?;
                 return Ok(true);
             }
+        };
+        let Some(site) = snap.table.sites.get(routed.site) else {
+            return answer(session, policy::NO_SITE).await;
+        };
+        let route = &site.routes[routed.route];
+        let admitted = self.admit(session, &snap, &routed).await?;
+        if !admitted {
+            return Ok(true);
         }
         ctx.body_limit = route.max_body;
-        let req = session.req_header();
-        if let Some(len) = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > route.max_body {
-                session.set_keepalive(None);
-                respond::text(session, 413, "request body too large\n", &[]).await?;
-                return Ok(true);
-            }
-        }
-        match &route.action {
-            Action::Proxy(i) => {
-                ctx.service = *i;
-                if route.compress {
-                    if let Some(c) = session
-                        .downstream_modules_ctx
-                        .get_mut::<pingora::modules::http::compression::ResponseCompression>(
-                    ) {
-                        c.adjust_level(5);
-                    }
-                }
+        match service {
+            Some(i) => {
+                ctx.service = i;
                 Ok(false)
             }
-            Action::Redirect { to, status } => {
-                let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                let location = to.replace("$path", pq);
-                respond::redirect_with(session, *status, &location, &route.headers).await?;
-                Ok(true)
-            }
-            Action::Static(_) => {
-                let prefix_len = route.prefix.len();
-                match slot.and_then(|s| s.files.clone()) {
+            None => {
+                match snap.slots.get(route.slot).and_then(|s| s.files.clone()) {
                     Some(files) => {
                         let hsts = site.hsts.as_deref().filter(|_| ctx.tls);
-                        ctx.static_bytes = crate::static_files::serve(
+                        ctx.static_bytes = crate::edge::static_files::serve(
                             session,
                             &files,
-                            prefix_len,
+                            route.prefix.len(),
                             hsts,
                             &route.headers,
                         )
@@ -427,31 +332,28 @@ impl ProxyHttp for Edge {
             .services
             .get(ctx.service)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "unknown service"))?;
-        if ctx.attempts == 0 {
-            ctx.pool = svc.choose_pool(fastrand::u32(..));
-            ctx.in_flight = Some(svc.pools[ctx.pool].stats.begin());
+        let attempts = ctx
+            .attempts
+            .get_or_insert_with(|| Attempts::new(svc, fastrand::u32(..)));
+        let Some(pool) = svc.pools.get(attempts.pool()) else {
+            return Err(Error::explain(ErrorType::InternalError, "unknown pool"));
+        };
+        if ctx.in_flight.is_none() {
+            ctx.in_flight = Some(pool.stats.begin());
         }
-        let pool = &svc.pools[ctx.pool];
         // A replay (`error_while_proxy`) goes to the same member on a fresh
         // connection, as on the lane; it is not another member's attempt.
         let replay = std::mem::take(&mut ctx.replay);
-        let i = if replay {
-            ctx.member
-        } else {
-            ctx.attempts += 1;
-            let now = crate::clock::now_ms();
-            let Some(i) = pool.pick(now, ctx.tried) else {
-                return Err(Error::explain(
-                    ErrorType::ConnectNoRoute,
-                    "no upstream member left to try",
-                )
-                .into_up());
-            };
-            ctx.member = i;
-            if i < 64 {
-                ctx.tried |= 1 << i;
-            }
-            i
+        let next = match attempts.member() {
+            Some(i) if replay => Some(i),
+            _ => attempts.next(svc, crate::clock::now_ms()),
+        };
+        let Some(i) = next else {
+            return Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                "no upstream member left to try",
+            )
+            .into_up());
         };
         let member = pool
             .members
@@ -511,12 +413,12 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(svc) = ctx
+        let svc = ctx
             .snap
             .as_ref()
-            .and_then(|s| s.table.services.get(ctx.service))
-        {
-            if connect_failed(&self.control, svc, ctx.pool, ctx.member, ctx.attempts) {
+            .and_then(|s| s.table.services.get(ctx.service));
+        if let (Some(svc), Some(attempts)) = (svc, &ctx.attempts) {
+            if crate::control::connect_failed(&self.control, svc, attempts) {
                 e.set_retry(true);
             }
         }
@@ -562,7 +464,7 @@ impl ProxyHttp for Edge {
             .client
             .filter(|c| c.via_proxy)
             .and_then(|_| client_ip(session));
-        forwarded::apply(
+        forwarded::set_headers(
             upstream,
             ctx.client.map(|c| c.ip).or_else(|| client_ip(session)),
             via,
@@ -693,7 +595,7 @@ impl ProxyHttp for Edge {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.in_flight = None;
         ctx.tunnel = None;
-        crate::conn::HeadDeadline::request_done(session.as_downstream().stream());
+        crate::net::stream::HeadDeadline::request_done(session.as_downstream().stream());
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -704,95 +606,59 @@ impl ProxyHttp for Edge {
         let route = ctx
             .route
             .and_then(|(s, r)| snap.table.sites.get(s)?.routes.get(r));
-        let slot = route.and_then(|r| snap.slots.get(r.slot));
-        let proxied =
-            matches!(route.map(|r| &r.action), Some(Action::Proxy(_))) && ctx.attempts > 0;
-        let svc = proxied
-            .then(|| snap.table.services.get(ctx.service))
-            .flatten();
-        let pool = svc.and_then(|s| s.pools.get(ctx.pool));
-        let member = pool.and_then(|p| p.members.get(ctx.member));
-        if e.is_none() {
-            if let Some(m) = member {
-                m.health.succeed();
-            }
-        }
-        let elapsed = ctx.start.elapsed().as_secs_f64();
-        if let Some(slot) = slot {
-            let m = &slot.metrics;
-            match (proxied, m.colors.get(ctx.pool)) {
-                (true, Some(c)) => c.count(status),
-                _ => m.local.count(status),
-            }
-            m.duration.observe(elapsed);
-            if ctx.static_bytes > 0 {
-                m.static_bytes.inc_by(ctx.static_bytes);
-            }
-        }
-        let format = snap.table.config.access_log;
-        if format == routes::config::AccessLog::Off {
-            return;
-        }
+        let proxied = matches!(route.map(|r| &r.action), Some(Action::Proxy(_)));
+        let attempts = ctx.attempts.as_ref().filter(|_| proxied);
+        let f = crate::record::Finished {
+            site: Some(ctx.site),
+            route: ctx.route,
+            service: attempts.map(|_| ctx.service),
+            pool: attempts.map(|a| a.pool()),
+            member: attempts.and_then(|a| a.member()),
+            ok: e.is_none(),
+            status,
+            bytes: session.body_bytes_sent() as u64,
+            static_bytes: ctx.static_bytes,
+            elapsed: ctx.start.elapsed().as_secs_f64(),
+        };
         let req = session.req_header();
-        if ctx.request_id.is_none() {
-            // Answered locally (static, redirect, 4xx): still one id per line.
-            ctx.request_id = Some(self.ids.for_request(req));
-        }
+        let request_id = ctx
+            .request_id
+            .get_or_insert_with(|| self.ids.for_request(req));
         let header = |n: http::header::HeaderName| {
             req.headers
                 .get(n)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
         };
-        let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
-        let entry = crate::access_log::Entry {
-            client: ctx
-                .client
-                .map(|c| c.ip)
-                .or_else(|| client_ip(session))
-                .map(|i| i.to_string())
-                .unwrap_or_default(),
-            host: request_host(req),
-            method: req.method.as_str(),
-            uri: req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-            proto: if session.is_http2() {
-                "HTTP/2.0"
-            } else {
-                "HTTP/1.1"
-            },
-            status,
-            bytes: session.body_bytes_sent(),
-            duration: elapsed,
-            site: snap
-                .table
-                .sites
-                .get(ctx.site)
-                .map(|s| s.name.as_str())
-                .unwrap_or(""),
-            service: svc.map(|s| s.name.as_str()).unwrap_or(""),
-            color: pool.map(|p| p.color.as_str()).unwrap_or(""),
-            upstream: &upstream,
-            request_id: ctx
-                .request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
-            referer: header(http::header::REFERER),
-            user_agent: header(http::header::USER_AGENT),
-        };
-        self.access_log.log(format, &entry);
+        let client = ctx.client.map(|c| c.ip).or_else(|| client_ip(session));
+        crate::record::record(&snap, &self.access_log, &f, || {
+            Some(crate::ops::access_log::Request {
+                client: client.map(|i| i.to_string()).unwrap_or_default(),
+                host: forwarded::request_host(req),
+                method: req.method.as_str(),
+                uri: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+                proto: if session.is_http2() {
+                    "HTTP/2.0"
+                } else {
+                    "HTTP/1.1"
+                },
+                request_id: request_id.to_str().unwrap_or(""),
+                referer: header(http::header::REFERER),
+                user_agent: header(http::header::USER_AGENT),
+            })
+        });
     }
 }
 
 /// After a 101 from the upstream: the request becomes an upgraded
-/// connection of its color ([`crate::tunnel`]), counted apart from
+/// connection of its color ([`crate::edge::tunnel`]), counted apart from
 /// requests, so a drain does not wait for it to end by itself.
 fn upgraded(resp: &ResponseHeader, ctx: &mut Ctx) {
     let Some(stats) = ctx
         .snap
         .as_ref()
         .and_then(|s| s.table.services.get(ctx.service))
-        .and_then(|svc| svc.pools.get(ctx.pool))
+        .and_then(|svc| svc.pools.get(ctx.attempts.as_ref()?.pool()))
         .map(|p| p.stats.clone())
     else {
         return;
@@ -802,7 +668,7 @@ fn upgraded(resp: &ResponseHeader, ctx: &mut Ctx) {
         .get(http::header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     // Registered before the request stops counting: never idle in between.
-    ctx.tunnel = Some(crate::tunnel::Tunnel::start(
+    ctx.tunnel = Some(crate::edge::tunnel::Tunnel::start(
         &stats,
         ctx.upstream_fd,
         websocket,
@@ -834,19 +700,6 @@ fn is_smuggling_attempt(session: &Session) -> bool {
     }
 }
 
-/// Total bytes of the request's header names and values.
-fn header_bytes(req: &RequestHeader) -> usize {
-    req.headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().len())
-            .unwrap_or(1)
-}
-
 /// The client's IP address (IPv4-mapped IPv6 shown as IPv4).
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
     session
@@ -855,13 +708,10 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .map(|a| a.ip().to_canonical())
 }
 
-/// Runs the shared request check ([`routes::request::check`]) on a head
-/// Pingora parsed.
-fn check_request<'a>(
-    req: &'a RequestHeader,
-    target: &'a str,
-) -> std::result::Result<routes::request::Checked<'a>, routes::request::Refusal> {
-    use routes::request::{check, Head, Proto};
+/// The request line and host fields of a head Pingora parsed, as the
+/// policy reads them; `target` is the target as received.
+fn head_of<'a>(req: &'a RequestHeader, target: &'a str) -> routes::request::Head<'a> {
+    use routes::request::{Head, Proto};
     let proto = match req.version {
         http::Version::HTTP_2 => Proto::Http2,
         http::Version::HTTP_10 | http::Version::HTTP_09 => Proto::Http10,
@@ -869,7 +719,7 @@ fn check_request<'a>(
     };
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
     let host = hosts.next().map(|h| h.to_str().unwrap_or(""));
-    check(&Head {
+    Head {
         proto,
         method: req.method.as_str(),
         target,
@@ -879,7 +729,51 @@ fn check_request<'a>(
             Proto::Http2 => req.uri.authority().map(|a| a.as_str()),
             _ => None,
         },
-    })
+    }
+}
+
+/// Writes a local answer of the policy, closing the connection after it
+/// when the answer says so.
+async fn answer(session: &mut Session, a: policy::Answer) -> Result<bool> {
+    if a.close {
+        session.set_keepalive(None);
+    }
+    let challenge = [("www-authenticate", policy::AUTH_CHALLENGE)];
+    let headers: &[(&str, &str)] = if a == policy::UNAUTHORIZED {
+        &challenge
+    } else {
+        &[]
+    };
+    respond::text(session, a.status, a.reason, headers).await?;
+    Ok(true)
+}
+
+impl Edge {
+    /// Basic auth (when the route has it) and the body limit
+    /// ([`policy::Routed::admit`]): false when an answer was written.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        snap: &Snapshot,
+        routed: &policy::Routed,
+    ) -> Result<bool> {
+        let mut authenticated = false;
+        if routed.auth {
+            let route = &snap.table.sites[routed.site].routes[routed.route];
+            if let Some(auth) = snap.slots.get(route.slot).and_then(|s| s.auth.as_ref()) {
+                let header = session
+                    .req_header()
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
+                authenticated = auth.check(header).await == crate::control::auth::Verdict::Allow;
+            }
+        }
+        match routed.admit(authenticated) {
+            Ok(()) => Ok(true),
+            Err(a) => answer(session, a).await.map(|_| false),
+        }
+    }
 }
 
 /// The URI to give the request when the canonical target differs from the
@@ -911,7 +805,7 @@ fn canonical_target(
     Some((host, uri))
 }
 
-/// Removes an upstream response's hop-by-hop fields ([`crate::hop`]):
+/// Removes an upstream response's hop-by-hop fields ([`crate::net::hop`]):
 /// `Connection` and the fields it nominates, and the standard ones
 /// (`Upgrade` and `Connection` stay on a 101: the upgrade needs them).
 fn strip_hop_by_hop(resp: &mut ResponseHeader) {
@@ -920,7 +814,7 @@ fn strip_hop_by_hop(resp: &mut ResponseHeader) {
         .headers
         .get_all(http::header::CONNECTION)
         .iter()
-        .any(|v| crate::hop::options(v.as_bytes()).nominates);
+        .any(|v| crate::net::hop::options(v.as_bytes()).nominates);
     if nominates {
         let values: Vec<http::HeaderValue> = resp
             .headers
@@ -934,7 +828,7 @@ fn strip_hop_by_hop(resp: &mut ResponseHeader) {
             .filter(|n| {
                 values
                     .iter()
-                    .any(|v| crate::hop::nominated(v.as_bytes(), n.as_str().as_bytes()))
+                    .any(|v| crate::net::hop::nominated(v.as_bytes(), n.as_str().as_bytes()))
             })
             .cloned()
             .collect();
@@ -944,7 +838,7 @@ fn strip_hop_by_hop(resp: &mut ResponseHeader) {
             }
         }
     }
-    for name in crate::hop::RESPONSE_FIELDS {
+    for name in crate::net::hop::RESPONSE_FIELDS {
         if !(upgrade && (name == "connection" || name == "upgrade")) {
             resp.remove_header(name);
         }

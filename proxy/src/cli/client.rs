@@ -1,7 +1,7 @@
 //! The CLI side of the admin API: status, flip (with drain), weights,
 //! reload, and the blue/green deploy flow.
 
-use crate::views::ServiceView;
+use crate::ops::views::ServiceView;
 use crate::AdminArgs;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -524,7 +524,7 @@ fn wait_healthy(api: &Api, service: &str, color: &str, old: &str, limit: Duratio
                 }
             }
         }
-        let fresh = |m: &crate::views::MemberView| {
+        let fresh = |m: &crate::ops::views::MemberView| {
             let before = baseline.get(&m.addr).copied().unwrap_or(0);
             m.healthy && m.last_check_ok == Some(true) && m.checks >= before + 2
         };

@@ -1,7 +1,11 @@
 //! The control plane: owns the `ArcSwap`ped [`Snapshot`] that requests read,
 //! and changes it (flip, weights, reload) by compiling a new table.
 
-use crate::persist;
+pub mod auth;
+pub mod health;
+pub mod persist;
+pub mod slots;
+
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use routes::state::ServiceState;
@@ -11,12 +15,27 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// After a failed connect of `attempts` to `svc`: the member is ejected
+/// ([`routes::policy::Attempts::connect_failed`]) and the error counted;
+/// true when another member may be tried (both request paths use this).
+pub fn connect_failed(
+    control: &Control,
+    svc: &routes::Service,
+    attempts: &routes::policy::Attempts,
+) -> bool {
+    let retry = attempts.connect_failed(svc, crate::clock::now_ms());
+    if let Some(p) = svc.pools.get(attempts.pool()) {
+        control.metrics.connect_error(&svc.name, p.color.as_str());
+    }
+    retry
+}
+
 /// Everything a request needs, swapped atomically as one unit.
 pub struct Snapshot {
     /// The routing table.
     pub table: RouteTable,
     /// Extensions built with I/O for each route slot (static file servers).
-    pub slots: Vec<crate::slots::Slot>,
+    pub slots: Vec<crate::control::slots::Slot>,
 }
 
 /// Where the config text comes from.
@@ -59,7 +78,7 @@ impl Source {
             &self.text()?,
             |v| std::env::var(v).ok(),
             &|c| {
-                let mut problems = crate::slots::io_checks(c);
+                let mut problems = crate::control::slots::io_checks(c);
                 problems.extend(more(c));
                 problems
             },
@@ -74,8 +93,8 @@ impl Source {
             &self.name(),
             &self.text()?,
             |v| std::env::var(v).ok(),
-            &crate::slots::io_checks_here,
-            &crate::slots::missing_static_roots,
+            &crate::control::slots::io_checks_here,
+            &crate::control::slots::missing_static_roots,
         )
     }
 
@@ -608,7 +627,7 @@ fn build(
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let slots = crate::slots::build(&table, metrics)?;
+    let slots = crate::control::slots::build(&table, metrics)?;
     Ok((Snapshot { table, slots }, warnings))
 }
 

@@ -22,7 +22,7 @@ impl Extras {
                 .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
                 .body(Full::new(Bytes::from(text)))
                 .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
-            Err(e) => crate::admin::error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Err(e) => crate::ops::json::error(StatusCode::INTERNAL_SERVER_ERROR, e),
         }
     }
 

@@ -4,6 +4,7 @@
 
 use pingora::http::RequestHeader;
 use pingora::Result;
+use routes::forwarded::{Facts, Fields, Relayed};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -63,24 +64,9 @@ fn hex(mut v: u64, out: &mut [u8]) {
     }
 }
 
-/// Sets the forwarding headers on the upstream request. From a client,
-/// X-Forwarded-* and X-Real-IP are replaced: Duotone is the edge. From a
-/// trusted proxy (`via`: the peer's address), X-Forwarded-For is kept and
-/// extended with the peer and X-Forwarded-Proto/-Host are kept; `client`
-/// is the real client either way ([`routes::client::resolve`]).
-pub fn apply(
-    up: &mut RequestHeader,
-    client: Option<std::net::IpAddr>,
-    via: Option<std::net::IpAddr>,
-    tls: bool,
-    request_id: Option<http::HeaderValue>,
-) -> Result<()> {
-    set_headers(up, client, via, tls, request_id)
-}
-
-/// The pure part of [`apply`]: rewrites `up` given the client address and,
-/// when the peer is a trusted proxy, its address.
-/// Header values are built once and shared (cheap `Bytes` clones).
+/// Sets the forwarding headers ([`routes::forwarded`]) on the upstream
+/// request: `client` is the real client ([`routes::client::resolve`]),
+/// `via` the peer's address when it is a trusted proxy.
 pub fn set_headers(
     up: &mut RequestHeader,
     client: Option<std::net::IpAddr>,
@@ -101,58 +87,57 @@ pub fn set_headers(
             v
         }
     };
-    if let Some(peer) = via {
-        let mut chain = Vec::with_capacity(64);
-        let peer = ip_value(peer.to_canonical());
-        routes::client::extend_forwarded_for(
-            up.headers
+    let text = |ip: std::net::IpAddr| ip_value(ip.to_canonical());
+    let client = client.map(text);
+    let peer = via.map(text).or_else(|| client.clone());
+    let empty = http::HeaderValue::from_static("");
+    let fields = {
+        let headers = &up.headers;
+        let first = |n: &str| headers.get(n).map(|v| v.as_bytes());
+        let relayed = via.map(|_| Relayed {
+            xff: headers
                 .get_all("x-forwarded-for")
                 .iter()
-                .map(|v| v.as_bytes()),
-            peer.as_bytes(),
-            &mut chain,
-        );
-        let chain = http::HeaderValue::from_bytes(&chain).unwrap_or(peer);
-        up.insert_header("x-forwarded-for", chain)?;
-        match client {
-            Some(ip) => up.insert_header("x-real-ip", ip_value(ip.to_canonical()))?,
-            None => {
-                up.remove_header("x-real-ip");
-            }
-        }
-    } else {
-        match client.map(|ip| ip_value(ip.to_canonical())) {
-            Some(ip) => {
-                up.insert_header("x-forwarded-for", ip.clone())?;
-                up.insert_header("x-real-ip", ip)?;
-            }
-            None => {
-                up.remove_header("x-forwarded-for");
-                up.remove_header("x-real-ip");
-            }
+                .map(|v| v.as_bytes())
+                .collect(),
+            proto: first("x-forwarded-proto"),
+            host: first("x-forwarded-host"),
+        });
+        let facts = Facts {
+            tls,
+            host: host.as_ref().map_or(&b""[..], |h| h.as_bytes()),
+            peer: peer.as_ref().unwrap_or(&empty).as_bytes(),
+            client: client.as_ref().unwrap_or(&empty).as_bytes(),
+            request_id: request_id.as_ref().unwrap_or(&empty).as_bytes(),
+        };
+        let mut fields = Values(Vec::with_capacity(5));
+        routes::forwarded::write(&mut fields, &facts, relayed.as_ref());
+        fields.0
+    };
+    for name in routes::forwarded::NAMES {
+        if up.headers.contains_key(name) {
+            up.remove_header(name);
         }
     }
-    if via.is_none() || !up.headers.contains_key("x-forwarded-proto") {
-        up.insert_header(
-            "x-forwarded-proto",
-            http::HeaderValue::from_static(if tls { "https" } else { "http" }),
-        )?;
-    }
-    if via.is_none() || !up.headers.contains_key("x-forwarded-host") {
-        match host {
-            Some(h) => up.insert_header("x-forwarded-host", h)?,
-            None => {
-                up.remove_header("x-forwarded-host");
-            }
+    for (name, value) in fields {
+        if name != "x-request-id" || request_id.is_some() {
+            up.append_header(name, value)?;
         }
-    }
-    if up.headers.contains_key("forwarded") {
-        up.remove_header("forwarded");
-    }
-    if let Some(id) = request_id {
-        up.insert_header("x-request-id", id)?;
     }
     Ok(())
+}
+
+/// Forwarding fields as header values.
+struct Values(Vec<(&'static str, http::HeaderValue)>);
+
+impl Fields for Values {
+    fn add(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>)) {
+        let mut v = Vec::with_capacity(48);
+        value(&mut v);
+        if let Ok(v) = http::HeaderValue::from_bytes(&v) {
+            self.0.push((name, v));
+        }
+    }
 }
 
 /// An IP address as a header value, formatted without a heap `String`.
@@ -189,12 +174,23 @@ pub fn strip_prefix(up: &mut RequestHeader, n: usize) -> Result<()> {
 /// The https:// URL of this request, for the HTTP→HTTPS redirect. The port
 /// is kept when the HTTPS listener is not on 443.
 pub fn https_location(req: &RequestHeader, https: Option<SocketAddr>) -> String {
-    let host = routes::host::strip_port(crate::edge::request_host(req));
+    let host = routes::host::strip_port(request_host(req));
     let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     match https.map(|a| a.port()) {
         Some(443) | None => format!("https://{host}{pq}"),
         Some(port) => format!("https://{host}:{port}{pq}"),
     }
+}
+
+/// The request's host: `:authority` for HTTP/2, else the Host header.
+pub fn request_host(req: &RequestHeader) -> &str {
+    if let Some(a) = req.uri.authority() {
+        return a.as_str();
+    }
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
 }
 
 #[cfg(test)]

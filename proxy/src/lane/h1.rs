@@ -1,0 +1,144 @@
+//! The lane's HTTP/1.1 loop: reads heads, plans each request, and serves
+//! it (proxied or static) until the connection ends or is handed off.
+
+use super::request::{LogFields, Parsed, Work};
+use super::timer::Timer;
+use crate::net::head_scan::HeadScan;
+use crate::net::stream::HeadDeadline;
+use pingora::protocols::{Ssl, ALPN};
+use pingora::server::ShutdownWatch;
+use routes::config::AccessLog as LogFormat;
+use std::time::Instant;
+
+use super::state::{hsts, peer_ip, read_some, End, Lane, Outcome};
+use super::{local, relay, request};
+
+impl Lane {
+    /// Serves requests on `io` until the connection ends or a request
+    /// needs Pingora's path.
+    pub async fn serve(&self, io: &mut HeadDeadline, shutdown: &ShutdownWatch) -> End {
+        if matches!(io.selected_alpn_proto(), Some(ALPN::H2)) {
+            return End::Handoff(Vec::new());
+        }
+        let tls = io.get_ssl_digest().is_some();
+        let peer = peer_ip(io);
+        let ip = peer.map(|ip| ip.to_string()).unwrap_or_default();
+        let mut shutdown = shutdown.clone();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut out: Vec<u8> = Vec::new();
+        let mut served = 0u64;
+        // Waits on the client (keep-alive, body, writes) and on upstreams.
+        let mut client_timer = Timer::default();
+        let mut upstream_timer = Timer::default();
+        let conn = request::Conn {
+            tls,
+            client_ip: &ip,
+            peer,
+            acme: self.acme,
+        };
+        let mut snap = self.control.load();
+        loop {
+            let mut log;
+            // Each byte of a head is scanned once, however it trickles in;
+            // it is parsed once, when complete.
+            let mut scan = HeadScan::default();
+            let mut scanned = 0;
+            let plan = loop {
+                if buf.len() > scanned {
+                    let complete = scan.feed(&buf[scanned..]);
+                    scanned = buf.len();
+                    if complete {
+                        // The routing table as of this request's arrival.
+                        snap = self.control.load();
+                        let config = &snap.table.config;
+                        log = (config.access_log != LogFormat::Off).then(LogFields::default);
+                        match request::plan(&buf, &snap, &conn, &self.ids, &mut out, log.as_mut()) {
+                            Parsed::Lane(p) => {
+                                io.head_parsed();
+                                break p;
+                            }
+                            Parsed::Partial | Parsed::Handoff => return End::Handoff(buf),
+                        }
+                    }
+                    let head_limit = snap.table.config.limits.max_header_bytes;
+                    if buf.len() > head_limit.saturating_add(4096) {
+                        return End::Handoff(buf);
+                    }
+                }
+                let limits = snap.table.config.limits;
+                let read = if buf.is_empty() && served > 0 {
+                    // Idle between requests: keep-alive timeout, and leave
+                    // at once on graceful shutdown.
+                    tokio::select! {
+                        biased;
+                        r = client_timer.within(limits.keepalive_timeout, read_some(io, &mut buf)) => r,
+                        _ = shutdown.changed() => return End::Closed,
+                    }
+                } else {
+                    // The head deadline (HeadDeadline) bounds this.
+                    Ok(read_some(io, &mut buf).await)
+                };
+                match read {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return End::Closed,
+                }
+            };
+            let start = Instant::now();
+            let limits = snap.table.config.limits;
+            let need = plan.head_len + plan.body_len;
+            while buf.len() < need {
+                match client_timer
+                    .within(limits.body_timeout, read_some(io, &mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Err(()) => {
+                        // The client stalled its body: its timeout (408, as
+                        // on Pingora's path); no upstream was involved.
+                        relay::fail(io, plan.head_method, 408, limits.body_timeout).await;
+                        let outcome = Outcome {
+                            status: 408,
+                            bytes: 0,
+                            pool: usize::MAX,
+                            member: None,
+                            ok: false,
+                            keep_client: false,
+                        };
+                        self.finish(&snap, &plan, &outcome, start, log, &ip, "HTTP/1.1");
+                        return End::Closed;
+                    }
+                    _ => return End::Closed,
+                }
+            }
+            let outcome = match &plan.work {
+                Work::Proxy(service) => {
+                    out.extend_from_slice(&buf[plan.head_len..need]);
+                    let mut client = relay::H1 {
+                        io,
+                        timeout: limits.body_timeout,
+                        timer: &mut client_timer,
+                        upstream_timer: &mut upstream_timer,
+                    };
+                    relay::exchange(self, &snap, &plan, *service, &out, &mut client, tls).await
+                }
+                Work::Static(req) => {
+                    let hsts = hsts(&snap, plan.site, tls);
+                    let add = snap
+                        .table
+                        .sites
+                        .get(plan.site)
+                        .and_then(|s| s.routes.get(plan.route))
+                        .map_or(&routes::headers::AddHeaders::NONE, |r| &r.headers);
+                    local::serve(req, hsts, add, plan.close, io, limits.body_timeout).await
+                }
+            };
+            buf.drain(..need);
+            io.next_request();
+            served += 1;
+            self.finish(&snap, &plan, &outcome, start, log, &ip, "HTTP/1.1");
+            if !outcome.keep_client || plan.close || *shutdown.borrow() {
+                return End::Closed;
+            }
+        }
+    }
+}

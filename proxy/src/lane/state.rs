@@ -1,0 +1,125 @@
+//! What the lane's HTTP/1.1 and HTTP/2 sides share: the lane's state,
+//! how a connection or request ended, and small connection helpers.
+
+use super::request::{LogFields, Plan, Work};
+use crate::control::{Control, Snapshot};
+use crate::net::forwarded::RequestIds;
+use crate::net::stream::HeadDeadline;
+use crate::ops::access_log::AccessLog;
+use pingora::protocols::GetSocketDigest;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The lane's shared state.
+pub struct Lane {
+    /// The control plane (routing snapshot).
+    pub control: Arc<Control>,
+    /// Request ids, shared with Pingora's path.
+    pub ids: Arc<RequestIds>,
+    /// Access log, shared with Pingora's path.
+    pub access_log: Arc<AccessLog>,
+    /// Whether ACME HTTP-01 challenges are answered (by Pingora's path).
+    pub acme: bool,
+}
+
+/// How the lane left a connection.
+pub enum End {
+    /// Closed (or to be closed): nothing more to do.
+    Closed,
+    /// Pingora's path takes over; these bytes were read and not consumed.
+    Handoff(Vec<u8>),
+}
+
+/// What happened to one proxied request.
+pub struct Outcome {
+    /// Status sent to the client (0: none).
+    pub status: u16,
+    /// Response body bytes sent to the client.
+    pub bytes: u64,
+    /// The pool (color) chosen (`usize::MAX` when answered locally).
+    pub pool: usize,
+    /// The member last tried.
+    pub member: Option<usize>,
+    /// The exchange completed without error.
+    pub ok: bool,
+    /// The client connection can serve another request.
+    pub keep_client: bool,
+}
+
+impl Lane {
+    /// Metrics, passive health and the access log line for one request.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn finish(
+        &self,
+        snap: &Snapshot,
+        plan: &Plan,
+        o: &Outcome,
+        start: Instant,
+        log: Option<LogFields>,
+        ip: &str,
+        proto: &'static str,
+    ) {
+        let service = match plan.work {
+            Work::Proxy(i) => Some(i),
+            Work::Static(_) => None,
+        };
+        let f = crate::record::Finished {
+            site: Some(plan.site),
+            route: Some((plan.site, plan.route)),
+            service,
+            pool: service.map(|_| o.pool),
+            member: o.member,
+            ok: o.ok,
+            status: o.status,
+            bytes: o.bytes,
+            static_bytes: if service.is_none() { o.bytes } else { 0 },
+            elapsed: start.elapsed().as_secs_f64(),
+        };
+        let log = log.as_ref();
+        crate::record::record(snap, &self.access_log, &f, || {
+            let log = log?;
+            Some(crate::ops::access_log::Request {
+                client: if log.client.is_empty() {
+                    ip.to_string()
+                } else {
+                    log.client.clone()
+                },
+                host: &log.host,
+                method: &log.method,
+                uri: &log.uri,
+                proto,
+                request_id: std::str::from_utf8(plan.id.as_bytes()).unwrap_or(""),
+                referer: &log.referer,
+                user_agent: &log.user_agent,
+            })
+        });
+    }
+}
+
+/// The site's Strict-Transport-Security value, on TLS connections only.
+pub(super) fn hsts(snap: &Snapshot, site: usize, tls: bool) -> Option<&str> {
+    snap.table
+        .sites
+        .get(site)
+        .and_then(|s| s.hsts.as_deref())
+        .filter(|_| tls)
+}
+
+/// The connection peer's IP address (IPv4-mapped IPv6 as IPv4).
+pub(super) fn peer_ip(io: &HeadDeadline) -> Option<std::net::IpAddr> {
+    io.get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// Reads what is available into the spare capacity of `buf`.
+pub(super) async fn read_some<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    r.read_buf(buf).await
+}

@@ -1,0 +1,361 @@
+//! The client connection's stream before HTTP: the open-connection counts
+//! (in total and per worker), and a deadline for every request head
+//! (slowloris): a client that has not sent a complete head within
+//! `header_timeout` of connecting, or of the first byte of a later request
+//! on a keep-alive connection, is cut off, however slowly it trickles.
+
+use async_trait::async_trait;
+use pingora::protocols::Stream;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, ALPN,
+};
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The client connection preface of cleartext HTTP/2 (h2c).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Open client connections, in total and per worker thread.
+#[derive(Debug)]
+pub struct Connections {
+    total: AtomicI64,
+    workers: Box<[AtomicI64]>,
+    /// Hands out worker numbers to threads, in the order they first serve
+    /// a connection.
+    next_worker: AtomicUsize,
+}
+
+thread_local! {
+    /// This thread's worker number (`usize::MAX`: none yet).
+    static WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+impl Connections {
+    /// Counters for `workers` worker threads.
+    pub fn new(workers: usize) -> Arc<Connections> {
+        Arc::new(Connections {
+            total: AtomicI64::new(0),
+            workers: (0..workers.max(1)).map(|_| AtomicI64::new(0)).collect(),
+            next_worker: AtomicUsize::new(0),
+        })
+    }
+
+    /// Counts a connection on the calling worker until the guard drops;
+    /// returns the new total too.
+    pub fn open(self: &Arc<Self>) -> (i64, Open) {
+        let worker = WORKER.with(|w| {
+            if w.get() == usize::MAX {
+                w.set(self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len());
+            }
+            w.get()
+        });
+        self.workers[worker].fetch_add(1, Ordering::Relaxed);
+        let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = Open {
+            conns: self.clone(),
+            worker,
+        };
+        (total, guard)
+    }
+
+    /// Connections open now.
+    pub fn total(&self) -> i64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now on each worker thread.
+    pub fn per_worker(&self) -> Vec<i64> {
+        self.workers
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// One counted open connection.
+#[derive(Debug)]
+pub struct Open {
+    conns: Arc<Connections>,
+    worker: usize,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.conns.workers[self.worker].fetch_sub(1, Ordering::Relaxed);
+        self.conns.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stream that fails reads once `limit` has passed without a complete
+/// request head (an empty line after a non-empty one, [`HeadScan`](crate::net::head_scan::HeadScan);
+/// the HTTP/2 preface holds one too): the
+/// first one from connect, later ones (after [`HeadDeadline::next_request`])
+/// from their first byte, so keep-alive idle time is not counted.
+///
+/// It also carries the connection's place in the open-connection counts and
+/// gives it up as the close begins, before the client can see the close (as
+/// nginx frees a connection slot before closing its socket): a client that
+/// reconnects at once is not refused by `max_connections` for its own old
+/// connection.
+#[derive(Debug)]
+pub struct HeadDeadline {
+    /// Declared before `inner`, so it drops before the socket closes.
+    counted: Option<Open>,
+    inner: Stream,
+    limit: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Whether a head is being read against the deadline.
+    armed: bool,
+    /// Set when a request ended: the next bytes start a new head.
+    next_head: std::sync::atomic::AtomicBool,
+    /// Set when a parser has a complete head: the deadline ends.
+    parsed: std::sync::atomic::AtomicBool,
+    /// Where the head being read ends, found incrementally.
+    scan: crate::net::head_scan::HeadScan,
+    /// Bytes read by the lane and handed back: served before the socket.
+    unread: Vec<u8>,
+    unread_at: usize,
+}
+
+impl HeadDeadline {
+    /// Arms the deadline now; `counted` is released when the close begins.
+    pub fn new(inner: Stream, limit: Duration, counted: Open) -> Self {
+        HeadDeadline {
+            counted: Some(counted),
+            inner,
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            armed: true,
+            next_head: std::sync::atomic::AtomicBool::new(false),
+            parsed: std::sync::atomic::AtomicBool::new(false),
+            scan: Default::default(),
+            unread: Vec::new(),
+            unread_at: 0,
+        }
+    }
+
+    /// Puts `bytes` back in front of the stream: the next reads (and
+    /// peeks) return them first. They have been through the head deadline.
+    pub fn unread(&mut self, mut bytes: Vec<u8>) {
+        bytes.extend_from_slice(&self.unread[self.unread_at..]);
+        self.unread = bytes;
+        self.unread_at = 0;
+    }
+
+    /// Reads from the socket, enforcing the head deadline.
+    fn poll_read_socket(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self;
+        if this.armed && this.parsed.swap(false, Ordering::Relaxed) {
+            this.armed = false;
+        }
+        if this.armed && this.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client did not send a complete request head in time",
+            )));
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &res {
+            let new = &buf.filled()[before..];
+            if this.armed {
+                if this.scan.feed(new) {
+                    this.armed = false;
+                }
+            } else if !new.is_empty() && this.next_head.swap(false, Ordering::Relaxed) {
+                // A new head starts; most arrive whole in this one read.
+                this.scan = Default::default();
+                // Not when a parser already has this head (it came in an
+                // earlier read, pipelined): these bytes are its body.
+                if !this.scan.feed(new) && !this.parsed.swap(false, Ordering::Relaxed) {
+                    this.armed = true;
+                    let deadline = tokio::time::Instant::now() + this.limit;
+                    this.sleep.as_mut().reset(deadline);
+                    // Register the timer's waker before the next read waits
+                    // (it cannot be due yet: `limit` is in the future).
+                    let _ = this.sleep.as_mut().poll(cx);
+                }
+            }
+        }
+        res
+    }
+
+    /// Marks the end of an HTTP/1 request: the next bytes read begin a new
+    /// head, which gets `limit` from its first byte.
+    pub fn next_request(&self) {
+        self.parsed.store(false, Ordering::Relaxed);
+        self.next_head.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks a request head as parsed: its deadline ends even when the
+    /// bytes seen did not show its end (e.g. the head arrived with the
+    /// request before it, pipelined).
+    pub fn head_parsed(&self) {
+        self.parsed.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the head of the request on `stream` as parsed, if it is one of
+    /// ours (a no-op for HTTP/2 and other streams).
+    pub fn head_parsed_on(stream: Option<&Stream>) {
+        if let Some(h) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
+            h.head_parsed();
+        }
+    }
+
+    /// Marks the end of a request on the connection `stream`, if it is one
+    /// of ours (a no-op for HTTP/2 and other streams).
+    pub fn request_done(stream: Option<&Stream>) {
+        if let Some(h) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
+            h.next_request();
+        }
+    }
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.unread_at < this.unread.len() {
+            let rest = &this.unread[this.unread_at..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.unread_at += n;
+            if this.unread_at == this.unread.len() {
+                this.unread = Vec::new();
+                this.unread_at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_read_socket(cx, buf)
+    }
+}
+
+impl AsyncWrite for HeadDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.counted = None;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadDeadline {
+    async fn shutdown(&mut self) {
+        self.counted = None;
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeadDeadline {
+    fn id(&self) -> pingora::protocols::UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadDeadline {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeadDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeadDeadline {
+    /// Pingora peeks only to tell cleartext HTTP/2 by its preface. This
+    /// waits for `buf.len()` bytes like a socket's peek, but returns as soon
+    /// as the bytes read differ from the HTTP/2 preface (`buf` then holds
+    /// them, zero-padded, so it cannot equal the preface): a short HTTP/1
+    /// request such as `GET / HTTP/1.0` with no Host is not left waiting
+    /// for bytes that never come. The bytes stay unread.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        let mut bytes = self.unread.split_off(self.unread_at);
+        self.unread.clear();
+        self.unread_at = 0;
+        let mut chunk = vec![0u8; 4096];
+        let differs = |b: &[u8]| !H2_PREFACE.starts_with(&b[..b.len().min(H2_PREFACE.len())]);
+        while bytes.len() < buf.len() && !differs(&bytes) {
+            let mut rb = ReadBuf::new(&mut chunk);
+            if let Err(e) = std::future::poll_fn(|cx| self.poll_read_socket(cx, &mut rb)).await {
+                self.unread(bytes);
+                return Err(e);
+            }
+            if rb.filled().is_empty() {
+                self.unread(bytes);
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            bytes.extend_from_slice(rb.filled());
+        }
+        let n = bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+        buf[n..].fill(0);
+        self.unread(bytes);
+        Ok(true)
+    }
+}

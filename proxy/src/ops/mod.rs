@@ -1,0 +1,9 @@
+//! Operations endpoints and records: the admin API, the access log, and
+//! process logging.
+
+pub mod access_log;
+pub mod admin;
+pub mod admin_extras;
+pub mod json;
+pub mod logging;
+pub mod views;
