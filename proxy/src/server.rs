@@ -31,7 +31,7 @@ pub fn run(source: Source) -> Result<()> {
         .iter()
         .any(|s| s.tls != routes::config::Tls::Off)
     {
-        Some(crate::tls::store(&config).context("loading certificates")?)
+        Some(crate::control::tls::store(&config).context("loading certificates")?)
     } else {
         None
     };
@@ -50,7 +50,12 @@ pub fn run(source: Source) -> Result<()> {
             Arc::new(move || crate::metrics::service_gauges(&c.load().table)),
             Arc::new({
                 let certs = certs.clone();
-                move || certs.as_deref().map(crate::tls::gauges).unwrap_or_default()
+                move || {
+                    certs
+                        .as_deref()
+                        .map(crate::control::tls::gauges)
+                        .unwrap_or_default()
+                }
             }),
             Arc::new(crate::edge::static_files::gauges),
             Arc::new(|| {
@@ -121,7 +126,7 @@ pub fn run(source: Source) -> Result<()> {
     opts.h2_idle_timeout = Some(idle);
     app.server_options = Some(opts);
     let lane = lane_enabled().then_some(lane);
-    let guarded = crate::conn::Guarded::new(app, conns.clone(), control.clone(), lane);
+    let guarded = crate::accept::conn::Guarded::new(app, conns.clone(), control.clone(), lane);
     // One single-threaded runtime per worker thread: no cross-thread task
     // stealing on the request path (measured faster on 2 cores).
     let mut proxy = crate::accept::AcceptService::new("duotone", guarded, threads);
@@ -138,7 +143,7 @@ pub fn run(source: Source) -> Result<()> {
     let extras = crate::ops::admin_extras::Extras {
         metrics,
         certs: certs.clone().map(|store| {
-            Arc::new(move || crate::tls::certificates_json(&store))
+            Arc::new(move || crate::control::tls::certificates_json(&store))
                 as Arc<dyn Fn() -> serde_json::Value + Send + Sync>
         }),
     };
@@ -171,9 +176,9 @@ pub fn run(source: Source) -> Result<()> {
 }
 
 /// The TLS side of the HTTPS listener: certificates from `store`, the
-/// rustls config of [`crate::tls::server_config`], and before the handshake the PROXY
+/// rustls config of [`crate::control::tls::server_config`], and before the handshake the PROXY
 /// header when the running config asks for one
-/// ([`crate::proxy_protocol::PreTls`], always installed, so a reload can turn
+/// ([`crate::accept::proxy_protocol::PreTls`], always installed, so a reload can turn
 /// it on or off), then, with TLS-ALPN-01 configured, the hook that answers
 /// validation connections ([`acme::listener::TlsAlpnHook`]).
 fn https(
@@ -181,13 +186,13 @@ fn https(
     control: &Arc<Control>,
 ) -> Result<crate::accept::Tls, acme::CertError> {
     let mut before: Vec<pingora::listeners::PreTlsCallback> =
-        vec![Arc::new(crate::proxy_protocol::PreTls {
+        vec![Arc::new(crate::accept::proxy_protocol::PreTls {
             control: control.clone(),
         })];
     if store.challenge() == Some(acme::Challenge::TlsAlpn01) {
         before.push(Arc::new(acme::listener::TlsAlpnHook::new(store.clone())?));
     }
-    let config = crate::tls::server_config(store)?;
+    let config = crate::control::tls::server_config(store)?;
     Ok(crate::accept::Tls {
         acceptor: pingora::listeners::tls::Acceptor::from_server_config(Arc::new(config)),
         before,

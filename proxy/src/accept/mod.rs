@@ -15,8 +15,10 @@
 //! [`ServerApp`]: pingora::apps::ServerApp
 
 mod bind;
+pub mod conn;
 mod counted;
 mod endpoint;
+pub mod proxy_protocol;
 mod service;
 pub mod spread;
 mod worker;

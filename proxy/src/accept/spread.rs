@@ -11,7 +11,7 @@
 //! balances its threads the same way).
 //!
 //! The counts are per worker across all the service's endpoints, and a
-//! connection stops counting as its close begins ([`super::counted`]).
+//! connection stops counting as its close begins (`super::counted`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
