@@ -33,9 +33,11 @@ pub const VALIDATION_ANSWERED: &str = "TLS-ALPN-01 validation answered (not an e
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pingora TLS settings for `store`: its SNI resolver, ALPN h2 + http/1.1,
-/// TLS 1.2 + 1.3 (Pingora's fixed versions), stateless session tickets
-/// ([`crate::tls::ticketer`]) and the safe suites (installs
+/// TLS 1.2 + 1.3 (Pingora's fixed versions) and the safe suites (installs
 /// [`crate::tls::provider`] as the process default if none is installed).
+/// Pingora builds the rustls config itself, so sessions resume from its
+/// server-side cache only; a listener that builds its own config (as
+/// Duotone's does) adds [`crate::tls::ticketer`].
 pub fn tls_settings(store: &Arc<CertStore>) -> Result<TlsSettings, CertError> {
     install_default_provider();
     // With a resolver set, the (empty) paths are never read.
@@ -43,8 +45,6 @@ pub fn tls_settings(store: &Arc<CertStore>) -> Result<TlsSettings, CertError> {
         TlsSettings::intermediate("", "").map_err(|e| CertError::Listener(e.to_string()))?;
     settings.set_cert_resolver(store.resolver());
     settings.set_alpn(ALPN::H2H1);
-    let ticketer = crate::tls::ticketer()?;
-    settings.set_config_hook(Box::new(move |config| config.ticketer = ticketer));
     Ok(settings)
 }
 

@@ -188,7 +188,7 @@ fn check(config: PathBuf) -> ExitCode {
         }
         let warned = warnings.0.len();
         if c.sites.iter().any(|s| s.tls != routes::config::Tls::Off) {
-            duotone::tls::store_for_check(&c).map_err(|e| {
+            duotone::control::tls::store_for_check(&c).map_err(|e| {
                 routes::Diagnostics(vec![routes::Diagnostic {
                     file: config.display().to_string(),
                     line: 0,

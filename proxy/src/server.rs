@@ -32,7 +32,7 @@ pub fn run(source: Source) -> Result<()> {
         .iter()
         .any(|s| s.tls != routes::config::Tls::Off)
     {
-        Some(crate::tls::store(&config).context("loading certificates")?)
+        Some(crate::control::tls::store(&config).context("loading certificates")?)
     } else {
         None
     };
@@ -51,7 +51,12 @@ pub fn run(source: Source) -> Result<()> {
             Arc::new(move || crate::metrics::service_gauges(&c.load().table)),
             Arc::new({
                 let certs = certs.clone();
-                move || certs.as_deref().map(crate::tls::gauges).unwrap_or_default()
+                move || {
+                    certs
+                        .as_deref()
+                        .map(crate::control::tls::gauges)
+                        .unwrap_or_default()
+                }
             }),
             Arc::new(crate::edge::static_files::gauges),
             Arc::new(|| {
@@ -78,12 +83,9 @@ pub fn run(source: Source) -> Result<()> {
     let state = server_cfg.state_dir.display().to_string();
     let conf = ServerConf {
         threads,
-        // One accept task per worker thread on each listener (vendored
-        // pingora-core patch): a connection is served by the thread that
-        // accepted it, so every worker gets connections.
-        listener_tasks_per_fd: threads,
-        // One single-threaded runtime per worker: no cross-thread task
-        // stealing on the request path (measured faster on 2 cores).
+        // The proxy's workers are the accept service's own threads
+        // (`crate::accept`); Pingora's runtimes run the background tasks, on
+        // one single-threaded runtime per thread (no work stealing).
         work_stealing: false,
         grace_period_seconds: Some(server_cfg.grace_period.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
@@ -125,29 +127,24 @@ pub fn run(source: Source) -> Result<()> {
     opts.h2_idle_timeout = Some(idle);
     app.server_options = Some(opts);
     let lane = lane_enabled().then_some(lane);
-    let guarded = crate::conn::Guarded::new(app, conns.clone(), control.clone(), lane);
-    let mut proxy = pingora::services::listening::Service::new("duotone".to_string(), guarded);
+    let guarded = crate::accept::conn::Guarded::new(app, conns.clone(), control.clone(), lane);
+    // One single-threaded runtime per worker thread: no cross-thread task
+    // stealing on the request path (measured faster on 2 cores).
+    let mut proxy = crate::accept::AcceptService::new("duotone", guarded, threads);
+    let buffers = acme::listener::client_buffers();
     if let Some(addr) = server_cfg.http {
-        proxy.add_listener(
-            pingora::listeners::ListenerConfig::tcp(addr.to_string())
-                .l4_buffer(acme::listener::client_buffers()),
-        );
+        proxy.add(crate::accept::Endpoint::plain(addr.to_string(), buffers));
     }
     if let (Some(addr), Some(store)) = (server_cfg.https, &certs) {
-        // Always installed: it reads the running config per connection, so
-        // a reload can turn `proxy_protocol` on or off for https too.
-        let pre_tls = Arc::new(crate::proxy_protocol::PreTls {
-            control: control.clone(),
-        });
-        acme::listener::add_https_with(&mut proxy, &addr.to_string(), store.clone(), Some(pre_tls))
-            .context("setting up the https listener")?;
+        let tls = https(store, &control).context("setting up the https listener")?;
+        proxy.add(crate::accept::Endpoint::tls(addr.to_string(), buffers, tls));
     }
     server.add_service(proxy);
 
     let extras = crate::ops::admin_extras::Extras {
         metrics,
         certs: certs.clone().map(|store| {
-            Arc::new(move || crate::tls::certificates_json(&store))
+            Arc::new(move || crate::control::tls::certificates_json(&store))
                 as Arc<dyn Fn() -> serde_json::Value + Send + Sync>
         }),
     };
@@ -177,6 +174,30 @@ pub fn run(source: Source) -> Result<()> {
         "duotone running"
     );
     server.run_forever()
+}
+
+/// The TLS side of the HTTPS listener: certificates from `store`, the
+/// rustls config of [`crate::control::tls::server_config`], and before the handshake the PROXY
+/// header when the running config asks for one
+/// ([`crate::accept::proxy_protocol::PreTls`], always installed, so a reload can turn
+/// it on or off), then, with TLS-ALPN-01 configured, the hook that answers
+/// validation connections ([`acme::listener::TlsAlpnHook`]).
+fn https(
+    store: &Arc<acme::CertStore>,
+    control: &Arc<Control>,
+) -> Result<crate::accept::Tls, acme::CertError> {
+    let mut before: Vec<pingora::listeners::PreTlsCallback> =
+        vec![Arc::new(crate::accept::proxy_protocol::PreTls {
+            control: control.clone(),
+        })];
+    if store.challenge() == Some(acme::Challenge::TlsAlpn01) {
+        before.push(Arc::new(acme::listener::TlsAlpnHook::new(store.clone())?));
+    }
+    let config = crate::control::tls::server_config(store)?;
+    Ok(crate::accept::Tls {
+        acceptor: pingora::listeners::tls::Acceptor::from_server_config(Arc::new(config)),
+        before,
+    })
 }
 
 /// Whether HTTP/1.1 requests take the lane (on unless `DUOTONE_LANE=off`,

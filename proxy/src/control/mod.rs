@@ -5,6 +5,7 @@ pub mod auth;
 pub mod health;
 pub mod persist;
 pub mod slots;
+pub mod tls;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -461,7 +462,7 @@ impl Control {
             warnings
                 .push("compress = true was added: restart duotone to enable compression".into());
         }
-        let specs = crate::tls::cert_specs(&snap.table.config);
+        let specs = crate::control::tls::cert_specs(&snap.table.config);
         match &self.certs {
             Some(store) => store.replace_specs(specs).map_err(|e| {
                 ChangeError::BadConfig(Diagnostics(vec![routes::Diagnostic {

@@ -124,7 +124,7 @@ impl Demote {
         *last = Some((now, total));
         drop(last);
         tracing::info!(
-            target: "duotone::tls",
+            target: "duotone::control::tls",
             failures = since,
             "client handshakes failed: {since} since the last report (e.g. {}); \
              such failures are normal at an edge and logged at DEBUG \

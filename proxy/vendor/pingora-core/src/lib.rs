@@ -119,8 +119,8 @@ pub use pingora_rustls as tls;
 #[cfg(feature = "s2n")]
 pub use pingora_s2n as tls;
 
-// Duotone patch: no `tls` placeholder without a TLS feature (see protocols::tls).
-
+#[cfg(not(feature = "any_tls"))]
+pub use protocols::tls::noop_tls as tls;
 
 pub mod prelude {
     pub use crate::server::configuration::Opt;

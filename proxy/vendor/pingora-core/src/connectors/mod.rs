@@ -260,10 +260,10 @@ impl TransportConnector {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
-                        // Duotone patch: compare the address cached in the
-                        // stream's socket digest (one getpeername per
-                        // connection) instead of calling getpeername on
-                        // every reuse; fall back to the fd check without one.
+                        // Compare the peer address cached in the stream's socket
+                        // digest (looked up once per connection) rather than
+                        // calling getpeername() on every reuse; fall back to the
+                        // fd check for a stream without one.
                         #[cfg(unix)]
                         let same_peer = match stream
                             .get_socket_digest()

@@ -37,7 +37,7 @@ use super::connection_filter::ConnectionFilter;
 use crate::listeners::AcceptAllFilter;
 
 use crate::protocols::l4::ext::{set_dscp, set_recv_buf, set_snd_buf, set_tcp_fastopen_backlog};
-use crate::protocols::l4::listener::{Accepted, Listener};
+use crate::protocols::l4::listener::Listener;
 pub use crate::protocols::l4::stream::Stream;
 #[cfg(feature = "connection_filter")]
 use crate::protocols::GetSocketDigest;
@@ -415,18 +415,6 @@ impl ListenerEndpoint {
         ListenerEndpointBuilder::new()
     }
 
-    /// Duotone patch: this endpoint on a `dup` of its socket, registered with
-    /// the current runtime's reactor (see [`Listener::dup_here`]).
-    #[cfg(unix)]
-    pub(crate) fn dup_here(&self) -> std::io::Result<Self> {
-        Ok(ListenerEndpoint {
-            listen_addr: self.listen_addr.clone(),
-            listener: Arc::new(self.listener.dup_here()?),
-            #[cfg(feature = "connection_filter")]
-            connection_filter: self.connection_filter.clone(),
-        })
-    }
-
     pub fn as_str(&self) -> &str {
         self.listen_addr.as_ref()
     }
@@ -470,52 +458,51 @@ impl ListenerEndpoint {
         Ok(())
     }
 
-    // Duotone patch: the service accepts through `accept_raw`; kept for upstream's tests.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub async fn accept(&self) -> Result<Stream> {
-        let accepted = self.accept_raw().await?;
-        self.finish(accepted)
-    }
-
-    /// Duotone patch: accept a connection (that the connection filter, if
-    /// any, lets in) without wrapping it yet, so it can still move to another
-    /// worker; [`Self::finish`] makes it a [`Stream`].
-    pub async fn accept_raw(&self) -> Result<Accepted> {
         #[cfg(feature = "connection_filter")]
-        loop {
-            let accepted = self
-                .listener
-                .accept_raw()
-                .await
-                .or_err(AcceptError, "Fail to accept()")?;
-            let should_accept = match &accepted {
-                Accepted::Tcp(_, peer_addr) => {
-                    self.connection_filter.should_accept(peer_addr).await
+        {
+            loop {
+                let mut stream = self
+                    .listener
+                    .accept()
+                    .await
+                    .or_err(AcceptError, "Fail to accept()")?;
+
+                // Performance: nested if-let avoids cloning/allocations on each connection accept
+                let should_accept = if let Some(digest) = stream.get_socket_digest() {
+                    if let Some(peer_addr) = digest.peer_addr() {
+                        self.connection_filter
+                            .should_accept(peer_addr.as_inet())
+                            .await
+                    } else {
+                        // No peer address available - accept by default
+                        true
+                    }
+                } else {
+                    // No socket digest available - accept by default
+                    true
+                };
+
+                if !should_accept {
+                    debug!("Connection rejected by filter");
+                    drop(stream);
+                    continue;
                 }
-                // No inet peer address - accept by default
-                #[cfg(unix)]
-                Accepted::Unix(..) => true,
-            };
-            if !should_accept {
-                debug!("Connection rejected by filter");
-                drop(accepted);
-                continue;
+
+                self.apply_stream_settings(&mut stream)?;
+                return Ok(stream);
             }
-            return Ok(accepted);
         }
         #[cfg(not(feature = "connection_filter"))]
-        self.listener
-            .accept_raw()
-            .await
-            .or_err(AcceptError, "Fail to accept()")
-    }
-
-    /// Duotone patch: the [`Stream`] of an accepted connection, with this
-    /// endpoint's socket options applied.
-    pub fn finish(&self, accepted: Accepted) -> Result<Stream> {
-        let mut stream = accepted.into_stream();
-        self.apply_stream_settings(&mut stream)?;
-        Ok(stream)
+        {
+            let mut stream = self
+                .listener
+                .accept()
+                .await
+                .or_err(AcceptError, "Fail to accept()")?;
+            self.apply_stream_settings(&mut stream)?;
+            Ok(stream)
+        }
     }
 }
 

@@ -83,8 +83,6 @@ use async_trait::async_trait;
 use pingora_error::Result;
 use std::{any::Any, fs::Permissions, sync::Arc};
 
-use crate::protocols::l4::listener::Accepted;
-use crate::services::spread::Open;
 use l4::{ListenerEndpoint, Stream as L4Stream};
 use tls::{Acceptor, TlsSettings};
 
@@ -292,44 +290,10 @@ impl TransportStack {
         self.l4.as_str()
     }
 
-    /// Duotone patch: this stack on a `dup` of its listening socket,
-    /// registered with the current runtime's reactor.
-    #[cfg(unix)]
-    pub(crate) fn dup_here(&self) -> std::io::Result<Self> {
-        Ok(TransportStack {
-            l4: self.l4.dup_here()?,
-            tls: self.tls.clone(),
-            l4_buffer: self.l4_buffer,
-            pre_tls_callback: self.pre_tls_callback.clone(),
-        })
-    }
-
-    // Duotone patch: the service accepts through `accept_raw`; kept for upstream's tests.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub async fn accept(&self) -> Result<UninitializedStream> {
-        let accepted = self.l4.accept_raw().await?;
-        self.uninitialized(accepted, None)
-    }
-
-    /// Duotone patch: accept a connection that may still move to another
-    /// worker before [`Self::uninitialized`] wraps it.
-    pub(crate) async fn accept_raw(&self) -> Result<Accepted> {
-        self.l4.accept_raw().await
-    }
-
-    /// Duotone patch: an accepted connection, ready for its handshake, and
-    /// counted as `open` until its close begins.
-    pub(crate) fn uninitialized(
-        &self,
-        accepted: Accepted,
-        open: Option<Open>,
-    ) -> Result<UninitializedStream> {
-        let mut l4 = self.l4.finish(accepted)?;
-        if let Some(open) = open {
-            l4.count_as(open);
-        }
+        let stream = self.l4.accept().await?;
         Ok(UninitializedStream {
-            l4,
+            l4: stream,
             tls: self.tls.clone(),
             l4_buffer: self.l4_buffer,
             pre_tls_callback: self.pre_tls_callback.clone(),

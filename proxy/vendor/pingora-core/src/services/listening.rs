@@ -25,12 +25,10 @@ use crate::listeners::AcceptAllFilter;
 use crate::listeners::{
     ConnectionFilter, ListenerConfig, Listeners, ServerAddress, TcpSocketOptions, TransportStack,
 };
-use crate::protocols::l4::listener::Accepted;
 use crate::protocols::Stream;
 #[cfg(unix)]
 use crate::server::ListenFds;
 use crate::server::{RuntimeOpts, ShutdownWatch};
-use crate::services::spread::{spreads, Load, Open, Spread};
 use crate::services::Service as ServiceTrait;
 
 use async_trait::async_trait;
@@ -205,20 +203,11 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
-        mut spread: Spread,
     ) {
         // the accept loop, until the system is shutting down
         loop {
             let new_io = tokio::select! { // TODO: consider biased for perf reason?
-                new_io = stack.accept_raw() => new_io,
-                // Duotone patch: a connection another task accepted for this one
-                Some((portable, open)) = spread.inbox.recv() => {
-                    match portable.register_here() {
-                        Ok(accepted) => Self::serve(&stack, accepted, &app_logic, &shutdown, open),
-                        Err(e) => error!("taking over a connection failed: {e}"),
-                    }
-                    continue;
-                }
+                new_io = stack.accept() => new_io,
                 shutdown_signal = shutdown.changed() => {
                     match shutdown_signal {
                         Ok(()) => {
@@ -237,21 +226,30 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 }
             };
             match new_io {
-                Ok(accepted) => {
-                    // Duotone patch: the task with the fewest open connections
-                    // serves it (see `spread`).
-                    let (to, open) = spread.load.assign(spread.me);
-                    if to == spread.me {
-                        Self::serve(&stack, accepted, &app_logic, &shutdown, open);
-                        continue;
-                    }
-                    let handed = accepted
-                        .into_portable()
-                        .map_err(|e| e.to_string())
-                        .and_then(|p| spread.peers[to].send((p, open)).map_err(|e| e.to_string()));
-                    if let Err(e) = handed {
-                        error!("handing a connection to another worker failed: {e}");
-                    }
+                Ok(io) => {
+                    let app = app_logic.clone();
+                    let shutdown = shutdown.clone();
+                    current_handle().spawn(async move {
+                        let peer_addr = io.peer_addr();
+                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                            Ok(handshake) => {
+                                match handshake {
+                                    Ok(io) => Self::handle_event(io, app, shutdown).await,
+                                    Err(e) => {
+                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
+                                        if let Some(addr) = peer_addr {
+                                            error!("Downstream handshake error from {}: {e}", addr);
+                                        } else {
+                                            error!("Downstream handshake error: {e}");
+                                        }
+                                    }
+                                }
+                            }
+                            Err(_) => {
+                                error!("Downstream handshake timeout");
+                            }
+                        }
+                    });
                 }
                 Err(e) => {
                     error!("Accept() failed {e}");
@@ -274,47 +272,6 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
 
         stack.cleanup();
     }
-
-    /// Handshake and serve one accepted connection on this thread, counted
-    /// as `open` until its close begins.
-    fn serve(
-        stack: &TransportStack,
-        accepted: Accepted,
-        app_logic: &Arc<A>,
-        shutdown: &ShutdownWatch,
-        open: Open,
-    ) {
-        let io = match stack.uninitialized(accepted, Some(open)) {
-            Ok(io) => io,
-            Err(e) => {
-                error!("Accept() failed {e}");
-                return;
-            }
-        };
-        let app = app_logic.clone();
-        let shutdown = shutdown.clone();
-        current_handle().spawn(async move {
-            let peer_addr = io.peer_addr();
-            match timeout(Duration::from_secs(60), io.handshake()).await {
-                Ok(handshake) => {
-                    match handshake {
-                        Ok(io) => Self::handle_event(io, app, shutdown).await,
-                        Err(e) => {
-                            // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                            if let Some(addr) = peer_addr {
-                                error!("Downstream handshake error from {}: {e}", addr);
-                            } else {
-                                error!("Downstream handshake error: {e}");
-                            }
-                        }
-                    }
-                }
-                Err(_) => {
-                    error!("Downstream handshake timeout");
-                }
-            }
-        });
-    }
 }
 
 #[async_trait]
@@ -325,6 +282,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
         shutdown: ShutdownWatch,
         listeners_per_fd: usize,
     ) {
+        let runtime = current_handle();
         let endpoints = self
             .listeners
             .build(
@@ -341,33 +299,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
         let app_logic = Arc::new(app_logic);
 
         let mut handlers = Vec::new();
-        // Duotone patch: open connections per listener task, across endpoints
-        let load = Load::new(listeners_per_fd);
 
         endpoints.into_iter().for_each(|endpoint| {
-            let mut spreads = spreads(&load, listeners_per_fd).into_iter();
-            for i in 0..listeners_per_fd {
-                let Some(spread) = spreads.next() else { break };
+            for _ in 0..listeners_per_fd {
                 let shutdown = shutdown.clone();
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
 
-                // Duotone patch: listener task `i` runs on worker `i`, not all
-                // on the current one (connections stay on the accepting thread).
-                // Each task accepts on its own `dup` of the socket, registered
-                // with its worker's reactor: a new connection wakes that worker
-                // directly instead of through the reactor of the thread that
-                // bound the socket (a cross-thread wake-up per connection).
-                let jh = pingora_runtime::worker_handle(i).spawn(async move {
-                    #[cfg(unix)]
-                    let endpoint = match endpoint.dup_here() {
-                        Ok(local) => local,
-                        Err(e) => {
-                            error!("dup of listener {} failed: {e}", endpoint.as_str());
-                            endpoint
-                        }
-                    };
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown, spread).await;
+                let jh = runtime.spawn(async move {
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
                 });
 
                 handlers.push(jh);

@@ -39,8 +39,6 @@ use crate::server::ShutdownWatch;
 
 pub mod background;
 pub mod listening;
-// Duotone patch: spreading accepted connections over the workers
-pub(crate) mod spread;
 
 /// A notification channel for signaling when a service has become ready.
 ///

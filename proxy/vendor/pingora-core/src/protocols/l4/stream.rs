@@ -523,11 +523,6 @@ impl AsyncWrite for BufferedStream {
 /// A concrete type for transport layer connection + extra fields for logging
 #[derive(Debug)]
 pub struct Stream {
-    // Duotone patch: the connection's place in its service's open-connection
-    // counts (`services::spread`), given up as its close begins (shutdown or
-    // drop), before the client can see the close. Declared first, so it
-    // drops before the socket closes.
-    counted: Option<crate::services::spread::Open>,
     // Use `Option` to be able to swap to adjust the buffer size. Always safe to unwrap
     stream: Option<BufferedStream>,
     // the data put back at the front of the read buffer, in order to replay the read
@@ -548,11 +543,6 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Duotone patch: counts this connection as `open` until its close begins.
-    pub(crate) fn count_as(&mut self, open: crate::services::spread::Open) {
-        self.counted = Some(open);
-    }
-
     fn stream(&self) -> &BufferedStream {
         self.stream.as_ref().expect("stream should always be set")
     }
@@ -635,7 +625,10 @@ impl Stream {
 
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
-    pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
+    ///
+    /// Public so that a service accepting its own connections can size their
+    /// buffers as a listener's [`L4BufferSettings`] would.
+    pub fn set_buffer(&mut self, buffer: L4BufferSettings) {
         use std::mem;
         // Since the buffers can't be resized in place,
         // we take the raw stream out of them and put it in new buffers with the size we want
@@ -654,7 +647,6 @@ impl Stream {
 impl From<TcpStream> for Stream {
     fn from(s: TcpStream) -> Self {
         Stream {
-            counted: None,
             stream: Some(BufferedStream::with_capacity(
                 0,
                 0,
@@ -678,7 +670,6 @@ impl From<TcpStream> for Stream {
 impl From<virt::VirtualSocketStream> for Stream {
     fn from(s: virt::VirtualSocketStream) -> Self {
         Stream {
-            counted: None,
             stream: Some(BufferedStream::with_capacity(
                 0,
                 0,
@@ -703,7 +694,6 @@ impl From<virt::VirtualSocketStream> for Stream {
 impl From<UnixStream> for Stream {
     fn from(s: UnixStream) -> Self {
         Stream {
-            counted: None,
             stream: Some(BufferedStream::with_capacity(
                 0,
                 0,
@@ -900,8 +890,6 @@ impl AsyncWrite for Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        // Duotone patch: the close begins; the connection no longer counts.
-        self.counted = None;
         Pin::new(&mut self.stream_mut()).poll_shutdown(cx)
     }
 

@@ -35,11 +35,11 @@ mod s2n;
 #[cfg(feature = "s2n")]
 pub use s2n::*;
 
-// Duotone patch: upstream's placeholder for builds without TLS (`noop_tls`,
-// whose functions only panicked) is removed; Duotone always builds
-// this crate with `rustls`.
 #[cfg(not(feature = "any_tls"))]
-compile_error!("this copy of pingora-core needs a TLS feature (Duotone builds it with `rustls`)");
+pub mod noop_tls;
+
+#[cfg(not(feature = "any_tls"))]
+pub use noop_tls::*;
 
 /// Containing type for a user callback to generate extensions for the `SslDigest` upon handshake
 /// completion.

@@ -38,13 +38,7 @@ pub struct TlsSettings {
     client_cert_verifier: Option<Arc<dyn ClientCertVerifier>>,
     callbacks: Option<TlsAcceptCallbacks>,
     offload_threadpool: Option<(usize, usize)>,
-    // Duotone patch: a last say over the built `ServerConfig`.
-    config_hook: Option<ConfigHook>,
 }
-
-/// Duotone patch: adjusts the `ServerConfig` that [`TlsSettings::build`]
-/// makes (e.g. a session ticketer), after Pingora's own settings.
-pub type ConfigHook = Box<dyn FnOnce(&mut ServerConfig) + Send + Sync>;
 
 pub struct Acceptor {
     pub acceptor: RusTlsAcceptor,
@@ -100,13 +94,6 @@ impl TlsSettings {
         if let Some(alpn_protocols) = self.alpn_protocols {
             config.alpn_protocols = alpn_protocols;
         }
-        // Duotone patch: choose the cipher suite by the server's preference
-        // order (the provider's: AES-GCM and ChaCha20, all AEAD with forward
-        // secrecy) rather than the client's.
-        config.ignore_client_order = true;
-        if let Some(hook) = self.config_hook {
-            hook(&mut config);
-        }
 
         Acceptor {
             acceptor: RusTlsAcceptor::from(Arc::new(config)),
@@ -125,11 +112,6 @@ impl TlsSettings {
 
     pub fn set_alpn(&mut self, alpn: ALPN) {
         self.alpn_protocols = Some(alpn.to_wire_protocols());
-    }
-
-    /// Duotone patch: `hook` adjusts the `ServerConfig` at the end of `build()`.
-    pub fn set_config_hook(&mut self, hook: ConfigHook) {
-        self.config_hook = Some(hook);
     }
 
     /// Configure mTLS by providing a rustls client certificate verifier.
@@ -218,7 +200,6 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: None,
             offload_threadpool: None,
-            config_hook: None,
         })
     }
 
@@ -239,7 +220,6 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: Some(callbacks),
             offload_threadpool: None,
-            config_hook: None,
         })
     }
 }

@@ -130,8 +130,6 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
-// Duotone patch: public, so an app can run this loop with its own
-// per-stream dispatch (Duotone serves common streams on its own path).
 pub async fn accept_downstream_sessions<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
@@ -205,7 +203,7 @@ pub async fn accept_downstream_sessions<F>(
 /// the session is being processed (e.g. move it into the spawned task) so the
 /// accept loop's idle timeout can tell a busy connection from an idle one. It
 /// decrements the in-flight counter when dropped.
-pub struct StreamGuard(Arc<ActiveSessions>);  // Duotone patch: public
+pub struct StreamGuard(Arc<ActiveSessions>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
@@ -504,8 +502,10 @@ impl HttpSession {
         })))
     }
 
-    /// Duotone patch: the request head, its body and the response handle,
-    /// for a caller that answers the stream itself with the `h2` API.
+    /// Consume the session and return the request header, the request body
+    /// stream and the response handle, so the caller can answer the stream
+    /// directly with the `h2` API (e.g. a fast path for common requests that
+    /// needs none of the session's bookkeeping).
     pub fn into_h2_parts(self) -> (RequestHeader, RecvStream, SendResponse<Bytes>) {
         (
             self.request_header,

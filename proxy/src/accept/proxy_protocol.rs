@@ -106,10 +106,11 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// The raw socket of a plain client stream (`-1` when it is not a socket
 /// stream; the digest then carries its addresses without one).
 pub fn raw_fd(stream: &pingora::protocols::Stream) -> RawFd {
-    stream
-        .as_any()
-        .downcast_ref::<L4Stream>()
-        .map_or(-1, |s| s.as_raw_fd())
+    let any = stream.as_any();
+    match any.downcast_ref::<crate::accept::Counted>() {
+        Some(counted) => counted.get_ref().as_raw_fd(),
+        None => any.downcast_ref::<L4Stream>().map_or(-1, |s| s.as_raw_fd()),
+    }
 }
 
 /// Pingora's pre-TLS hook on the HTTPS listener: reads the PROXY header

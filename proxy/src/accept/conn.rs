@@ -66,9 +66,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             // `proxy_protocol::PreTls`).
             let snap = self.control.load();
             let trusted = &snap.table.config.server.trusted_proxies;
-            let fd = crate::proxy_protocol::raw_fd(&stream);
-            let read =
-                crate::proxy_protocol::accept(&mut *stream, fd, trusted, limits.header_timeout);
+            let fd = crate::accept::proxy_protocol::raw_fd(&stream);
+            let read = crate::accept::proxy_protocol::accept(
+                &mut *stream,
+                fd,
+                trusted,
+                limits.header_timeout,
+            );
             match read.await {
                 Ok(r) => rest = r,
                 Err(why) => {

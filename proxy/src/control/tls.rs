@@ -1,7 +1,7 @@
 //! From the config to the certificate layer: one certificate spec per TLS
 //! site, ACME settings, and the admin/metrics views of certificates.
 
-use acme::{AcmeSettings, CertSource, CertSpec, CertStore, Challenge};
+use acme::{AcmeSettings, CertError, CertSource, CertSpec, CertStore, Challenge};
 use routes::config::{Config, Tls};
 use std::sync::Arc;
 
@@ -53,6 +53,20 @@ pub fn store(config: &Config) -> Result<Arc<CertStore>, acme::CertError> {
         cert_specs(config),
         Some(config.server.state_dir.join("self-signed")),
     )
+}
+
+/// The HTTPS listener's rustls config: [`acme::tls::server_config`] (TLS 1.2
+/// and 1.3, the safe suites, ALPN h2 + http/1.1, certificates by SNI from
+/// `store`) with stateless session tickets ([`acme::tls::ticketer`]: any
+/// number of clients resume, on any worker, where rustls' default server-side
+/// cache holds 256 sessions) and the cipher suite chosen by the server's
+/// order of preference rather than the client's (testssl.sh reports "no
+/// cipher order configured" otherwise).
+pub fn server_config(store: &Arc<CertStore>) -> Result<rustls::ServerConfig, CertError> {
+    let mut config = acme::tls::server_config(store.resolver())?;
+    config.ticketer = acme::tls::ticketer()?;
+    config.ignore_client_order = true;
+    Ok(config)
 }
 
 /// What `duotone check` builds: [`store`] without writing self-signed

@@ -1,0 +1,180 @@
+//! A client socket that holds its place in the workers' open-connection
+//! counts ([`super::spread::Open`]) until its close begins.
+
+use super::spread::Open;
+use async_trait::async_trait;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Pingora's socket stream, counted as open on its worker until a shutdown
+/// starts or it drops, before the socket closes: a client that has seen its
+/// connection close is never counted against a worker afterwards (the next
+/// spreading choices would be skewed by a worker descheduled in between).
+#[derive(Debug)]
+pub struct Counted {
+    /// Declared before `inner`, so it drops before the socket closes.
+    counted: Option<Open>,
+    inner: L4Stream,
+}
+
+impl Counted {
+    /// `inner`, counted as `open` until its close begins.
+    pub fn new(inner: L4Stream, open: Open) -> Self {
+        Counted {
+            counted: Some(open),
+            inner,
+        }
+    }
+
+    /// The socket stream (e.g. to read a PROXY header before TLS).
+    pub fn get_mut(&mut self) -> &mut L4Stream {
+        &mut self.inner
+    }
+
+    /// The socket stream.
+    pub fn get_ref(&self) -> &L4Stream {
+        &self.inner
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // The close begins: the connection no longer counts.
+        self.counted = None;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Counted {
+    async fn shutdown(&mut self) {
+        self.counted = None;
+        Shutdown::shutdown(&mut self.inner).await
+    }
+}
+
+impl UniqueID for Counted {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Counted {}
+
+impl GetTimingDigest for Counted {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Counted {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Counted {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Counted {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accept::spread::Load;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn stops_counting_when_the_close_begins() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let load = Load::new(1);
+        let (_, open) = load.assign(0);
+        let mut counted = Counted::new(L4Stream::from(server), open);
+        assert_eq!(load.counts(), [1]);
+        AsyncWriteExt::shutdown(&mut counted)
+            .await
+            .expect("shutdown");
+        assert_eq!(load.counts(), [0]);
+        drop((counted, client));
+    }
+
+    #[tokio::test]
+    async fn stops_counting_when_dropped() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let load = Load::new(2);
+        let (_, open) = load.assign(1);
+        let counted = Counted::new(L4Stream::from(server), open);
+        assert_eq!(load.counts(), [0, 1]);
+        drop(counted);
+        assert_eq!(load.counts(), [0, 0]);
+    }
+}
