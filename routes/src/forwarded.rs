@@ -56,6 +56,7 @@ pub struct Facts<'a> {
 
 /// Adds the forwarding fields for a request with `facts` to `out`;
 /// `relayed` is what a trusted proxy said (None from any other peer).
+#[inline]
 pub fn write(out: &mut impl Fields, facts: &Facts<'_>, relayed: Option<&Relayed<'_>>) {
     let own: &[u8] = if facts.tls { b"https" } else { b"http" };
     let (proto, host) = match relayed {

@@ -137,6 +137,7 @@ impl Decision {
     /// auth and no compression (the lane), must leave this request to the
     /// full path: anything but a proxied or static route, a route with
     /// basic auth or compression, or a body over the route's limit.
+    #[inline]
     pub fn needs_full_path(&self, table: &RouteTable) -> bool {
         let Some(r) = self.routed() else {
             return true;
@@ -170,6 +171,7 @@ pub struct Verdict<'a> {
 }
 
 /// Decides what happens to the request `view` under `table`.
+#[inline]
 pub fn decide<'a>(table: &RouteTable, view: &View<'a>) -> Verdict<'a> {
     let limits = &table.config.limits;
     let answer = |a| Verdict {
@@ -205,6 +207,7 @@ pub fn decide<'a>(table: &RouteTable, view: &View<'a>) -> Verdict<'a> {
 
 /// The rules after the request check, on the checked request; notes the
 /// site and route matched in `at`.
+#[inline]
 fn route(
     table: &RouteTable,
     view: &View<'_>,

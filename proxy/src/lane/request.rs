@@ -397,6 +397,7 @@ pub fn forwarding(
 struct HeadFields<'a>(&'a mut Vec<u8>);
 
 impl routes::forwarded::Fields for HeadFields<'_> {
+    #[inline(always)]
     fn add(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>)) {
         self.0.extend_from_slice(name.as_bytes());
         self.0.extend_from_slice(b": ");
