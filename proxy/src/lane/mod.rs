@@ -4,7 +4,7 @@
 //! upstream head written straight from it, and the response relayed.
 //!
 //! Static files are answered on the lane too. Everything else (redirects,
-//! auth, allow lists, compression, upgrades, chunked or large uploads,
+//! auth, compression, upgrades, chunked or large uploads,
 //! HTTP/1.0, bad or oversized heads, ACME challenges) is handed to
 //! Pingora's full path together with the bytes already read; Pingora then
 //! serves the rest of the connection, exactly as without the lane. HTTP/2
