@@ -13,6 +13,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use routes::config::AccessLog as AccessLogFormat;
 use routes::policy::{self, Attempts, Decision, View};
 use routes::{Action, InFlight, MemberAddr};
 use std::sync::Arc;
@@ -624,9 +625,12 @@ impl ProxyHttp for Edge {
             elapsed: ctx.start.elapsed().as_secs_f64(),
         };
         let req = session.req_header();
-        let request_id = ctx
-            .request_id
-            .get_or_insert_with(|| self.ids.for_request(req));
+        // Answered locally (static, redirect, 4xx): still one id per line,
+        // made only when a line is written.
+        if ctx.request_id.is_none() && snap.table.config.access_log != AccessLogFormat::Off {
+            ctx.request_id = Some(self.ids.for_request(req));
+        }
+        let request_id = ctx.request_id.as_ref();
         let header = |n: http::header::HeaderName| {
             req.headers
                 .get(n)
@@ -645,7 +649,7 @@ impl ProxyHttp for Edge {
                 } else {
                     "HTTP/1.1"
                 },
-                request_id: request_id.to_str().unwrap_or(""),
+                request_id: request_id.and_then(|v| v.to_str().ok()).unwrap_or(""),
                 referer: header(http::header::REFERER),
                 user_agent: header(http::header::USER_AGENT),
             })
