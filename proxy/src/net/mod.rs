@@ -6,3 +6,4 @@ pub mod forwarded;
 pub mod head_scan;
 pub mod hop;
 pub mod stream;
+pub mod wrap;

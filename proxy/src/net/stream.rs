@@ -6,9 +6,7 @@
 
 use async_trait::async_trait;
 use pingora::protocols::Stream;
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, ALPN,
-};
+use pingora::protocols::{Peek, Ssl, ALPN};
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +14,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// The client connection preface of cleartext HTTP/2 (h2c).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -243,46 +241,7 @@ impl AsyncRead for HeadDeadline {
     }
 }
 
-impl AsyncWrite for HeadDeadline {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.counted = None;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-#[async_trait]
-impl Shutdown for HeadDeadline {
-    async fn shutdown(&mut self) {
-        self.counted = None;
-        self.inner.shutdown().await
-    }
-}
-
-impl UniqueID for HeadDeadline {
-    fn id(&self) -> pingora::protocols::UniqueIDType {
-        self.inner.id()
-    }
-}
+crate::net::wrap::counted_stream!(HeadDeadline);
 
 impl Ssl for HeadDeadline {
     fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
@@ -293,36 +252,6 @@ impl Ssl for HeadDeadline {
     }
     fn selected_alpn_proto(&self) -> Option<ALPN> {
         self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for HeadDeadline {
-    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for HeadDeadline {
-    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
-        self.inner.set_proxy_digest(digest)
-    }
-}
-
-impl GetSocketDigest for HeadDeadline {
-    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
-        self.inner.set_socket_digest(digest)
     }
 }
 
