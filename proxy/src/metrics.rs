@@ -130,6 +130,21 @@ const GAUGES: &[(&str, &str, &[&str])] = &[
         &[],
     ),
     (
+        "duotone_buffered_bytes",
+        "Request and response body bytes buffered now, in memory or in temp files ([buffering]).",
+        &["where"],
+    ),
+    (
+        "duotone_buffer_spilled_bytes_total",
+        "Body bytes written to buffer temp files.",
+        &[],
+    ),
+    (
+        "duotone_buffer_failures_total",
+        "Buffer temp files that could not be made or written (requests answered 503, responses kept in memory).",
+        &[],
+    ),
+    (
         "duotone_client_handshake_failures_total",
         "Client TLS (and HTTP/2 preface) handshakes that failed or timed out; logged at DEBUG.",
         &[],

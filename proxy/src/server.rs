@@ -67,6 +67,7 @@ pub fn run(source: Source) -> Result<()> {
                 }]
             }),
             Arc::new(move || crate::metrics::connection_gauges(conns.total(), conns.per_worker())),
+            Arc::new(crate::net::spool::gauges),
         ]);
     }
 

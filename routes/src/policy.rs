@@ -77,6 +77,20 @@ pub const UNAUTHORIZED: Answer = Answer::new(401, "authentication required\n", f
 pub const AUTH_CHALLENGE: &str = "Basic realm=\"restricted\", charset=\"UTF-8\"";
 /// The declared body is over the route's limit.
 pub const TOO_LARGE: Answer = Answer::new(413, "request body too large\n", true);
+/// A request body that could not be buffered (its temp file failed).
+pub const NOT_BUFFERED: Answer = Answer::new(
+    503,
+    "service unavailable: the request body could not be buffered\n",
+    true,
+);
+/// A client that stalled its request body.
+pub const BODY_TIMEOUT: Answer = Answer::new(
+    408,
+    "request timeout: the request body did not arrive in time\n",
+    true,
+);
+/// A request body cut short or malformed.
+pub const BAD_BODY: Answer = Answer::new(400, "bad request body\n", true);
 /// An unknown ACME challenge token.
 pub const UNKNOWN_CHALLENGE: Answer = Answer::new(404, "unknown challenge\n", false);
 /// The site wants HTTPS and no HTTPS listener is open.

@@ -37,6 +37,17 @@ pub struct Snapshot {
     pub table: RouteTable,
     /// Extensions built with I/O for each route slot (static file servers).
     pub slots: Vec<crate::control::slots::Slot>,
+    /// Where and how much request and response bodies are buffered.
+    pub buffering: crate::net::spool::Limits,
+}
+
+impl Snapshot {
+    /// The limits to buffer responses of route `route` of site `site`
+    /// with, unless it streams them (`buffer_responses = false`).
+    pub fn response_buffer(&self, site: usize, route: usize) -> Option<&crate::net::spool::Limits> {
+        let _route = self.table.sites.get(site)?.routes.get(route)?;
+        Some(&self.buffering)
+    }
 }
 
 /// Where the config text comes from.
@@ -629,7 +640,15 @@ fn build(
         tracing::warn!("{w}");
     }
     let slots = crate::control::slots::build(&table, metrics)?;
-    Ok((Snapshot { table, slots }, warnings))
+    let buffering = crate::net::spool::Limits::prepare(&table.config);
+    Ok((
+        Snapshot {
+            table,
+            slots,
+            buffering,
+        },
+        warnings,
+    ))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! once per request, routes by host and path, and either answers locally
 //! (static files, redirects, ACME challenges) or proxies to the live color.
 
+pub mod exchange;
 pub mod respond;
 pub mod static_files;
 pub mod tunnel;
@@ -62,6 +63,8 @@ pub struct Ctx {
     body_limit: u64,
     body_seen: u64,
     static_bytes: u64,
+    /// How the request went when [`exchange::serve`] proxied it.
+    exchanged: Option<crate::lane::Outcome>,
 }
 
 impl Ctx {
@@ -117,6 +120,7 @@ impl ProxyHttp for Edge {
             body_limit: u64::MAX,
             body_seen: 0,
             static_bytes: 0,
+            exchanged: None,
         }
     }
 
@@ -280,6 +284,10 @@ impl ProxyHttp for Edge {
         match service {
             Some(i) => {
                 ctx.service = i;
+                if exchange::wants(session, &snap, routed.site, routed.route) {
+                    exchange::serve(self, session, ctx, &snap, &routed, i).await?;
+                    return Ok(true);
+                }
                 Ok(false)
             }
             None => {
@@ -612,13 +620,21 @@ impl ProxyHttp for Edge {
             .and_then(|(s, r)| snap.table.sites.get(s)?.routes.get(r));
         let proxied = matches!(route.map(|r| &r.action), Some(Action::Proxy(_)));
         let attempts = ctx.attempts.as_ref().filter(|_| proxied);
+        let (pool, member, ok) = match &ctx.exchanged {
+            Some(o) => (Some(o.pool), o.member, o.ok && e.is_none()),
+            None => (
+                attempts.map(|a| a.pool()),
+                attempts.and_then(|a| a.member()),
+                e.is_none(),
+            ),
+        };
         let f = crate::record::Finished {
             site: Some(ctx.site),
             route: ctx.route,
-            service: attempts.map(|_| ctx.service),
-            pool: attempts.map(|a| a.pool()),
-            member: attempts.and_then(|a| a.member()),
-            ok: e.is_none(),
+            service: pool.map(|_| ctx.service),
+            pool,
+            member,
+            ok,
             status,
             bytes: session.body_bytes_sent() as u64,
             static_bytes: ctx.static_bytes,

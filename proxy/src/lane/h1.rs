@@ -95,7 +95,7 @@ impl Lane {
                     Err(()) => {
                         // The client stalled its body: its timeout (408, as
                         // on Pingora's path); no upstream was involved.
-                        relay::fail(io, plan.head_method, 408, limits.body_timeout).await;
+                        super::client::fail(io, plan.head_method, 408, limits.body_timeout).await;
                         let outcome = Outcome {
                             status: 408,
                             bytes: 0,
@@ -113,13 +113,20 @@ impl Lane {
             let outcome = match &plan.work {
                 Work::Proxy(service) => {
                     out.extend_from_slice(&buf[plan.head_len..need]);
-                    let mut client = relay::H1 {
+                    let mut client = super::client::H1 {
                         io,
                         timeout: limits.body_timeout,
                         timer: &mut client_timer,
                         upstream_timer: &mut upstream_timer,
                     };
-                    relay::exchange(self, &snap, &plan, *service, &out, &mut client, tls).await
+                    let mut req = relay::Request {
+                        bytes: &out,
+                        spool: None,
+                        buffer: snap.response_buffer(plan.site, plan.route),
+                    };
+                    let (control, service) = (&self.control, *service);
+                    relay::exchange(control, &snap, &plan, service, &mut req, &mut client, tls)
+                        .await
                 }
                 Work::Static(req) => {
                     let hsts = hsts(&snap, plan.site, tls);

@@ -7,8 +7,9 @@
 //! conversions, body channels, connector pool). Every other stream goes to
 //! Pingora's full path as before.
 
+use super::client::{self, Client};
 use super::field::Field;
-use super::relay::{self, Client};
+use super::relay;
 use super::request::{self, LogFields, Plan, Work};
 use super::response::HeadOut;
 use super::state::Lane;
@@ -114,8 +115,14 @@ impl Lane {
             timeout: config.limits.body_timeout,
             upstream_timer: Timer::default(),
         };
+        let mut req = relay::Request {
+            bytes: &out,
+            spool: None,
+            buffer: snap.response_buffer(plan.site, plan.route),
+        };
+        let (control, tls) = (&self.control, info.tls);
         let outcome =
-            relay::exchange(self, &snap, &plan, service, &out, &mut client, info.tls).await;
+            relay::exchange(control, &snap, &plan, service, &mut req, &mut client, tls).await;
         self.finish(&snap, &plan, &outcome, start, log, &info.ip, "HTTP/2.0");
         None
     }
@@ -341,6 +348,11 @@ impl Client for Stream {
         only_head || self.send_body(body, end).await
     }
 
+    async fn interim(&mut self, _head: &[u8]) -> bool {
+        // Not relayed on HTTP/2 streams (the h2 crate sends no 1xx heads).
+        true
+    }
+
     async fn send_body(&mut self, body: &[u8], end: bool) -> bool {
         let Some(s) = self.body.as_mut() else {
             return false;
@@ -355,7 +367,7 @@ impl Client for Stream {
     }
 
     async fn fail(&mut self, status: u16, head_method: bool) {
-        let (_, text) = relay::failure(status);
+        let (_, text) = client::failure(status);
         let mut head = Head::default();
         head.start(status, None);
         head.header("content-type", b"text/plain; charset=utf-8");

@@ -10,15 +10,17 @@
 //! serves the rest of the connection, exactly as without the lane. HTTP/2
 //! streams are served per stream ([`h2`]).
 
+pub(crate) mod client;
 mod field;
 mod h1;
 pub mod h2;
 mod local;
-mod relay;
+mod pump;
+pub(crate) mod relay;
 pub mod request;
 pub mod response;
 mod state;
-mod timer;
+pub(crate) mod timer;
 mod upstream;
 
 pub use state::{End, Lane, Outcome};

@@ -2,16 +2,19 @@
 //! (pooled or new, retrying other members on connect failure and a fresh
 //! connection when a reused one turns out closed, if the request may be
 //! replayed: [`crate::replay`]), send the request, relay the response head
-//! and body to the client: an HTTP/1.1 connection or an HTTP/2 stream,
-//! through [`Client`].
+//! and body to the client: an HTTP/1.1 connection, an HTTP/2 stream or a
+//! Pingora session, through [`Client`]. Responses are buffered
+//! ([`pump::buffered`]) unless the route or the response says not to.
 
+use super::client::Client;
+use super::pump::{self, Framed};
 use super::request::Plan;
-use super::response::{self, Chunks, Extra, Framing, HeadOut};
-use super::state::{read_some, Lane, Outcome};
-use super::timer::{within, Timer};
+use super::response::{self, Extra, Framing};
+use super::state::{read_some, Outcome};
+use super::timer::within;
 use super::upstream::{self, Conn, Key};
-use crate::control::Snapshot;
-use crate::net::stream::HeadDeadline;
+use crate::control::{Control, Snapshot};
+use crate::net::spool::{self, Spool};
 use routes::MemberAddr;
 use tokio::io::AsyncWriteExt;
 
@@ -79,78 +82,25 @@ impl Drop for Spare {
     }
 }
 
-/// Where a proxied response goes: an HTTP/1.1 connection or an HTTP/2
-/// stream. Each applies its own client write timeout.
-pub trait Client {
-    /// The response head as this client's protocol writes it.
-    type Head: HeadOut + Default;
-    /// Chunked upstream bodies are passed on decoded (HTTP/2 has its own
-    /// framing) rather than verbatim.
-    const DECHUNK: bool;
-    /// Sends `head` followed by the first `body` bytes; `end`: the response
-    /// is complete. False when the client is gone.
-    async fn send_head(&mut self, head: &mut Self::Head, body: &[u8], end: bool) -> bool;
-    /// Sends more of the body; `end`: the response is complete.
-    async fn send_body(&mut self, body: &[u8], end: bool) -> bool;
-    /// Answers with a short 502 or 504 before anything else was sent.
-    async fn fail(&mut self, status: u16, head_method: bool);
-    /// The timer for waits on the upstream during this exchange.
-    fn upstream_timer(&mut self) -> &mut Timer;
+/// A request to send upstream.
+pub struct Request<'a> {
+    /// The upstream head, then the body bytes at hand (all of the body on
+    /// the lane).
+    pub bytes: &'a [u8],
+    /// The rest of the body, read from the client beforehand.
+    pub spool: Option<&'a mut Spool>,
+    /// Buffer the response with these limits (None: relay it as it comes).
+    pub buffer: Option<&'a spool::Limits>,
 }
 
-/// An HTTP/1.1 client connection.
-pub struct H1<'a> {
-    /// The connection.
-    pub io: &'a mut HeadDeadline,
-    /// Client write timeout.
-    pub timeout: std::time::Duration,
-    /// The connection's timer for client waits.
-    pub timer: &'a mut Timer,
-    /// The connection's timer for upstream waits.
-    pub upstream_timer: &'a mut Timer,
-}
-
-impl Client for H1<'_> {
-    type Head = Vec<u8>;
-    const DECHUNK: bool = false;
-
-    async fn send_head(&mut self, head: &mut Vec<u8>, body: &[u8], end: bool) -> bool {
-        head.extend_from_slice(body);
-        self.send_body(head, end).await
-    }
-
-    async fn send_body(&mut self, body: &[u8], end: bool) -> bool {
-        let timer = &mut *self.timer;
-        if !matches!(
-            timer.within(self.timeout, self.io.write_all(body)).await,
-            Ok(Ok(()))
-        ) {
-            return false;
-        }
-        // TLS (and buffered) streams may hold the tail until flushed.
-        !end || matches!(
-            timer.within(self.timeout, self.io.flush()).await,
-            Ok(Ok(()))
-        )
-    }
-
-    async fn fail(&mut self, status: u16, head_method: bool) {
-        fail(self.io, head_method, status, self.timeout).await;
-    }
-
-    fn upstream_timer(&mut self) -> &mut Timer {
-        self.upstream_timer
-    }
-}
-
-/// Proxies the request in `req` (upstream head and body) and sends the
-/// response, or a 502/504, to the client.
+/// Proxies `req` and sends the response, or a 502/504, to the client.
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange<C: Client>(
-    lane: &Lane,
+    control: &Control,
     snap: &Snapshot,
     plan: &Plan,
     service: usize,
-    req: &[u8],
+    req: &mut Request<'_>,
     client: &mut C,
     tls: bool,
 ) -> Outcome {
@@ -202,19 +152,26 @@ pub async fn exchange<C: Client>(
         loop {
             let reused = pooled.is_some();
             let mut up = match pooled.take() {
-                Some(c) => c,
+                Some(c) => Some(c),
                 None => match within(t.connect, Conn::connect(key)).await {
-                    Ok(Ok(c)) => c,
+                    Ok(Ok(c)) => Some(c),
                     res => {
-                        if crate::control::connect_failed(&lane.control, svc, &attempts) {
+                        if crate::control::connect_failed(control, svc, &attempts) {
                             continue 'members;
                         }
                         break 'members if res.is_err() { 504 } else { 502 };
                     }
                 },
             };
+            let idle = t.idle;
+            let release = move |conn, reusable| {
+                if reusable {
+                    upstream::give(key, conn, idle);
+                }
+            };
             let attempt = relay(
                 &mut up,
+                release,
                 req,
                 &extra,
                 client,
@@ -231,7 +188,7 @@ pub async fn exchange<C: Client>(
                     if routes::policy::Attempts::may_resend(
                         reused,
                         sent,
-                        routes::replay::method_of(req),
+                        routes::replay::method_of(req.bytes),
                     ) =>
                 {
                     continue
@@ -245,7 +202,7 @@ pub async fn exchange<C: Client>(
                     reusable,
                     keep_client,
                 } => {
-                    if complete && reusable {
+                    if let (true, true, Some(up)) = (complete, reusable, up) {
                         upstream::give(key, up, t.idle);
                     }
                     outcome.status = status;
@@ -272,11 +229,57 @@ async fn failed<C: Client>(
     outcome
 }
 
-/// One attempt: request out, response head in, response relayed.
+/// Writes the request (head and body) to `up`. Err: whether any of it
+/// may have reached the upstream, or None for a timeout.
+async fn send(
+    up: &mut Conn,
+    req: &mut Request<'_>,
+    write_timeout: std::time::Duration,
+) -> Result<(), Option<bool>> {
+    // `write_all`, counting what left: a request not one byte of which
+    // was written may be sent again whatever its method.
+    let mut sent = false;
+    let mut write = async |bytes: &[u8], sent: &mut bool| {
+        let mut written = 0;
+        while written < bytes.len() {
+            match within(write_timeout, up.write(&bytes[written..])).await {
+                Ok(Ok(n)) if n > 0 => {
+                    written += n;
+                    *sent = true;
+                }
+                Ok(_) => return Err(Some(*sent)),
+                Err(()) => return Err(None),
+            }
+        }
+        Ok(())
+    };
+    write(req.bytes, &mut sent).await?;
+    if let Some(spool) = req.spool.as_deref_mut() {
+        spool.rewind();
+        loop {
+            let chunk = match spool.front() {
+                Ok([]) => break,
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("reading a buffered request body: {e}");
+                    return Err(Some(true));
+                }
+            };
+            let n = chunk.len();
+            write(chunk, &mut sent).await?;
+            spool.consume(n);
+        }
+    }
+    Ok(())
+}
+
+/// One attempt: request out, response head in, response relayed
+/// (buffered when `req.buffer` says so and the response allows it).
 #[allow(clippy::too_many_arguments)]
 async fn relay<C: Client>(
-    up: &mut Conn,
-    req: &[u8],
+    slot: &mut Option<Conn>,
+    release: impl FnOnce(Conn, bool),
+    req: &mut Request<'_>,
     extra: &Extra<'_>,
     client: &mut C,
     rbuf: &mut Vec<u8>,
@@ -284,15 +287,13 @@ async fn relay<C: Client>(
     read_timeout: std::time::Duration,
     write_timeout: std::time::Duration,
 ) -> Attempt {
-    // `write_all`, counting what left: a request not one byte of which
-    // was written may be sent again whatever its method.
-    let mut written = 0;
-    while written < req.len() {
-        match within(write_timeout, up.write(&req[written..])).await {
-            Ok(Ok(n)) if n > 0 => written += n,
-            Ok(_) => return Attempt::Broken { sent: written > 0 },
-            Err(()) => return Attempt::Failed(504),
-        }
+    let Some(up) = slot.as_mut() else {
+        return Attempt::Failed(502);
+    };
+    match send(up, req, write_timeout).await {
+        Ok(()) => {}
+        Err(Some(sent)) => return Attempt::Broken { sent },
+        Err(None) => return Attempt::Failed(504),
     }
     rbuf.clear();
     let parsed = 'head: loop {
@@ -313,6 +314,9 @@ async fn relay<C: Client>(
                     return Attempt::Failed(502)
                 }
                 response::Parsed::Interim(n) => {
+                    if !client.interim(&rbuf[..n]).await {
+                        return Attempt::Failed(502);
+                    }
                     rbuf.drain(..n);
                     if rbuf.is_empty() {
                         break;
@@ -338,45 +342,20 @@ async fn relay<C: Client>(
     let status = parsed.status;
     let mut reusable = parsed.reusable;
     let keep_client = parsed.framing != Framing::Close;
-    let mut chunks = Chunks::default();
+    let mut framed = Framed::new(parsed.framing, C::DECHUNK);
     let mut data = Vec::new();
-    let mut left = match parsed.framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    // Of the response bytes `read`: how many belong to the body, and
-    // whether the body is complete (decoded chunk data goes to `data`).
-    let mut body = |read: &[u8], data: &mut Vec<u8>| -> Result<(usize, bool), ()> {
-        let n = read.len();
-        Ok(match parsed.framing {
-            Framing::Empty => (0, true),
-            Framing::Length(_) => {
-                let take = n.min(usize::try_from(left).unwrap_or(usize::MAX));
-                left -= take as u64;
-                (take, left == 0)
-            }
-            Framing::Chunked if C::DECHUNK => {
-                data.clear();
-                (chunks.feed_data(read, data).map_err(|_| ())?, chunks.done())
-            }
-            Framing::Chunked => (chunks.feed(read).map_err(|_| ())?, chunks.done()),
-            Framing::Close => (n, false),
-        })
-    };
-    let Ok((take, mut done)) = body(&rbuf[parsed.len..], &mut data) else {
+    let Ok((take, mut done)) = framed.feed(&rbuf[parsed.len..], &mut data) else {
         return Attempt::Failed(502);
     };
     if parsed.len + take < rbuf.len() {
         // Bytes past the response: the connection is out of step.
         reusable = false;
     }
-    let dechunked = C::DECHUNK && parsed.framing == Framing::Chunked;
-    let first = if dechunked {
+    let first = if framed.decodes() {
         &data[..]
     } else {
         &rbuf[parsed.len..parsed.len + take]
     };
-    let mut bytes = first.len() as u64;
     let relayed = |bytes, complete, reusable| Attempt::Relayed {
         status,
         bytes,
@@ -384,6 +363,25 @@ async fn relay<C: Client>(
         reusable,
         keep_client,
     };
+    if let (false, false, Some(limits)) = (done, parsed.unbuffered, req.buffer) {
+        let spool = Spool::for_response(limits.clone());
+        let first = first.to_vec();
+        let p = pump::buffered(
+            slot,
+            release,
+            client,
+            head,
+            &first,
+            framed,
+            spool,
+            rbuf,
+            read_timeout,
+        )
+        .await;
+        // `release` had the connection when it was reusable.
+        return relayed(p.bytes, p.delivered && p.upstream.complete, false);
+    }
+    let mut bytes = first.len() as u64;
     if !client.send_head(head, first, done).await {
         return relayed(bytes, false, false);
     }
@@ -399,68 +397,26 @@ async fn relay<C: Client>(
         };
         if n == 0 {
             // Close-delimited bodies end here; others were cut short.
-            let complete = parsed.framing == Framing::Close;
+            let complete = framed.ends_at_close();
             let ended = complete && client.send_body(&[], true).await;
             return relayed(bytes, ended, false);
         }
-        let Ok((take, end)) = body(&rbuf[..n], &mut data) else {
+        let Ok((take, end)) = framed.feed(&rbuf[..n], &mut data) else {
             return relayed(bytes, false, false);
         };
         done = end;
         if take < n {
             reusable = false;
         }
-        let out = if dechunked { &data[..] } else { &rbuf[..take] };
+        let out = if framed.decodes() {
+            &data[..]
+        } else {
+            &rbuf[..take]
+        };
         if !client.send_body(out, done).await {
             return relayed(bytes, false, false);
         }
         bytes += out.len() as u64;
     }
     relayed(bytes, true, reusable)
-}
-
-/// The reason phrase and body text of a 502, 504 or 408 answer.
-pub fn failure(status: u16) -> (&'static str, &'static str) {
-    match status {
-        408 => (
-            "Request Timeout",
-            "request timeout: the request body did not arrive in time\n",
-        ),
-        504 => (
-            "Gateway Timeout",
-            "gateway timeout: the upstream did not answer in time\n",
-        ),
-        _ => ("Bad Gateway", "bad gateway: the upstream failed\n"),
-    }
-}
-
-/// Answers the client with a short error (the connection then closes, as
-/// on Pingora's path); returns the status.
-pub(super) async fn fail(
-    io: &mut HeadDeadline,
-    head_method: bool,
-    status: u16,
-    timeout: std::time::Duration,
-) {
-    let (reason, body) = failure(status);
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
-    super::request::header(&mut out, b"content-type", b"text/plain; charset=utf-8");
-    super::request::header(
-        &mut out,
-        b"content-length",
-        body.len().to_string().as_bytes(),
-    );
-    super::request::header(&mut out, b"cache-control", b"no-store");
-    response::date(&mut out);
-    super::request::header(&mut out, b"connection", b"close");
-    out.extend_from_slice(b"\r\n");
-    if !head_method {
-        out.extend_from_slice(body.as_bytes());
-    }
-    let _ = tokio::time::timeout(timeout, async {
-        io.write_all(&out).await?;
-        io.flush().await
-    })
-    .await;
 }

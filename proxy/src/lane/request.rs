@@ -94,6 +94,16 @@ pub struct RequestId {
 }
 
 impl RequestId {
+    /// An id known to be sane (at most 128 bytes are kept).
+    pub fn of(v: &[u8]) -> RequestId {
+        let mut id = RequestId {
+            buf: [0; 128],
+            len: v.len().min(128),
+        };
+        id.buf[..id.len].copy_from_slice(&v[..id.len]);
+        id
+    }
+
     /// The id's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]

@@ -31,6 +31,9 @@ pub struct Head {
     pub framing: Framing,
     /// The upstream connection may be reused once the body is read.
     pub reusable: bool,
+    /// Never buffered: an event stream, or the upstream said
+    /// `X-Accel-Buffering: no` (nginx's convention).
+    pub unbuffered: bool,
 }
 
 /// The outcome of looking at the upstream's bytes so far.
@@ -137,6 +140,7 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
     let mut reusable = version == 1;
     // The Connection field names others, to be removed (RFC 9110 §7.6.1).
     let mut nominates = false;
+    let mut unbuffered = false;
     let mut fields = [Field::Other; MAX_HEADERS];
     for (h, field) in resp.headers.iter().zip(fields.iter_mut()) {
         *field = Field::of(h.name);
@@ -157,6 +161,7 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
                 reusable &= !o.close;
                 nominates |= o.nominates;
             }
+            Field::Other => unbuffered |= streams(h.name, h.value),
             _ => {}
         }
     }
@@ -190,6 +195,8 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
             | Field::XRequestId => true,
             Field::ContentLength => chunked,
             Field::StrictTransportSecurity => extra.hsts.is_some(),
+            // For the edge, as nginx hides it.
+            Field::Other if is_accel_buffering(h.name) => true,
             _ => nominates && nominated(resp.headers, &fields, h.name),
         } || (!add.is_empty() && routes::headers::AddHeaders::replaces(add, h.name));
         if !dropped {
@@ -217,7 +224,26 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
         status,
         framing,
         reusable,
+        unbuffered,
     })
+}
+
+/// Whether a field is `X-Accel-Buffering`.
+fn is_accel_buffering(name: &str) -> bool {
+    super::request::is(name, "x-accel-buffering")
+}
+
+/// Whether a response field says the body must not be buffered: an event
+/// stream (`Content-Type: text/event-stream`) or `X-Accel-Buffering: no`.
+pub fn streams(name: &str, value: &[u8]) -> bool {
+    if is_accel_buffering(name) {
+        return value.trim_ascii().eq_ignore_ascii_case(b"no");
+    }
+    super::request::is(name, "content-type")
+        && value
+            .trim_ascii()
+            .get(..17)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"text/event-stream"))
 }
 
 /// True when a Connection field among `headers` (classified in `fields`)

@@ -5,5 +5,6 @@
 pub mod forwarded;
 pub mod head_scan;
 pub mod hop;
+pub mod spool;
 pub mod stream;
 pub mod wrap;
