@@ -373,7 +373,7 @@ fn a_service_mixing_uwsgi_and_http_members_is_refused() {
             format!(
                 "[server]\nhttp = \"127.0.0.1:{}\"\nstate_dir = \"state\"\n\n\
                  [[sites]]\nhosts = [\"*\"]\n  [[sites.routes]]\n  path = \"/\"\n  service = \"api\"\n\n\
-                 [services.api]\ncolors.blue = [\"{blue}\"]\ncolors.green = [\"{green}\"]\n",
+                 [services.api]\nlive = \"blue\"\ncolors.blue = [\"{blue}\"]\ncolors.green = [\"{green}\"]\n",
                 e2e::free_port()
             ),
         )
@@ -383,6 +383,7 @@ fn a_service_mixing_uwsgi_and_http_members_is_refused() {
     let (code, out, err) = run_cli(&["check", "-c", path], &[]);
     assert_eq!(code, 0, "{out}{err}");
 
+    // The same config with green on HTTP: only the mix is wrong.
     write("uwsgi://127.0.0.1:3031", "127.0.0.1:8002");
     let (code, out, err) = run_cli(&["check", "-c", path], &[]);
     assert_eq!(code, 1, "{out}{err}");
