@@ -522,6 +522,12 @@ impl Nginx {
     /// Starts nginx proxying every path to `upstream` (`host:port`) with
     /// nginx's defaults for buffering; returns once it answers `/healthz`.
     pub async fn start(upstream: &str) -> Option<Nginx> {
+        Self::start_with(upstream, "client_max_body_size 100m;").await
+    }
+
+    /// Like [`Nginx::start`], with `server` as extra lines of its `server`
+    /// block.
+    pub async fn start_with(upstream: &str, server: &str) -> Option<Nginx> {
         let bin = std::env::var_os("DUOTONE_TEST_NGINX")
             .map(PathBuf::from)
             .or_else(|| {
@@ -539,7 +545,7 @@ impl Nginx {
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
              upstream app {{ server {upstream}; }}\n\
-             server {{\n    listen {addr};\n    client_max_body_size 100m;\n\
+             server {{\n    listen {addr};\n    {server}\n\
              location / {{ proxy_pass http://app; proxy_http_version 1.1; \
              proxy_set_header Connection \"\"; proxy_set_header Host $host; }}\n  }}\n}}\n"
         );

@@ -95,6 +95,18 @@ impl Front for Proxy {
     }
 }
 
+/// An app server's own listener (for checks of the harness).
+struct Direct(SocketAddr);
+
+impl Front for Direct {
+    fn addr(&self) -> SocketAddr {
+        self.0
+    }
+    fn log(&self) -> String {
+        String::new()
+    }
+}
+
 impl Front for Nginx {
     fn addr(&self) -> SocketAddr {
         self.addr
@@ -664,4 +676,31 @@ async fn harness_slow_client_scenarios_pass_behind_nginx() {
     unread_responses(&n, "nginx", &g, &app).await;
     chunked_upload(&n, "nginx", &g, &app).await;
     x_accel_no(&n, "nginx", &app).await;
+    // The go-ahead files pace the app's streams (straight to gunicorn).
+    let Bind::Tcp(direct) = g.bind.clone() else {
+        unreachable!("gunicorn on TCP")
+    };
+    stream_in_steps(
+        &Direct(direct),
+        &app,
+        "/sse?key=direct&n=3",
+        "direct",
+        [
+            "data: event 1\n\n",
+            "data: event 2\n\n",
+            "data: event 3\n\n",
+        ],
+    )
+    .await;
+    // A held upload reads an answer sent before its body is all sent, as
+    // the unwritable buffer dir's 5xx may be (here nginx's early 413).
+    let small = Nginx::start_with(&g.member(), "client_max_body_size 64k;")
+        .await
+        .expect("nginx");
+    let mut u = HeldUpload::start(small.addr, "app.test", "/upload", Some(MIB))
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(LIMIT, u.send(&upload_body(MIB), 64 * KIB, Duration::ZERO)).await;
+    let r = u.finish(LIMIT).await.unwrap();
+    assert_eq!(r.status, 413, "{}", small.log());
 }
