@@ -205,7 +205,8 @@ def start_upstream(tmp, a):
         cmd = [gunicorn_python(a), "-m", "gunicorn", "--worker-class", "sync", "--workers", "2",
                "--bind", "127.0.0.1:%d" % port, "--timeout", "300", "--chdir", APP,
                "edge_app:application"]
-        p = bench.spawn(cmd, os.path.join(tmp, "gunicorn.out"))
+        p = bench.spawn(cmd, os.path.join(tmp, "gunicorn.out"),
+                        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     else:
         cmd, env = bench.make_origin(tmp, port)
         p = bench.spawn(cmd, os.path.join(tmp, "origin.out"), env=env)

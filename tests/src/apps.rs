@@ -233,6 +233,8 @@ impl AppServer {
         cmd.env("COLOR", color)
             .env("DUOTONE_APP_DIR", app.path())
             .env("PYTHONUNBUFFERED", "1")
+            // No __pycache__ beside the app in the source tree.
+            .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone().expect("log")))
             .stderr(Stdio::from(f))
