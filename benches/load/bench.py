@@ -39,7 +39,10 @@ STATIC_PEERS = ["nginx", "caddy", "duotone"]
 BODY_100 = ("duotone-bench-" * 8)[:99] + "\n"  # exactly 100 bytes
 assert len(BODY_100) == 100
 STIME_CLIENTS = 4  # parallel `openssl s_time` clients in tls-full
-SIZES = {"/": 100, "/16k": 16384, "/static/1k.bin": 1024, "/static/1m.bin": 1 << 20}
+UPLOADED = "uploaded\n"  # the origin's answer to an upload, once it has read the whole body
+UPLOAD_SIZE = 1 << 20  # the body of each request in upload-1m
+SIZES = {"/": 100, "/16k": 16384, "/static/1k.bin": 1024, "/static/1m.bin": 1 << 20,
+         "/1m": 1 << 20, "/upload": len(UPLOADED)}
 
 # name -> (tool, scheme, path, peers, description)
 SCENARIOS = {
@@ -62,6 +65,13 @@ SCENARIOS = {
                  "(%d parallel `openssl s_time -new`); rps = handshakes/s; no latency "
                  "figures (s_time reports none); the clients' certificate checks take most "
                  "of the CPU" % STIME_CLIENTS),
+    "upload-1m": ("wrk-upload", "http", "/upload", PEERS,
+                  "HTTP/1.1 keep-alive, 1 MiB request body proxied to an origin that reads it "
+                  "whole before answering 9 bytes (wrk -t2 -c32 with a POST script); each proxy "
+                  "with its default request buffering (nginx: to a temp file past 16 KiB)"),
+    "download-1m": ("wrk", "http", "/1m", PEERS,
+                    "HTTP/1.1 keep-alive, proxied 1 MiB response (wrk -t2 -c32); each proxy with "
+                    "its default response buffering (nginx: 64 KiB in memory, then a temp file)"),
     "static-1k": ("wrk", "http", "/static/1k.bin", STATIC_PEERS,
                   "static 1 KiB file, HTTP/1.1 keep-alive (wrk -t2 -c32)"),
     "static-1m": ("wrk", "http", "/static/1m.bin", STATIC_PEERS,
@@ -278,6 +288,9 @@ def make_origin(tmp, port):
     d = os.path.join(tmp, "origin")
     os.makedirs(d, exist_ok=True)
     write(os.path.join(d, "16k"), ("x" * 1023 + "\n") * 16)
+    with open(os.path.join(d, "1m"), "wb") as f:
+        f.write((b"o" * 1023 + b"\n") * 1024)
+    write(os.path.join(d, "upload"), "")  # the static handler needs a file to refuse POST with 405
     top, temps = nginx_common(tmp, "origin")
     conf = """worker_processes 1;
 {top}
@@ -295,9 +308,24 @@ http {{
     listen 127.0.0.1:{port} backlog=4096;
     location = / {{ default_type text/plain; return 200 "{body}"; }}
     location = /16k {{ root {d}; }}
+    location = /1m {{ root {d}; }}
+    # Reads the whole request body before answering (`return` would answer
+    # first and discard the body): the mirror module reads it, then the static
+    # handler refuses POST with 405, which error_page turns into a 200.
+    location = /upload {{
+      client_max_body_size 2m;
+      client_body_buffer_size 2m;
+      mirror /_void;
+      mirror_request_body on;
+      root {d};
+      error_page 405 =200 @uploaded;
+    }}
+    location = /_void {{ internal; return 204; }}
+    location @uploaded {{ default_type text/plain; return 200 "{uploaded}"; }}
   }}
 }}
-""".format(top=top, temps=temps, port=port, body=BODY_100.replace("\n", "\\n"), d=d)
+""".format(top=top, temps=temps, port=port, body=BODY_100.replace("\n", "\\n"), d=d,
+           uploaded=UPLOADED.replace("\n", "\\n"))
     path = os.path.join(tmp, "origin.conf")
     write(path, conf)
     return ["nginx", "-p", tmp, "-e", os.path.join(tmp, "origin-error.log"),
@@ -326,6 +354,9 @@ http {{
     ssl_certificate {cert};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.2 TLSv1.3;  # 1.22's default lacks TLSv1.3 (added in 1.23.4)
+    # The upload scenario's 1 MiB body sits at the default limit (1m); room
+    # above it. Buffering stays at nginx's defaults.
+    client_max_body_size 2m;
     location / {{
       proxy_pass http://origin;
       proxy_http_version 1.1;
@@ -523,7 +554,7 @@ def duotone_bin():
 # --------------------------------------------------------------------------
 # HTTP probes
 
-def fetch(scheme, port, path, timeout=3.0):
+def fetch(scheme, port, path, timeout=3.0, method="GET", body=None):
     if scheme == "https":
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
@@ -532,7 +563,7 @@ def fetch(scheme, port, path, timeout=3.0):
     else:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        c.request("GET", path)
+        c.request(method, path, body=body)
         r = c.getresponse()
         return r.status, r.read()
     finally:
@@ -668,6 +699,13 @@ def parse_stime(text, wall_s):
 def load_cmd(kind, url, duration, tmp):
     if kind == "wrk":
         return ["wrk", "-t2", "-c32", "-d%ds" % duration, "--latency", url], None
+    if kind == "wrk-upload":
+        script = os.path.join(tmp, "upload.lua")
+        if not os.path.exists(script):
+            write(script, 'wrk.method = "POST"\n'
+                          'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+                          'wrk.body = string.rep("u", %d)\n' % UPLOAD_SIZE)
+        return ["wrk", "-t2", "-c32", "-d%ds" % duration, "--latency", "-s", script, url], None
     if kind == "wrk-close":
         return ["wrk", "-t2", "-c32", "-d%ds" % duration, "--latency",
                 "-H", "Connection: close", url], None
@@ -880,7 +918,11 @@ def main():
                 continue
             port = running[name][1][scheme]
             try:
-                st, body = fetch(scheme, port, path, timeout=5)
+                if kind == "wrk-upload":
+                    st, body = fetch(scheme, port, path, timeout=5, method="POST",
+                                     body=b"u" * UPLOAD_SIZE)
+                else:
+                    st, body = fetch(scheme, port, path, timeout=5)
                 if st != 200 or len(body) != SIZES[path]:
                     broken[(name, s)] = "probe %s://…%s gave %d with %d bytes (want 200, %d)" % (
                         scheme, path, st, len(body), SIZES[path])

