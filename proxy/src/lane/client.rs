@@ -54,7 +54,7 @@ impl Client for H1<'_> {
         self.send_body(head, false).await
     }
 
-    async fn send_body(&mut self, body: &[u8], end: bool) -> bool {
+    async fn send_body(&mut self, body: &[u8], _end: bool) -> bool {
         let timer = &mut *self.timer;
         if !matches!(
             timer.within(self.timeout, self.io.write_all(body)).await,
@@ -62,8 +62,9 @@ impl Client for H1<'_> {
         ) {
             return false;
         }
-        // TLS (and buffered) streams may hold the tail until flushed.
-        !end || matches!(
+        // TLS (and buffered) streams may hold the tail until flushed, and
+        // what the upstream sent goes on now (event streams: each event).
+        matches!(
             timer.within(self.timeout, self.io.flush()).await,
             Ok(Ok(()))
         )

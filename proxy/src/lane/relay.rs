@@ -120,7 +120,9 @@ pub async fn exchange<C: Client>(
     let Some(pool) = svc.pools.get(outcome.pool) else {
         return failed(client, plan, outcome, 502).await;
     };
-    let _in_flight = pool.stats.begin();
+    // Until the upstream is done with: a buffered response still being
+    // fed to a slow client does not hold up a drain of its color.
+    let mut in_flight = Some(pool.stats.begin());
     let hsts = super::state::hsts(snap, plan.site, tls);
     let route = snap
         .table
@@ -164,7 +166,9 @@ pub async fn exchange<C: Client>(
                 },
             };
             let idle = t.idle;
+            let in_flight = &mut in_flight;
             let release = move |conn, reusable| {
+                in_flight.take();
                 if reusable {
                     upstream::give(key, conn, idle);
                 }
