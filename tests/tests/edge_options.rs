@@ -296,13 +296,14 @@ colors.blue = ["{up}"]
 }
 
 /// The forwarding fields the upstream received (from its echo).
-fn forwarded(r: &Resp) -> [String; 4] {
+fn forwarded(r: &Resp) -> [String; 5] {
     let head = r.text();
     [
         "x-forwarded-for",
         "x-real-ip",
         "x-forwarded-proto",
         "x-forwarded-host",
+        "x-forwarded-port",
     ]
     .map(|n| e2e::scripted::header(&head, n).unwrap_or("").to_string())
 }
@@ -317,14 +318,22 @@ async fn an_untrusted_peer_cannot_forge_its_address() {
         ("x-real-ip", "198.51.100.7"),
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-port", "1"),
     ];
     for (name, p, client) in transports(&lane, &pingora) {
         let r = client.get_with(&p.url("/a"), &forged).await.unwrap();
         assert_eq!(r.status, 200, "{name}");
         let host = p.ports.http.to_string();
+        let port = p.ports.http.port().to_string();
         assert_eq!(
             forwarded(&r),
-            ["127.0.0.1", "127.0.0.1", "http", host.as_str()],
+            [
+                "127.0.0.1",
+                "127.0.0.1",
+                "http",
+                host.as_str(),
+                port.as_str()
+            ],
             "{name}: {}",
             r.text()
         );
@@ -348,6 +357,7 @@ async fn a_trusted_proxys_chain_is_kept_and_names_the_client() {
                     ("x-forwarded-for", "10.1.1.1"),
                     ("x-forwarded-proto", "https"),
                     ("x-forwarded-host", "app.example"),
+                    ("x-forwarded-port", "443"),
                 ],
             )
             .await
@@ -359,7 +369,8 @@ async fn a_trusted_proxys_chain_is_kept_and_names_the_client() {
                 "6.6.6.6, 198.51.100.7, 10.1.1.1, 127.0.0.1",
                 "198.51.100.7",
                 "https",
-                "app.example"
+                "app.example",
+                "443"
             ],
             "{name}: {}",
             r.text()
@@ -374,15 +385,22 @@ async fn a_trusted_proxys_chain_is_kept_and_names_the_client() {
         .await;
         assert!(logged.is_some(), "{name}: {}", p.log());
 
-        // Without X-Forwarded-Proto/-Host the edge's own are sent.
+        // Without X-Forwarded-Proto/-Host/-Port the edge's own are sent.
         let r = client
             .get_with(&p.url("/b"), &[("x-forwarded-for", "192.0.2.1")])
             .await
             .unwrap();
         let host = p.ports.http.to_string();
+        let port = p.ports.http.port().to_string();
         assert_eq!(
             forwarded(&r),
-            ["192.0.2.1, 127.0.0.1", "192.0.2.1", "http", host.as_str()],
+            [
+                "192.0.2.1, 127.0.0.1",
+                "192.0.2.1",
+                "http",
+                host.as_str(),
+                port.as_str()
+            ],
             "{name}"
         );
 

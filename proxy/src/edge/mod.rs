@@ -470,6 +470,7 @@ impl ProxyHttp for Edge {
             ctx.client.map(|c| c.ip).or_else(|| client_ip(session)),
             via,
             ctx.tls,
+            local_port(session),
             ctx.request_id.clone(),
         )?;
         let forwards =
@@ -713,6 +714,14 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_canonical())
+}
+
+/// The port of the listener the client connected to (0 when unknown).
+fn local_port(session: &Session) -> u16 {
+    session
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .map_or(0, |a| a.port())
 }
 
 /// The request line and host fields of a head Pingora parsed, as the

@@ -10,7 +10,7 @@ use pingora::server::ShutdownWatch;
 use routes::config::AccessLog as LogFormat;
 use std::time::Instant;
 
-use super::state::{hsts, peer_ip, read_some, End, Lane, Outcome};
+use super::state::{hsts, local_port, peer_ip, read_some, End, Lane, Outcome};
 use super::{local, relay, request};
 
 impl Lane {
@@ -35,6 +35,7 @@ impl Lane {
             client_ip: &ip,
             peer,
             acme: self.acme,
+            port: local_port(io),
         };
         let mut snap = self.control.load();
         loop {

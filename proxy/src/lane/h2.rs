@@ -35,6 +35,8 @@ pub struct ConnInfo {
     pub peer: Option<std::net::IpAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The port of the listener the client connected to (0: unknown).
+    pub port: u16,
 }
 
 /// Runs an HTTP/2 connection: streams the lane serves are answered here,
@@ -52,6 +54,7 @@ pub async fn serve_connection<A>(
         ip: peer.map(|ip| ip.to_string()).unwrap_or_default(),
         peer,
         tls: stream.get_ssl_digest().is_some(),
+        port: super::state::local_port(&stream),
     });
     let digest = Arc::new(Digest {
         ssl_digest: stream.get_ssl_digest(),
@@ -95,6 +98,7 @@ impl Lane {
             client_ip: &info.ip,
             peer: info.peer,
             acme: self.acme,
+            port: info.port,
         };
         let req = session.req_header();
         if !session.is_body_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {

@@ -24,6 +24,8 @@ pub struct Conn<'a> {
     pub peer: Option<std::net::IpAddr>,
     /// Whether plain-HTTP ACME challenges are answered (Pingora's path does).
     pub acme: bool,
+    /// The port of the listener the client connected to (0: unknown).
+    pub port: u16,
 }
 
 /// A request the lane serves.
@@ -147,6 +149,7 @@ impl<'a> Via<'a> {
                 Field::XForwardedFor => r.xff.push(v),
                 Field::XForwardedProto if r.proto.is_none() => r.proto = Some(v),
                 Field::XForwardedHost if r.host.is_none() => r.host = Some(v),
+                Field::XForwardedPort if r.port.is_none() => r.port = Some(v),
                 _ => {}
             }
         }
@@ -388,6 +391,7 @@ pub fn forwarding(
         peer: conn.client_ip.as_bytes(),
         client: via.map_or(conn.client_ip, |v| v.client.as_str()).as_bytes(),
         request_id: id.as_bytes(),
+        port: conn.port,
     };
     routes::forwarded::write(&mut HeadFields(out), &facts, via.map(|v| &v.relayed));
     out.extend_from_slice(b"\r\n");
