@@ -91,7 +91,7 @@ fn headers(c: &mut Criterion) {
         b.iter(|| {
             let mut req = base.clone();
             let id = ids.for_request(&req);
-            duotone::net::forwarded::set_headers(&mut req, client, None, true, Some(id))
+            duotone::net::forwarded::set_headers(&mut req, client, None, true, 443, Some(id))
                 .expect("headers");
             req
         })
@@ -124,6 +124,8 @@ fn lane(c: &mut Criterion) {
         client_ip: "203.0.113.9",
         peer: Some([203, 0, 113, 9].into()),
         acme: false,
+        port: 80,
+        peer_port: 40000,
     };
     let head = b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: example.com\r\n\
         User-Agent: Mozilla/5.0 (X11; Linux x86_64) bench\r\nAccept: */*\r\n\

@@ -1,6 +1,6 @@
 //! The validated, typed configuration. Built only by [`crate::validate`].
 
-use crate::pool::{Color, MemberAddr};
+use crate::pool::{Color, MemberAddr, Protocol};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,6 +20,61 @@ pub struct Config {
     pub limits: Limits,
     /// Access log format.
     pub access_log: AccessLog,
+    /// Request and response buffering (`[buffering]`).
+    pub buffering: Buffering,
+}
+
+/// `[buffering]`, checked: where and how much request and response bodies
+/// are buffered (applied by the proxy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Buffering {
+    /// Directory for temp files (opened unnamed, nothing left on disk);
+    /// default `<state_dir>/buffers`.
+    pub dir: PathBuf,
+    /// Bytes kept in memory per request and direction before a temp file
+    /// is used; default 64 KiB.
+    pub memory: usize,
+    /// Bytes kept in memory by all requests together; past it, bodies go
+    /// to temp files at once. Default 256 MiB.
+    pub total_memory: usize,
+    /// Largest response temp file; past it the upstream waits for the
+    /// client. Default 1 GiB.
+    pub max_file: u64,
+}
+
+impl Buffering {
+    /// Default of [`Buffering::memory`].
+    pub const MEMORY: usize = 64 << 10;
+    /// Default of [`Buffering::total_memory`].
+    pub const TOTAL_MEMORY: usize = 256 << 20;
+    /// Default of [`Buffering::max_file`].
+    pub const MAX_FILE: u64 = 1 << 30;
+
+    /// The defaults, with temp files under `<state_dir>/buffers`.
+    pub fn defaults(state_dir: &std::path::Path) -> Buffering {
+        Buffering {
+            dir: state_dir.join("buffers"),
+            memory: Self::MEMORY,
+            total_memory: Self::TOTAL_MEMORY,
+            max_file: Self::MAX_FILE,
+        }
+    }
+}
+
+/// `server.unknown_host`: the answer to a request for a host that no site
+/// serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownHost {
+    /// Close the connection without a response (nginx's `return 444`).
+    Close,
+    /// Answer with this status (404 or 421) and a short text body.
+    Status(u16),
+}
+
+impl Default for UnknownHost {
+    fn default() -> Self {
+        UnknownHost::Status(404)
+    }
 }
 
 /// `[server]`, checked.
@@ -47,6 +102,8 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     /// Listeners whose connections start with a PROXY protocol header.
     pub proxy_protocol: ProxyProtocol,
+    /// The answer for a host that no site serves.
+    pub unknown_host: UnknownHost,
 }
 
 /// Which listeners expect a PROXY protocol header (v1 or v2) before
@@ -232,6 +289,12 @@ pub struct RouteSpec {
     pub headers: Vec<(String, String)>,
     /// Upstream timeouts that override the service's for this route.
     pub timeouts: RouteTimeouts,
+    /// Read the whole request body before the upstream is used (service
+    /// routes; default `true`).
+    pub buffer_requests: bool,
+    /// Read the upstream response as fast as it comes, whatever the
+    /// client's pace (service routes; default `true`).
+    pub buffer_responses: bool,
 }
 
 /// A route's own upstream timeouts; `None` keeps the service's.
@@ -360,6 +423,8 @@ pub struct ServiceSpec {
     pub weights: Option<Vec<(Color, u32)>>,
     /// Members per color, colors sorted by name.
     pub colors: Vec<(Color, Vec<MemberAddr>)>,
+    /// The protocol every member speaks.
+    pub protocol: Protocol,
     /// Active health check.
     pub health: Option<HealthSpec>,
     /// Timeouts.

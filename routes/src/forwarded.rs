@@ -1,20 +1,22 @@
 //! The forwarding fields the edge sets on every proxied request, written
 //! once for every transport: X-Forwarded-For, X-Real-IP,
-//! X-Forwarded-Proto, X-Forwarded-Host and X-Request-Id. From a client they
-//! are replaced: Duotone is the edge. From a trusted proxy
-//! (`server.trusted_proxies`), its X-Forwarded-For is kept and extended
-//! with the peer, its X-Forwarded-Proto and -Host are kept, and X-Real-IP
+//! X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Port and X-Request-Id.
+//! From a client they are replaced: Duotone is the edge. From a trusted
+//! proxy (`server.trusted_proxies`), its X-Forwarded-For is kept and
+//! extended with the peer, its X-Forwarded-Proto, -Host and -Port are
+//! kept, and X-Real-IP
 //! names the real client ([`crate::client::resolve`]). A transport drops
 //! every field named in [`NAMES`] from what it forwards, then lets
 //! [`write`] add the edge's own through its [`Fields`].
 
 /// The request fields the edge sets itself (and `Forwarded`, which it
 /// drops): never forwarded as received.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
     "x-forwarded-for",
     "x-real-ip",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-forwarded-port",
     "forwarded",
     "x-request-id",
 ];
@@ -36,6 +38,8 @@ pub struct Relayed<'a> {
     pub proto: Option<&'a [u8]>,
     /// Its first X-Forwarded-Host.
     pub host: Option<&'a [u8]>,
+    /// Its first X-Forwarded-Port.
+    pub port: Option<&'a [u8]>,
 }
 
 /// The connection and request facts the fields are made of.
@@ -52,6 +56,9 @@ pub struct Facts<'a> {
     pub client: &'a [u8],
     /// The request id sent upstream.
     pub request_id: &'a [u8],
+    /// The port of the listener the client connected to (0: unknown, and
+    /// no X-Forwarded-Port is written unless a trusted proxy sent one).
+    pub port: u16,
 }
 
 /// Adds the forwarding fields for a request with `facts` to `out`;
@@ -59,27 +66,48 @@ pub struct Facts<'a> {
 #[inline]
 pub fn write(out: &mut impl Fields, facts: &Facts<'_>, relayed: Option<&Relayed<'_>>) {
     let own: &[u8] = if facts.tls { b"https" } else { b"http" };
-    let (proto, host) = match relayed {
+    let (proto, host, port) = match relayed {
         None => {
             if !facts.peer.is_empty() {
                 out.add("x-forwarded-for", |v| v.extend_from_slice(facts.peer));
                 out.add("x-real-ip", |v| v.extend_from_slice(facts.peer));
             }
-            (own, facts.host)
+            (own, facts.host, None)
         }
         Some(r) => {
             out.add("x-forwarded-for", |v| {
                 crate::client::extend_forwarded_for(r.xff.iter().copied(), facts.peer, v)
             });
             out.add("x-real-ip", |v| v.extend_from_slice(facts.client));
-            (r.proto.unwrap_or(own), r.host.unwrap_or(facts.host))
+            (r.proto.unwrap_or(own), r.host.unwrap_or(facts.host), r.port)
         }
     };
     out.add("x-forwarded-proto", |v| v.extend_from_slice(proto));
     if !host.is_empty() {
         out.add("x-forwarded-host", |v| v.extend_from_slice(host));
     }
+    match port {
+        Some(p) => out.add("x-forwarded-port", |v| v.extend_from_slice(p)),
+        None if facts.port != 0 => out.add("x-forwarded-port", |v| push_port(v, facts.port)),
+        None => {}
+    }
     out.add("x-request-id", |v| v.extend_from_slice(facts.request_id));
+}
+
+/// Appends `port` in decimal, without a heap `String`.
+fn push_port(out: &mut Vec<u8>, port: u16) {
+    let mut digits = [0u8; 5];
+    let mut n = port;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Whether `name` (any case) is one of [`NAMES`].
@@ -113,6 +141,7 @@ mod tests {
             peer: b"10.0.0.2",
             client: b"10.0.0.2",
             request_id: b"id-1",
+            port: 443,
         }
     }
 
@@ -130,15 +159,30 @@ mod tests {
             ("x-real-ip", "10.0.0.2"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "example.com"),
+            ("x-forwarded-port", "443"),
             ("x-request-id", "id-1"),
         ];
         assert_eq!(got, want.map(|(n, v)| (n, v.to_string())));
         let mut unknown = facts();
         unknown.peer = b"";
         unknown.tls = false;
+        unknown.port = 0;
         let got = fields(&unknown, None);
         assert_eq!(got[0], ("x-forwarded-proto", "http".to_string()));
         assert_eq!(got.len(), 3);
+    }
+
+    #[test]
+    fn ports_are_written_in_decimal() {
+        for port in [1, 9, 10, 80, 8080, 65535] {
+            let mut f = facts();
+            f.port = port;
+            let got = fields(&f, None);
+            assert!(
+                got.contains(&("x-forwarded-port", port.to_string())),
+                "{got:?}"
+            );
+        }
     }
 
     #[test]
@@ -147,6 +191,7 @@ mod tests {
             xff: vec![b"203.0.113.7, 10.9.9.9", b" "],
             proto: Some(b"http"),
             host: None,
+            port: Some(b"80"),
         };
         let mut f = facts();
         f.client = b"203.0.113.7";
@@ -155,12 +200,21 @@ mod tests {
         assert_eq!(got[1], ("x-real-ip", "203.0.113.7".to_string()));
         assert_eq!(got[2], ("x-forwarded-proto", "http".to_string()));
         assert_eq!(got[3], ("x-forwarded-host", "example.com".to_string()));
+        assert_eq!(got[4], ("x-forwarded-port", "80".to_string()));
+        // A trusted proxy that sent no port: the listener's.
+        let relayed = Relayed {
+            port: None,
+            ..relayed
+        };
+        let got = fields(&f, Some(&relayed));
+        assert_eq!(got[4], ("x-forwarded-port", "443".to_string()));
     }
 
     #[test]
     fn names_match_in_any_case() {
         assert!(is_forwarding(b"X-Forwarded-For"));
         assert!(is_forwarding(b"FORWARDED"));
+        assert!(is_forwarding(b"X-Forwarded-Port"));
         assert!(!is_forwarding(b"x-forwarded-port-ish"));
     }
 }

@@ -34,7 +34,7 @@ pub use diag::{Diagnostic, Diagnostics};
 pub use load::{load, load_checked, load_with_warnings};
 pub use pool::{
     Closer, Color, ColorStats, HealthState, InFlight, Member, MemberAddr, MemberHealth, Pool,
-    Service,
+    Protocol, Service,
 };
 pub use state::LiveState;
 pub use table::{Action, Route, RouteTable, Site, Vitals};

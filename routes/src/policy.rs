@@ -6,10 +6,11 @@
 //!
 //! The order of the rules is the order a client sees them: header limits
 //! (431), message framing (400), the request check ([`crate::request`]),
-//! ACME challenges, the site (404), the route (404), the allow list (403),
+//! ACME challenges, the site (`server.unknown_host`: 404, 421 or a silent close), the route (404), the allow list (403),
 //! HTTPS (308), basic auth (401, checked by the transport: it is slow by
 //! design), the body limit (413), then the route's action.
 
+use crate::config::UnknownHost;
 use crate::request::{check, Checked, Head};
 use crate::table::{Action, RouteTable};
 use std::net::IpAddr;
@@ -51,6 +52,12 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Whether this is no answer ([`CLOSE_STATUS`]): the connection closes
+    /// without a response.
+    pub const fn is_silent_close(&self) -> bool {
+        self.status == CLOSE_STATUS
+    }
+
     const fn new(status: u16, reason: &'static str, close: bool) -> Answer {
         Answer {
             status,
@@ -65,8 +72,29 @@ pub const HEADERS_TOO_LARGE: Answer = Answer::new(431, "request header fields to
 /// Conflicting or unsupported message framing.
 pub const BAD_FRAMING: Answer =
     Answer::new(400, "conflicting or unsupported message framing\n", true);
-/// No site serves the host.
+/// No site serves the host (`server.unknown_host = 404`, the default).
 pub const NO_SITE: Answer = Answer::new(404, "no site is configured for this host\n", false);
+/// No site serves the host (`server.unknown_host = 421`).
+pub const MISDIRECTED: Answer = Answer::new(421, "no site is configured for this host\n", false);
+/// The status of an answer that is no answer: the transport closes the
+/// connection without writing a response (HTTP/2: resets the stream) and
+/// logs this status, as nginx's `return 444`.
+pub const CLOSE_STATUS: u16 = 444;
+/// No site serves the host (`server.unknown_host = "close"`): close the
+/// connection without a response.
+pub const CLOSE: Answer = Answer::new(CLOSE_STATUS, "", true);
+
+/// The answer for a host that no site serves, as `server.unknown_host` says.
+pub const fn no_site(unknown_host: UnknownHost) -> Answer {
+    match unknown_host {
+        UnknownHost::Close => CLOSE,
+        UnknownHost::Status(404) => NO_SITE,
+        UnknownHost::Status(421) => MISDIRECTED,
+        UnknownHost::Status(status) => {
+            Answer::new(status, "no site is configured for this host\n", false)
+        }
+    }
+}
 /// The site has no route for the path.
 pub const NO_ROUTE: Answer = Answer::new(404, "not found\n", false);
 /// The client is not on the route's allow list.
@@ -235,7 +263,7 @@ fn route(
         }
     }
     let Some((site_idx, site)) = table.site(checked.host) else {
-        return Decision::Answer(NO_SITE);
+        return Decision::Answer(no_site(table.config.server.unknown_host));
     };
     at.site = Some(site_idx);
     let Some(route_idx) = site.position(path) else {

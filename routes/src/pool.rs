@@ -41,38 +41,97 @@ pub enum MemberAddr {
     Unix(PathBuf),
 }
 
+/// The protocol a member speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 (members written `host:port` or `unix:/path`).
+    #[default]
+    Http,
+    /// The uwsgi binary protocol (members written `uwsgi://host:port` or
+    /// `uwsgi+unix:/path`), as uWSGI's `--socket` speaks it.
+    Uwsgi,
+}
+
+impl Protocol {
+    /// Lowercase name for messages, APIs and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Uwsgi => "uwsgi",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl MemberAddr {
-    /// Parses `127.0.0.1:8000`, `[::1]:8000`, `app:8000` or `unix:/run/app.sock`.
+    /// Parses a member as written in `colors`: an HTTP member
+    /// (`127.0.0.1:8000`, `[::1]:8000`, `app:8000`, `unix:/run/app.sock`)
+    /// or a uwsgi member (`uwsgi://127.0.0.1:3031`, `uwsgi://app:3031`,
+    /// `uwsgi+unix:/run/app.sock`); returns the address and its protocol.
+    pub fn parse_member(s: &str) -> Result<(Self, Protocol), String> {
+        if let Some(rest) = s.strip_prefix("uwsgi+unix:") {
+            return Self::unix(s, rest).map(|a| (a, Protocol::Uwsgi));
+        }
+        if let Some(rest) = s.strip_prefix("uwsgi://") {
+            if rest.starts_with("unix:") || rest.contains('/') {
+                return Err(format!(
+                    "{s:?}: write uwsgi members as \"uwsgi://host:port\" or \"uwsgi+unix:/path\""
+                ));
+            }
+            return Self::network(s, rest).map(|a| (a, Protocol::Uwsgi));
+        }
+        Self::parse(s).map(|a| (a, Protocol::Http))
+    }
+
+    /// Parses an HTTP member: `127.0.0.1:8000`, `[::1]:8000`, `app:8000`
+    /// or `unix:/run/app.sock` ([`MemberAddr::parse_member`] also takes
+    /// uwsgi members).
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(path) = s.strip_prefix("unix:") {
-            if !path.starts_with('/') {
-                return Err(format!("{s:?}: unix socket path must be absolute"));
-            }
-            return Ok(MemberAddr::Unix(PathBuf::from(path)));
+            return Self::unix(s, path);
         }
         if s.contains("://") {
             return Err(format!(
-                "{s:?}: write members as \"host:port\" or \"unix:/path\", without a scheme"
+                "{s:?}: write members as \"host:port\" or \"unix:/path\", without a scheme \
+                 (uwsgi members: \"uwsgi://host:port\" or \"uwsgi+unix:/path\")"
             ));
         }
+        Self::network(s, s)
+    }
+
+    /// A unix socket `path` (absolute) of the member written `s`.
+    fn unix(s: &str, path: &str) -> Result<Self, String> {
+        if !path.starts_with('/') {
+            return Err(format!("{s:?}: unix socket path must be absolute"));
+        }
+        Ok(MemberAddr::Unix(PathBuf::from(path)))
+    }
+
+    /// A `host:port` address `s` (of the member written `whole`).
+    fn network(whole: &str, s: &str) -> Result<Self, String> {
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(MemberAddr::Tcp(addr));
         }
         let (host, port) = s
             .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?}: expected \"host:port\" or \"unix:/path\""))?;
+            .ok_or_else(|| format!("{whole:?}: expected \"host:port\" or \"unix:/path\""))?;
         let port: u16 = port
             .parse()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{s:?}: invalid port"))?;
+            .ok_or_else(|| format!("{whole:?}: invalid port"))?;
         let valid = !host.is_empty()
             && host.len() <= 253
             && host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
         if !valid {
-            return Err(format!("{s:?}: invalid host name"));
+            return Err(format!("{whole:?}: invalid host name"));
         }
         Ok(MemberAddr::Named(host.to_ascii_lowercase(), port))
     }
@@ -404,6 +463,8 @@ impl Drop for Upgraded {
 pub struct Member {
     /// As written in the config.
     pub addr: MemberAddr,
+    /// The protocol it speaks (the same for every member of a service).
+    pub protocol: Protocol,
     /// Resolved socket address (None for unix sockets or unresolvable names).
     pub resolved: Option<SocketAddr>,
     /// Shared health state.
@@ -470,6 +531,8 @@ impl Pool {
 pub struct Service {
     /// Name.
     pub name: String,
+    /// The protocol every member speaks.
+    pub protocol: Protocol,
     /// Pools, sorted by color name.
     pub pools: Vec<Pool>,
     /// Index of the live pool.
@@ -550,6 +613,7 @@ mod tests {
     fn member(s: &str) -> Member {
         Member {
             addr: MemberAddr::parse(s).unwrap(),
+            protocol: Protocol::Http,
             resolved: None,
             health: Arc::default(),
         }
@@ -578,6 +642,51 @@ mod tests {
         assert!(MemberAddr::parse("x:0").is_err());
         assert!(MemberAddr::parse("x").is_err());
         assert!(MemberAddr::parse("bad host:80").is_err());
+        assert!(MemberAddr::parse("uwsgi://x:80").is_err());
+    }
+
+    #[test]
+    fn parses_uwsgi_members_with_their_protocol() {
+        assert_eq!(
+            MemberAddr::parse_member("uwsgi://127.0.0.1:3031"),
+            Ok((
+                MemberAddr::Tcp("127.0.0.1:3031".parse().unwrap()),
+                Protocol::Uwsgi
+            ))
+        );
+        assert_eq!(
+            MemberAddr::parse_member("uwsgi://App:3031"),
+            Ok((MemberAddr::Named("app".into(), 3031), Protocol::Uwsgi))
+        );
+        assert_eq!(
+            MemberAddr::parse_member("uwsgi://[::1]:3031").map(|(_, p)| p),
+            Ok(Protocol::Uwsgi)
+        );
+        assert_eq!(
+            MemberAddr::parse_member("uwsgi+unix:/run/app.sock"),
+            Ok((MemberAddr::Unix("/run/app.sock".into()), Protocol::Uwsgi))
+        );
+        assert_eq!(
+            MemberAddr::parse_member("unix:/run/app.sock"),
+            Ok((MemberAddr::Unix("/run/app.sock".into()), Protocol::Http))
+        );
+        assert_eq!(
+            MemberAddr::parse_member("127.0.0.1:8000").map(|(_, p)| p),
+            Ok(Protocol::Http)
+        );
+        for bad in [
+            "uwsgi+unix:run/app.sock",
+            "uwsgi://unix:/run/app.sock",
+            "uwsgi://127.0.0.1:3031/",
+            "uwsgi://127.0.0.1",
+            "uwsgi://x:0",
+            "uwsgi://",
+            "uwsgi:127.0.0.1:3031",
+            "http://127.0.0.1:80",
+        ] {
+            let e = MemberAddr::parse_member(bad).unwrap_err();
+            assert!(e.starts_with(&format!("{bad:?}")), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -604,6 +713,7 @@ mod tests {
     fn weighted_choice_follows_weights() {
         let svc = Service {
             name: "api".into(),
+            protocol: Protocol::Http,
             pools: vec![
                 Pool::new(Color::new("blue"), vec![], Arc::default()),
                 Pool::new(Color::new("green"), vec![], Arc::default()),

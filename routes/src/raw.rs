@@ -25,6 +25,23 @@ pub struct RawConfig {
     /// `[log]`: access log format.
     #[serde(default)]
     pub log: RawLog,
+    /// `[buffering]`: request and response buffering.
+    #[serde(default)]
+    pub buffering: RawBuffering,
+}
+
+/// `[buffering]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffering {
+    /// Directory for temp files.
+    pub dir: Option<String>,
+    /// Bytes kept in memory per request and direction, e.g. "64KiB".
+    pub memory: Option<String>,
+    /// Bytes kept in memory by all requests together, e.g. "256MiB".
+    pub total_memory: Option<String>,
+    /// Largest response temp file, e.g. "1GiB".
+    pub max_file: Option<String>,
 }
 
 /// `[server]`.
@@ -54,6 +71,18 @@ pub struct RawServer {
     /// PROXY protocol on the listeners: `true` (both) or a list of
     /// listener names (`["http", "https"]`).
     pub proxy_protocol: Option<RawProxyProtocol>,
+    /// The answer for a host no site serves: `"close"`, 404 or 421.
+    pub unknown_host: Option<RawUnknownHost>,
+}
+
+/// `unknown_host = "close" | 404 | "404" | 421 | "421"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawUnknownHost {
+    /// A status as a number.
+    Status(i64),
+    /// `"close"` or a status as text.
+    Name(String),
 }
 
 /// `proxy_protocol = true | ["http", "https"]`.
@@ -168,6 +197,10 @@ pub struct RawRoute {
     pub read_timeout: Option<String>,
     /// Upstream write timeout for this route (over the service's).
     pub write_timeout: Option<String>,
+    /// Read the whole request body before using the upstream (default true).
+    pub buffer_requests: Option<bool>,
+    /// Read the upstream response whatever the client's pace (default true).
+    pub buffer_responses: Option<bool>,
 }
 
 /// `static = { … }`.
@@ -224,7 +257,8 @@ pub struct RawService {
     pub weights: Option<BTreeMap<String, u32>>,
     /// Active health check.
     pub health: Option<RawHealth>,
-    /// Members per color: `"host:port"` or `"unix:/path"`.
+    /// Members per color: `"host:port"`, `"unix:/path"`,
+    /// `"uwsgi://host:port"` or `"uwsgi+unix:/path"`.
     #[serde(default)]
     pub colors: BTreeMap<String, Vec<String>>,
     /// Upstream connect timeout.

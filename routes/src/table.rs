@@ -74,6 +74,12 @@ pub struct Route {
     pub headers: crate::headers::AddHeaders,
     /// Upstream timeouts when the route overrides its service's.
     pub timeouts: Option<crate::config::Timeouts>,
+    /// Read the whole request body before the upstream is used (`true`
+    /// unless the route says otherwise; meaningful for service routes).
+    pub buffer_requests: bool,
+    /// Read the upstream response whatever the client's pace (`true`
+    /// unless the route says otherwise; meaningful for service routes).
+    pub buffer_responses: bool,
 }
 
 impl Route {
@@ -282,6 +288,8 @@ fn compile_route(
         allow: r.allow.clone(),
         compress: r.compress,
         headers: crate::headers::AddHeaders::merge(site_headers, &r.headers),
+        buffer_requests: r.buffer_requests,
+        buffer_responses: r.buffer_responses,
         timeouts: match &r.action {
             ActionSpec::Proxy(name) if !r.timeouts.is_empty() => config
                 .services
@@ -307,6 +315,7 @@ fn compile_service(
             let members = addrs
                 .iter()
                 .map(|a| Member {
+                    protocol: s.protocol,
                     resolved: match a {
                         MemberAddr::Tcp(sa) => Some(*sa),
                         MemberAddr::Named(h, p) => resolve(h, *p),
@@ -361,6 +370,7 @@ fn compile_service(
     });
     Service {
         name: s.name.clone(),
+        protocol: s.protocol,
         pools,
         live: live_idx,
         weights: cumulative,

@@ -5,7 +5,7 @@ use crate::config::*;
 use crate::diag::KeyPath;
 use crate::duration::{parse as parse_duration, parse_size};
 use crate::host;
-use crate::pool::{Color, MemberAddr};
+use crate::pool::{Color, MemberAddr, Protocol};
 use crate::raw::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -117,6 +117,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let services = default_health_hosts(services, &sites);
     let acme = check_acme(&mut c, raw.acme.as_ref(), &server, &sites);
     let limits = check_limits(&mut c, &raw.limits);
+    let buffering = check_buffering(&mut c, &raw.buffering, &server.state_dir);
     let access_log = match raw.log.access.as_deref() {
         None | Some("json") => AccessLog::Json,
         Some("combined") => AccessLog::Combined,
@@ -152,6 +153,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             services,
             limits,
             access_log,
+            buffering,
         })
     } else {
         Err(c.problems)
@@ -244,6 +246,25 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
     if s.threads == Some(0) {
         c.err(at.key("threads"), "threads must be at least 1");
     }
+    let unknown_host = match &s.unknown_host {
+        None => UnknownHost::default(),
+        Some(RawUnknownHost::Status(n @ (404 | 421))) => UnknownHost::Status(*n as u16),
+        Some(RawUnknownHost::Name(n)) if n == "404" || n == "421" => {
+            UnknownHost::Status(if n == "404" { 404 } else { 421 })
+        }
+        Some(RawUnknownHost::Name(n)) if n == "close" => UnknownHost::Close,
+        Some(other) => {
+            let v = match other {
+                RawUnknownHost::Status(n) => n.to_string(),
+                RawUnknownHost::Name(n) => format!("{n:?}"),
+            };
+            c.err(
+                at.key("unknown_host"),
+                format!("{v}: use 404, 421 or \"close\" (close the connection without a response)"),
+            );
+            UnknownHost::default()
+        }
+    };
     Server {
         http,
         https,
@@ -259,6 +280,51 @@ fn check_server(c: &mut Checker, s: &RawServer) -> Server {
         ),
         trusted_proxies,
         proxy_protocol,
+        unknown_host,
+    }
+}
+
+fn check_buffering(c: &mut Checker, b: &RawBuffering, state_dir: &Path) -> Buffering {
+    let at = KeyPath::root("buffering");
+    let d = Buffering::defaults(state_dir);
+    let dir = match b.dir.as_deref().map(str::trim) {
+        None => d.dir,
+        Some("") => {
+            c.err(
+                at.key("dir"),
+                "empty: name a directory for temp files, or remove the key",
+            );
+            d.dir
+        }
+        Some(p) => c.path(p),
+    };
+    let memory_size = |c: &mut Checker, key: &str, v: &Option<String>, default: usize| {
+        let n = c.size(at.key(key), v, default as u64);
+        usize::try_from(n).unwrap_or_else(|_| {
+            c.err(at.key(key), "too large for this machine");
+            default
+        })
+    };
+    let memory = memory_size(c, "memory", &b.memory, d.memory);
+    let total_memory = memory_size(c, "total_memory", &b.total_memory, d.total_memory);
+    if total_memory < memory {
+        c.err(
+            at.key(if b.total_memory.is_some() {
+                "total_memory"
+            } else {
+                "memory"
+            }),
+            format!(
+                "memory ({memory} bytes, per request and direction) is more than total_memory \
+                 ({total_memory} bytes, all requests together)"
+            ),
+        );
+    }
+    Buffering {
+        dir,
+        memory,
+        total_memory,
+        max_file: c.size(at.key("max_file"), &b.max_file, d.max_file),
     }
 }
 
@@ -530,7 +596,21 @@ fn check_routes(
                 "upstream timeouts apply to routes with a service only",
             );
         }
+        let is_proxy = matches!(action, ActionSpec::Proxy(_));
+        for (key, v) in [
+            ("buffer_requests", r.buffer_requests),
+            ("buffer_responses", r.buffer_responses),
+        ] {
+            if v.is_some() && !is_proxy {
+                c.err(
+                    at.key(key),
+                    "buffering applies to routes with a service only",
+                );
+            }
+        }
         out.push(RouteSpec {
+            buffer_requests: r.buffer_requests.unwrap_or(true),
+            buffer_responses: r.buffer_responses.unwrap_or(true),
             timeouts,
             path,
             action,
@@ -657,6 +737,8 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
             );
         }
         let mut colors = Vec::new();
+        // The protocol of the first member, and where it is written.
+        let mut protocol: Option<(Protocol, KeyPath)> = None;
         for (color, members) in &s.colors {
             let cat = at.key("colors").key(color);
             if !is_name(color) {
@@ -670,8 +752,21 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
             }
             let mut addrs = Vec::new();
             for (j, m) in members.iter().enumerate() {
-                match MemberAddr::parse(m.trim()) {
-                    Ok(a) => addrs.push(a),
+                match MemberAddr::parse_member(m.trim()) {
+                    Ok((a, p)) => {
+                        match &protocol {
+                            None => protocol = Some((p, cat.index(j))),
+                            Some((first, at_first)) if *first != p => c.err(
+                                cat.index(j),
+                                format!(
+                                    "{m:?} speaks {p} but {at_first} speaks {first}: all members \
+                                     of a service (every color) speak one protocol"
+                                ),
+                            ),
+                            Some(_) => {}
+                        }
+                        addrs.push(a)
+                    }
                     Err(e) => c.err(cat.index(j), e),
                 }
             }
@@ -758,6 +853,7 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
             live,
             weights,
             colors,
+            protocol: protocol.map_or(Protocol::Http, |(p, _)| p),
             health,
             timeouts,
             retries: s.retries.unwrap_or(1).min(8),

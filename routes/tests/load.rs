@@ -523,3 +523,190 @@ fn drain_upgraded_defaults_to_30s_and_is_checked() {
         "{e:?}"
     );
 }
+
+#[test]
+fn unknown_host_takes_404_421_or_close() {
+    use routes::config::UnknownHost;
+    let with = |value: &str| format!("[server]\nhttp = \":80\"\nunknown_host = {value}\n");
+    let c = load("d.toml", "[server]\nhttp = \":80\"\n", env).unwrap();
+    assert_eq!(c.server.unknown_host, UnknownHost::Status(404));
+    for (value, want) in [
+        ("404", UnknownHost::Status(404)),
+        ("\"404\"", UnknownHost::Status(404)),
+        ("421", UnknownHost::Status(421)),
+        ("\"421\"", UnknownHost::Status(421)),
+        ("\"close\"", UnknownHost::Close),
+    ] {
+        let c = load("d.toml", &with(value), env).unwrap();
+        assert_eq!(c.server.unknown_host, want, "{value}");
+    }
+    for value in ["444", "\"444\"", "200", "\"Close\"", "-1", "true"] {
+        let e = errors(&with(value));
+        assert_eq!(e.len(), 1, "{value}: {e:?}");
+        assert!(
+            e[0].starts_with("d.toml:3: server.unknown_host: "),
+            "{value}: {e:?}"
+        );
+    }
+    assert!(errors(&with("444"))[0].contains("use 404, 421 or \"close\""));
+}
+
+const BUFFERED: &str = r#"
+[server]
+http = "127.0.0.1:8080"
+state_dir = "/var/lib/dt"
+
+[[sites]]
+hosts = ["a.example"]
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+  [[sites.routes]]
+  path = "/uploads/"
+  service = "api"
+  buffer_requests = false
+  [[sites.routes]]
+  path = "/events/"
+  service = "api"
+  buffer_responses = false
+
+[services.api]
+colors.blue = ["127.0.0.1:8001"]
+"#;
+
+#[test]
+fn buffering_defaults_and_route_switches() {
+    let c = std::sync::Arc::new(load("/etc/d.toml", BUFFERED, env).unwrap());
+    let b = &c.buffering;
+    assert_eq!(b.dir, std::path::Path::new("/var/lib/dt/buffers"));
+    assert_eq!(b.memory, 64 * 1024);
+    assert_eq!(b.total_memory, 256 * 1024 * 1024);
+    assert_eq!(b.max_file, 1 << 30);
+    let (table, _) = routes::RouteTable::compile(
+        c,
+        &routes::LiveState::default(),
+        &routes::Vitals::default(),
+        &|_, _| None,
+    );
+    let route = |path| table.find("a.example", path).unwrap().2;
+    assert!(route("/").buffer_requests && route("/").buffer_responses);
+    assert!(!route("/uploads/a").buffer_requests && route("/uploads/a").buffer_responses);
+    assert!(route("/events/a").buffer_requests && !route("/events/a").buffer_responses);
+
+    let text = format!(
+        "{BUFFERED}\n[buffering]\ndir = \"buffers\"\nmemory = \"1MiB\"\n\
+         total_memory = \"512MiB\"\nmax_file = \"512KB\"\n"
+    );
+    let c = load("/etc/duotone/d.toml", &text, env).unwrap();
+    assert_eq!(
+        c.buffering.dir,
+        std::path::Path::new("/etc/duotone/buffers")
+    );
+    assert_eq!(c.buffering.memory, 1 << 20);
+    assert_eq!(c.buffering.total_memory, 512 << 20);
+    assert_eq!(c.buffering.max_file, 512 << 10);
+}
+
+#[test]
+fn buffering_problems_are_named_with_line_and_key() {
+    let text =
+        format!("{BUFFERED}\n[buffering]\nmemory = \"lots\"\nmax_file = \"1x\"\ndir = \"\"\n");
+    let e = errors(&text);
+    let base = BUFFERED.lines().count();
+    let expect = [
+        format!("d.toml:{}: buffering.memory: invalid size", base + 3),
+        format!("d.toml:{}: buffering.max_file: invalid size unit", base + 4),
+        format!("d.toml:{}: buffering.dir: empty", base + 5),
+    ];
+    for want in &expect {
+        assert!(e.iter().any(|l| l.starts_with(want)), "{want}: {e:?}");
+    }
+    assert_eq!(e.len(), expect.len(), "{e:?}");
+
+    let text = format!("{BUFFERED}\n[buffering]\nmemory = \"1m\"\ntotal_memory = \"64k\"\n");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!(
+            "d.toml:{}: buffering.total_memory: memory (",
+            base + 4
+        )),
+        "{e:?}"
+    );
+    let e = errors(&format!("{BUFFERED}\n[buffering]\nmemry = \"1m\"\n"));
+    assert!(e[0].contains("buffering.memry: unknown field"), "{e:?}");
+
+    // Only service routes buffer.
+    let text = BUFFERED.replace(
+        "[services.api]",
+        "  [[sites.routes]]\n  path = \"/s/\"\n  static = { root = \"/srv\" }\n  \
+         buffer_responses = false\n\n[services.api]",
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains(
+            "sites[0].routes[3].buffer_responses: buffering applies to routes with a service only"
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn uwsgi_members_and_one_protocol_per_service() {
+    use routes::Protocol;
+    let text = r#"[server]
+http = "127.0.0.1:8080"
+
+[services.app]
+live = "blue"
+colors.blue = ["uwsgi://127.0.0.1:3031"]
+colors.green = ["uwsgi+unix:/run/app-green.sock"]
+
+[services.web]
+colors.blue = ["127.0.0.1:8000", "unix:/run/web.sock"]
+"#;
+    let c = std::sync::Arc::new(load("d.toml", text, env).unwrap());
+    assert_eq!(c.services[0].protocol, Protocol::Uwsgi);
+    assert_eq!(c.services[1].protocol, Protocol::Http);
+    let (table, _) = routes::RouteTable::compile(
+        c,
+        &routes::LiveState::default(),
+        &routes::Vitals::default(),
+        &|_, _| None,
+    );
+    let app = table.service("app").unwrap();
+    assert_eq!(app.protocol, Protocol::Uwsgi);
+    for pool in &app.pools {
+        assert!(pool.members.iter().all(|m| m.protocol == Protocol::Uwsgi));
+    }
+    assert_eq!(
+        app.pools[1].members[0].addr,
+        routes::MemberAddr::Unix("/run/app-green.sock".into())
+    );
+    assert_eq!(
+        app.pools[0].members[0].resolved,
+        Some("127.0.0.1:3031".parse().unwrap())
+    );
+    assert_eq!(table.service("web").unwrap().protocol, Protocol::Http);
+
+    let mixed = r#"[server]
+http = "127.0.0.1:8080"
+
+[services.app]
+live = "blue"
+colors.blue = ["uwsgi://127.0.0.1:3031"]
+colors.green = ["127.0.0.1:8002",
+  "uwsgi+unix:run/relative.sock"]
+"#;
+    let e = errors(mixed);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("d.toml:7: services.app.colors.green[0]: \"127.0.0.1:8002\" speaks http but services.app.colors.blue[0] speaks uwsgi"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("d.toml:8: services.app.colors.green[1]: \"uwsgi+unix:run/relative.sock\": unix socket path must be absolute"),
+        "{e:?}"
+    );
+}

@@ -119,3 +119,59 @@ fn a_static_root_that_is_a_file_is_still_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn unknown_host_buffering_and_member_protocols_are_checked_with_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("duotone.toml");
+    let path = file.to_str().unwrap();
+    let good = format!(
+        r#"[server]
+http = "127.0.0.1:{http}"
+admin = "127.0.0.1:{admin}"
+state_dir = "state"
+unknown_host = "close"
+
+[buffering]
+memory = "128KiB"
+total_memory = "64MiB"
+max_file = "2GiB"
+
+[[sites]]
+hosts = ["app.test"]
+  [[sites.routes]]
+  path = "/"
+  service = "app"
+  buffer_requests = false
+
+[services.app]
+live = "blue"
+colors.blue = ["uwsgi://127.0.0.1:3031"]
+colors.green = ["uwsgi+unix:/run/app-green.sock"]
+"#,
+        http = e2e::free_port(),
+        admin = e2e::free_port(),
+    );
+    std::fs::write(&file, &good).unwrap();
+    let (code, out, err) = run_cli(&["check", "-c", path], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": ok (1 sites, 1 services)"), "{out}{err}");
+
+    let bad = good
+        .replace("\"close\"", "444")
+        .replace("\"64MiB\"", "\"64KiB\"")
+        .replace("\"uwsgi+unix:/run/app-green.sock\"", "\"127.0.0.1:8002\"");
+    std::fs::write(&file, bad).unwrap();
+    let (code, out, err) = run_cli(&["check", "-c", path], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    for want in [
+        format!("{path}:5: server.unknown_host: 444: use 404, 421 or \"close\""),
+        format!("{path}:9: buffering.total_memory: memory (131072 bytes"),
+        format!(
+            "{path}:22: services.app.colors.green[0]: \"127.0.0.1:8002\" speaks http but \
+             services.app.colors.blue[0] speaks uwsgi"
+        ),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in {err}");
+    }
+}

@@ -296,13 +296,14 @@ colors.blue = ["{up}"]
 }
 
 /// The forwarding fields the upstream received (from its echo).
-fn forwarded(r: &Resp) -> [String; 4] {
+fn forwarded(r: &Resp) -> [String; 5] {
     let head = r.text();
     [
         "x-forwarded-for",
         "x-real-ip",
         "x-forwarded-proto",
         "x-forwarded-host",
+        "x-forwarded-port",
     ]
     .map(|n| e2e::scripted::header(&head, n).unwrap_or("").to_string())
 }
@@ -317,14 +318,22 @@ async fn an_untrusted_peer_cannot_forge_its_address() {
         ("x-real-ip", "198.51.100.7"),
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-port", "1"),
     ];
     for (name, p, client) in transports(&lane, &pingora) {
         let r = client.get_with(&p.url("/a"), &forged).await.unwrap();
         assert_eq!(r.status, 200, "{name}");
         let host = p.ports.http.to_string();
+        let port = p.ports.http.port().to_string();
         assert_eq!(
             forwarded(&r),
-            ["127.0.0.1", "127.0.0.1", "http", host.as_str()],
+            [
+                "127.0.0.1",
+                "127.0.0.1",
+                "http",
+                host.as_str(),
+                port.as_str()
+            ],
             "{name}: {}",
             r.text()
         );
@@ -348,6 +357,7 @@ async fn a_trusted_proxys_chain_is_kept_and_names_the_client() {
                     ("x-forwarded-for", "10.1.1.1"),
                     ("x-forwarded-proto", "https"),
                     ("x-forwarded-host", "app.example"),
+                    ("x-forwarded-port", "443"),
                 ],
             )
             .await
@@ -359,7 +369,8 @@ async fn a_trusted_proxys_chain_is_kept_and_names_the_client() {
                 "6.6.6.6, 198.51.100.7, 10.1.1.1, 127.0.0.1",
                 "198.51.100.7",
                 "https",
-                "app.example"
+                "app.example",
+                "443"
             ],
             "{name}: {}",
             r.text()
@@ -374,15 +385,22 @@ async fn a_trusted_proxys_chain_is_kept_and_names_the_client() {
         .await;
         assert!(logged.is_some(), "{name}: {}", p.log());
 
-        // Without X-Forwarded-Proto/-Host the edge's own are sent.
+        // Without X-Forwarded-Proto/-Host/-Port the edge's own are sent.
         let r = client
             .get_with(&p.url("/b"), &[("x-forwarded-for", "192.0.2.1")])
             .await
             .unwrap();
         let host = p.ports.http.to_string();
+        let port = p.ports.http.port().to_string();
         assert_eq!(
             forwarded(&r),
-            ["192.0.2.1, 127.0.0.1", "192.0.2.1", "http", host.as_str()],
+            [
+                "192.0.2.1, 127.0.0.1",
+                "192.0.2.1",
+                "http",
+                host.as_str(),
+                port.as_str()
+            ],
             "{name}"
         );
 
@@ -675,5 +693,124 @@ async fn proxy_protocol_from_an_untrusted_peer_is_refused() {
         let t = tls_after(p.ports.https, b"", "/tls").await.unwrap();
         assert!(t.starts_with("HTTP/1.1 200"), "{name}: {t}");
         assert_eq!(seen(&t, "x-forwarded-for"), "127.0.0.1", "{name}: {t}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// server.unknown_host
+
+/// A config with one site (`app.test`) and `unknown_host` set to `value`
+/// (left out when `None`).
+fn one_site(up: SocketAddr, value: Option<&str>) -> String {
+    let unknown = value.map_or(String::new(), |v| format!("unknown_host = {v}\n"));
+    format!(
+        r#"
+[server]
+http = "{{http}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+{unknown}
+[log]
+access = "json"
+
+[[sites]]
+hosts = ["app.test"]
+  [[sites.routes]]
+  path = "/"
+  service = "app"
+
+[services.app]
+colors.blue = ["{up}"]
+"#
+    )
+}
+
+/// One h2c request for `http://{host}/`: its status, or the error that
+/// ended the stream (a reset) or the connection.
+async fn h2c_status(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    host: &str,
+) -> Result<u16, h2::Error> {
+    let req = http::Request::builder()
+        .uri(format!("http://{host}/"))
+        .body(())
+        .unwrap();
+    let mut send = send.clone().ready().await?;
+    let (resp, _) = send.send_request(req, true)?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("an answer or a reset in time")?;
+    Ok(resp.status().as_u16())
+}
+
+#[tokio::test]
+async fn unknown_hosts_get_404_421_or_a_closed_connection() {
+    let up = upstream().await;
+    for (value, want) in [
+        (None, 404),
+        (Some("421"), 421),
+        (Some("\"404\""), 404),
+        (Some("\"close\""), 444),
+    ] {
+        let (lane, pingora) = start(&one_site(up, value)).await;
+        for (name, p) in [("lane", &lane), ("pingora", &pingora)] {
+            let http = p.ports.http;
+            // HTTP/1.1: a known host on the same connection after it.
+            let started = std::time::Instant::now();
+            let text = e2e::client::raw(
+                http,
+                b"GET /u1 HTTP/1.1\r\nHost: other.test\r\n\r\nGET /k HTTP/1.1\r\nHost: app.test\r\n\r\n",
+                Duration::from_secs(5),
+            )
+            .await;
+            if want == 444 {
+                assert_eq!(text, "", "{name} {value:?}: not a byte");
+                assert!(
+                    started.elapsed() < Duration::from_secs(4),
+                    "{name} {value:?}: closed at once"
+                );
+            } else {
+                let status = format!("HTTP/1.1 {want} ");
+                assert!(text.starts_with(&status), "{name} {value:?}: {text}");
+                assert!(
+                    text.contains("no site is configured for this host"),
+                    "{name} {value:?}: {text}"
+                );
+                // The connection stays open for the next request.
+                assert!(
+                    text.matches("HTTP/1.1 200 ").count() == 1,
+                    "{name} {value:?}: {text}"
+                );
+            }
+
+            // HTTP/2 (h2c): the stream is answered or reset; the
+            // connection serves known hosts after it.
+            let send = e2e::h2c::connect(http).await;
+            match h2c_status(&send, "other.test").await {
+                Ok(status) => assert_eq!(status, want, "{name} h2 {value:?}"),
+                Err(e) => {
+                    assert_eq!(want, 444, "{name} h2 {value:?}: {e}");
+                    assert!(e.is_reset(), "{name} h2 {value:?}: {e}");
+                }
+            }
+            assert_eq!(
+                h2c_status(&send, "app.test").await.ok(),
+                Some(200),
+                "{name} h2 {value:?}"
+            );
+
+            // The access log has the status, 444 for a closed connection.
+            let line = format!("\"status\":{want}");
+            let logged = e2e::eventually(Duration::from_secs(5), || async {
+                let log = p.log();
+                let lines = log
+                    .lines()
+                    .filter(|l| l.contains("other.test") && l.contains(&line))
+                    .count();
+                (lines >= 2).then_some(())
+            })
+            .await;
+            assert!(logged.is_some(), "{name} {value:?}: {}", p.log());
+        }
     }
 }

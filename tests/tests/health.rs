@@ -150,3 +150,108 @@ colors.slow = ["{hanging}"]
         "{err}"
     );
 }
+
+/// A uWSGI process (Debian's `uwsgi` with `uwsgi-plugin-python3`), killed
+/// on drop.
+struct Uwsgi(std::process::Child);
+
+impl Drop for Uwsgi {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts uWSGI speaking the uwsgi protocol on `socket` (`host:port` or a
+/// path) with the WSGI app in `app`; `None` when uWSGI or its python3
+/// plugin is not installed.
+fn uwsgi(socket: &str, app: &std::path::Path) -> Option<Uwsgi> {
+    let usable = std::process::Command::new("uwsgi")
+        .args(["--plugin", "python3", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        return None;
+    }
+    let child = std::process::Command::new("uwsgi")
+        .args([
+            "--plugin",
+            "python3",
+            "--socket",
+            socket,
+            "--processes",
+            "1",
+        ])
+        .arg("--wsgi-file")
+        .arg(app)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    Some(Uwsgi(child))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uwsgi_members_are_checked_over_the_uwsgi_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    // 200 only for a GET of /healthz whose variables say so, as nginx's
+    // uwsgi_params would; the sick app always answers 503.
+    let ok = dir.path().join("ok.py");
+    std::fs::write(
+        &ok,
+        r#"
+def application(env, start_response):
+    good = (env.get("REQUEST_METHOD") == "GET" and env.get("PATH_INFO") == "/healthz"
+            and env.get("HTTP_HOST") == "app.test" and env.get("SERVER_NAME") == "app.test"
+            and env.get("HTTP_USER_AGENT") == "duotone-health")
+    start_response("200 OK" if good else "500 Internal Server Error", [("Content-Type", "text/plain")])
+    return [repr(sorted(env.items())).encode()]
+"#,
+    )
+    .unwrap();
+    let sick = dir.path().join("sick.py");
+    std::fs::write(
+        &sick,
+        "def application(env, start_response):\n    start_response(\"503 Service Unavailable\", [])\n    return [b\"no\"]\n",
+    )
+    .unwrap();
+    let tcp = format!("127.0.0.1:{}", e2e::free_port());
+    let sock = dir.path().join("sick.sock");
+    let (Some(_ok), Some(_sick)) = (uwsgi(&tcp, &ok), uwsgi(sock.to_str().unwrap(), &sick)) else {
+        eprintln!("SKIPPED uwsgi_members_are_checked_over_the_uwsgi_protocol: no uwsgi with the python3 plugin");
+        return;
+    };
+    let p = Proxy::start(&e2e::proxy::api_config(
+        TOKEN,
+        &format!(
+            r#"live = "blue"
+health = {{ path = "/healthz", interval = "100ms", timeout = "1s", host = "app.test" }}
+colors.blue = ["uwsgi://{tcp}"]
+colors.green = ["uwsgi+unix:{sock}"]
+"#,
+            sock = sock.display(),
+        ),
+    ))
+    .await;
+    let url = p.admin_url("/v1/services/api");
+    let member = |v: &serde_json::Value, color: &str| v["colors"][color]["members"][0].clone();
+    let v = e2e::eventually(Duration::from_secs(20), || async {
+        let r = admin("GET", &url, Some(TOKEN), None).await.ok()?;
+        let v = r.json();
+        (member(&v, "blue")["health"] == "up" && member(&v, "green")["health"] == "down")
+            .then_some(v)
+    })
+    .await
+    .unwrap_or_else(|| panic!("uwsgi checks did not settle; log:\n{}", p.log()));
+    assert!(
+        member(&v, "blue").get("last_check_error").is_none(),
+        "{v:#}"
+    );
+    assert_eq!(
+        member(&v, "green")["last_check_error"],
+        "status 503",
+        "{v:#}"
+    );
+}

@@ -42,6 +42,7 @@ async fn h2_streams_are_proxied_with_every_framing(t: Transport) {
     assert_eq!(status, 200);
     let seen = String::from_utf8(body).unwrap();
     assert!(seen.starts_with("GET /echo?q=1 HTTP/1.1\r\n"), "{seen}");
+    let port = format!("x-forwarded-port: {}\r\n", p.ports.http.port());
     for line in [
         "host: app.test\r\n",
         "cookie: a=1; b=2\r\n",
@@ -49,6 +50,7 @@ async fn h2_streams_are_proxied_with_every_framing(t: Transport) {
         "x-forwarded-host: app.test\r\n",
         "x-forwarded-for: 127.0.0.1\r\n",
         "x-request-id: h2-test-1\r\n",
+        &port,
     ] {
         assert!(seen.contains(line), "{line:?} missing from {seen}");
     }

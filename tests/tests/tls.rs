@@ -707,6 +707,11 @@ async fn static_certificate_rotation_redirects_and_hsts(t: Transport) {
     assert_eq!(version, http::Version::HTTP_2);
     let seen = r.json();
     assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
+    assert_eq!(
+        seen["headers"]["x-forwarded-port"],
+        https.port().to_string(),
+        "{seen}"
+    );
     assert_eq!(seen["headers"]["host"], "static.test", "{seen}");
     assert_eq!(r.header("strict-transport-security"), hsts);
     let (_, r, _) = https_get(

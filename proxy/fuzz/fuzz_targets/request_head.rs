@@ -16,8 +16,8 @@
 #![no_main]
 
 use duotone::control::Snapshot;
-use duotone::net::forwarded::RequestIds;
 use duotone::lane::request::{plan, Conn, LogFields, Parsed, Work};
+use duotone::net::forwarded::RequestIds;
 use libfuzzer_sys::fuzz_target;
 use routes::request::{check, Head, Proto};
 use routes::{Action, LiveState, RouteTable, Vitals};
@@ -89,8 +89,8 @@ fn snapshot() -> &'static Snapshot {
             &duotone::control::resolve,
         );
         let metrics = duotone::metrics::Metrics::new().expect("metrics");
-        let slots =
-            duotone::control::slots::build(&table, &metrics).unwrap_or_else(|d| panic!("fuzz slots: {d}"));
+        let slots = duotone::control::slots::build(&table, &metrics)
+            .unwrap_or_else(|d| panic!("fuzz slots: {d}"));
         Snapshot { table, slots }
     })
 }
@@ -110,6 +110,7 @@ fuzz_target!(|data: &[u8]| {
         client_ip: "192.0.2.7",
         peer: Some(std::net::IpAddr::from([192, 0, 2, 7])),
         acme: flags & 2 != 0,
+        port: 8080,
     };
     let mut out = Vec::new();
     let mut log = LogFields::default();
@@ -245,6 +246,7 @@ fn upstream_head(
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-forwarded-for",
+        "x-forwarded-port",
         "x-real-ip",
         "x-request-id",
     ] {

@@ -1,9 +1,10 @@
-//! Active health checks: an HTTP GET per member on each service's interval,
-//! with rise/fall thresholds. Verdicts go into the shared `MemberHealth`.
+//! Active health checks: an HTTP GET per member on each service's interval
+//! (sent as a uwsgi packet to uwsgi members, which answer in HTTP), with
+//! rise/fall thresholds. Verdicts go into the shared `MemberHealth`.
 
 use crate::control::Control;
 use routes::config::HealthSpec;
-use routes::{HealthState, MemberAddr, MemberHealth};
+use routes::{HealthState, MemberAddr, MemberHealth, Protocol};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::time::{timeout, Instant};
 struct Target {
     key: String,
     addr: MemberAddr,
+    protocol: Protocol,
     resolved: Option<SocketAddr>,
     health: Arc<MemberHealth>,
     spec: HealthSpec,
@@ -43,6 +45,7 @@ pub async fn run(control: Arc<Control>) {
                     targets.push(Target {
                         key: format!("{}/{}/{}", svc.name, pool.color, m.addr),
                         addr: m.addr.clone(),
+                        protocol: m.protocol,
                         resolved: m.resolved,
                         health: m.health.clone(),
                         spec: spec.clone(),
@@ -121,17 +124,37 @@ fn connect_error(addr: &MemberAddr, e: &std::io::Error) -> String {
     }
 }
 
-async fn probe(t: &Target) -> Result<(), String> {
+/// The bytes of one check: the GET as an HTTP/1.1 head, or for a uwsgi
+/// member that head as a uwsgi packet ([`crate::net::uwsgi::encode`]).
+fn request(t: &Target) -> Result<Vec<u8>, String> {
     let spec = &t.spec;
     let host = spec.host.clone().unwrap_or_else(|| match &t.addr {
         MemberAddr::Named(h, p) => format!("{h}:{p}"),
         MemberAddr::Tcp(a) => a.to_string(),
         MemberAddr::Unix(_) => "localhost".to_string(),
     });
-    let request = format!(
+    let head = format!(
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: duotone-health\r\nConnection: close\r\n\r\n",
         spec.path
     );
+    match t.protocol {
+        Protocol::Http => Ok(head.into_bytes()),
+        Protocol::Uwsgi => {
+            let facts = crate::net::uwsgi::Facts {
+                tls: false,
+                remote_addr: None,
+                remote_port: 0,
+                server_port: 0,
+            };
+            crate::net::uwsgi::encode(head.as_bytes(), &facts)
+                .map_err(|e| format!("cannot make the uwsgi check: {e}"))
+        }
+    }
+}
+
+async fn probe(t: &Target) -> Result<(), String> {
+    let spec = &t.spec;
+    let request = request(t)?;
     let work = async {
         match (&t.addr, t.resolved) {
             (MemberAddr::Unix(p), _) => {
@@ -156,9 +179,9 @@ async fn probe(t: &Target) -> Result<(), String> {
 
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
-    request: &str,
+    request: &[u8],
 ) -> Result<(), String> {
-    s.write_all(request.as_bytes())
+    s.write_all(request)
         .await
         .map_err(|e| format!("sending the check failed: {e}"))?;
     let mut buf = [0u8; 64];
@@ -200,6 +223,7 @@ mod tests {
         Target {
             key: "blue/127.0.0.1:1".into(),
             addr: MemberAddr::Named("127.0.0.1".into(), 1),
+            protocol: Protocol::Http,
             resolved: None,
             health: Arc::new(MemberHealth::default()),
             spec: HealthSpec {
@@ -239,6 +263,62 @@ mod tests {
             run(&t, &mut s, &[true, false, true, true]),
             [Down, Down, Down, Up]
         );
+    }
+
+    /// A one-connection uwsgi member: reads a packet, sends the variables
+    /// it got back through `seen`, answers `reply`.
+    async fn uwsgi_member(
+        reply: &'static str,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Receiver<Vec<(String, String)>>,
+    ) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4];
+            s.read_exact(&mut buf).await.unwrap();
+            let size = u16::from_le_bytes([buf[1], buf[2]]) as usize;
+            buf.resize(4 + size, 0);
+            s.read_exact(&mut buf[4..]).await.unwrap();
+            let vars = crate::net::uwsgi::decode(&buf)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect();
+            let _ = tx.send(vars);
+            s.write_all(reply.as_bytes()).await.unwrap();
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn uwsgi_members_are_checked_with_a_uwsgi_packet() {
+        let (addr, seen) = uwsgi_member("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        let mut t = target(1, 1);
+        t.protocol = Protocol::Uwsgi;
+        t.addr = MemberAddr::Tcp(addr);
+        t.resolved = Some(addr);
+        t.spec.host = Some("app.example".into());
+        assert_eq!(probe(&t).await, Ok(()));
+        let vars = seen.await.unwrap();
+        let var = |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(var("REQUEST_METHOD"), Some("GET"));
+        assert_eq!(var("PATH_INFO"), Some("/healthz"));
+        assert_eq!(var("HTTP_HOST"), Some("app.example"));
+        assert_eq!(var("SERVER_NAME"), Some("app.example"));
+
+        let (addr, _) = uwsgi_member("HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
+        t.addr = MemberAddr::Tcp(addr);
+        t.resolved = Some(addr);
+        assert_eq!(probe(&t).await, Err("status 503".to_string()));
     }
 
     #[test]

@@ -45,8 +45,8 @@ impl Snapshot {
     /// The limits to buffer responses of route `route` of site `site`
     /// with, unless it streams them (`buffer_responses = false`).
     pub fn response_buffer(&self, site: usize, route: usize) -> Option<&crate::net::spool::Limits> {
-        let _route = self.table.sites.get(site)?.routes.get(route)?;
-        Some(&self.buffering)
+        let route = self.table.sites.get(site)?.routes.get(route)?;
+        route.buffer_responses.then_some(&self.buffering)
     }
 }
 

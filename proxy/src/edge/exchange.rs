@@ -23,13 +23,29 @@ use pingora::{ErrorType, Result};
 use routes::policy;
 use std::time::Duration;
 
-/// Whether this request to a service goes through [`serve`].
-pub fn wants(session: &Session, snap: &Snapshot, site: usize, route: usize) -> bool {
-    let Some(route) = snap.table.sites.get(site).and_then(|s| s.routes.get(route)) else {
+/// Whether this request to service `service` goes through [`serve`]:
+/// requests to uwsgi services (which Pingora cannot speak), and to HTTP
+/// services unless an upgrade, or a route that streams uploads
+/// (`buffer_requests = false`, left to Pingora's proxy, which then
+/// streams the response too).
+pub fn wants(
+    session: &Session,
+    snap: &Snapshot,
+    site: usize,
+    route: usize,
+    service: usize,
+) -> bool {
+    let table = &snap.table;
+    let (Some(route), Some(svc)) = (
+        table.sites.get(site).and_then(|s| s.routes.get(route)),
+        table.services.get(service),
+    ) else {
         return false;
     };
-    let _ = route;
-    !session.is_upgrade_req()
+    match svc.protocol {
+        routes::Protocol::Uwsgi => true,
+        routes::Protocol::Http => route.buffer_requests && !session.is_upgrade_req(),
+    }
 }
 
 /// Reads the body, proxies the request and writes the response; the
@@ -70,6 +86,7 @@ pub async fn serve(
         .request_id
         .as_ref()
         .map_or(RequestId::of(b""), |v| RequestId::of(v.as_bytes()));
+    let client = ctx.client.map(|c| c.ip);
     let plan = Plan {
         head_len: head.len(),
         body_len: 0,
@@ -78,12 +95,24 @@ pub async fn serve(
         close: false,
         head_method: session.req_header().method == http::Method::HEAD,
         id,
+        client,
         work: Work::Proxy(service),
     };
+    let peer = session
+        .digest()
+        .and_then(|d| d.socket_digest.as_ref())
+        .and_then(|s| s.peer_addr().and_then(|a| a.as_inet()).map(|a| a.port()));
     let mut req = relay::Request {
         bytes: &head,
+        head_len: head.len(),
         spool: has_body.then_some(&mut spool),
         buffer: snap.response_buffer(routed.site, routed.route),
+        peer: crate::net::uwsgi::Facts {
+            tls: ctx.tls,
+            remote_addr: client,
+            remote_port: peer.unwrap_or(0),
+            server_port: super::local_port(session),
+        },
     };
     let mut client = SessionClient {
         session,

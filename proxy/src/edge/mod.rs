@@ -65,6 +65,9 @@ pub struct Ctx {
     static_bytes: u64,
     /// How the request went when [`exchange::serve`] proxied it.
     exchanged: Option<crate::lane::Outcome>,
+    /// The request got no answer: the connection (HTTP/2: the stream) was
+    /// closed instead ([`policy::CLOSE`]); logged as 444.
+    silent_close: bool,
 }
 
 impl Ctx {
@@ -121,6 +124,7 @@ impl ProxyHttp for Edge {
             body_seen: 0,
             static_bytes: 0,
             exchanged: None,
+            silent_close: false,
         }
     }
 
@@ -239,7 +243,10 @@ impl ProxyHttp for Edge {
             return Err(Error::explain(ErrorType::InternalError, "no decision"));
         };
         let (routed, service) = match decision {
-            Decision::Answer(a) => return answer(session, a).await,
+            Decision::Answer(a) => {
+                ctx.silent_close = a.is_silent_close();
+                return answer(session, a).await;
+            }
             Decision::Challenge(token) => {
                 match self.acme_http01.as_ref().and_then(|acme| acme(&token)) {
                     Some(key_auth) => respond::owned(session, 200, key_auth).await?,
@@ -273,7 +280,9 @@ impl ProxyHttp for Edge {
             }
         };
         let Some(site) = snap.table.sites.get(routed.site) else {
-            return answer(session, policy::NO_SITE).await;
+            let a = policy::no_site(snap.table.config.server.unknown_host);
+            ctx.silent_close = a.is_silent_close();
+            return answer(session, a).await;
         };
         let route = &site.routes[routed.route];
         let admitted = self.admit(session, &snap, &routed).await?;
@@ -284,7 +293,7 @@ impl ProxyHttp for Edge {
         match service {
             Some(i) => {
                 ctx.service = i;
-                if exchange::wants(session, &snap, routed.site, routed.route) {
+                if exchange::wants(session, &snap, routed.site, routed.route, i) {
                     exchange::serve(self, session, ctx, &snap, &routed, i).await?;
                     return Ok(true);
                 }
@@ -478,6 +487,7 @@ impl ProxyHttp for Edge {
             ctx.client.map(|c| c.ip).or_else(|| client_ip(session)),
             via,
             ctx.tls,
+            local_port(session),
             ctx.request_id.clone(),
         )?;
         let forwards =
@@ -608,10 +618,11 @@ impl ProxyHttp for Edge {
         ctx.in_flight = None;
         ctx.tunnel = None;
         crate::net::stream::HeadDeadline::request_done(session.as_downstream().stream());
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
+        let status = match session.response_written() {
+            Some(r) => r.status.as_u16(),
+            None if ctx.silent_close => policy::CLOSE_STATUS,
+            None => 0,
+        };
         let Some(snap) = ctx.snap.take() else {
             return;
         };
@@ -731,6 +742,14 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .map(|a| a.ip().to_canonical())
 }
 
+/// The port of the listener the client connected to (0 when unknown).
+pub(crate) fn local_port(session: &Session) -> u16 {
+    session
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .map_or(0, |a| a.port())
+}
+
 /// The request line and host fields of a head Pingora parsed, as the
 /// policy reads them; `target` is the target as received.
 fn head_of<'a>(req: &'a RequestHeader, target: &'a str) -> routes::request::Head<'a> {
@@ -756,10 +775,18 @@ fn head_of<'a>(req: &'a RequestHeader, target: &'a str) -> routes::request::Head
 }
 
 /// Writes a local answer of the policy, closing the connection after it
-/// when the answer says so.
+/// when the answer says so. A silent close ([`policy::CLOSE`]) writes
+/// nothing: HTTP/1.1 closes the connection once the request is logged,
+/// HTTP/2 resets the stream (INTERNAL_ERROR, as nginx's `return 444`).
 async fn answer(session: &mut Session, a: policy::Answer) -> Result<bool> {
     if a.close {
         session.set_keepalive(None);
+    }
+    if a.is_silent_close() {
+        session
+            .as_downstream_mut()
+            .shutdown_with_reason(h2::Reason::INTERNAL_ERROR);
+        return Ok(true);
     }
     let challenge = [("www-authenticate", policy::AUTH_CHALLENGE)];
     let headers: &[(&str, &str)] = if a == policy::UNAUTHORIZED {

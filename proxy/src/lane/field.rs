@@ -32,6 +32,8 @@ pub enum Field {
     XForwardedProto,
     /// `x-forwarded-host`
     XForwardedHost,
+    /// `x-forwarded-port`
+    XForwardedPort,
     /// `x-real-ip`
     XRealIp,
     /// `forwarded`
@@ -62,6 +64,7 @@ impl Field {
             15 => &[(b"x-forwarded-for", XForwardedFor)],
             16 => &[
                 (b"x-forwarded-host", XForwardedHost),
+                (b"x-forwarded-port", XForwardedPort),
                 (b"proxy-connection", ProxyConnection),
             ],
             17 => &[
@@ -92,7 +95,13 @@ impl Field {
         use Field::*;
         matches!(
             self,
-            XForwardedFor | XForwardedProto | XForwardedHost | XRealIp | Forwarded | XRequestId
+            XForwardedFor
+                | XForwardedProto
+                | XForwardedHost
+                | XForwardedPort
+                | XRealIp
+                | Forwarded
+                | XRequestId
         )
     }
 }
@@ -140,7 +149,7 @@ mod tests {
             assert!(Field::of(name).forwarding(), "{name}");
             assert!(Field::of(&name.to_ascii_uppercase()).forwarding(), "{name}");
         }
-        for name in ["x-forwarded-port", "host", "cookie", "x-forwarded"] {
+        for name in ["x-forwarded-prot", "host", "cookie", "x-forwarded"] {
             assert!(!Field::of(name).forwarding(), "{name}");
         }
     }

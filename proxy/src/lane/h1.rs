@@ -10,7 +10,7 @@ use pingora::server::ShutdownWatch;
 use routes::config::AccessLog as LogFormat;
 use std::time::Instant;
 
-use super::state::{hsts, peer_ip, read_some, End, Lane, Outcome};
+use super::state::{hsts, local_port, peer_ip, read_some, End, Lane, Outcome};
 use super::{local, relay, request};
 
 impl Lane {
@@ -35,6 +35,8 @@ impl Lane {
             client_ip: &ip,
             peer,
             acme: self.acme,
+            port: local_port(io),
+            peer_port: super::state::peer_port(io),
         };
         let mut snap = self.control.load();
         loop {
@@ -112,6 +114,7 @@ impl Lane {
             }
             let outcome = match &plan.work {
                 Work::Proxy(service) => {
+                    let head_len = out.len();
                     out.extend_from_slice(&buf[plan.head_len..need]);
                     let mut client = super::client::H1 {
                         io,
@@ -121,8 +124,15 @@ impl Lane {
                     };
                     let mut req = relay::Request {
                         bytes: &out,
+                        head_len,
                         spool: None,
                         buffer: snap.response_buffer(plan.site, plan.route),
+                        peer: crate::net::uwsgi::Facts {
+                            tls,
+                            remote_addr: plan.client,
+                            remote_port: conn.peer_port,
+                            server_port: conn.port,
+                        },
                     };
                     let (control, service) = (&self.control, *service);
                     relay::exchange(control, &snap, &plan, service, &mut req, &mut client, tls)

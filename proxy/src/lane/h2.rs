@@ -36,6 +36,10 @@ pub struct ConnInfo {
     pub peer: Option<std::net::IpAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The port of the listener the client connected to (0: unknown).
+    pub port: u16,
+    /// The peer's port (0: unknown).
+    pub peer_port: u16,
 }
 
 /// Runs an HTTP/2 connection: streams the lane serves are answered here,
@@ -53,6 +57,8 @@ pub async fn serve_connection<A>(
         ip: peer.map(|ip| ip.to_string()).unwrap_or_default(),
         peer,
         tls: stream.get_ssl_digest().is_some(),
+        port: super::state::local_port(&stream),
+        peer_port: super::state::peer_port(&stream),
     });
     let digest = Arc::new(Digest {
         ssl_digest: stream.get_ssl_digest(),
@@ -96,6 +102,8 @@ impl Lane {
             client_ip: &info.ip,
             peer: info.peer,
             acme: self.acme,
+            port: info.port,
+            peer_port: info.peer_port,
         };
         let req = session.req_header();
         if !session.is_body_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {
@@ -117,8 +125,15 @@ impl Lane {
         };
         let mut req = relay::Request {
             bytes: &out,
+            head_len: out.len(),
             spool: None,
             buffer: snap.response_buffer(plan.site, plan.route),
+            peer: crate::net::uwsgi::Facts {
+                tls: info.tls,
+                remote_addr: plan.client,
+                remote_port: info.peer_port,
+                server_port: info.port,
+            },
         };
         let (control, tls) = (&self.control, info.tls);
         let outcome =
@@ -217,6 +232,7 @@ fn plan(
         out.extend_from_slice(b"\r\n");
     }
     request::forwarding(out, conn, host, &id, via.as_ref());
+    let client = via.as_ref().map_or(conn.peer, |v| Some(v.ip));
 
     if let Some(log) = log {
         let value = |n: http::header::HeaderName| {
@@ -242,6 +258,7 @@ fn plan(
         close: false,
         head_method: req.method == http::Method::HEAD,
         id,
+        client,
         work: Work::Proxy(service),
     };
     Some((plan, service))

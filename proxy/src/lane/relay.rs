@@ -15,6 +15,7 @@ use super::timer::within;
 use super::upstream::{self, Conn, Key};
 use crate::control::{Control, Snapshot};
 use crate::net::spool::{self, Spool};
+use crate::net::uwsgi;
 use routes::MemberAddr;
 use tokio::io::AsyncWriteExt;
 
@@ -87,10 +88,14 @@ pub struct Request<'a> {
     /// The upstream head, then the body bytes at hand (all of the body on
     /// the lane).
     pub bytes: &'a [u8],
+    /// Bytes of `bytes` that are the head.
+    pub head_len: usize,
     /// The rest of the body, read from the client beforehand.
     pub spool: Option<&'a mut Spool>,
     /// Buffer the response with these limits (None: relay it as it comes).
     pub buffer: Option<&'a spool::Limits>,
+    /// The client and connection, as a uwsgi member is told of them.
+    pub peer: uwsgi::Facts,
 }
 
 /// Proxies `req` and sends the response, or a 502/504, to the client.
@@ -137,6 +142,18 @@ pub async fn exchange<C: Client>(
         add: route.map_or(&routes::headers::AddHeaders::NONE, |r| &r.headers),
     };
     let t = route.map_or(&svc.timeouts, |r| r.upstream_timeouts(svc));
+    // uwsgi: one request per connection, its head as a uwsgi packet.
+    let packet = match svc.protocol {
+        routes::Protocol::Http => None,
+        routes::Protocol::Uwsgi => match uwsgi::encode(&req.bytes[..req.head_len], &req.peer) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!("request not sent to uwsgi service {}: {e}", svc.name);
+                return failed(client, plan, outcome, 502).await;
+            }
+        },
+    };
+    let pooled_kind = packet.is_none();
     let mut rbuf = Spare::take();
     let mut head = C::Head::default();
     let code = 'members: loop {
@@ -169,7 +186,7 @@ pub async fn exchange<C: Client>(
             let in_flight = &mut in_flight;
             let release = move |conn, reusable| {
                 in_flight.take();
-                if reusable {
+                if reusable && pooled_kind {
                     upstream::give(key, conn, idle);
                 }
             };
@@ -177,6 +194,7 @@ pub async fn exchange<C: Client>(
                 &mut up,
                 release,
                 req,
+                packet.as_deref(),
                 &extra,
                 client,
                 &mut rbuf.0,
@@ -206,7 +224,7 @@ pub async fn exchange<C: Client>(
                     reusable,
                     keep_client,
                 } => {
-                    if let (true, true, Some(up)) = (complete, reusable, up) {
+                    if let (true, true, Some(up)) = (complete, reusable && pooled_kind, up) {
                         upstream::give(key, up, t.idle);
                     }
                     outcome.status = status;
@@ -238,6 +256,7 @@ async fn failed<C: Client>(
 async fn send(
     up: &mut Conn,
     req: &mut Request<'_>,
+    packet: Option<&[u8]>,
     write_timeout: std::time::Duration,
 ) -> Result<(), Option<bool>> {
     // `write_all`, counting what left: a request not one byte of which
@@ -257,7 +276,14 @@ async fn send(
         }
         Ok(())
     };
-    write(req.bytes, &mut sent).await?;
+    match packet {
+        // The uwsgi packet stands for the HTTP head.
+        Some(p) => {
+            write(p, &mut sent).await?;
+            write(&req.bytes[req.head_len..], &mut sent).await?;
+        }
+        None => write(req.bytes, &mut sent).await?,
+    }
     if let Some(spool) = req.spool.as_deref_mut() {
         spool.rewind();
         loop {
@@ -284,6 +310,7 @@ async fn relay<C: Client>(
     slot: &mut Option<Conn>,
     release: impl FnOnce(Conn, bool),
     req: &mut Request<'_>,
+    packet: Option<&[u8]>,
     extra: &Extra<'_>,
     client: &mut C,
     rbuf: &mut Vec<u8>,
@@ -294,7 +321,7 @@ async fn relay<C: Client>(
     let Some(up) = slot.as_mut() else {
         return Attempt::Failed(502);
     };
-    match send(up, req, write_timeout).await {
+    match send(up, req, packet, write_timeout).await {
         Ok(()) => {}
         Err(Some(sent)) => return Attempt::Broken { sent },
         Err(None) => return Attempt::Failed(504),

@@ -24,6 +24,10 @@ pub struct Conn<'a> {
     pub peer: Option<std::net::IpAddr>,
     /// Whether plain-HTTP ACME challenges are answered (Pingora's path does).
     pub acme: bool,
+    /// The port of the listener the client connected to (0: unknown).
+    pub port: u16,
+    /// The peer's port (0: unknown).
+    pub peer_port: u16,
 }
 
 /// A request the lane serves.
@@ -42,6 +46,8 @@ pub struct Plan {
     pub head_method: bool,
     /// The request id (sent upstream and back to the client when proxied).
     pub id: RequestId,
+    /// The client: the peer, or the one a trusted proxy names.
+    pub client: Option<std::net::IpAddr>,
     /// What answers it.
     pub work: Work,
 }
@@ -78,6 +84,8 @@ const STATIC_HEADERS: [http::HeaderName; 7] = [
 ];
 
 /// The outcome of looking at the bytes read so far.
+// The plan lives on the stack once per request; boxing it would allocate.
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     /// The head is not complete yet.
     Partial,
@@ -157,6 +165,7 @@ impl<'a> Via<'a> {
                 Field::XForwardedFor => r.xff.push(v),
                 Field::XForwardedProto if r.proto.is_none() => r.proto = Some(v),
                 Field::XForwardedHost if r.host.is_none() => r.host = Some(v),
+                Field::XForwardedPort if r.port.is_none() => r.port = Some(v),
                 _ => {}
             }
         }
@@ -312,6 +321,7 @@ pub fn plan(
                 close,
                 head_method: method == http::Method::HEAD,
                 id: request_id(client_id, ids),
+                client: None,
                 work: Work::Static(Box::new(StaticRequest {
                     files,
                     method,
@@ -335,6 +345,7 @@ pub fn plan(
         }
     }
     forwarding(out, conn, host, &id, via.as_ref());
+    let client = via.as_ref().map_or(conn.peer, |v| Some(v.ip));
 
     if let Some(log) = log {
         fill_log(log, &req, host, target);
@@ -350,6 +361,7 @@ pub fn plan(
         close,
         head_method: method == "HEAD",
         id,
+        client,
         work: Work::Proxy(service),
     })
 }
@@ -398,6 +410,7 @@ pub fn forwarding(
         peer: conn.client_ip.as_bytes(),
         client: via.map_or(conn.client_ip, |v| v.client.as_str()).as_bytes(),
         request_id: id.as_bytes(),
+        port: conn.port,
     };
     routes::forwarded::write(&mut HeadFields(out), &facts, via.map(|v| &v.relayed));
     out.extend_from_slice(b"\r\n");

@@ -113,6 +113,20 @@ pub(super) fn peer_ip(io: &HeadDeadline) -> Option<std::net::IpAddr> {
         .map(|ip| ip.to_canonical())
 }
 
+/// The connection peer's port (0 when unknown).
+pub(super) fn peer_port(io: &HeadDeadline) -> u16 {
+    io.get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.port()))
+        .unwrap_or(0)
+}
+
+/// The port of the listener `io` was accepted on (0 when unknown).
+pub(super) fn local_port(io: &HeadDeadline) -> u16 {
+    io.get_socket_digest()
+        .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()))
+        .unwrap_or(0)
+}
+
 /// Reads what is available into the spare capacity of `buf`.
 pub(super) async fn read_some<R: AsyncRead + Unpin>(
     r: &mut R,

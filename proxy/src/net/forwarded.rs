@@ -1,5 +1,5 @@
 //! Headers that tell the upstream who asked and how: X-Forwarded-For,
-//! -Proto, -Host, X-Real-IP and X-Request-Id; prefix stripping; the https
+//! -Proto, -Host, -Port, X-Real-IP and X-Request-Id; prefix stripping; the https
 //! form of a request URL.
 
 use pingora::http::RequestHeader;
@@ -66,12 +66,14 @@ fn hex(mut v: u64, out: &mut [u8]) {
 
 /// Sets the forwarding headers ([`routes::forwarded`]) on the upstream
 /// request: `client` is the real client ([`routes::client::resolve`]),
-/// `via` the peer's address when it is a trusted proxy.
+/// `via` the peer's address when it is a trusted proxy, `port` the port of
+/// the listener the client connected to (0: unknown).
 pub fn set_headers(
     up: &mut RequestHeader,
     client: Option<std::net::IpAddr>,
     via: Option<std::net::IpAddr>,
     tls: bool,
+    port: u16,
     request_id: Option<http::HeaderValue>,
 ) -> Result<()> {
     let host = match up.headers.get(http::header::HOST) {
@@ -102,6 +104,7 @@ pub fn set_headers(
                 .collect(),
             proto: first("x-forwarded-proto"),
             host: first("x-forwarded-host"),
+            port: first("x-forwarded-port"),
         });
         let facts = Facts {
             tls,
@@ -109,8 +112,9 @@ pub fn set_headers(
             peer: peer.as_ref().unwrap_or(&empty).as_bytes(),
             client: client.as_ref().unwrap_or(&empty).as_bytes(),
             request_id: request_id.as_ref().unwrap_or(&empty).as_bytes(),
+            port,
         };
-        let mut fields = Values(Vec::with_capacity(5));
+        let mut fields = Values(Vec::with_capacity(6));
         routes::forwarded::write(&mut fields, &facts, relayed.as_ref());
         fields.0
     };
@@ -218,17 +222,21 @@ mod tests {
         req.insert_header("host", "example.com").unwrap();
         req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
         req.insert_header("forwarded", "for=6.6.6.6").unwrap();
+        req.insert_header("x-forwarded-port", "1").unwrap();
         set_headers(
             &mut req,
             Some("::ffff:10.0.0.7".parse().unwrap()),
             None,
             true,
+            8443,
             None,
         )
         .unwrap();
         assert_eq!(req.headers["x-forwarded-for"], "10.0.0.7");
         assert_eq!(req.headers["x-forwarded-proto"], "https");
         assert_eq!(req.headers["x-forwarded-host"], "example.com");
+        assert_eq!(req.headers["x-forwarded-port"], "8443");
+        assert_eq!(req.headers.get_all("x-forwarded-port").iter().count(), 1);
         assert!(req.headers.get("forwarded").is_none());
     }
 

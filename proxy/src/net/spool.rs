@@ -44,15 +44,15 @@ impl Limits {
     /// The limits of the config's `[buffering]`, with its directory made
     /// (a failure is logged: bodies that need a temp file then fail).
     pub fn prepare(config: &routes::Config) -> Limits {
-        let dir = config.server.state_dir.join("buffers");
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            tracing::warn!("buffer directory {}: {e}", dir.display());
+        let b = &config.buffering;
+        if let Err(e) = std::fs::create_dir_all(&b.dir) {
+            tracing::warn!("buffer directory {}: {e}", b.dir.display());
         }
         Limits {
-            dir,
-            memory: 64 * 1024,
-            total_memory: 256 << 20,
-            max_file: 1 << 30,
+            dir: b.dir.clone(),
+            memory: b.memory,
+            total_memory: b.total_memory,
+            max_file: b.max_file,
         }
     }
 }

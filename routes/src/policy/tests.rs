@@ -55,7 +55,11 @@ retries = 1
 "#;
 
 fn table() -> RouteTable {
-    let cfg = load("t.toml", CONFIG, |_| None).expect("test config loads");
+    table_from(CONFIG)
+}
+
+fn table_from(text: &str) -> RouteTable {
+    let cfg = load("t.toml", text, |_| None).expect("test config loads");
     RouteTable::compile(
         Arc::new(cfg),
         &LiveState::default(),
@@ -122,6 +126,44 @@ fn unknown_hosts_and_paths_are_404s() {
     let mut v2 = v;
     v2.tls = true;
     assert!(matches!(decision(&t, &v2), Decision::Proxy(..)));
+}
+
+#[test]
+fn unknown_hosts_get_the_answer_server_unknown_host_names() {
+    let with = |value: &str| {
+        let text = CONFIG.replace("[server]\n", &format!("[server]\nunknown_host = {value}\n"));
+        table_from(&text)
+    };
+    for (value, want) in [
+        ("404", NO_SITE),
+        ("\"404\"", NO_SITE),
+        ("421", MISDIRECTED),
+        ("\"421\"", MISDIRECTED),
+        ("\"close\"", CLOSE),
+    ] {
+        let t = with(value);
+        assert_eq!(
+            decision(&t, &view("/", "other.org")),
+            Decision::Answer(want),
+            "{value}"
+        );
+        // Only unknown hosts: a known host is routed as before.
+        assert!(matches!(
+            decision(&t, &view("/x", "example.com")),
+            Decision::Proxy(..)
+        ));
+    }
+    let shape = |a: Answer| (a.status, a.close, a.is_silent_close());
+    assert_eq!(shape(MISDIRECTED), (421, false, false));
+    assert_eq!(shape(NO_SITE), (404, false, false));
+    assert_eq!(shape(CLOSE), (CLOSE_STATUS, true, true));
+    assert_eq!(no_site(UnknownHost::Status(404)), NO_SITE);
+    assert_eq!(no_site(UnknownHost::default()), NO_SITE);
+    // The request check still comes first: a bad request is answered.
+    let t = with("\"close\"");
+    let mut v = view("/", "other.org");
+    v.header_count = 11;
+    assert_eq!(decision(&t, &v), Decision::Answer(HEADERS_TOO_LARGE));
 }
 
 #[test]
