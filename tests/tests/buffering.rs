@@ -596,6 +596,63 @@ async fn bodies_past_the_memory_threshold_use_a_temp_file_that_leaves_nothing(t:
 
 e2e::on_both_transports!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    routes_can_turn_buffering_off
+);
+/// `buffer_requests = false`: an upload reaches the app while the client
+/// is still sending it. `buffer_responses = false`: a response the client
+/// does not read for a while never goes to a temp file (with buffering on
+/// it would: `bodies_past_the_memory_threshold_use_a_temp_file_that_leaves_nothing`).
+async fn routes_can_turn_buffering_off(t: Transport) {
+    let Some((g, app)) = gunicorn("routes_can_turn_buffering_off", 2).await else {
+        return;
+    };
+    let buffering = "memory = \"16KiB\"";
+    let off = "buffer_requests = false\n  buffer_responses = false";
+    let p = Proxy::start_on(t, &config(&[g.member()], Some(buffering), off)).await;
+
+    let body = upload_body(MIB);
+    let mut u = HeldUpload::start(p.ports.http, "app.test", "/upload", Some(MIB))
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, u.send(&body[..MIB / 2], 64 * KIB, Duration::ZERO))
+        .await
+        .expect("first half taken")
+        .unwrap();
+    let started = e2e::eventually(LIMIT, || async {
+        (app.count("upload start") == 1).then_some(())
+    })
+    .await;
+    assert!(
+        started.is_some(),
+        "{t}: with buffer_requests = false the app never saw the upload while it was held\n{}",
+        context(&p, &g, &app)
+    );
+    assert!(!u.is_finished(), "{t}");
+    tokio::time::timeout(LIMIT, u.send(&body[MIB / 2..], 64 * KIB, Duration::ZERO))
+        .await
+        .expect("second half taken")
+        .unwrap();
+    let r = u.finish(LIMIT).await.unwrap();
+    assert_upload(&r, &body, t.name());
+
+    // 4 MiB, not read until the app has written what the socket buffers
+    // take: streamed, so nothing spills to disk.
+    let h = HeldDownload::start(p.ports.http, "app.test", "/big?mb=4")
+        .await
+        .unwrap();
+    e2e::eventually(LIMIT, || async {
+        (app.count("big start") == 1).then_some(())
+    })
+    .await
+    .expect("the app started the response");
+    let r = h.read(3 * LIMIT).await.unwrap();
+    assert_eq!(r.body.len(), 4 * MIB, "{t}");
+    let spilled = metric(&scrape(&p).await, "duotone_buffer_spilled_bytes_total", "");
+    assert_eq!(spilled, Some(0.0), "{t}: a response went to a temp file");
+}
+
+e2e::on_both_transports!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     an_unwritable_buffer_dir_gives_a_clean_5xx_and_small_requests_pass
 );
 /// A buffer dir that cannot hold a file (it lies under a regular file, so
