@@ -44,6 +44,11 @@ pub enum Field {
     Date,
     /// `strict-transport-security`
     StrictTransportSecurity,
+    /// `content-type` (responses: an event stream is never buffered)
+    ContentType,
+    /// `x-accel-buffering` (responses: `no` turns buffering off; not
+    /// passed on, as nginx hides it)
+    XAccelBuffering,
     /// Any other name.
     Other,
 }
@@ -59,7 +64,7 @@ impl Field {
             7 => &[(b"upgrade", Upgrade), (b"trailer", Trailer)],
             9 => &[(b"forwarded", Forwarded), (b"x-real-ip", XRealIp)],
             10 => &[(b"connection", Connection), (b"keep-alive", KeepAlive)],
-            12 => &[(b"x-request-id", XRequestId)],
+            12 => &[(b"x-request-id", XRequestId), (b"content-type", ContentType)],
             14 => &[(b"content-length", ContentLength)],
             15 => &[(b"x-forwarded-for", XForwardedFor)],
             16 => &[
@@ -70,6 +75,7 @@ impl Field {
             17 => &[
                 (b"transfer-encoding", TransferEncoding),
                 (b"x-forwarded-proto", XForwardedProto),
+                (b"x-accel-buffering", XAccelBuffering),
             ],
             25 => &[(b"strict-transport-security", StrictTransportSecurity)],
             _ => return Other,
@@ -185,6 +191,8 @@ mod tests {
             ("x-request-id", Field::XRequestId),
             ("date", Field::Date),
             ("strict-transport-security", Field::StrictTransportSecurity),
+            ("content-type", Field::ContentType),
+            ("x-accel-buffering", Field::XAccelBuffering),
         ];
         for (name, field) in all {
             assert_eq!(Field::of(name), field, "{name}");

@@ -161,7 +161,8 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
                 reusable &= !o.close;
                 nominates |= o.nominates;
             }
-            Field::Other => unbuffered |= streams(h.name, h.value),
+            Field::ContentType => unbuffered |= is_event_stream(h.value),
+            Field::XAccelBuffering => unbuffered |= h.value.trim_ascii().eq_ignore_ascii_case(b"no"),
             _ => {}
         }
     }
@@ -196,7 +197,7 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
             Field::ContentLength => chunked,
             Field::StrictTransportSecurity => extra.hsts.is_some(),
             // For the edge, as nginx hides it.
-            Field::Other if is_accel_buffering(h.name) => true,
+            Field::XAccelBuffering => true,
             _ => nominates && nominated(resp.headers, &fields, h.name),
         } || (!add.is_empty() && routes::headers::AddHeaders::replaces(add, h.name));
         if !dropped {
@@ -228,22 +229,12 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
     })
 }
 
-/// Whether a field is `X-Accel-Buffering`.
-fn is_accel_buffering(name: &str) -> bool {
-    super::request::is(name, "x-accel-buffering")
-}
-
-/// Whether a response field says the body must not be buffered: an event
-/// stream (`Content-Type: text/event-stream`) or `X-Accel-Buffering: no`.
-pub fn streams(name: &str, value: &[u8]) -> bool {
-    if is_accel_buffering(name) {
-        return value.trim_ascii().eq_ignore_ascii_case(b"no");
-    }
-    super::request::is(name, "content-type")
-        && value
-            .trim_ascii()
-            .get(..17)
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"text/event-stream"))
+/// Whether a Content-Type value is an event stream (never buffered).
+fn is_event_stream(value: &[u8]) -> bool {
+    value
+        .trim_ascii()
+        .get(..17)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"text/event-stream"))
 }
 
 /// True when a Connection field among `headers` (classified in `fields`)
