@@ -357,8 +357,10 @@ fn responses(buf: &[u8], head_request: bool) -> (Vec<u16>, usize) {
 
 /// A request as the upstream received it: the request line, the header
 /// lines sorted, and the body, printable. A fresh X-Request-Id (24 hex
-/// digits, each proxy its own) reads `<fresh>`; a client's is kept.
-fn normalise(request: &[u8]) -> String {
+/// digits, each proxy its own) reads `<fresh>`; a client's is kept. An
+/// X-Forwarded-Port naming the proxy's `listener` port (each proxy its
+/// own) reads `<listener>`.
+fn normalise(request: &[u8], listener: u16) -> String {
     let (head, body) = match find(request, b"\r\n\r\n") {
         Some(e) => (&request[..e], &request[e + 4..]),
         None => (request, &b""[..]),
@@ -374,6 +376,12 @@ fn normalise(request: &[u8]) -> String {
                     && v.trim().bytes().all(|b| b.is_ascii_hexdigit()) =>
             {
                 format!("{k}: <fresh>")
+            }
+            Some((k, v))
+                if k.eq_ignore_ascii_case("x-forwarded-port")
+                    && v.trim() == listener.to_string() =>
+            {
+                format!("{k}: <listener>")
             }
             _ => l.to_string(),
         })
@@ -392,7 +400,13 @@ fn normalise(request: &[u8]) -> String {
 async fn run(proxy: &Proxy, up: &Recorder, bytes: &[u8]) -> Seen {
     up.take().await;
     let got = exchange(proxy.ports.http, bytes).await;
-    let upstream = up.take().await.iter().map(|r| normalise(r)).collect();
+    let listener = proxy.ports.http.port();
+    let upstream = up
+        .take()
+        .await
+        .iter()
+        .map(|r| normalise(r, listener))
+        .collect();
     Seen {
         statuses: responses(&got, bytes.starts_with(b"HEAD ")).0,
         upstream,
