@@ -32,10 +32,10 @@ pub struct Buffering {
     /// default `<state_dir>/buffers`.
     pub dir: PathBuf,
     /// Bytes kept in memory per request and direction before a temp file
-    /// is used; default 64 KiB.
+    /// is used; default 1 MiB (as kamal-proxy's buffer memory).
     pub memory: usize,
     /// Bytes kept in memory by all requests together; past it, bodies go
-    /// to temp files at once. Default 256 MiB.
+    /// to temp files at once. Default 64 MiB.
     pub total_memory: usize,
     /// Largest response temp file; past it the upstream waits for the
     /// client. Default 1 GiB.
@@ -44,9 +44,9 @@ pub struct Buffering {
 
 impl Buffering {
     /// Default of [`Buffering::memory`].
-    pub const MEMORY: usize = 64 << 10;
+    pub const MEMORY: usize = 1 << 20;
     /// Default of [`Buffering::total_memory`].
-    pub const TOTAL_MEMORY: usize = 256 << 20;
+    pub const TOTAL_MEMORY: usize = 64 << 20;
     /// Default of [`Buffering::max_file`].
     pub const MAX_FILE: u64 = 1 << 30;
 

@@ -579,8 +579,8 @@ fn buffering_defaults_and_route_switches() {
     let c = std::sync::Arc::new(load("/etc/d.toml", BUFFERED, env).unwrap());
     let b = &c.buffering;
     assert_eq!(b.dir, std::path::Path::new("/var/lib/dt/buffers"));
-    assert_eq!(b.memory, 64 * 1024);
-    assert_eq!(b.total_memory, 256 * 1024 * 1024);
+    assert_eq!(b.memory, 1024 * 1024);
+    assert_eq!(b.total_memory, 64 * 1024 * 1024);
     assert_eq!(b.max_file, 1 << 30);
     let (table, _) = routes::RouteTable::compile(
         c,

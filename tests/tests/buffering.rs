@@ -155,6 +155,29 @@ fn metric(metrics: &str, metric: &str, label: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// Starts a 1 MiB upload of `body` to `/upload` and sends its first half.
+async fn half_upload(p: &Proxy, body: &[u8]) -> HeldUpload {
+    let mut u = HeldUpload::start(p.ports.http, "app.test", "/upload", Some(MIB))
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, u.send(&body[..MIB / 2], 64 * KIB, Duration::ZERO))
+        .await
+        .expect("first half taken")
+        .unwrap();
+    u
+}
+
+/// Sends the second half of [`half_upload`]'s body and checks what the
+/// app got.
+async fn rest_of_upload(mut u: HeldUpload, body: &[u8], t: Transport) {
+    tokio::time::timeout(LIMIT, u.send(&body[MIB / 2..], 64 * KIB, Duration::ZERO))
+        .await
+        .expect("second half taken")
+        .unwrap();
+    let r = u.finish(LIMIT).await.unwrap();
+    assert_upload(&r, body, t.name());
+}
+
 /// The entries of the buffer dir (temp files are opened with O_TMPFILE,
 /// so there should never be any).
 fn entries(dir: &std::path::Path) -> Vec<String> {
@@ -519,13 +542,7 @@ async fn bodies_past_the_memory_threshold_use_a_temp_file_that_leaves_nothing(t:
 
     // A request body, held half way: past 16 KiB, so on disk.
     let body = upload_body(MIB);
-    let mut u = HeldUpload::start(p.ports.http, "app.test", "/upload", Some(MIB))
-        .await
-        .unwrap();
-    tokio::time::timeout(LIMIT, u.send(&body[..MIB / 2], 64 * KIB, Duration::ZERO))
-        .await
-        .expect("first half taken")
-        .unwrap();
+    let mut u = half_upload(&p, &body).await;
     let disk = e2e::eventually(LIMIT, on_disk).await;
     assert!(
         disk.is_some(),
@@ -544,12 +561,7 @@ async fn bodies_past_the_memory_threshold_use_a_temp_file_that_leaves_nothing(t:
         0,
         "{t}: the app saw a partial upload"
     );
-    tokio::time::timeout(LIMIT, u.send(&body[MIB / 2..], 64 * KIB, Duration::ZERO))
-        .await
-        .expect("second half taken")
-        .unwrap();
-    let r = u.finish(LIMIT).await.unwrap();
-    assert_upload(&r, &body, t.name());
+    rest_of_upload(u, &body, t).await;
 
     // A response body the client does not read: on disk once the app is done.
     let h = HeldDownload::start(p.ports.http, "app.test", "/big?mb=4")
@@ -611,13 +623,7 @@ async fn routes_can_turn_buffering_off(t: Transport) {
     let p = Proxy::start_on(t, &config(&[g.member()], Some(buffering), off)).await;
 
     let body = upload_body(MIB);
-    let mut u = HeldUpload::start(p.ports.http, "app.test", "/upload", Some(MIB))
-        .await
-        .unwrap();
-    tokio::time::timeout(LIMIT, u.send(&body[..MIB / 2], 64 * KIB, Duration::ZERO))
-        .await
-        .expect("first half taken")
-        .unwrap();
+    let mut u = half_upload(&p, &body).await;
     let started = e2e::eventually(LIMIT, || async {
         (app.count("upload start") == 1).then_some(())
     })
@@ -628,12 +634,7 @@ async fn routes_can_turn_buffering_off(t: Transport) {
         context(&p, &g, &app)
     );
     assert!(!u.is_finished(), "{t}");
-    tokio::time::timeout(LIMIT, u.send(&body[MIB / 2..], 64 * KIB, Duration::ZERO))
-        .await
-        .expect("second half taken")
-        .unwrap();
-    let r = u.finish(LIMIT).await.unwrap();
-    assert_upload(&r, &body, t.name());
+    rest_of_upload(u, &body, t).await;
 
     // 4 MiB, not read until the app has written what the socket buffers
     // take: streamed, so nothing spills to disk.

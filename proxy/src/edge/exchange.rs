@@ -216,8 +216,9 @@ fn head_bytes(up: &RequestHeader, length: Option<u64>, host: &str) -> Vec<u8> {
             HeaderNameVariant::Case(c) => c.as_slice(),
             HeaderNameVariant::Titled(t) => t.as_bytes(),
         };
-        let listed = HOP_AND_FRAMING
+        let listed = crate::net::hop::HOP_FIELDS
             .iter()
+            .chain(&FRAMING_AND_EXPECT)
             .any(|h| h.as_bytes().eq_ignore_ascii_case(n));
         let client_length = n.eq_ignore_ascii_case(b"content-length") && !chunked;
         let hop = listed && !client_length;
@@ -233,19 +234,10 @@ fn head_bytes(up: &RequestHeader, length: Option<u64>, host: &str) -> Vec<u8> {
     out
 }
 
-/// Request fields never forwarded as received: hop-by-hop ones, the
-/// framing (re-set from the buffered body) and `Expect` (answered here).
-const HOP_AND_FRAMING: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "transfer-encoding",
-    "content-length",
-    "expect",
-];
+/// Request fields never forwarded as received besides the hop-by-hop
+/// ones: the framing (set again from the buffered body) and `Expect`
+/// (answered here).
+const FRAMING_AND_EXPECT: [&str; 3] = ["transfer-encoding", "content-length", "expect"];
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -320,7 +312,7 @@ impl Client for SessionClient<'_> {
             return false;
         };
         for f in resp.headers.iter() {
-            let hop = crate::net::hop::RESPONSE_FIELDS
+            let hop = crate::net::hop::HOP_FIELDS
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(f.name));
             if !hop {

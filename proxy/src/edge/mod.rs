@@ -906,7 +906,7 @@ fn strip_hop_by_hop(resp: &mut ResponseHeader) {
             }
         }
     }
-    for name in crate::net::hop::RESPONSE_FIELDS {
+    for name in crate::net::hop::HOP_FIELDS {
         if !(upgrade && (name == "connection" || name == "upgrade")) {
             resp.remove_header(name);
         }

@@ -171,6 +171,9 @@ pub async fn buffered<C: Client>(
             if done {
                 break Some(end(true, take == n));
             }
+            // Let the client side write what just came before reading on:
+            // a client that keeps up then never sends the body to disk.
+            tokio::task::yield_now().await;
         };
         if let Some(r) = result {
             lock().ended = Some(r);

@@ -10,9 +10,10 @@
 //! `Transfer-Encoding`) is ignored: the body is relayed by that framing, so
 //! removing it would make the client read the body differently.
 
-/// The standard hop-by-hop response fields (lower case), besides the ones
-/// a `Connection` field nominates; `upgrade` stays on a 101.
-pub const RESPONSE_FIELDS: [&str; 6] = [
+/// The standard hop-by-hop fields (lower case), besides the ones a
+/// `Connection` field nominates: removed from responses (`upgrade` stays
+/// on a 101) and from the requests the buffering exchange sends.
+pub const HOP_FIELDS: [&str; 6] = [
     "connection",
     "keep-alive",
     "proxy-connection",
