@@ -108,8 +108,16 @@ pub struct HeldDownload {
 
 impl HeldDownload {
     /// Connects and sends `GET path` (Connection: close); reads nothing.
+    /// The socket's receive buffer is set small (32 KiB: no autotuning,
+    /// which on loopback grows to tens of MiB), so an unread response
+    /// stays with the proxy beyond what its own send buffer holds.
     pub async fn start(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<HeldDownload> {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_recv_buffer_size(32 * 1024)?;
+        let mut stream = socket.connect(addr).await?;
         stream
             .write_all(
                 format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")

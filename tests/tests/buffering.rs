@@ -563,8 +563,10 @@ async fn bodies_past_the_memory_threshold_use_a_temp_file_that_leaves_nothing(t:
     );
     rest_of_upload(u, &body, t).await;
 
-    // A response body the client does not read: on disk once the app is done.
-    let h = HeldDownload::start(p.ports.http, "app.test", "/big?mb=4")
+    // A response body the client does not read (more than the proxy's
+    // socket send buffer takes, 4 MiB at most here): on disk once the app
+    // is done.
+    let h = HeldDownload::start(p.ports.http, "app.test", "/big?mb=16")
         .await
         .unwrap();
     let done = e2e::eventually(3 * LIMIT, || async {
@@ -573,12 +575,12 @@ async fn bodies_past_the_memory_threshold_use_a_temp_file_that_leaves_nothing(t:
     .await;
     assert!(
         done.is_some(),
-        "{t}: the app could not finish an unread 4 MiB response\n{}",
+        "{t}: the app could not finish an unread 16 MiB response\n{}",
         context(&p, &g, &app)
     );
     assert!(
         e2e::eventually(LIMIT, on_disk).await.is_some(),
-        "{t}: an unread 4 MiB response is not on disk:\n{}",
+        "{t}: an unread 16 MiB response is not on disk:\n{}",
         scrape(&p).await
     );
     assert_eq!(
@@ -588,7 +590,7 @@ async fn bodies_past_the_memory_threshold_use_a_temp_file_that_leaves_nothing(t:
     );
     let r = h.read(3 * LIMIT).await.unwrap();
     assert_eq!(r.status, 200, "{t}");
-    assert_eq!(sha256_hex(&r.body), sha256_hex(&big_body(4 * MIB)), "{t}");
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&big_body(16 * MIB)), "{t}");
 
     // Afterwards: nothing buffered, nothing left.
     let released = e2e::eventually(LIMIT, || async {

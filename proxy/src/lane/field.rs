@@ -64,7 +64,10 @@ impl Field {
             7 => &[(b"upgrade", Upgrade), (b"trailer", Trailer)],
             9 => &[(b"forwarded", Forwarded), (b"x-real-ip", XRealIp)],
             10 => &[(b"connection", Connection), (b"keep-alive", KeepAlive)],
-            12 => &[(b"x-request-id", XRequestId), (b"content-type", ContentType)],
+            12 => &[
+                (b"x-request-id", XRequestId),
+                (b"content-type", ContentType),
+            ],
             14 => &[(b"content-length", ContentLength)],
             15 => &[(b"x-forwarded-for", XForwardedFor)],
             16 => &[

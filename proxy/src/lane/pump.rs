@@ -9,12 +9,13 @@
 
 use super::client::Client;
 use super::response::{Chunks, Framing};
-use super::state::read_some;
 use super::timer::within;
 use super::upstream::Conn;
 use crate::net::spool::Spool;
+use bytes::{Bytes, BytesMut};
 use std::sync::Mutex;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
 /// Where a response body ends, followed read by read.
@@ -75,8 +76,8 @@ impl Framed {
     }
 }
 
-/// Largest write to the client at once.
-const WRITE: usize = 64 * 1024;
+/// Size of each read from the upstream (the pieces the spool holds).
+const READ: usize = 64 * 1024;
 
 /// How the upstream side of a buffered body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +119,6 @@ pub async fn buffered<C: Client>(
     first: &[u8],
     mut framed: Framed,
     mut spool: Spool,
-    rbuf: &mut Vec<u8>,
     read_timeout: Duration,
 ) -> Pumped {
     let mut ended = None;
@@ -147,23 +147,25 @@ pub async fn buffered<C: Client>(
             let Some(conn) = up.as_mut() else {
                 break Some(end(false, false));
             };
-            rbuf.clear();
-            let n = match within(read_timeout, read_some(conn, rbuf)).await {
+            // A fresh buffer per read: it goes into the spool as it is.
+            let mut read = BytesMut::with_capacity(READ);
+            let n = match within(read_timeout, conn.read_buf(&mut read)).await {
                 Ok(Ok(n)) => n,
                 _ => break Some(end(false, false)),
             };
             if n == 0 {
                 break Some(end(framed.ends_at_close(), false));
             }
-            let Ok((take, done)) = framed.feed(&rbuf[..n], &mut data) else {
+            let Ok((take, done)) = framed.feed(&read, &mut data) else {
                 break Some(end(false, false));
             };
             let out = if framed.decodes() {
-                &data[..]
+                Bytes::from(std::mem::take(&mut data))
             } else {
-                &rbuf[..take]
+                read.truncate(take);
+                read.freeze()
             };
-            if let Err(e) = lock().spool.push(out) {
+            if let Err(e) = lock().spool.push_bytes(out) {
                 tracing::warn!("{e}");
                 break Some(end(false, false));
             }
@@ -191,21 +193,20 @@ pub async fn buffered<C: Client>(
         if !client.send_head(head, &[], false).await {
             return (bytes, false);
         }
-        let mut chunk = Vec::new();
         loop {
-            let (ended, last) = {
+            let (chunk, ended, last) = {
                 let mut s = lock();
-                chunk.clear();
-                match s.spool.front() {
-                    Ok(front) => chunk.extend_from_slice(&front[..front.len().min(WRITE)]),
+                let chunk = match s.spool.take() {
+                    Ok(c) => c.unwrap_or_default(),
                     Err(e) => {
                         tracing::warn!("reading a buffered response: {e}");
                         return (bytes, false);
                     }
-                }
-                let last = s.ended.is_some() && s.spool.len() == chunk.len() as u64;
-                (s.ended, last)
+                };
+                let last = s.ended.is_some() && s.spool.is_empty();
+                (chunk, s.ended, last)
             };
+            room.notify_one();
             if chunk.is_empty() {
                 match ended {
                     Some(u) if u.complete => return (bytes, client.send_body(&[], true).await),
@@ -221,8 +222,6 @@ pub async fn buffered<C: Client>(
                 return (bytes, false);
             }
             bytes += chunk.len() as u64;
-            lock().spool.consume(chunk.len());
-            room.notify_one();
             if end {
                 return (bytes, true);
             }

@@ -426,7 +426,6 @@ async fn relay<C: Client>(
             &first,
             framed,
             spool,
-            rbuf,
             read_timeout,
         )
         .await;

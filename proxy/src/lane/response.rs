@@ -162,7 +162,9 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
                 nominates |= o.nominates;
             }
             Field::ContentType => unbuffered |= is_event_stream(h.value),
-            Field::XAccelBuffering => unbuffered |= h.value.trim_ascii().eq_ignore_ascii_case(b"no"),
+            Field::XAccelBuffering => {
+                unbuffered |= h.value.trim_ascii().eq_ignore_ascii_case(b"no")
+            }
             _ => {}
         }
     }

@@ -8,6 +8,8 @@
 //! read again from the start for a retry ([`Spool::rewind`]), so request
 //! spools keep what was taken until dropped.
 
+use bytes::Bytes;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -73,10 +75,16 @@ pub struct Spool {
     limits: Limits,
     /// Keep taken bytes for [`Spool::rewind`].
     keep: bool,
-    mem: Vec<u8>,
-    /// Taken bytes at the front of `mem`.
-    mem_pos: usize,
-    /// Bytes of `mem` counted in [`MEMORY`].
+    /// The memory part, as it came (no copy): before anything in the file.
+    mem: VecDeque<Bytes>,
+    /// Bytes in `mem`.
+    mem_len: usize,
+    /// Read position in `mem`: chunk index and offset (a response spool
+    /// drops chunks once taken, so its index stays 0).
+    at: (usize, usize),
+    /// Bytes of `mem` taken (before `at`).
+    mem_taken: usize,
+    /// Bytes counted in [`MEMORY`].
     counted: usize,
     file: Option<File>,
     /// Taken bytes at the front of the file.
@@ -104,8 +112,10 @@ impl Spool {
         Spool {
             limits,
             keep,
-            mem: Vec::new(),
-            mem_pos: 0,
+            mem: VecDeque::new(),
+            mem_len: 0,
+            at: (0, 0),
+            mem_taken: 0,
             counted: 0,
             file: None,
             file_pos: 0,
@@ -117,7 +127,7 @@ impl Spool {
 
     /// Bytes not taken yet.
     pub fn len(&self) -> u64 {
-        (self.mem.len() - self.mem_pos) as u64 + (self.file_len - self.file_pos)
+        (self.mem_len - self.mem_taken) as u64 + (self.file_len - self.file_pos)
     }
 
     /// Whether every byte pushed has been taken.
@@ -127,7 +137,7 @@ impl Spool {
 
     /// Bytes pushed in all (taken or not) for a request spool.
     pub fn total(&self) -> u64 {
-        self.mem.len() as u64 + self.file_len
+        self.mem_len as u64 + self.file_len
     }
 
     /// Whether a temp file holds some of the body.
@@ -138,18 +148,24 @@ impl Spool {
     /// Whether a response spool should take more: memory left, or a temp
     /// file under `max_file`. When temp files failed, only memory counts.
     pub fn has_room(&self) -> bool {
-        let mem = self.mem.len() - self.mem_pos;
+        let mem = self.mem_len - self.mem_taken;
         if self.file_len == self.file_pos && mem < self.limits.memory {
             return true;
         }
         !self.disk_failed && self.file_len - self.file_pos < self.limits.max_file
     }
 
-    /// Appends `data`, or fails and keeps none of it. When a temp file
-    /// fails, a response spool with nothing in its file keeps `data` in
-    /// memory instead (logged) and [`Spool::has_room`] then says no until
-    /// memory drains: the upstream waits for the client.
+    /// Appends a copy of `data` ([`Spool::push_bytes`]).
     pub fn push(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        self.push_bytes(Bytes::copy_from_slice(data))
+    }
+
+    /// Appends `data` (kept as it is while in memory), or fails and keeps
+    /// none of it. When a temp file fails, a response spool with nothing
+    /// in its file keeps `data` in memory instead (logged) and
+    /// [`Spool::has_room`] then says no until memory drains: the upstream
+    /// waits for the client.
+    pub fn push_bytes(&mut self, data: Bytes) -> Result<(), SpoolError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -158,7 +174,7 @@ impl Spool {
             self.keep_in_memory(data);
             return Ok(());
         }
-        match self.write_to_file(data) {
+        match self.write_to_file(&data) {
             Ok(()) => Ok(()),
             Err(e) => {
                 FAILURES.fetch_add(1, Relaxed);
@@ -175,7 +191,7 @@ impl Spool {
 
     /// Whether `n` more bytes may stay in memory.
     fn fits_memory(&self, n: usize) -> bool {
-        let mine = self.mem.len() - self.mem_pos + n;
+        let mine = self.mem_len - self.mem_taken + n;
         if mine > self.limits.memory {
             return false;
         }
@@ -183,13 +199,9 @@ impl Spool {
         all + n <= self.limits.total_memory
     }
 
-    fn keep_in_memory(&mut self, data: &[u8]) {
-        if !self.keep && self.mem_pos > 0 {
-            // Taken bytes go first, so memory holds at most the limit.
-            self.mem.drain(..self.mem_pos);
-            self.mem_pos = 0;
-        }
-        self.mem.extend_from_slice(data);
+    fn keep_in_memory(&mut self, data: Bytes) {
+        self.mem_len += data.len();
+        self.mem.push_back(data);
         self.recount();
     }
 
@@ -214,7 +226,7 @@ impl Spool {
 
     /// Keeps [`MEMORY`] in step with the bytes this spool holds.
     fn recount(&mut self) {
-        let now = self.mem.len();
+        let now = self.mem_len;
         if now >= self.counted {
             MEMORY.fetch_add(now - self.counted, Relaxed);
         } else {
@@ -226,8 +238,8 @@ impl Spool {
     /// The next bytes to take (empty when none are left): from memory, or
     /// up to 64 KiB read from the temp file.
     pub fn front(&mut self) -> io::Result<&[u8]> {
-        if self.mem_pos < self.mem.len() {
-            return Ok(&self.mem[self.mem_pos..]);
+        if let Some(chunk) = self.mem.get(self.at.0) {
+            return Ok(&chunk[self.at.1..]);
         }
         let left = self.file_len - self.file_pos;
         let Some(file) = self.file.as_ref().filter(|_| left > 0) else {
@@ -239,18 +251,46 @@ impl Spool {
         Ok(&self.scratch)
     }
 
+    /// Takes the next bytes of a response spool (None when none are left):
+    /// a chunk from memory as it was pushed, or up to 64 KiB read from the
+    /// temp file.
+    pub fn take(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.keep && self.at.0 < self.mem.len() {
+            if let Some(chunk) = self.mem.pop_front() {
+                let rest = chunk.slice(self.at.1..);
+                self.mem_len -= chunk.len();
+                self.mem_taken -= self.at.1;
+                self.at = (0, 0);
+                self.recount();
+                return Ok(Some(rest));
+            }
+        }
+        let front = self.front()?;
+        if front.is_empty() {
+            return Ok(None);
+        }
+        let out = Bytes::copy_from_slice(front);
+        self.consume(out.len());
+        Ok(Some(out))
+    }
+
     /// Takes `n` bytes from the front (at most what [`Spool::front`] gave).
     pub fn consume(&mut self, n: usize) {
-        if self.mem_pos < self.mem.len() {
-            self.mem_pos += n.min(self.mem.len() - self.mem_pos);
-            if !self.keep && self.mem_pos == self.mem.len() {
-                self.mem.clear();
-                self.mem_pos = 0;
-                if self.mem.capacity() > self.limits.memory {
-                    self.mem.shrink_to(self.limits.memory);
+        if let Some(chunk) = self.mem.get(self.at.0) {
+            let n = n.min(chunk.len() - self.at.1);
+            self.at.1 += n;
+            self.mem_taken += n;
+            if self.at.1 == chunk.len() {
+                if self.keep {
+                    self.at = (self.at.0 + 1, 0);
+                } else {
+                    self.mem_len -= chunk.len();
+                    self.mem_taken -= chunk.len();
+                    self.mem.pop_front();
+                    self.at = (0, 0);
+                    self.recount();
                 }
             }
-            self.recount();
             return;
         }
         self.file_pos = (self.file_pos + n as u64).min(self.file_len);
@@ -268,7 +308,8 @@ impl Spool {
     /// Starts a request spool over from its first byte.
     pub fn rewind(&mut self) {
         if self.keep {
-            self.mem_pos = 0;
+            self.at = (0, 0);
+            self.mem_taken = 0;
             self.file_pos = 0;
         }
     }

@@ -136,3 +136,32 @@ fn totals_count_memory_and_disk_while_held() {
     // Other tests run at once: only what this one wrote is known.
     assert!(super::totals().spilled >= during.spilled);
 }
+
+#[test]
+fn taking_whole_chunks_keeps_order_across_memory_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Spool::for_response(limits(dir.path(), 5000));
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    for round in 0..100u32 {
+        let part = pattern(700 + (round as usize * 53) % 2500, round as u8);
+        s.push_bytes(bytes::Bytes::from(part.clone())).unwrap();
+        sent.extend_from_slice(&part);
+        if round % 4 == 1 {
+            // A partial take of the front, then whole chunks.
+            let n = s.front().unwrap().len().min(100);
+            got.extend_from_slice(&s.front().unwrap()[..n]);
+            s.consume(n);
+        }
+        if round % 2 == 0 {
+            if let Some(b) = s.take().unwrap() {
+                got.extend_from_slice(&b);
+            }
+        }
+    }
+    while let Some(b) = s.take().unwrap() {
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got, sent);
+    assert!(s.is_empty());
+}
