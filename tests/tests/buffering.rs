@@ -542,7 +542,7 @@ async fn bodies_past_the_memory_threshold_use_a_temp_file_that_leaves_nothing(t:
 
     // A request body, held half way: past 16 KiB, so on disk.
     let body = upload_body(MIB);
-    let mut u = half_upload(&p, &body).await;
+    let u = half_upload(&p, &body).await;
     let disk = e2e::eventually(LIMIT, on_disk).await;
     assert!(
         disk.is_some(),
@@ -625,7 +625,7 @@ async fn routes_can_turn_buffering_off(t: Transport) {
     let p = Proxy::start_on(t, &config(&[g.member()], Some(buffering), off)).await;
 
     let body = upload_body(MIB);
-    let mut u = half_upload(&p, &body).await;
+    let u = half_upload(&p, &body).await;
     let started = e2e::eventually(LIMIT, || async {
         (app.count("upload start") == 1).then_some(())
     })
