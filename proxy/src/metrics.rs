@@ -394,7 +394,7 @@ pub fn service_gauges(table: &routes::RouteTable) -> Vec<StateGauge> {
                 let up = m.health.is_available(now)
                     && (!checked || m.health.state() == routes::HealthState::Up);
                 let mut l = labels.clone();
-                l.push(("member", m.addr.to_string()));
+                l.push(("member", m.written()));
                 out.push(StateGauge {
                     name: "duotone_member_up",
                     labels: l,

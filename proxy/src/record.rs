@@ -67,7 +67,7 @@ pub fn record<'a>(
     let Some(line) = line() else {
         return;
     };
-    let upstream = member.map(|m| m.addr.to_string()).unwrap_or_default();
+    let upstream = member.map(routes::Member::written).unwrap_or_default();
     let entry = Entry {
         req: line,
         status: f.status,

@@ -147,6 +147,18 @@ impl fmt::Display for MemberAddr {
     }
 }
 
+impl Member {
+    /// The member as written in the config: its address, with the
+    /// `uwsgi://` or `uwsgi+unix:` form for uwsgi members.
+    pub fn written(&self) -> String {
+        match (self.protocol, &self.addr) {
+            (Protocol::Http, a) => a.to_string(),
+            (Protocol::Uwsgi, MemberAddr::Unix(p)) => format!("uwsgi+unix:{}", p.display()),
+            (Protocol::Uwsgi, a) => format!("uwsgi://{a}"),
+        }
+    }
+}
+
 /// What active health checks last said about a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthState {
@@ -616,6 +628,27 @@ mod tests {
             protocol: Protocol::Http,
             resolved: None,
             health: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn members_are_shown_as_written() {
+        for s in [
+            "127.0.0.1:8000",
+            "app:8000",
+            "unix:/run/app.sock",
+            "uwsgi://127.0.0.1:3031",
+            "uwsgi://app:3031",
+            "uwsgi+unix:/run/app.sock",
+        ] {
+            let (addr, protocol) = MemberAddr::parse_member(s).unwrap();
+            let m = Member {
+                addr,
+                protocol,
+                resolved: None,
+                health: Arc::default(),
+            };
+            assert_eq!(m.written(), s);
         }
     }
 

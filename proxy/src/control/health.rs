@@ -43,7 +43,7 @@ pub async fn run(control: Arc<Control>) {
             for pool in &svc.pools {
                 for m in &pool.members {
                     targets.push(Target {
-                        key: format!("{}/{}/{}", svc.name, pool.color, m.addr),
+                        key: format!("{}/{}/{}", svc.name, pool.color, m.written()),
                         addr: m.addr.clone(),
                         protocol: m.protocol,
                         resolved: m.resolved,

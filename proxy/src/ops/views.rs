@@ -101,7 +101,7 @@ impl ServiceView {
                     .map(|m| {
                         let state = m.health.state();
                         MemberView {
-                            addr: m.addr.to_string(),
+                            addr: m.written(),
                             health: state.as_str().to_string(),
                             ejected: m.health.is_ejected(now_ms),
                             healthy: m.health.is_available(now_ms)
