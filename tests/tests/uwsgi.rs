@@ -54,6 +54,14 @@ async fn uwsgi(test: &str, bind: Bind, color: &str, app: &AppDir) -> Option<AppS
     Some(AppServer::uwsgi(&bin, bind, 2, color, app).await)
 }
 
+/// Two uWSGI servers: "blue" on TCP and "green" on a unix socket.
+async fn blue_tcp_green_unix(test: &str, app: &AppDir) -> Option<(AppServer, AppServer)> {
+    let blue = uwsgi(test, Bind::tcp(), "blue", app).await?;
+    let sock = app.path().join("green.sock");
+    let green = uwsgi(test, Bind::unix(sock), "green", app).await?;
+    Some((blue, green))
+}
+
 async fn service(p: &Proxy, name: &str) -> Value {
     admin(
         "GET",
@@ -92,17 +100,7 @@ async fn harness_uwsgi_speaks_the_uwsgi_protocol_on_tcp_and_unix() {
     // the app on both kinds of socket.
     let app = AppDir::new();
     let test = "harness_uwsgi_speaks_the_uwsgi_protocol_on_tcp_and_unix";
-    let Some(tcp) = uwsgi(test, Bind::tcp(), "blue", &app).await else {
-        return;
-    };
-    let Some(unix) = uwsgi(
-        test,
-        Bind::unix(app.path().join("green.sock")),
-        "green",
-        &app,
-    )
-    .await
-    else {
+    let Some((tcp, unix)) = blue_tcp_green_unix(test, &app).await else {
         return;
     };
     for (s, color) in [(&tcp, "blue"), (&unix, "green")] {
@@ -228,17 +226,7 @@ async fn get_and_post_through_uwsgi_over_tcp_and_unix(t: Transport) {
 async fn flips_between_uwsgi_colors_under_load_fail_no_request() {
     let app = AppDir::new();
     let test = "flips_between_uwsgi_colors_under_load_fail_no_request";
-    let Some(blue) = uwsgi(test, Bind::tcp(), "blue", &app).await else {
-        return;
-    };
-    let Some(green) = uwsgi(
-        test,
-        Bind::unix(app.path().join("green.sock")),
-        "green",
-        &app,
-    )
-    .await
-    else {
+    let Some((blue, green)) = blue_tcp_green_unix(test, &app).await else {
         return;
     };
     let p = Proxy::start(&config(
