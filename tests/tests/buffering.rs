@@ -656,6 +656,59 @@ async fn routes_can_turn_buffering_off(t: Transport) {
 
 e2e::on_both_transports!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    streamed_uploads_still_get_buffered_responses
+);
+/// `buffer_requests = false` alone: a chunked upload goes to the app as it
+/// arrives (chunked, whole), while responses stay buffered: one the client
+/// does not read goes to a temp file and the app is done with it.
+async fn streamed_uploads_still_get_buffered_responses(t: Transport) {
+    let Some((g, app)) = gunicorn("streamed_uploads_still_get_buffered_responses", 2).await else {
+        return;
+    };
+    let buffering = "memory = \"16KiB\"";
+    let p = Proxy::start_on(
+        t,
+        &config(&[g.member()], Some(buffering), "buffer_requests = false"),
+    )
+    .await;
+
+    let body = upload_body(256 * KIB + 123);
+    let mut u = HeldUpload::start(p.ports.http, "app.test", "/upload", None)
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, u.send(&body, 16 * KIB, Duration::ZERO))
+        .await
+        .expect("body taken")
+        .unwrap();
+    let r = u.finish(LIMIT).await.unwrap();
+    let v = assert_upload(&r, &body, t.name());
+    assert_eq!(
+        v["transfer_encoding"], "chunked",
+        "{t}: streamed as it came: {v}"
+    );
+    let spilled = metric(&scrape(&p).await, "duotone_buffer_spilled_bytes_total", "");
+    assert_eq!(spilled, Some(0.0), "{t}: the upload went to a temp file");
+
+    let h = HeldDownload::start(p.ports.http, "app.test", "/big?mb=16")
+        .await
+        .unwrap();
+    let done = e2e::eventually(3 * LIMIT, || async {
+        (app.count("big end") == 1).then_some(())
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "{t}: the app could not finish an unread 16 MiB response\n{}",
+        context(&p, &g, &app)
+    );
+    let spilled = metric(&scrape(&p).await, "duotone_buffer_spilled_bytes_total", "");
+    assert!(spilled > Some(0.0), "{t}: the response was not buffered");
+    let r = h.read(3 * LIMIT).await.unwrap();
+    assert_eq!(sha256_hex(&r.body), sha256_hex(&big_body(16 * MIB)), "{t}");
+}
+
+e2e::on_both_transports!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     an_unwritable_buffer_dir_gives_a_clean_5xx_and_small_requests_pass
 );
 /// A buffer dir that cannot hold a file (it lies under a regular file, so

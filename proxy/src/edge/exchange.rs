@@ -6,8 +6,8 @@
 //! upstream worker only ever sees a complete request at local speed, and
 //! is free again once its response is in.
 //!
-//! Upgrades and routes with `buffer_requests = false` stay on Pingora's
-//! own proxy ([`wants`] says which).
+//! With `buffer_requests = false` the body is sent on as it arrives
+//! ([`relay::Streamed`]). Upgrades stay on Pingora's own proxy ([`wants`]).
 
 use super::Ctx;
 use crate::control::Snapshot;
@@ -24,27 +24,16 @@ use routes::policy;
 use std::time::Duration;
 
 /// Whether this request to service `service` goes through [`serve`]:
-/// requests to uwsgi services (which Pingora cannot speak), and to HTTP
-/// services unless an upgrade, or a route that streams uploads
-/// (`buffer_requests = false`, left to Pingora's proxy, which then
-/// streams the response too).
-pub fn wants(
-    session: &Session,
-    snap: &Snapshot,
-    site: usize,
-    route: usize,
-    service: usize,
-) -> bool {
-    let table = &snap.table;
-    let (Some(route), Some(svc)) = (
-        table.sites.get(site).and_then(|s| s.routes.get(route)),
-        table.services.get(service),
-    ) else {
+/// every one but upgrades to HTTP services (WebSockets: Pingora's proxy
+/// and [`super::tunnel`]); uwsgi services, which Pingora cannot speak,
+/// get no upgrade.
+pub fn wants(session: &Session, snap: &Snapshot, service: usize) -> bool {
+    let Some(svc) = snap.table.services.get(service) else {
         return false;
     };
     match svc.protocol {
         routes::Protocol::Uwsgi => true,
-        routes::Protocol::Http => route.buffer_requests && !session.is_upgrade_req(),
+        routes::Protocol::Http => !session.is_upgrade_req(),
     }
 }
 
@@ -61,6 +50,16 @@ pub async fn serve(
     let limits = &snap.table.config.limits;
     let mut spool = Spool::for_request(snap.buffering.clone());
     let has_body = !session.is_body_empty();
+    // `buffer_requests = false`: the body goes upstream as it arrives (the
+    // uwsgi protocol needs its length first: always buffered there).
+    let stream = has_body
+        && snap.table.services.get(service).map(|s| s.protocol) == Some(routes::Protocol::Http)
+        && snap
+            .table
+            .sites
+            .get(routed.site)
+            .and_then(|s| s.routes.get(routed.route))
+            .is_some_and(|r| !r.buffer_requests);
     if has_body {
         if expects_continue(session.req_header()) {
             // The client waits for this before sending its body.
@@ -70,16 +69,27 @@ pub async fn serve(
                 .await?;
         }
         let (limit, pause) = (ctx.body_limit, limits.body_timeout);
-        if let Some(answer) = read_body(session, &mut spool, limit, pause).await {
-            return write_answer(session, answer).await;
+        if !stream {
+            if let Some(answer) = read_body(session, &mut spool, limit, pause).await {
+                return write_answer(session, answer).await;
+            }
         }
     }
     let mut up = session.req_header().clone();
     edge.upstream_request_filter(session, &mut up, ctx).await?;
-    let length = has_body.then(|| spool.total());
+    let limit = ctx.body_limit;
+    let streamed = stream.then(|| {
+        if up.headers.contains_key(http::header::CONTENT_LENGTH) {
+            relay::Streamed::Length { limit }
+        } else {
+            relay::Streamed::Chunked { limit }
+        }
+    });
+    let length = (has_body && !stream).then(|| spool.total());
     let head = head_bytes(
         &up,
         length,
+        matches!(streamed, Some(relay::Streamed::Chunked { .. })),
         super::forwarded::request_host(session.req_header()),
     );
     let id = ctx
@@ -105,7 +115,7 @@ pub async fn serve(
     let mut req = relay::Request {
         bytes: &head,
         head_len: head.len(),
-        spool: has_body.then_some(&mut spool),
+        spool: (has_body && !stream).then_some(&mut spool),
         buffer: snap.response_buffer(routed.site, routed.route),
         peer: crate::net::uwsgi::Facts {
             tls: ctx.tls,
@@ -113,6 +123,7 @@ pub async fn serve(
             remote_port: peer.unwrap_or(0),
             server_port: super::local_port(session),
         },
+        stream: streamed,
     };
     let mut client = SessionClient {
         session,
@@ -183,10 +194,11 @@ async fn write_answer(session: &mut Session, a: policy::Answer) -> Result<()> {
 }
 
 /// The upstream HTTP/1.1 head of `up`: its target and fields, minus the
-/// hop-by-hop ones, with `Content-Length: length` for a body that came
-/// chunked (or without one) and a Host (`host`, for HTTP/2 requests that
-/// have none).
-fn head_bytes(up: &RequestHeader, length: Option<u64>, host: &str) -> Vec<u8> {
+/// hop-by-hop ones, with `Content-Length: length` for a buffered body that
+/// came chunked (or without one), `Transfer-Encoding: chunked` for a body
+/// streamed without a length (`chunked_out`), and a Host (`host`, for
+/// HTTP/2 requests that have none).
+fn head_bytes(up: &RequestHeader, length: Option<u64>, chunked_out: bool, host: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
     out.extend_from_slice(up.method.as_str().as_bytes());
     out.push(b' ');
@@ -229,6 +241,9 @@ fn head_bytes(up: &RequestHeader, length: Option<u64>, host: &str) -> Vec<u8> {
     });
     if let Some(n) = length.filter(|_| chunked || !has_length) {
         field(&mut out, b"content-length", n.to_string().as_bytes());
+    }
+    if chunked_out {
+        field(&mut out, b"transfer-encoding", b"chunked");
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -300,6 +315,16 @@ impl Client for SessionClient<'_> {
             return false;
         }
         only_head || self.send_body(body, end).await
+    }
+
+    async fn read_body(&mut self) -> std::result::Result<Option<Bytes>, u16> {
+        let read = self.session.read_request_body();
+        match tokio::time::timeout(self.timeout, read).await {
+            Err(_) => Err(408),
+            Ok(Ok(data)) => Ok(data),
+            Ok(Err(e)) if matches!(e.etype(), ErrorType::ReadTimedout) => Err(408),
+            Ok(Err(_)) => Err(400),
+        }
     }
 
     async fn interim(&mut self, head: &[u8]) -> bool {

@@ -293,7 +293,7 @@ impl ProxyHttp for Edge {
         match service {
             Some(i) => {
                 ctx.service = i;
-                if exchange::wants(session, &snap, routed.site, routed.route, i) {
+                if exchange::wants(session, &snap, i) {
                     exchange::serve(self, session, ctx, &snap, &routed, i).await?;
                     return Ok(true);
                 }

@@ -23,8 +23,16 @@ pub trait Client {
     async fn interim(&mut self, head: &[u8]) -> bool;
     /// Sends more of the body; `end`: the response is complete.
     async fn send_body(&mut self, body: &[u8], end: bool) -> bool;
-    /// Answers with a short 502 or 504 before anything else was sent.
+    /// Answers with a short 502 or 504 (or the client's 400, 408, 413)
+    /// before anything else was sent.
     async fn fail(&mut self, status: u16, head_method: bool);
+    /// The next piece of a request body still coming from the client (an
+    /// upload streamed to the upstream as it arrives), None at its end.
+    /// Err: the status to answer (408: it stalled; 400: malformed). The
+    /// lane's clients have every body whole before the exchange.
+    async fn read_body(&mut self) -> Result<Option<bytes::Bytes>, u16> {
+        Ok(None)
+    }
     /// The timer for waits on the upstream during this exchange.
     fn upstream_timer(&mut self) -> &mut Timer;
 }
@@ -82,10 +90,12 @@ impl Client for H1<'_> {
 /// The reason phrase and body text of a 502, 504 or 408 answer.
 pub fn failure(status: u16) -> (&'static str, &'static str) {
     match status {
+        400 => ("Bad Request", "bad request body\n"),
         408 => (
             "Request Timeout",
             "request timeout: the request body did not arrive in time\n",
         ),
+        413 => ("Content Too Large", "request body too large\n"),
         504 => (
             "Gateway Timeout",
             "gateway timeout: the upstream did not answer in time\n",

@@ -133,6 +133,7 @@ impl Lane {
                             remote_port: conn.peer_port,
                             server_port: conn.port,
                         },
+                        stream: None,
                     };
                     let (control, service) = (&self.control, *service);
                     relay::exchange(control, &snap, &plan, service, &mut req, &mut client, tls)

@@ -134,6 +134,7 @@ impl Lane {
                 remote_port: info.peer_port,
                 server_port: info.port,
             },
+            stream: None,
         };
         let (control, tls) = (&self.control, info.tls);
         let outcome =

@@ -96,6 +96,34 @@ pub struct Request<'a> {
     pub buffer: Option<&'a spool::Limits>,
     /// The client and connection, as a uwsgi member is told of them.
     pub peer: uwsgi::Facts,
+    /// The rest of the body comes from the client as the upstream gets it
+    /// ([`Client::read_body`]): a route with `buffer_requests = false`.
+    pub stream: Option<Streamed>,
+}
+
+/// How a streamed request body is framed upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streamed {
+    /// By the Content-Length in the head, at most `limit` bytes.
+    Length {
+        /// The route's body limit.
+        limit: u64,
+    },
+    /// Chunked (the head says so), at most `limit` bytes of data.
+    Chunked {
+        /// The route's body limit.
+        limit: u64,
+    },
+}
+
+/// Why a request could not be sent.
+enum SendError {
+    /// The connection failed; whether any of the request may have left.
+    Broken(bool),
+    /// The upstream took too long.
+    Timeout,
+    /// The client's body failed: answer this status.
+    Client(u16),
 }
 
 /// Proxies `req` and sends the response, or a 502/504, to the client.
@@ -206,12 +234,14 @@ pub async fn exchange<C: Client>(
             match attempt {
                 // Never twice to the application unless the method allows
                 // it (RFC 9110 §9.2.2); Pingora's path applies the same rule.
+                // A streamed body read from the client cannot go again.
                 Attempt::Broken { sent }
-                    if routes::policy::Attempts::may_resend(
-                        reused,
-                        sent,
-                        routes::replay::method_of(req.bytes),
-                    ) =>
+                    if (req.stream.is_none() || !sent)
+                        && routes::policy::Attempts::may_resend(
+                            reused,
+                            sent,
+                            routes::replay::method_of(req.bytes),
+                        ) =>
                 {
                     continue
                 }
@@ -251,14 +281,16 @@ async fn failed<C: Client>(
     outcome
 }
 
-/// Writes the request (head and body) to `up`. Err: whether any of it
-/// may have reached the upstream, or None for a timeout.
-async fn send(
+/// Writes the request (head and body) to `up`: the head (or uwsgi
+/// packet), the body bytes at hand, the spooled rest, then what the client
+/// still sends of a streamed body.
+async fn send<C: Client>(
     up: &mut Conn,
     req: &mut Request<'_>,
     packet: Option<&[u8]>,
+    client: &mut C,
     write_timeout: std::time::Duration,
-) -> Result<(), Option<bool>> {
+) -> Result<(), SendError> {
     // A request not one byte of which was written may be sent again
     // whatever its method.
     let mut sent = false;
@@ -271,23 +303,51 @@ async fn send(
         }
         None => write_all(up, req.bytes, &mut sent, write_timeout).await?,
     }
-    let Some(spool) = req.spool.as_deref_mut() else {
+    if let Some(spool) = req.spool.as_deref_mut() {
+        spool.rewind();
+        loop {
+            let chunk = match spool.front() {
+                Ok([]) => break,
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("reading a buffered request body: {e}");
+                    return Err(SendError::Broken(true));
+                }
+            };
+            let n = chunk.len();
+            write_all(up, chunk, &mut sent, write_timeout).await?;
+            spool.consume(n);
+        }
+    }
+    let Some(stream) = req.stream else {
         return Ok(());
     };
-    spool.rewind();
-    loop {
-        let chunk = match spool.front() {
-            Ok([]) => return Ok(()),
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("reading a buffered request body: {e}");
-                return Err(Some(true));
-            }
-        };
-        let n = chunk.len();
-        write_all(up, chunk, &mut sent, write_timeout).await?;
-        spool.consume(n);
+    let (limit, chunked) = match stream {
+        Streamed::Length { limit } => (limit, false),
+        Streamed::Chunked { limit } => (limit, true),
+    };
+    let mut seen = 0u64;
+    while let Some(data) = client.read_body().await.map_err(SendError::Client)? {
+        seen += data.len() as u64;
+        if seen > limit {
+            return Err(SendError::Client(413));
+        }
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            let size = format!("{:x}\r\n", data.len());
+            write_all(up, size.as_bytes(), &mut sent, write_timeout).await?;
+        }
+        write_all(up, &data, &mut sent, write_timeout).await?;
+        if chunked {
+            write_all(up, b"\r\n", &mut sent, write_timeout).await?;
+        }
     }
+    if chunked {
+        write_all(up, b"0\r\n\r\n", &mut sent, write_timeout).await?;
+    }
+    Ok(())
 }
 
 /// `write_all`, noting in `sent` whether any byte left.
@@ -296,7 +356,7 @@ async fn write_all(
     bytes: &[u8],
     sent: &mut bool,
     write_timeout: std::time::Duration,
-) -> Result<(), Option<bool>> {
+) -> Result<(), SendError> {
     let mut written = 0;
     while written < bytes.len() {
         match within(write_timeout, up.write(&bytes[written..])).await {
@@ -304,8 +364,8 @@ async fn write_all(
                 written += n;
                 *sent = true;
             }
-            Ok(_) => return Err(Some(*sent)),
-            Err(()) => return Err(None),
+            Ok(_) => return Err(SendError::Broken(*sent)),
+            Err(()) => return Err(SendError::Timeout),
         }
     }
     Ok(())
@@ -329,7 +389,7 @@ async fn relay<C: Client>(
     let Some(up) = slot.as_mut() else {
         return Attempt::Failed(502);
     };
-    if packet.is_none() && req.spool.is_none() {
+    if packet.is_none() && req.spool.is_none() && req.stream.is_none() {
         // The lane's requests: head and body in one buffer, written here
         // (a nested future per request cost more than the loop).
         let mut written = 0;
@@ -341,10 +401,11 @@ async fn relay<C: Client>(
             }
         }
     } else {
-        match send(up, req, packet, write_timeout).await {
+        match send(up, req, packet, client, write_timeout).await {
             Ok(()) => {}
-            Err(Some(sent)) => return Attempt::Broken { sent },
-            Err(None) => return Attempt::Failed(504),
+            Err(SendError::Broken(sent)) => return Attempt::Broken { sent },
+            Err(SendError::Timeout) => return Attempt::Failed(504),
+            Err(SendError::Client(code)) => return Attempt::Failed(code),
         }
     }
     rbuf.clear();
