@@ -101,6 +101,23 @@ impl HeldUpload {
     }
 }
 
+/// Sends `body` to `path` chunked (no Content-Length), in pieces of
+/// `piece` bytes, and returns the response (each step within `limit`).
+pub async fn chunked_upload(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    body: &[u8],
+    piece: usize,
+    limit: Duration,
+) -> anyhow::Result<Resp> {
+    let mut u = HeldUpload::start(addr, host, path, None).await?;
+    tokio::time::timeout(limit, u.send(body, piece, Duration::ZERO))
+        .await
+        .context("body not taken in time")??;
+    u.finish(limit).await
+}
+
 /// A GET whose response the test does not read until it says so.
 pub struct HeldDownload {
     stream: tokio::net::TcpStream,

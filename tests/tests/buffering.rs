@@ -155,6 +155,25 @@ fn metric(metrics: &str, metric: &str, label: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
+/// Asks for 16 MiB and reads none of it (more than the proxy's socket
+/// send buffer takes, 4 MiB at most here) until the app is done with it:
+/// only a buffering proxy lets it finish.
+async fn unread_download(p: &Proxy, g: &AppServer, app: &AppDir, t: Transport) -> HeldDownload {
+    let h = HeldDownload::start(p.ports.http, "app.test", "/big?mb=16")
+        .await
+        .unwrap();
+    let done = e2e::eventually(3 * LIMIT, || async {
+        (app.count("big end") == 1).then_some(())
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "{t}: the app could not finish an unread 16 MiB response\n{}",
+        context(p, g, app)
+    );
+    h
+}
+
 /// Starts a 1 MiB upload of `body` to `/upload` and sends its first half.
 async fn half_upload(p: &Proxy, body: &[u8]) -> HeldUpload {
     let mut u = HeldUpload::start(p.ports.http, "app.test", "/upload", Some(MIB))
@@ -354,15 +373,7 @@ async fn chunked_upload_reaches_gunicorn_with_a_content_length(t: Transport) {
 /// Sends a chunked upload; checks what the app saw; returns its echo.
 async fn chunked_upload(p: &impl Front, t: &str, g: &AppServer, app: &AppDir) -> serde_json::Value {
     let body = upload_body(256 * KIB + 123);
-    let mut u = HeldUpload::start(p.addr(), "app.test", "/upload", None)
-        .await
-        .unwrap();
-    tokio::time::timeout(LIMIT, u.send(&body, 16 * KIB, Duration::ZERO))
-        .await
-        .expect("body taken")
-        .unwrap();
-    let r = u
-        .finish(LIMIT)
+    let r = e2e::held::chunked_upload(p.addr(), "app.test", "/upload", &body, 16 * KIB, LIMIT)
         .await
         .unwrap_or_else(|e| panic!("{t}: {e:#}\n{}", context(p, g, app)));
     let v = assert_upload(&r, &body, t);
@@ -566,18 +577,7 @@ async fn bodies_past_the_memory_threshold_use_a_temp_file_that_leaves_nothing(t:
     // A response body the client does not read (more than the proxy's
     // socket send buffer takes, 4 MiB at most here): on disk once the app
     // is done.
-    let h = HeldDownload::start(p.ports.http, "app.test", "/big?mb=16")
-        .await
-        .unwrap();
-    let done = e2e::eventually(3 * LIMIT, || async {
-        (app.count("big end") == 1).then_some(())
-    })
-    .await;
-    assert!(
-        done.is_some(),
-        "{t}: the app could not finish an unread 16 MiB response\n{}",
-        context(&p, &g, &app)
-    );
+    let h = unread_download(&p, &g, &app, t).await;
     assert!(
         e2e::eventually(LIMIT, on_disk).await.is_some(),
         "{t}: an unread 16 MiB response is not on disk:\n{}",
@@ -673,14 +673,9 @@ async fn streamed_uploads_still_get_buffered_responses(t: Transport) {
     .await;
 
     let body = upload_body(256 * KIB + 123);
-    let mut u = HeldUpload::start(p.ports.http, "app.test", "/upload", None)
+    let r = e2e::held::chunked_upload(p.ports.http, "app.test", "/upload", &body, 16 * KIB, LIMIT)
         .await
         .unwrap();
-    tokio::time::timeout(LIMIT, u.send(&body, 16 * KIB, Duration::ZERO))
-        .await
-        .expect("body taken")
-        .unwrap();
-    let r = u.finish(LIMIT).await.unwrap();
     let v = assert_upload(&r, &body, t.name());
     assert_eq!(
         v["transfer_encoding"], "chunked",
@@ -689,18 +684,7 @@ async fn streamed_uploads_still_get_buffered_responses(t: Transport) {
     let spilled = metric(&scrape(&p).await, "duotone_buffer_spilled_bytes_total", "");
     assert_eq!(spilled, Some(0.0), "{t}: the upload went to a temp file");
 
-    let h = HeldDownload::start(p.ports.http, "app.test", "/big?mb=16")
-        .await
-        .unwrap();
-    let done = e2e::eventually(3 * LIMIT, || async {
-        (app.count("big end") == 1).then_some(())
-    })
-    .await;
-    assert!(
-        done.is_some(),
-        "{t}: the app could not finish an unread 16 MiB response\n{}",
-        context(&p, &g, &app)
-    );
+    let h = unread_download(&p, &g, &app, t).await;
     let spilled = metric(&scrape(&p).await, "duotone_buffer_spilled_bytes_total", "");
     assert!(spilled > Some(0.0), "{t}: the response was not buffered");
     let r = h.read(3 * LIMIT).await.unwrap();

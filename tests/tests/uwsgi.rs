@@ -13,7 +13,7 @@
 use e2e::apps::{big_body, sha256_hex, upload_body, uwsgi_or_skip, AppDir, AppServer, Bind};
 use e2e::bluegreen::FlipLoad;
 use e2e::client::{admin, Http};
-use e2e::held::HeldUpload;
+use e2e::held::chunked_upload;
 use e2e::proxy::{run_cli, Proxy};
 use e2e::transport::Transport;
 use serde_json::Value;
@@ -207,14 +207,9 @@ async fn get_and_post_through_uwsgi_over_tcp_and_unix(t: Transport) {
 
         // Chunked from the client: the app still gets a CONTENT_LENGTH
         // (WSGI under uWSGI reads CONTENT_LENGTH bytes, nothing more).
-        let mut u = HeldUpload::start(p.ports.http, host, "/upload", None)
+        let r = chunked_upload(p.ports.http, host, "/upload", &body, 32 * KIB, LIMIT)
             .await
             .unwrap();
-        tokio::time::timeout(LIMIT, u.send(&body, 32 * KIB, Duration::ZERO))
-            .await
-            .expect("body taken")
-            .unwrap();
-        let r = u.finish(LIMIT).await.unwrap();
         assert_eq!(r.status, 200, "{what}: chunked: {}", r.text());
         let v = r.json();
         assert_eq!(v["sha256"], sha256_hex(&body), "{what}: chunked: {v}");
