@@ -560,6 +560,10 @@ pub struct Service {
     /// How long upgraded connections (WebSockets) of a color that stopped
     /// taking new traffic stay open before the edge closes them.
     pub drain_upgraded: std::time::Duration,
+    /// New requests are held at the edge (a pause) until a resume.
+    pub paused: bool,
+    /// Requests get the maintenance page.
+    pub maintenance: bool,
 }
 
 impl Service {
@@ -757,6 +761,8 @@ mod tests {
             timeouts: crate::validate::default_timeouts(),
             retries: 1,
             drain_upgraded: std::time::Duration::from_secs(30),
+            paused: false,
+            maintenance: false,
         };
         let green = (0..1000u32).filter(|r| svc.choose_pool(*r) == 1).count();
         assert_eq!(green, 100);

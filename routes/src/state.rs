@@ -20,4 +20,36 @@ pub struct ServiceState {
     /// Canary weights per color; `None` sends everything to `live`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<BTreeMap<String, u32>>,
+    /// New requests are held at the edge until a resume.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paused: bool,
+    /// Requests get the maintenance page.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub maintenance: bool,
+}
+
+impl ServiceState {
+    /// The state with `live` live and no weights, otherwise as `self`
+    /// (a pause or maintenance outlives a flip).
+    pub fn flipped(&self, live: &str) -> ServiceState {
+        ServiceState {
+            live: live.to_string(),
+            weights: None,
+            ..self.clone()
+        }
+    }
+
+    /// A service's first state: `live` live, nothing else set.
+    pub fn live(live: &str) -> ServiceState {
+        ServiceState {
+            live: live.to_string(),
+            weights: None,
+            paused: false,
+            maintenance: false,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }

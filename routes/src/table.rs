@@ -255,6 +255,8 @@ impl RouteTable {
                     weights: s
                         .weight_pairs()
                         .map(|w| w.into_iter().map(|(c, w)| (c.to_string(), w)).collect()),
+                    paused: s.paused,
+                    maintenance: s.maintenance,
                 },
             );
         }
@@ -378,5 +380,7 @@ fn compile_service(
         timeouts: s.timeouts,
         retries: s.retries,
         drain_upgraded: s.drain_upgraded,
+        paused: live.services.get(&s.name).is_some_and(|st| st.paused),
+        maintenance: live.services.get(&s.name).is_some_and(|st| st.maintenance),
     }
 }

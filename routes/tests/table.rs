@@ -75,26 +75,16 @@ fn longest_prefix_wins() {
 #[test]
 fn live_state_overrides_config_and_stale_state_warns() {
     let mut live = LiveState::default();
-    live.services.insert(
-        "api".into(),
-        ServiceState {
-            live: "green".into(),
-            weights: None,
-        },
-    );
+    live.services
+        .insert("api".into(), ServiceState::live("green"));
     let (t, w) = table(SITES, &live);
     let api = t.service("api").unwrap();
     assert_eq!(api.pools[api.live].color.as_str(), "green");
     assert!(w.is_empty());
     assert_eq!(t.live_state(), live);
 
-    live.services.insert(
-        "api".into(),
-        ServiceState {
-            live: "teal".into(),
-            weights: None,
-        },
-    );
+    live.services
+        .insert("api".into(), ServiceState::live("teal"));
     let (t, w) = table(SITES, &live);
     let api = t.service("api").unwrap();
     assert_eq!(api.pools[api.live].color.as_str(), "blue");

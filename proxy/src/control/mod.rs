@@ -394,13 +394,12 @@ impl Control {
         gate_traffic(svc, [target], force)?;
         let pool = &svc.pools[target];
         let mut next = live.clone();
-        next.services.insert(
-            service.to_string(),
-            ServiceState {
-                live: pool.color.to_string(),
-                weights: None,
-            },
-        );
+        let color = pool.color.as_str();
+        let state = match live.services.get(service) {
+            Some(s) => s.flipped(color),
+            None => ServiceState::live(color),
+        };
+        next.services.insert(service.to_string(), state);
         self.apply(&mut live, next, snap.table.config.clone())
     }
 
@@ -439,13 +438,14 @@ impl Control {
             .filter_map(|(c, _)| svc.pool_index(c));
         gate_traffic(svc, receivers, force)?;
         let mut next = live.clone();
-        next.services.insert(
-            service.to_string(),
-            ServiceState {
-                live: svc.pools[svc.live].color.to_string(),
-                weights: Some(weights),
-            },
-        );
+        let mut state = live
+            .services
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| ServiceState::live(svc.pools[svc.live].color.as_str()));
+        state.live = svc.pools[svc.live].color.to_string();
+        state.weights = Some(weights);
+        next.services.insert(service.to_string(), state);
         self.apply(&mut live, next, snap.table.config.clone())
     }
 

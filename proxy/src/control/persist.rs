@@ -98,22 +98,11 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         assert_eq!(read_live(&dir).unwrap(), LiveState::default());
         let mut st = LiveState::default();
-        st.services.insert(
-            "api".into(),
-            ServiceState {
-                live: "green".into(),
-                weights: None,
-            },
-        );
+        st.services
+            .insert("api".into(), ServiceState::live("green"));
         write_live(&dir, &st).unwrap();
         assert_eq!(read_live(&dir).unwrap(), st);
-        st.services.insert(
-            "api".into(),
-            ServiceState {
-                live: "blue".into(),
-                weights: None,
-            },
-        );
+        st.services.insert("api".into(), ServiceState::live("blue"));
         write_live(&dir, &st).unwrap();
         assert_eq!(read_live(&dir).unwrap(), st);
         let leftovers: Vec<_> = fs::read_dir(&dir)

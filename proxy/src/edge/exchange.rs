@@ -365,10 +365,9 @@ impl Client for SessionClient<'_> {
         )
     }
 
-    async fn fail(&mut self, status: u16, _head_method: bool) {
-        let (_, text) = client::failure(status);
+    async fn fail(&mut self, failure: &client::Failure<'_>, _head_method: bool) {
         self.session.set_keepalive(None);
-        let answer = super::respond::text(self.session, status, text, &[]);
+        let answer = super::respond::failure(self.session, failure);
         let _ = tokio::time::timeout(self.timeout, answer).await;
     }
 

@@ -83,3 +83,28 @@ pub async fn owned(session: &mut Session, status: u16, body: String) -> Result<(
         .write_response_body(Some(Bytes::from(body)), true)
         .await
 }
+
+/// Writes a [`Failure`](crate::lane::client::Failure): its status, the
+/// site's page or the status's text, and `Retry-After` when it has one.
+/// HEAD gets no body.
+pub async fn failure(session: &mut Session, f: &crate::lane::client::Failure<'_>) -> Result<()> {
+    let head = session.req_header().method == http::Method::HEAD;
+    let (body, content_type) = f.body();
+    let mut resp = ResponseHeader::build(f.status, Some(5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if let Some(secs) = f.retry_after {
+        resp.insert_header(http::header::RETRY_AFTER, secs)?;
+    }
+    if head || body.is_empty() {
+        session.write_response_header(Box::new(resp), true).await
+    } else {
+        session.write_response_header(Box::new(resp), false).await?;
+        let body = match f.page {
+            Some(p) => p.body.clone(),
+            None => Bytes::copy_from_slice(body),
+        };
+        session.write_response_body(Some(body), true).await
+    }
+}

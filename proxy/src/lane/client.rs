@@ -7,6 +7,51 @@ use super::timer::Timer;
 use crate::net::stream::HeadDeadline;
 use tokio::io::AsyncWriteExt;
 
+/// A short answer written instead of a response: its status, the site's
+/// page for it (else a line of text) and, for a 503 that will pass (a
+/// pause, maintenance), when to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    /// The status.
+    pub status: u16,
+    /// Seconds for a `Retry-After` field.
+    pub retry_after: Option<u64>,
+    /// The site's page for this status, written instead of the text.
+    pub page: Option<&'a Page>,
+}
+
+impl Failure<'_> {
+    /// A failure with `status`, its text, and no `Retry-After`.
+    pub const fn status(status: u16) -> Failure<'static> {
+        Failure {
+            status,
+            retry_after: None,
+            page: None,
+        }
+    }
+
+    /// The body and its content type: the page, or the status's text.
+    pub fn body(&self) -> (&[u8], &str) {
+        match self.page {
+            Some(p) => (&p.body, &p.content_type),
+            None => (failure(self.status).1.as_bytes(), TEXT),
+        }
+    }
+}
+
+/// The content type of the edge's own short answers.
+pub const TEXT: &str = "text/plain; charset=utf-8";
+
+/// A page the edge serves for one of its own answers (a site's error
+/// page, a maintenance page), read from a file when the snapshot is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The page's bytes.
+    pub body: bytes::Bytes,
+    /// Its content type.
+    pub content_type: String,
+}
+
 /// Where a proxied response goes: an HTTP/1.1 connection or an HTTP/2
 /// stream. Each applies its own client write timeout.
 pub trait Client {
@@ -23,9 +68,10 @@ pub trait Client {
     async fn interim(&mut self, head: &[u8]) -> bool;
     /// Sends more of the body; `end`: the response is complete.
     async fn send_body(&mut self, body: &[u8], end: bool) -> bool;
-    /// Answers with a short 502 or 504 (or the client's 400, 408, 413)
-    /// before anything else was sent.
-    async fn fail(&mut self, status: u16, head_method: bool);
+    /// Answers with a short 502, 503 or 504 (or the client's 400, 408,
+    /// 413) before anything else was sent: the site's page for it when
+    /// there is one, else a line of text.
+    async fn fail(&mut self, failure: &Failure<'_>, head_method: bool);
     /// The next piece of a request body still coming from the client (an
     /// upload streamed to the upstream as it arrives), None at its end.
     /// Err: the status to answer (408: it stalled; 400: malformed). The
@@ -78,8 +124,8 @@ impl Client for H1<'_> {
         )
     }
 
-    async fn fail(&mut self, status: u16, head_method: bool) {
-        fail(self.io, head_method, status, self.timeout).await;
+    async fn fail(&mut self, failure: &Failure<'_>, head_method: bool) {
+        fail(self.io, head_method, failure, self.timeout).await;
     }
 
     fn upstream_timer(&mut self) -> &mut Timer {
@@ -87,9 +133,13 @@ impl Client for H1<'_> {
     }
 }
 
-/// The reason phrase and body text of a 502, 504 or 408 answer.
+/// The reason phrase and body text of a 502, 503, 504 or 408 answer.
 pub fn failure(status: u16) -> (&'static str, &'static str) {
     match status {
+        503 => (
+            "Service Unavailable",
+            "service unavailable: try again shortly\n",
+        ),
         400 => ("Bad Request", "bad request body\n"),
         408 => (
             "Request Timeout",
@@ -109,24 +159,29 @@ pub fn failure(status: u16) -> (&'static str, &'static str) {
 pub async fn fail(
     io: &mut HeadDeadline,
     head_method: bool,
-    status: u16,
+    f: &Failure<'_>,
     timeout: std::time::Duration,
 ) {
-    let (reason, body) = failure(status);
-    let mut out = Vec::with_capacity(256);
+    let status = f.status;
+    let (reason, _) = failure(status);
+    let (body, content_type) = f.body();
+    let mut out = Vec::with_capacity(256 + body.len());
     out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
-    super::request::header(&mut out, b"content-type", b"text/plain; charset=utf-8");
+    super::request::header(&mut out, b"content-type", content_type.as_bytes());
     super::request::header(
         &mut out,
         b"content-length",
         body.len().to_string().as_bytes(),
     );
     super::request::header(&mut out, b"cache-control", b"no-store");
+    if let Some(secs) = f.retry_after {
+        super::request::header(&mut out, b"retry-after", secs.to_string().as_bytes());
+    }
     response::date(&mut out);
     super::request::header(&mut out, b"connection", b"close");
     out.extend_from_slice(b"\r\n");
     if !head_method {
-        out.extend_from_slice(body.as_bytes());
+        out.extend_from_slice(body);
     }
     let _ = tokio::time::timeout(timeout, async {
         io.write_all(&out).await?;

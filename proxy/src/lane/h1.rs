@@ -97,7 +97,9 @@ impl Lane {
                     Err(()) => {
                         // The client stalled its body: its timeout (408, as
                         // on Pingora's path); no upstream was involved.
-                        super::client::fail(io, plan.head_method, 408, limits.body_timeout).await;
+                        let timeout = super::client::Failure::status(408);
+                        super::client::fail(io, plan.head_method, &timeout, limits.body_timeout)
+                            .await;
                         let outcome = Outcome {
                             status: 408,
                             bytes: 0,

@@ -384,19 +384,18 @@ impl Client for Stream {
             .is_ok()
     }
 
-    async fn fail(&mut self, status: u16, head_method: bool) {
-        let (_, text) = client::failure(status);
+    async fn fail(&mut self, failure: &client::Failure<'_>, head_method: bool) {
+        let (text, content_type) = failure.body();
         let mut head = Head::default();
-        head.start(status, None);
-        head.header("content-type", b"text/plain; charset=utf-8");
+        head.start(failure.status, None);
+        head.header("content-type", content_type.as_bytes());
         head.header("content-length", text.len().to_string().as_bytes());
         head.header("cache-control", b"no-store");
+        if let Some(secs) = failure.retry_after {
+            head.header("retry-after", secs.to_string().as_bytes());
+        }
         super::response::with_date(|d| head.header("date", d.as_bytes()));
-        let body = if head_method {
-            &b""[..]
-        } else {
-            text.as_bytes()
-        };
+        let body = if head_method { &b""[..] } else { text };
         self.send_head(&mut head, body, true).await;
     }
 

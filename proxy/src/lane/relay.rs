@@ -276,7 +276,9 @@ async fn failed<C: Client>(
     mut outcome: Outcome,
     code: u16,
 ) -> Outcome {
-    client.fail(code, plan.head_method).await;
+    client
+        .fail(&super::client::Failure::status(code), plan.head_method)
+        .await;
     outcome.status = code;
     outcome
 }
