@@ -6,6 +6,7 @@ pub mod health;
 pub mod persist;
 pub mod slots;
 pub mod tls;
+pub mod watch;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -171,6 +172,8 @@ pub struct Control {
     pub compression_installed: std::sync::OnceLock<bool>,
     /// The listeners opened at start: a reload cannot change them.
     listeners: Listeners,
+    /// Watches of colors after a flip (automatic rollback).
+    watches: watch::Watches,
 }
 
 /// The listeners a running proxy has open. Pingora opens its sockets at
@@ -279,6 +282,7 @@ impl Control {
             certs,
             compression_installed: std::sync::OnceLock::new(),
             listeners,
+            watches: watch::Watches::default(),
         }))
     }
 
@@ -374,6 +378,17 @@ impl Control {
     /// `None`). Refuses a color with no healthy member unless `force`.
     pub fn flip(&self, service: &str, to: Option<&str>, force: bool) -> Result<(), ChangeError> {
         let mut live = self.lock();
+        self.flip_locked(&mut live, service, to, force)
+    }
+
+    /// [`Control::flip`] with the change lock held (`live`).
+    fn flip_locked(
+        &self,
+        live: &mut LiveState,
+        service: &str,
+        to: Option<&str>,
+        force: bool,
+    ) -> Result<(), ChangeError> {
         let snap = self.load();
         let svc = snap
             .table
@@ -400,7 +415,7 @@ impl Control {
             None => ServiceState::live(color),
         };
         next.services.insert(service.to_string(), state);
-        self.apply(&mut live, next, snap.table.config.clone())
+        self.apply(live, next, snap.table.config.clone())
     }
 
     /// Sets canary weights for `service`. Colors left out get weight 0.

@@ -1,5 +1,6 @@
 //! JSON views of services for the admin API and CLI.
 
+pub use crate::control::watch::{WatchState, WatchView};
 use routes::{HealthState, Service};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,6 +24,10 @@ pub struct ServiceView {
     pub drain_upgraded_ms: u64,
     /// Per color.
     pub colors: BTreeMap<String, ColorView>,
+    /// The latest watch of a color (automatic rollback), running or ended;
+    /// absent when none was started since the proxy started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchView>,
 }
 
 /// One color of a service.
@@ -87,7 +92,8 @@ impl MemberView {
 }
 
 impl ServiceView {
-    /// Describes `svc` as of `now_ms`.
+    /// Describes `svc` as of `now_ms` (without its watch: see
+    /// [`ServiceView::with_watch`]).
     pub fn of(svc: &Service, now_ms: u64) -> Self {
         let checked = svc.health.is_some();
         let colors = svc
@@ -138,6 +144,13 @@ impl ServiceView {
             active_checks: checked,
             drain_upgraded_ms: svc.drain_upgraded.as_millis() as u64,
             colors,
+            watch: None,
         }
+    }
+
+    /// The view with the service's latest watch, from `control`.
+    pub fn with_watch(mut self, control: &crate::control::Control) -> Self {
+        self.watch = control.watch_view(&self.name);
+        self
     }
 }
