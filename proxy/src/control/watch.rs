@@ -316,6 +316,15 @@ impl Control {
         self.watches.lock().get(service).map(Entry::view)
     }
 
+    /// The latest watch of every service and the current snapshot, read
+    /// together: a watch that rolled back is never shown beside the
+    /// snapshot from before its flip.
+    pub fn watched_snapshot(&self) -> (BTreeMap<String, WatchView>, Arc<super::Snapshot>) {
+        let watches = self.watches.lock();
+        let views = watches.iter().map(|(k, e)| (k.clone(), e.view())).collect();
+        (views, self.load())
+    }
+
     /// One look at watch `id` of `service`; false once it has ended.
     fn watch_tick(&self, service: &str, id: u64) -> bool {
         // Serialized with flips and weights: a change by someone else is

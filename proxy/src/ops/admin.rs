@@ -157,9 +157,9 @@ impl Admin {
     }
 
     fn service_json(&self, name: &str) -> Option<serde_json::Value> {
-        let snap = self.control.load();
+        let (watches, snap) = self.control.watched_snapshot();
         let svc = snap.table.service(name)?;
-        serde_json::to_value(ServiceView::of(svc, crate::clock::now_ms()).with_watch(&self.control))
+        serde_json::to_value(ServiceView::of(svc, crate::clock::now_ms()).with_watch(&watches))
             .ok()
     }
 
@@ -189,13 +189,13 @@ impl Admin {
                 json_resp(StatusCode::OK, self.extras.certificates())
             }
             (&Method::GET, ["v1", "services"]) => {
-                let snap = self.control.load();
+                let (watches, snap) = self.control.watched_snapshot();
                 let now = crate::clock::now_ms();
                 let list: Vec<ServiceView> = snap
                     .table
                     .services
                     .iter()
-                    .map(|s| ServiceView::of(s, now).with_watch(&self.control))
+                    .map(|s| ServiceView::of(s, now).with_watch(&watches))
                     .collect();
                 json_resp(StatusCode::OK, json!({ "services": list }))
             }

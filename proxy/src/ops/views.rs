@@ -148,9 +148,10 @@ impl ServiceView {
         }
     }
 
-    /// The view with the service's latest watch, from `control`.
-    pub fn with_watch(mut self, control: &crate::control::Control) -> Self {
-        self.watch = control.watch_view(&self.name);
+    /// The view with the service's latest watch, from `watches` (see
+    /// [`crate::control::Control::watched_snapshot`]).
+    pub fn with_watch(mut self, watches: &BTreeMap<String, WatchView>) -> Self {
+        self.watch = watches.get(&self.name).cloned();
         self
     }
 }
