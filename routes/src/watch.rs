@@ -71,7 +71,10 @@ impl fmt::Debug for Outcomes {
         f.debug_struct("Outcomes")
             .field("responses", &self.responses)
             .field("errors", &self.errors)
-            .field("p99_ms", &self.quantile(0.99).map(|d| d.as_secs_f64() * 1e3))
+            .field(
+                "p99_ms",
+                &self.quantile(0.99).map(|d| d.as_secs_f64() * 1e3),
+            )
             .finish()
     }
 }
@@ -405,7 +408,10 @@ mod tests {
         let Verdict::Breached(why) = judge(&limits(), &slow, Duration::from_secs(1)) else {
             panic!("900 ms > 800 ms")
         };
-        assert!(why.starts_with("p99 latency 9") && why.ends_with("over 800 ms"), "{why}");
+        assert!(
+            why.starts_with("p99 latency 9") && why.ends_with("over 800 ms"),
+            "{why}"
+        );
         let no_latency = Limits {
             max_latency: None,
             ..limits()
@@ -426,7 +432,10 @@ mod tests {
         else {
             panic!("1% passes")
         };
-        assert!(why.starts_with("101 responses in 60s: error rate 1.0%"), "{why}");
+        assert!(
+            why.starts_with("101 responses in 60s: error rate 1.0%"),
+            "{why}"
+        );
         assert!(matches!(
             judge(&limits(), &seen(10, 90, 5.0), Duration::from_secs(61)),
             Verdict::Breached(_)

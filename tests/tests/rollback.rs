@@ -106,8 +106,12 @@ colors.green = ["{green}"]
 
     /// Waits until the watch has left `watching`; returns the service view.
     async fn watch_ends(&self) -> serde_json::Value {
-        self.wait(|v| v["watch"]["state"].as_str().is_some_and(|s| s != "watching"))
-            .await
+        self.wait(|v| {
+            v["watch"]["state"]
+                .as_str()
+                .is_some_and(|s| s != "watching")
+        })
+        .await
     }
 
     async fn flip(&self, to: &str) {
@@ -139,7 +143,7 @@ colors.green = ["{green}"]
     async fn deploy(&self, args: &[&str]) -> (i32, String, String) {
         let mut all = vec!["deploy".to_string(), "--service".into(), "api".into()];
         all.extend(args.iter().map(|s| s.to_string()));
-        let env = vec![
+        let env = [
             ("DUOTONE_ADMIN", self.p.admin_url("")),
             ("DUOTONE_ADMIN_TOKEN", TOKEN.to_string()),
         ];
@@ -369,7 +373,11 @@ async fn a_manual_flip_supersedes_a_watch_and_a_watch_can_be_cancelled() {
     assert_eq!(r.status, 200, "{}", r.text());
     let w = &r.json()["watch"];
     assert_eq!(
-        (w["state"].as_str(), w["color"].as_str(), w["rollback_to"].as_str()),
+        (
+            w["state"].as_str(),
+            w["color"].as_str(),
+            w["rollback_to"].as_str()
+        ),
         (Some("watching"), Some("green"), Some("blue")),
         "{w:#}"
     );
@@ -447,7 +455,10 @@ async fn a_manual_flip_supersedes_a_watch_and_a_watch_can_be_cancelled() {
         (r#"{"for":"soon"}"#, 400),
         (r#"{"for":"60s","colour":"green"}"#, 400),
         (r#"{"for":"60s","color":"red"}"#, 400),
-        (r#"{"for":"60s","color":"green","rollback_to":"green"}"#, 400),
+        (
+            r#"{"for":"60s","color":"green","rollback_to":"green"}"#,
+            400,
+        ),
     ] {
         let r = f.api("POST", "/v1/services/api/watch", Some(body)).await;
         assert_eq!(r.status, status, "{body}: {}", r.text());

@@ -533,8 +533,9 @@ fn watch_new(
         WatchState::RolledBack => {
             println!("==> ROLLED BACK to {old}: {reason}");
             println!("      draining {new}");
-            let drained = drain(api, service, new, drain_limit)
-                .with_context(|| format!("rolled back to {old}: {reason}; draining {new} failed"))?;
+            let drained = drain(api, service, new, drain_limit).with_context(|| {
+                format!("rolled back to {old}: {reason}; draining {new} failed")
+            })?;
             let done = match (&a.stop, a.keep_failed, drained) {
                 (_, true, _) => format!("{new} left running (--keep-failed)"),
                 (None, false, _) => format!("{new} left running: no --stop command"),
@@ -549,13 +550,11 @@ fn watch_new(
                     }
                 }
             };
-            bail!(
-                "deploy rolled back: {reason}; {old} is live again, {done} [{figures}]"
-            )
+            bail!("deploy rolled back: {reason}; {old} is live again, {done} [{figures}]")
         }
-        WatchState::Failed => bail!(
-            "watch failed: {reason}; {new} is still live, {old} left running [{figures}]"
-        ),
+        WatchState::Failed => {
+            bail!("watch failed: {reason}; {new} is still live, {old} left running [{figures}]")
+        }
         state => bail!(
             "the watch of {new} ended {}: {reason}; nothing was stopped ({new} and {old} both \
              running) [{figures}]",
@@ -811,4 +810,30 @@ pub fn deploy(a: &DeployArgs) -> Result<()> {
     }
     println!("==> {live}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_rates_are_percentages_or_fractions() {
+        for (s, want) in [
+            ("2%", 0.02),
+            ("0.5 %", 0.005),
+            ("0.02", 0.02),
+            ("0", 0.0),
+            ("100%", 1.0),
+        ] {
+            let got = parse_rate(s).unwrap();
+            assert!((got - want).abs() < 1e-12, "{s}: {got}");
+        }
+        for bad in ["2", "101%", "-1%", "two", "", "%"] {
+            let e = parse_rate(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("percentage (2%) or a fraction (0.02)"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }

@@ -159,8 +159,7 @@ impl Admin {
     fn service_json(&self, name: &str) -> Option<serde_json::Value> {
         let (watches, snap) = self.control.watched_snapshot();
         let svc = snap.table.service(name)?;
-        serde_json::to_value(ServiceView::of(svc, crate::clock::now_ms()).with_watch(&watches))
-            .ok()
+        serde_json::to_value(ServiceView::of(svc, crate::clock::now_ms()).with_watch(&watches)).ok()
     }
 
     /// Handles one admin request.
