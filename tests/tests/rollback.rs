@@ -248,6 +248,7 @@ async fn deploy_rolls_back_a_color_that_fails_real_requests() {
          color before the rollback, {failed} failed",
         ok + app_500 + failed
     );
+    eprintln!("deploy output:\n{out}{err}");
     assert_ne!(code, 0, "the deploy must fail: {out}{err}");
     assert!(out.contains("ROLLED BACK to blue: error rate"), "{out}");
     assert!(

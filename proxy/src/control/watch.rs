@@ -302,6 +302,7 @@ impl Control {
                     e,
                     WatchState::Cancelled,
                     "cancelled through the admin API".into(),
+                    None,
                 );
                 Ok(e.view())
             }
@@ -343,14 +344,15 @@ impl Control {
                 e,
                 WatchState::Superseded,
                 "the service was flipped or its weights changed during the watch".into(),
+                None,
             );
             return false;
         }
-        let (seen, elapsed) = e.seen();
-        match judge(&e.limits, &seen, elapsed) {
+        let seen = e.seen();
+        match judge(&e.limits, &seen.0, seen.1) {
             Verdict::Watching => true,
             Verdict::Passed(why) => {
-                self.end_watch(service, e, WatchState::Passed, why);
+                self.end_watch(service, e, WatchState::Passed, why, Some(seen));
                 false
             }
             Verdict::Breached(why) => {
@@ -361,12 +363,14 @@ impl Control {
                         e,
                         WatchState::RolledBack,
                         format!("{why}: rolled back to {to}"),
+                        Some(seen),
                     ),
                     Err(err) => self.end_watch(
                         service,
                         e,
                         WatchState::Failed,
                         format!("{why}, but the rollback to {to} was refused: {err}"),
+                        Some(seen),
                     ),
                 }
                 false
@@ -376,9 +380,16 @@ impl Control {
 
     /// Ends watch `e` of `service` with `state`: freezes its figures, logs
     /// the decision with them and counts it.
-    fn end_watch(&self, service: &str, e: &mut Entry, state: WatchState, reason: String) {
-        let seen = e.seen();
-        e.ended = Some(seen);
+    /// `seen`: the figures the decision was made on (`None`: as of now).
+    fn end_watch(
+        &self,
+        service: &str,
+        e: &mut Entry,
+        state: WatchState,
+        reason: String,
+        seen: Option<(Outcomes, Duration)>,
+    ) {
+        e.ended = Some(seen.unwrap_or_else(|| e.seen()));
         e.state = state;
         e.reason = Some(reason);
         let v = e.view();
