@@ -3,8 +3,8 @@
 //! finished request, and the rule a watch applies to what they counted since
 //! it started ([`judge`]).
 //!
-//! The request path only does [`OutcomeCounters::record`]: two or three
-//! relaxed atomic adds, no lock, no allocation. A watch reads the counters
+//! The request path only does [`OutcomeCounters::record`]: one relaxed
+//! atomic add (two for a 5xx), no lock, no allocation. A watch reads the counters
 //! every few hundred milliseconds ([`OutcomeCounters::read`]) and judges the
 //! difference from the reading taken at its start ([`Outcomes::since`]).
 
@@ -125,8 +125,9 @@ impl Outcomes {
 
 /// A color's outcome counters, shared across table generations (inside
 /// [`crate::ColorStats`]).
+///
+/// Responses are not counted apart: they are the sum of the latency buckets.
 pub struct OutcomeCounters {
-    responses: AtomicU64,
     errors: AtomicU64,
     latency: [AtomicU64; BUCKETS],
 }
@@ -134,7 +135,6 @@ pub struct OutcomeCounters {
 impl Default for OutcomeCounters {
     fn default() -> Self {
         OutcomeCounters {
-            responses: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -149,30 +149,32 @@ impl fmt::Debug for OutcomeCounters {
 
 impl OutcomeCounters {
     /// Counts one finished request that sent `status` (0: none sent, not
-    /// counted) after `elapsed` seconds. A few relaxed atomic adds.
+    /// counted) after `elapsed` seconds: one relaxed atomic add, two for a
+    /// 5xx.
     #[inline]
     pub fn record(&self, status: u16, elapsed: f64) {
         if !(100..600).contains(&status) {
             return;
         }
-        self.responses.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
         // `as` saturates: negative or NaN is 0, huge is u64::MAX.
         let us = (elapsed * 1e6) as u64;
         self.latency[bucket(us)].fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    /// The counts so far.
+    /// The counts so far. (Read while requests finish, an error may be
+    /// counted before its response: errors never exceed responses here.)
     pub fn read(&self) -> Outcomes {
         let mut latency = [0; BUCKETS];
         for (n, c) in latency.iter_mut().zip(&self.latency) {
             *n = c.load(Ordering::Relaxed);
         }
+        let responses = latency.iter().sum();
         Outcomes {
-            responses: self.responses.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
+            responses,
+            errors: self.errors.load(Ordering::Relaxed).min(responses),
             latency,
         }
     }
