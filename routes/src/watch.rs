@@ -48,7 +48,9 @@ pub fn bucket_upper_us(i: usize) -> u64 {
 /// [`OutcomeCounters`]), or between two readings ([`Outcomes::since`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Outcomes {
-    /// Responses (any status 100–599 sent to the client).
+    /// Final responses (status 200–599) sent to the client. An upgrade
+    /// (101, a WebSocket) is not one: its request ends when the connection
+    /// does, maybe hours later, which says nothing about the app's latency.
     pub responses: u64,
     /// Of those, 5xx: the app's own, and the edge's 502/504 for the color.
     pub errors: u64,
@@ -148,12 +150,12 @@ impl fmt::Debug for OutcomeCounters {
 }
 
 impl OutcomeCounters {
-    /// Counts one finished request that sent `status` (0: none sent, not
-    /// counted) after `elapsed` seconds: one relaxed atomic add, two for a
-    /// 5xx.
+    /// Counts one finished request that sent `status` after `elapsed`
+    /// seconds: one relaxed atomic add, two for a 5xx. Not counted: no
+    /// status (0), an upgrade (101; see [`Outcomes::responses`]).
     #[inline]
     pub fn record(&self, status: u16, elapsed: f64) {
-        if !(100..600).contains(&status) {
+        if !(200..600).contains(&status) {
             return;
         }
         // `as` saturates: negative or NaN is 0, huge is u64::MAX.
@@ -339,12 +341,14 @@ mod tests {
     }
 
     #[test]
-    fn counts_responses_and_5xx_but_not_unanswered_requests() {
+    fn counts_responses_and_5xx_but_not_unanswered_requests_or_upgrades() {
         let c = OutcomeCounters::default();
         for s in [200, 204, 301, 404, 499, 500, 502, 504, 599] {
             c.record(s, 0.001);
         }
         c.record(0, 0.001);
+        // A WebSocket that stayed open an hour.
+        c.record(101, 3600.0);
         c.record(444_u16.saturating_add(1000), 0.001);
         c.record(200, -1.0);
         c.record(200, f64::NAN);

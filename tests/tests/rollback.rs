@@ -3,7 +3,8 @@
 //! requests is flipped back by the edge itself under load; a good one
 //! passes; a watch is superseded by a manual flip, cancelled, refused when
 //! it makes no sense, judges latency, fails (no flip) when the color to
-//! roll back to is down, and counts requests on every transport.
+//! roll back to is down, counts requests on every transport, and ends with
+//! a restart (watches live in memory).
 
 use e2e::bluegreen::GatedUpstream;
 use e2e::client::{admin, Http, Resp};
@@ -617,4 +618,22 @@ async fn a_watch_counts_every_transport(t: Transport) {
     assert_eq!(v["watch"]["requests"], 12, "{t}: {v:#}");
     assert_eq!(v["live"], "blue");
     assert_eq!(f.answer().await, (200, "blue".to_string()));
+}
+
+#[tokio::test]
+async fn a_restart_ends_a_watch_and_keeps_the_live_color() {
+    let mut f = Fixture::new(Transport::Lane, true).await;
+    f.flip("green").await;
+    let r = f
+        .api("POST", "/v1/services/api/watch", Some(r#"{"for":"60s"}"#))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    f.p.kill();
+    f.p.spawn().await;
+    let v = f.service().await;
+    assert_eq!(v["live"], "green", "{v:#}");
+    assert!(v.get("watch").is_none(), "{v:#}");
+    let r = f.api("GET", "/v1/services/api/watch", None).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(f.answer().await, (200, "green".to_string()));
 }
