@@ -463,14 +463,24 @@ fn watch_body(a: &DeployArgs) -> Result<Option<serde_json::Value>> {
     let Some(window) = &a.watch else {
         return Ok(None);
     };
-    parse_duration(window).context("--watch")?;
+    let limits = routes::watch::Limits {
+        window: parse_duration(window).context("--watch")?,
+        max_error_rate: parse_rate(&a.max_error_rate).context("--max-error-rate")?,
+        max_latency: a
+            .max_latency
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .context("--max-latency")?,
+        min_requests: a.min_requests,
+    };
+    limits.check().map_err(|e| anyhow::anyhow!(e))?;
     let mut body = serde_json::json!({
         "for": window,
-        "max_error_rate": parse_rate(&a.max_error_rate).context("--max-error-rate")?,
-        "min_requests": a.min_requests,
+        "max_error_rate": limits.max_error_rate,
+        "min_requests": limits.min_requests,
     });
     if let Some(l) = &a.max_latency {
-        parse_duration(l).context("--max-latency")?;
         body["max_latency"] = l.as_str().into();
     }
     Ok(Some(body))
