@@ -16,12 +16,14 @@ const SECRET: &str = "let-me-in-0123456789";
 const MAINTENANCE_HTML: &str = "<h1>Back soon</h1><p>custom maintenance page</p>\n";
 const NOT_FOUND_HTML: &str = "<h1>Nothing here</h1><p>custom 404 page</p>\n";
 const BAD_GATEWAY_HTML: &str = "<h1>Our app is down</h1><p>custom 502 page</p>\n";
+const TOO_LARGE_TXT: &str = "custom 413 page: that upload is too large\n";
 
 /// The pages (in `pages`) and a static root (in `www`) the config names.
 fn write_pages(pages: &Path, www: &Path) {
     std::fs::write(pages.join("maintenance.html"), MAINTENANCE_HTML).unwrap();
     std::fs::write(pages.join("404.html"), NOT_FOUND_HTML).unwrap();
     std::fs::write(pages.join("502.html"), BAD_GATEWAY_HTML).unwrap();
+    std::fs::write(pages.join("413.txt"), TOO_LARGE_TXT).unwrap();
     std::fs::write(www.join("app.css"), "body{}").unwrap();
 }
 
@@ -48,13 +50,17 @@ retry_after = "120s"
 
 [[sites]]
 hosts = ["*"]
-error_pages = {{ 404 = "{pages}/404.html", 502 = "{pages}/502.html", maintenance = "{pages}/maintenance.html" }}
+error_pages = {{ 404 = "{pages}/404.html", 502 = "{pages}/502.html", 413 = "{pages}/413.txt", maintenance = "{pages}/maintenance.html" }}
   [[sites.routes]]
   path = "/app/"
   service = "api"
   [[sites.routes]]
   path = "/down/"
   service = "down"
+  [[sites.routes]]
+  path = "/upload/"
+  service = "api"
+  max_body = "10"
   [[sites.routes]]
   path = "/static/"
   static = {{ root = "{www}" }}
@@ -390,6 +396,13 @@ async fn error_pages_for_the_edges_own_answers_never_for_the_apps() {
             "text/html; charset=utf-8",
             "{name}"
         );
+        // A body over the route's limit: the 413 page, its type by extension.
+        let r = client
+            .send("POST", &p.url("/upload/x"), &[], vec![b'x'; 100])
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.text().as_str()), (413, TOO_LARGE_TXT), "{name}");
+        assert_eq!(r.header("content-type"), "text/plain; charset=utf-8", "{name}");
         // The app's own 502 and 404 pass through untouched.
         for code in [502, 404] {
             let r = get(&client, p, &format!("/app/status/{code}"), &[]).await;
