@@ -70,10 +70,10 @@ pub enum PageKey {
 }
 
 impl PageKey {
-    /// Statuses the edge itself answers, which may have a page.
-    pub const STATUSES: [u16; 13] = [
-        400, 401, 403, 404, 405, 408, 413, 421, 431, 500, 502, 503, 504,
-    ];
+    /// Statuses the edge itself answers once a request's site is known,
+    /// which may have a page. (405, 421 and 431 come before the site is
+    /// known: no site's page could answer them.)
+    pub const STATUSES: [u16; 10] = [400, 401, 403, 404, 408, 413, 500, 502, 503, 504];
 
     /// Parses an `error_pages` key: one of [`PageKey::STATUSES`] or
     /// `maintenance`.
