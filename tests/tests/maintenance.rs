@@ -338,6 +338,15 @@ async fn a_restart_keeps_maintenance_and_the_cli_turns_it_on_and_off() {
     assert_eq!(r.status, 503, "the site's maintenance survives a restart");
     let v: Value = call(&s.lane, "GET", "/v1/services/api", None).await.json();
     assert_eq!(v["maintenance"], true);
+    let metrics = call(&s.lane, "GET", "/metrics", None).await.text();
+    for line in [
+        "duotone_maintenance{service=\"api\"} 1",
+        "duotone_maintenance{service=\"other\"} 0",
+        "duotone_site_maintenance{site=\"other.test\"} 1",
+        "duotone_site_maintenance{site=\"*\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     let (code, out, err) = cli(&s.lane, &["status"]);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -401,8 +410,16 @@ async fn error_pages_for_the_edges_own_answers_never_for_the_apps() {
             .send("POST", &p.url("/upload/x"), &[], vec![b'x'; 100])
             .await
             .unwrap();
-        assert_eq!((r.status, r.text().as_str()), (413, TOO_LARGE_TXT), "{name}");
-        assert_eq!(r.header("content-type"), "text/plain; charset=utf-8", "{name}");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (413, TOO_LARGE_TXT),
+            "{name}"
+        );
+        assert_eq!(
+            r.header("content-type"),
+            "text/plain; charset=utf-8",
+            "{name}"
+        );
         // The app's own 502 and 404 pass through untouched.
         for code in [502, 404] {
             let r = get(&client, p, &format!("/app/status/{code}"), &[]).await;
