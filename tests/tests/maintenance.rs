@@ -483,3 +483,57 @@ error_pages = {{ 404 = "{dir}/missing-404.html", 418 = "{dir}/x.html" }}
     let (code, out, err) = run_cli(&["check", "-c", &path], &[]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[tokio::test]
+async fn maintenance_keeps_the_config_weights_and_a_flip_keeps_maintenance() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let service = format!(
+        "live = \"blue\"\nweights = {{ blue = 50, green = 50 }}\ncolors.blue = [\"{}\"]\ncolors.green = [\"{}\"]\n",
+        blue.member(),
+        green.member()
+    );
+    let p = Proxy::start(&e2e::proxy::api_config(TOKEN, &service)).await;
+    let weights = serde_json::json!({"blue": 50, "green": 50});
+    let v = call(&p, "GET", "/v1/services/api", None).await.json();
+    assert_eq!(v["weights"], weights);
+    let v = call(
+        &p,
+        "POST",
+        "/v1/services/api/maintenance",
+        Some(r#"{"on":true}"#),
+    )
+    .await
+    .json();
+    assert_eq!(
+        (&v["maintenance"], &v["weights"]),
+        (&Value::Bool(true), &weights)
+    );
+    let r = get(&Http::new(), &p, "/", &[]).await;
+    assert_eq!(r.status, 503);
+    // The built-in page, and the default Retry-After (300 s).
+    assert_eq!(r.header("retry-after"), "300");
+    let r = call(
+        &p,
+        "POST",
+        "/v1/services/api/flip",
+        Some(r#"{"to":"green"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["maintenance"], true, "a flip keeps maintenance");
+    let v = call(
+        &p,
+        "POST",
+        "/v1/services/api/maintenance",
+        Some(r#"{"on":false}"#),
+    )
+    .await
+    .json();
+    assert_eq!(
+        (&v["maintenance"], &v["live"]),
+        (&Value::Bool(false), &Value::from("green"))
+    );
+    let r = get(&Http::new(), &p, "/", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "green"));
+}

@@ -463,11 +463,13 @@ impl Control {
             .table
             .service(service)
             .ok_or_else(|| ChangeError::UnknownService(service.to_string()))?;
+        // A service with no saved state yet keeps what it runs with now
+        // (its live color and the config's weights).
+        let current = snap.table.live_state().services.remove(service);
         let mut next = live.clone();
-        let state = next
-            .services
-            .entry(service.to_string())
-            .or_insert_with(|| ServiceState::live(svc.pools[svc.live].color.as_str()));
+        let state = next.services.entry(service.to_string()).or_insert_with(|| {
+            current.unwrap_or_else(|| ServiceState::live(svc.pools[svc.live].color.as_str()))
+        });
         state.maintenance = on;
         tracing::info!(service, on, "maintenance");
         self.apply(&mut live, next, snap.table.config.clone())
