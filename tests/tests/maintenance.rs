@@ -205,6 +205,16 @@ async fn maintenance_page_allow_list_and_cookie_on_every_transport() {
         let other_name = format!("other={SECRET}");
         let r = get(&client, p, "/app/x", &[("cookie", &other_name)]).await;
         is_maintenance(&r, &format!("{name}, the secret under another name"));
+        let head = client
+            .send("HEAD", &p.url("/app/x"), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(
+            (head.status, head.header("retry-after")),
+            (503, "120"),
+            "{name} HEAD"
+        );
+        assert!(head.body.is_empty(), "{name}: no body for HEAD");
         // Files of the site are not in maintenance: only the service is.
         let r = get(&client, p, "/static/app.css", &[]).await;
         assert_eq!((r.status, r.text().as_str()), (200, "body{}"), "{name}");
