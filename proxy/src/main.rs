@@ -97,6 +97,23 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Turn maintenance mode on or off for a service (`duotone maintenance
+    /// on api`) or a site (`duotone maintenance on --site example.com`):
+    /// its requests get 503 with the maintenance page, except from clients
+    /// on `[maintenance] allow` or with the secret cookie.
+    Maintenance {
+        /// `on` or `off`.
+        state: client::OnOff,
+        /// Service name.
+        #[arg(required_unless_present = "site", conflicts_with = "site")]
+        service: Option<String>,
+        /// Site name (its first host, as `duotone status` and the access
+        /// log show it) instead of a service.
+        #[arg(long)]
+        site: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Ask the running proxy to re-read its config.
     Reload {
         #[command(flatten)]
@@ -166,6 +183,12 @@ fn main() -> ExitCode {
             force,
             admin,
         } => client::weights(&admin, &service, &weights, force),
+        Cmd::Maintenance {
+            state,
+            service,
+            site,
+            admin,
+        } => client::maintenance(&admin, state, service.as_deref(), site.as_deref()),
         Cmd::Reload { admin } => client::reload(&admin),
         Cmd::Deploy(args) => client::deploy(&args),
     };

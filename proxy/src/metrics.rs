@@ -117,6 +117,16 @@ const GAUGES: &[(&str, &str, &[&str])] = &[
         &["service", "color", "member"],
     ),
     (
+        "duotone_maintenance",
+        "1 while the service is in maintenance mode, else 0.",
+        &["service"],
+    ),
+    (
+        "duotone_site_maintenance",
+        "1 while the site is in maintenance mode, else 0.",
+        &["site"],
+    ),
+    (
         "duotone_certificate_expiry_timestamp_seconds",
         "Certificate notAfter as a Unix timestamp.",
         &["name"],
@@ -438,4 +448,21 @@ pub fn service_gauges(table: &routes::RouteTable) -> Vec<StateGauge> {
         }
     }
     out
+}
+
+/// Maintenance mode of every service and site in the current snapshot (1
+/// on, 0 off).
+pub fn maintenance_gauges(table: &routes::RouteTable) -> Vec<StateGauge> {
+    let on = |b: bool| if b { 1.0 } else { 0.0 };
+    let services = table.services.iter().map(|svc| StateGauge {
+        name: "duotone_maintenance",
+        labels: vec![("service", svc.name.clone())],
+        value: on(svc.maintenance),
+    });
+    let sites = table.sites.iter().map(|site| StateGauge {
+        name: "duotone_site_maintenance",
+        labels: vec![("site", site.name.clone())],
+        value: on(site.maintenance),
+    });
+    services.chain(sites).collect()
 }

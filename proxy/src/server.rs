@@ -46,9 +46,11 @@ pub fn run(source: Source) -> Result<()> {
     let control = Control::new(source, config, metrics.clone(), certs.clone())?;
     {
         let c = control.clone();
+        let m = control.clone();
         let conns = conns.clone();
         metrics.set_state_sources(vec![
             Arc::new(move || crate::metrics::service_gauges(&c.load().table)),
+            Arc::new(move || crate::metrics::maintenance_gauges(&m.load().table)),
             Arc::new({
                 let certs = certs.clone();
                 move || {

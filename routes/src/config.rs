@@ -22,6 +22,77 @@ pub struct Config {
     pub access_log: AccessLog,
     /// Request and response buffering (`[buffering]`).
     pub buffering: Buffering,
+    /// Maintenance mode (`[maintenance]`).
+    pub maintenance: Maintenance,
+}
+
+/// `[maintenance]`, checked: who passes maintenance mode, and its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Clients (after `trusted_proxies`) that reach the app anyway.
+    pub allow: Vec<IpNet>,
+    /// The cookie that lets a request through when its value is `secret`.
+    pub cookie: String,
+    /// The cookie value that lets a request through; `None`: no cookie does.
+    pub secret: Option<String>,
+    /// `Retry-After` of the maintenance answer.
+    pub retry_after: Duration,
+    /// The default maintenance page, for sites without their own.
+    pub page: Option<PathBuf>,
+}
+
+impl Maintenance {
+    /// Default of [`Maintenance::cookie`].
+    pub const COOKIE: &'static str = "duotone_maintenance";
+    /// Default of [`Maintenance::retry_after`].
+    pub const RETRY_AFTER: Duration = Duration::from_secs(300);
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Maintenance {
+            allow: Vec::new(),
+            cookie: Self::COOKIE.to_string(),
+            secret: None,
+            retry_after: Self::RETRY_AFTER,
+            page: None,
+        }
+    }
+}
+
+/// What a site's error page stands for: one of the edge's own answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PageKey {
+    /// An answer with this status, written by the edge itself.
+    Status(u16),
+    /// The maintenance answer (503).
+    Maintenance,
+}
+
+impl PageKey {
+    /// Statuses the edge itself answers once a request's site is known,
+    /// which may have a page. (405, 421 and 431 come before the site is
+    /// known: no site's page could answer them.)
+    pub const STATUSES: [u16; 10] = [400, 401, 403, 404, 408, 413, 500, 502, 503, 504];
+
+    /// Parses an `error_pages` key: one of [`PageKey::STATUSES`] or
+    /// `maintenance`.
+    pub fn parse(s: &str) -> Option<PageKey> {
+        if s == "maintenance" {
+            return Some(PageKey::Maintenance);
+        }
+        let n: u16 = s.parse().ok()?;
+        Self::STATUSES.contains(&n).then_some(PageKey::Status(n))
+    }
+}
+
+impl std::fmt::Display for PageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PageKey::Status(n) => write!(f, "{n}"),
+            PageKey::Maintenance => f.write_str("maintenance"),
+        }
+    }
 }
 
 /// `[buffering]`, checked: where and how much request and response bodies
@@ -215,6 +286,9 @@ pub struct SiteSpec {
     pub hsts: Option<Hsts>,
     /// Response header fields (lowercase name, value) for 2xx/3xx responses.
     pub headers: Vec<(String, String)>,
+    /// Pages for the edge's own answers (`error_pages`), files read when
+    /// the snapshot is built.
+    pub error_pages: Vec<(PageKey, PathBuf)>,
     /// Routes in file order.
     pub routes: Vec<RouteSpec>,
 }

@@ -17,6 +17,7 @@ pub mod forwarded;
 pub mod headers;
 pub mod host;
 pub mod load;
+pub mod maintenance;
 pub mod path;
 pub mod policy;
 pub mod pool;

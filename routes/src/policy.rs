@@ -7,8 +7,9 @@
 //! The order of the rules is the order a client sees them: header limits
 //! (431), message framing (400), the request check ([`crate::request`]),
 //! ACME challenges, the site (`server.unknown_host`: 404, 421 or a silent close), the route (404), the allow list (403),
-//! HTTPS (308), basic auth (401, checked by the transport: it is slow by
-//! design), the body limit (413), then the route's action.
+//! HTTPS (308), maintenance (503, unless the client is on the allow list
+//! or has the secret cookie), basic auth (401, checked by the transport: it
+//! is slow by design), the body limit (413), then the route's action.
 
 use crate::config::UnknownHost;
 use crate::request::{check, Checked, Head};
@@ -105,6 +106,13 @@ pub const UNAUTHORIZED: Answer = Answer::new(401, "authentication required\n", f
 pub const AUTH_CHALLENGE: &str = "Basic realm=\"restricted\", charset=\"UTF-8\"";
 /// The declared body is over the route's limit.
 pub const TOO_LARGE: Answer = Answer::new(413, "request body too large\n", true);
+/// The site or service is in maintenance (written with the maintenance
+/// page, `Retry-After` and `Cache-Control: no-store`).
+pub const MAINTENANCE: Answer = Answer::new(
+    503,
+    "service unavailable: down for maintenance, back shortly\n",
+    false,
+);
 /// A request body that could not be buffered (its temp file failed).
 pub const NOT_BUFFERED: Answer = Answer::new(
     503,
@@ -140,13 +148,22 @@ pub struct Routed {
     pub auth: bool,
     /// The declared body is over the route's limit.
     pub too_large: bool,
+    /// The site or the service is in maintenance and the client is not on
+    /// the allow list: [`MAINTENANCE`] unless the transport finds the
+    /// secret cookie ([`crate::maintenance::cookie_lets_through`]).
+    pub maintenance: bool,
 }
 
 impl Routed {
-    /// What follows basic auth: `authenticated` is the transport's check
-    /// (ignored for a route without auth). `Err` is the answer instead.
-    pub fn admit(&self, authenticated: bool) -> Result<(), Answer> {
-        if self.auth && !authenticated {
+    /// What follows the HTTPS rule: maintenance (`let_through`: the
+    /// transport found the secret cookie; ignored when not in
+    /// maintenance), then basic auth (`authenticated` is the transport's
+    /// check, ignored for a route without auth), then the body limit.
+    /// `Err` is the answer instead.
+    pub fn admit(&self, authenticated: bool, let_through: bool) -> Result<(), Answer> {
+        if self.maintenance && !let_through {
+            Err(MAINTENANCE)
+        } else if self.auth && !authenticated {
             Err(UNAUTHORIZED)
         } else if self.too_large {
             Err(TOO_LARGE)
@@ -178,14 +195,19 @@ impl Decision {
     /// Whether a transport that only proxies and serves files, with no
     /// auth and no compression (the lane), must leave this request to the
     /// full path: anything but a proxied or static route, a route with
-    /// basic auth or compression, or a body over the route's limit.
+    /// basic auth or compression, a body over the route's limit, or a
+    /// request under maintenance.
     #[inline]
     pub fn needs_full_path(&self, table: &RouteTable) -> bool {
         let Some(r) = self.routed() else {
             return true;
         };
         let redirect = matches!(self, Decision::Redirect(..));
-        redirect || r.auth || r.too_large || table.sites[r.site].routes[r.route].compress
+        redirect
+            || r.auth
+            || r.too_large
+            || r.maintenance
+            || table.sites[r.site].routes[r.route].compress
     }
 
     /// The route, when one matched and the request got that far.
@@ -277,11 +299,18 @@ fn route(
     if site.tls && !view.tls && !route.allow_http {
         return Decision::ToHttps;
     }
+    let service = match route.action {
+        Action::Proxy(i) => table.services.get(i),
+        _ => None,
+    };
+    let maintenance = crate::maintenance::applies(site, service)
+        && !crate::maintenance::allowed(&table.config.maintenance.allow, view.client);
     let routed = Routed {
         site: site_idx,
         route: route_idx,
         auth: !route.basic_auth.is_empty(),
         too_large: view.content_length.is_some_and(|n| n > route.max_body),
+        maintenance,
     };
     match &route.action {
         Action::Proxy(service) => Decision::Proxy(routed, *service),

@@ -28,6 +28,27 @@ pub struct RawConfig {
     /// `[buffering]`: request and response buffering.
     #[serde(default)]
     pub buffering: RawBuffering,
+    /// `[maintenance]`: who passes maintenance mode, and its page.
+    #[serde(default)]
+    pub maintenance: RawMaintenance,
+}
+
+/// `[maintenance]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaintenance {
+    /// Client addresses or CIDR blocks (after `trusted_proxies`) that reach
+    /// the app during maintenance.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Name of the cookie that lets a request through (with `secret`).
+    pub cookie: Option<String>,
+    /// The cookie's value that lets a request through.
+    pub secret: Option<String>,
+    /// `Retry-After` of the maintenance answer, e.g. "300s".
+    pub retry_after: Option<String>,
+    /// The default maintenance page (an HTML file).
+    pub page: Option<String>,
 }
 
 /// `[buffering]`.
@@ -156,6 +177,9 @@ pub struct RawSite {
     pub hsts: Option<RawHsts>,
     /// Response header fields added to this site's 2xx/3xx responses.
     pub headers: Option<BTreeMap<String, String>>,
+    /// Pages for the edge's own answers: a status (`"404"`, `"502"`, …)
+    /// or `"maintenance"` → a file.
+    pub error_pages: Option<BTreeMap<String, String>>,
     /// Routes, longest path prefix wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,

@@ -1,5 +1,6 @@
-//! Live colors and weights set at run time (by the admin API). They are
-//! persisted by the proxy and win over the config file when compiling.
+//! Live colors, weights, pauses and maintenance set at run time (by the
+//! admin API). They are persisted by the proxy and win over the config file
+//! when compiling.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -10,6 +11,17 @@ pub struct LiveState {
     /// By service name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceState>,
+    /// By site name (its first host, as [`crate::table::Site::name`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sites: BTreeMap<String, SiteState>,
+}
+
+/// One site's run-time state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteState {
+    /// Requests to the site get the maintenance page.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub maintenance: bool,
 }
 
 /// One service's run-time choice.

@@ -99,6 +99,8 @@ pub struct Site {
     pub tls: bool,
     /// HSTS header value.
     pub hsts: Option<String>,
+    /// Requests get the maintenance page (unless let through).
+    pub maintenance: bool,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
 }
@@ -177,8 +179,16 @@ impl RouteTable {
                 name: s.name().to_string(),
                 tls: s.tls != crate::config::Tls::Off,
                 hsts: s.hsts.as_ref().map(|h| h.value.clone()),
+                maintenance: live.sites.get(s.name()).is_some_and(|st| st.maintenance),
                 routes,
             });
+        }
+        for name in live.sites.keys() {
+            if !sites.iter().any(|s| s.name == *name) {
+                warnings.push(format!(
+                    "site {name:?}: saved maintenance state names no site of the config; ignored"
+                ));
+            }
         }
         let table = RouteTable {
             config,
@@ -260,7 +270,18 @@ impl RouteTable {
                 },
             );
         }
+        for s in self.sites.iter().filter(|s| s.maintenance) {
+            st.sites.insert(
+                s.name.clone(),
+                crate::state::SiteState { maintenance: true },
+            );
+        }
         st
+    }
+
+    /// A site by name (its first host, as the access log shows it).
+    pub fn site_named(&self, name: &str) -> Option<(usize, &Site)> {
+        self.sites.iter().enumerate().find(|(_, s)| s.name == name)
     }
 }
 

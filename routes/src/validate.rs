@@ -118,6 +118,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let acme = check_acme(&mut c, raw.acme.as_ref(), &server, &sites);
     let limits = check_limits(&mut c, &raw.limits);
     let buffering = check_buffering(&mut c, &raw.buffering, &server.state_dir);
+    let maintenance = check_maintenance(&mut c, &raw.maintenance);
     let access_log = match raw.log.access.as_deref() {
         None | Some("json") => AccessLog::Json,
         Some("combined") => AccessLog::Combined,
@@ -154,6 +155,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             limits,
             access_log,
             buffering,
+            maintenance,
         })
     } else {
         Err(c.problems)
@@ -445,15 +447,129 @@ fn check_sites(c: &mut Checker, sites: &[RawSite], services: &HashSet<&str>) -> 
         let hsts = check_hsts(c, at.key("hsts"), s.hsts.as_ref());
         let headers = check_headers(c, at.key("headers"), s.headers.as_ref());
         let routes = check_routes(c, &at, &s.routes, services);
+        let error_pages = check_error_pages(c, at.key("error_pages"), s.error_pages.as_ref());
         out.push(SiteSpec {
             hosts,
             tls,
             hsts,
             headers,
+            error_pages,
             routes,
         });
     }
     out
+}
+
+/// `error_pages = { 404 = "…", maintenance = "…" }`: known keys, a path
+/// for each (read when the snapshot is built).
+fn check_error_pages(
+    c: &mut Checker,
+    at: KeyPath,
+    pages: Option<&BTreeMap<String, String>>,
+) -> Vec<(PageKey, PathBuf)> {
+    let mut out = Vec::new();
+    for (key, file) in pages.into_iter().flatten() {
+        let Some(k) = PageKey::parse(key.trim()) else {
+            let statuses: Vec<String> = PageKey::STATUSES.iter().map(u16::to_string).collect();
+            c.err(
+                at.key(key),
+                format!(
+                    "unknown error page {key:?}: use a status the edge answers itself ({}) \
+                     or \"maintenance\"",
+                    statuses.join(", ")
+                ),
+            );
+            continue;
+        };
+        if file.trim().is_empty() {
+            c.err(
+                at.key(key),
+                "empty: name the page's file, or remove the key",
+            );
+            continue;
+        }
+        out.push((k, c.path(file.trim())));
+    }
+    out
+}
+
+/// Whether `s` is a cookie name (an RFC 9110 token).
+fn is_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn check_maintenance(c: &mut Checker, m: &RawMaintenance) -> Maintenance {
+    let at = KeyPath::root("maintenance");
+    let d = Maintenance::default();
+    let mut allow = Vec::new();
+    for (i, a) in m.allow.iter().enumerate() {
+        match IpNet::parse(a) {
+            Ok(n) => allow.push(n),
+            Err(e) => c.err(at.key("allow").index(i), e),
+        }
+    }
+    let cookie = match m.cookie.as_deref().map(str::trim) {
+        None => d.cookie,
+        Some(n) if is_cookie_name(n) => n.to_string(),
+        Some(n) => {
+            c.err(
+                at.key("cookie"),
+                format!("{n:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)"),
+            );
+            d.cookie
+        }
+    };
+    let secret = match m.secret.as_deref().map(str::trim) {
+        None => {
+            if m.cookie.is_some() {
+                c.err(
+                    at.key("cookie"),
+                    "a maintenance cookie needs a secret (its value that lets a request through)",
+                );
+            }
+            None
+        }
+        Some(s) if s.chars().count() < 16 => {
+            c.err(
+                at.key("secret"),
+                "the maintenance secret must be at least 16 characters (e.g. openssl rand -hex 16)",
+            );
+            None
+        }
+        Some(s)
+            if !s
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"\";,\\".contains(&b)) =>
+        {
+            c.err(
+                at.key("secret"),
+                "the maintenance secret must be printable ASCII without spaces, '\"', ';', ',' or \
+                 '\\' (it is a cookie value)",
+            );
+            None
+        }
+        Some(s) => Some(s.to_string()),
+    };
+    let page = match m.page.as_deref().map(str::trim) {
+        None => None,
+        Some("") => {
+            c.err(
+                at.key("page"),
+                "empty: name the page's file, or remove the key",
+            );
+            None
+        }
+        Some(p) => Some(c.path(p)),
+    };
+    Maintenance {
+        allow,
+        cookie,
+        secret,
+        retry_after: c.duration(at.key("retry_after"), &m.retry_after, d.retry_after),
+        page,
+    }
 }
 
 fn check_hsts(c: &mut Checker, at: KeyPath, h: Option<&RawHsts>) -> Option<Hsts> {

@@ -710,3 +710,86 @@ colors.green = ["127.0.0.1:8002",
         "{e:?}"
     );
 }
+
+#[test]
+fn error_pages_and_maintenance_are_checked_with_line_and_key() {
+    let text = r#"
+[server]
+http = "127.0.0.1:8080"
+
+[maintenance]
+allow = ["10.0.0.0/8", "nope"]
+cookie = "bad cookie"
+secret = "short"
+retry_after = "soon"
+
+[[sites]]
+hosts = ["a.example"]
+error_pages = { 404 = "/srv/404.html", 418 = "/srv/teapot.html", maintenance = "m.html", oops = "x" }
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+
+[services.api]
+colors.blue = ["127.0.0.1:8001"]
+"#;
+    let e = errors(text);
+    for (line, key) in [
+        (6, "maintenance.allow[1]:"),
+        (7, "maintenance.cookie:"),
+        (8, "maintenance.secret:"),
+        (9, "maintenance.retry_after:"),
+        (13, "sites[0].error_pages.418: unknown error page"),
+        (13, "sites[0].error_pages.oops: unknown error page"),
+    ] {
+        let want = format!("d.toml:{line}: {key}");
+        assert!(e.iter().any(|l| l.starts_with(&want)), "{want} in {e:?}");
+    }
+    assert_eq!(e.len(), 6, "{e:?}");
+
+    let good = text
+        .replace(", \"nope\"", "")
+        .replace("bad cookie", "staff_pass")
+        .replace("\"short\"", "\"0123456789abcdef0123\"")
+        .replace("\"soon\"", "\"120s\"")
+        .replace(", 418 = \"/srv/teapot.html\"", "")
+        .replace(", oops = \"x\"", "");
+    let c = load("/etc/duotone/d.toml", &good, env).unwrap();
+    let m = &c.maintenance;
+    assert_eq!(m.allow.len(), 1);
+    assert_eq!(m.cookie, "staff_pass");
+    assert_eq!(m.secret.as_deref(), Some("0123456789abcdef0123"));
+    assert_eq!(m.retry_after.as_secs(), 120);
+    assert_eq!(m.page, None);
+    use routes::config::PageKey;
+    assert_eq!(
+        c.sites[0].error_pages,
+        [
+            (PageKey::Status(404), "/srv/404.html".into()),
+            (PageKey::Maintenance, "/etc/duotone/m.html".into()),
+        ]
+    );
+
+    // Defaults: no secret (no cookie lets through), 300 s, the cookie name.
+    let c = load("d.toml", &good.replace("[maintenance]", "[unused]"), env);
+    assert!(c.is_err(), "unknown tables are refused");
+    let plain = text.split("[maintenance]").next().unwrap().to_string()
+        + &text[text.find("[[sites]]").unwrap()..].replace(
+            "error_pages = { 404 = \"/srv/404.html\", 418 = \"/srv/teapot.html\", maintenance = \"m.html\", oops = \"x\" }\n",
+            "",
+        );
+    let c = load("d.toml", &plain, env).unwrap();
+    assert_eq!(c.maintenance, routes::config::Maintenance::default());
+    assert_eq!(c.maintenance.cookie, "duotone_maintenance");
+    assert!(c.sites[0].error_pages.is_empty());
+
+    // A cookie without a secret is a mistake.
+    let e = errors(&good.replace("secret = \"0123456789abcdef0123\"\n", ""));
+    assert!(
+        e.iter().any(
+            |l| l.starts_with("/etc/duotone/d.toml:7: maintenance.cookie:")
+                || l.starts_with("d.toml:7: maintenance.cookie:")
+        ),
+        "{e:?}"
+    );
+}

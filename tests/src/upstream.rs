@@ -198,6 +198,12 @@ async fn handle(req: Request<Incoming>, name: &str, state: &State) -> Response<F
             );
             r
         }
+        // The app's own error status: `/status/502` answers 502.
+        _ if path.contains("/status/") => {
+            let code = path.rsplit('/').next().and_then(|c| c.parse().ok());
+            let code = code.unwrap_or(500);
+            reply(code, format!("{name} says {code}\n"))
+        }
         _ => reply(200, name.to_string()),
     }
 }

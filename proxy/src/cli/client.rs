@@ -1,7 +1,7 @@
 //! The CLI side of the admin API: status, flip (with drain), weights,
 //! reload, and the blue/green deploy flow.
 
-use crate::ops::views::{ServiceView, WatchState, WatchView};
+use crate::ops::views::{ServiceView, SiteView, WatchState, WatchView};
 use crate::AdminArgs;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -105,6 +105,9 @@ impl Api {
 
 fn print_service(s: &ServiceView) {
     println!("{}: live {}", s.name, s.live);
+    if s.maintenance {
+        println!("  maintenance on: requests get the maintenance page");
+    }
     if let Some(w) = &s.weights {
         let parts: Vec<String> = w.iter().map(|(c, w)| format!("{c}={w}")).collect();
         println!("  weights {}", parts.join(" "));
@@ -176,8 +179,83 @@ pub fn status(args: &AdminArgs, service: Option<&str>, json: bool) -> Result<()>
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
         list.iter().for_each(print_service);
+        if service.is_none() {
+            print_sites_in_maintenance(&api)?;
+        }
     }
     Ok(())
+}
+
+/// Lists the sites in maintenance, if any.
+fn print_sites_in_maintenance(api: &Api) -> Result<()> {
+    let sites: Vec<SiteView> = serde_json::from_value(
+        api.ok(http::Method::GET, "/v1/sites", None)?
+            .get("sites")
+            .cloned()
+            .unwrap_or_default(),
+    )?;
+    for s in sites.iter().filter(|s| s.maintenance) {
+        println!(
+            "site {}: maintenance on (hosts {})",
+            s.name,
+            s.hosts.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `on` or `off`, for `duotone maintenance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Turn it on.
+    On,
+    /// Turn it off.
+    Off,
+}
+
+/// `duotone maintenance on|off SERVICE` or `duotone maintenance on|off --site NAME`.
+pub fn maintenance(
+    args: &AdminArgs,
+    state: OnOff,
+    service: Option<&str>,
+    site: Option<&str>,
+) -> Result<()> {
+    let api = Api::new(args)?;
+    let body = serde_json::json!({ "on": state == OnOff::On });
+    match (service, site) {
+        (_, Some(site)) => {
+            let path = format!("/v1/sites/{}/maintenance", path_segment(site));
+            let v: SiteView =
+                serde_json::from_value(api.ok(http::Method::POST, &path, Some(body))?)?;
+            let on = if v.maintenance { "on" } else { "off" };
+            println!("site {}: maintenance {on}", v.name);
+        }
+        (Some(service), None) => {
+            let path = format!("/v1/services/{service}/maintenance");
+            let v: ServiceView =
+                serde_json::from_value(api.ok(http::Method::POST, &path, Some(body))?)?;
+            if !v.maintenance {
+                println!("{}: maintenance off", v.name);
+            }
+            print_service(&v);
+        }
+        (None, None) => bail!("name a service, or a site with --site"),
+    }
+    Ok(())
+}
+
+/// `name` as one URL path segment (a site may be named `*`, or a host
+/// with characters a path would read otherwise).
+fn path_segment(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// How long the CLI waits for upgraded connections to end once it asked

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod pages;
 pub mod persist;
 pub mod slots;
 pub mod tls;
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub slots: Vec<crate::control::slots::Slot>,
     /// Where and how much request and response bodies are buffered.
     pub buffering: crate::net::spool::Limits,
+    /// Pages for the edge's own answers (error pages, maintenance).
+    pub pages: crate::control::pages::Pages,
 }
 
 impl Snapshot {
@@ -137,6 +140,9 @@ pub enum ChangeError {
     /// No such service.
     #[error("unknown service {0:?}")]
     UnknownService(String),
+    /// No such site.
+    #[error("unknown site {0:?}")]
+    UnknownSite(String),
     /// The request is malformed or names an unknown color.
     #[error("{0}")]
     Invalid(String),
@@ -464,6 +470,47 @@ impl Control {
         self.apply(&mut live, next, snap.table.config.clone())
     }
 
+    /// Turns maintenance mode of `service` on or off (persisted).
+    pub fn set_service_maintenance(&self, service: &str, on: bool) -> Result<(), ChangeError> {
+        let mut live = self.lock();
+        let snap = self.load();
+        let svc = snap
+            .table
+            .service(service)
+            .ok_or_else(|| ChangeError::UnknownService(service.to_string()))?;
+        // A service with no saved state yet keeps what it runs with now
+        // (its live color and the config's weights).
+        let current = snap.table.live_state().services.remove(service);
+        let mut next = live.clone();
+        let state = next.services.entry(service.to_string()).or_insert_with(|| {
+            current.unwrap_or_else(|| ServiceState::live(svc.pools[svc.live].color.as_str()))
+        });
+        state.maintenance = on;
+        tracing::info!(service, on, "maintenance");
+        self.apply(&mut live, next, snap.table.config.clone())
+    }
+
+    /// Turns maintenance mode of the site named `site` (its first host, as
+    /// the access log shows it) on or off (persisted).
+    pub fn set_site_maintenance(&self, site: &str, on: bool) -> Result<(), ChangeError> {
+        let mut live = self.lock();
+        let snap = self.load();
+        if snap.table.site_named(site).is_none() {
+            return Err(ChangeError::UnknownSite(site.to_string()));
+        }
+        let mut next = live.clone();
+        if on {
+            next.sites.insert(
+                site.to_string(),
+                routes::state::SiteState { maintenance: true },
+            );
+        } else {
+            next.sites.remove(site);
+        }
+        tracing::info!(site, on, "maintenance");
+        self.apply(&mut live, next, snap.table.config.clone())
+    }
+
     /// Re-reads the config source; an invalid config changes nothing.
     /// Returns warnings (e.g. saved colors that no longer exist).
     pub fn reload(&self) -> Result<Vec<String>, ChangeError> {
@@ -656,11 +703,13 @@ fn build(
     }
     let slots = crate::control::slots::build(&table, metrics)?;
     let buffering = crate::net::spool::Limits::prepare(&table.config);
+    let pages = crate::control::pages::Pages::build(&table.config)?;
     Ok((
         Snapshot {
             table,
             slots,
             buffering,
+            pages,
         },
         warnings,
     ))

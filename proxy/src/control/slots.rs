@@ -138,6 +138,7 @@ pub fn io_checks_here(config: &Config) -> Vec<Problem> {
             }
         }
     }
+    out.extend(crate::control::pages::io_checks(config));
     if let Some(roots) = config.acme.as_ref().and_then(|a| a.ca_roots.as_ref()) {
         if let Err(e) = std::fs::metadata(roots) {
             out.push((

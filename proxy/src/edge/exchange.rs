@@ -71,7 +71,10 @@ pub async fn serve(
         let (limit, pause) = (ctx.body_limit, limits.body_timeout);
         if !stream {
             if let Some(answer) = read_body(session, &mut spool, limit, pause).await {
-                return write_answer(session, answer).await;
+                // The site's page for it, as for every answer of the edge.
+                return super::answer(session, answer, snap, Some(routed.site))
+                    .await
+                    .map(drop);
             }
         }
     }
@@ -184,13 +187,6 @@ fn expects_continue(req: &RequestHeader) -> bool {
     req.headers
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-async fn write_answer(session: &mut Session, a: policy::Answer) -> Result<()> {
-    if a.close {
-        session.set_keepalive(None);
-    }
-    super::respond::text(session, a.status, a.reason, &[]).await
 }
 
 /// The upstream HTTP/1.1 head of `up`: its target and fields, minus the

@@ -42,6 +42,9 @@ pub struct Edge {
 pub struct Ctx {
     snap: Option<Arc<Snapshot>>,
     site: usize,
+    /// The site the host matched, when one did (its pages answer for the
+    /// edge), even when no route did.
+    page_site: Option<usize>,
     route: Option<(usize, usize)>,
     /// What the policy decided ([`routes::policy::decide`]), until acted on.
     decision: Option<Decision>,
@@ -108,6 +111,7 @@ impl ProxyHttp for Edge {
         Ctx {
             snap: None,
             site: 0,
+            page_site: None,
             route: None,
             decision: None,
             service: 0,
@@ -191,6 +195,7 @@ impl ProxyHttp for Edge {
         };
         let verdict = routes::policy::decide(&snap.table, &view);
         ctx.site = verdict.site.unwrap_or(0);
+        ctx.page_site = verdict.site;
         ctx.route = verdict.site.zip(verdict.route);
         let rewrite = verdict
             .checked
@@ -245,12 +250,15 @@ impl ProxyHttp for Edge {
         let (routed, service) = match decision {
             Decision::Answer(a) => {
                 ctx.silent_close = a.is_silent_close();
-                return answer(session, a).await;
+                return answer(session, a, &snap, ctx.page_site).await;
             }
             Decision::Challenge(token) => {
                 match self.acme_http01.as_ref().and_then(|acme| acme(&token)) {
                     Some(key_auth) => respond::owned(session, 200, key_auth).await?,
-                    None => return answer(session, policy::UNKNOWN_CHALLENGE).await,
+                    None => {
+                        return answer(session, policy::UNKNOWN_CHALLENGE, &snap, ctx.page_site)
+                            .await
+                    }
                 }
                 return Ok(true);
             }
@@ -259,7 +267,7 @@ impl ProxyHttp for Edge {
                 // address may name one a reload could not open; reloads
                 // refuse that).
                 let Some(https) = self.control.listeners().https else {
-                    return answer(session, policy::NO_HTTPS).await;
+                    return answer(session, policy::NO_HTTPS, &snap, ctx.page_site).await;
                 };
                 let req = session.req_header();
                 let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -282,7 +290,7 @@ impl ProxyHttp for Edge {
         let Some(site) = snap.table.sites.get(routed.site) else {
             let a = policy::no_site(snap.table.config.server.unknown_host);
             ctx.silent_close = a.is_silent_close();
-            return answer(session, a).await;
+            return answer(session, a, &snap, None).await;
         };
         let route = &site.routes[routed.route];
         let admitted = self.admit(session, &snap, &routed).await?;
@@ -309,6 +317,7 @@ impl ProxyHttp for Edge {
                             route.prefix.len(),
                             hsts,
                             &route.headers,
+                            snap.pages.page(Some(routed.site), 404),
                         )
                         .await?;
                     }
@@ -567,7 +576,7 @@ impl ProxyHttp for Edge {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             // The client stopped sending its body (the upstream, waiting
@@ -604,7 +613,18 @@ impl ProxyHttp for Edge {
                 _ => "error\n",
             };
             session.set_keepalive(None);
-            if let Err(err) = respond::text(session, code, body, &[]).await {
+            // The site's page for the status, when it has one.
+            let page = ctx
+                .snap
+                .clone()
+                .filter(|snap| snap.pages.page(ctx.page_site, code).is_some());
+            let written = match &page {
+                Some(snap) => {
+                    respond::failure(session, &snap.pages.failure(ctx.page_site, code)).await
+                }
+                None => respond::text(session, code, body, &[]).await,
+            };
+            if let Err(err) = written {
                 tracing::debug!("failed to send error response: {err}");
             }
         }
@@ -775,10 +795,17 @@ fn head_of<'a>(req: &'a RequestHeader, target: &'a str) -> routes::request::Head
 }
 
 /// Writes a local answer of the policy, closing the connection after it
-/// when the answer says so. A silent close ([`policy::CLOSE`]) writes
-/// nothing: HTTP/1.1 closes the connection once the request is logged,
-/// HTTP/2 resets the stream (INTERNAL_ERROR, as nginx's `return 444`).
-async fn answer(session: &mut Session, a: policy::Answer) -> Result<bool> {
+/// when the answer says so: the maintenance page for [`policy::MAINTENANCE`],
+/// the page of `site` (the site the host matched) for its status when it
+/// has one, else the answer's text. A silent close ([`policy::CLOSE`])
+/// writes nothing: HTTP/1.1 closes the connection once the request is
+/// logged, HTTP/2 resets the stream (INTERNAL_ERROR, as nginx's `return 444`).
+async fn answer(
+    session: &mut Session,
+    a: policy::Answer,
+    snap: &Snapshot,
+    site: Option<usize>,
+) -> Result<bool> {
     if a.close {
         session.set_keepalive(None);
     }
@@ -794,21 +821,49 @@ async fn answer(session: &mut Session, a: policy::Answer) -> Result<bool> {
     } else {
         &[]
     };
-    respond::text(session, a.status, a.reason, headers).await?;
+    match site {
+        Some(site) if a == policy::MAINTENANCE => {
+            respond::failure(session, &snap.pages.maintenance(site)).await?
+        }
+        _ => match snap.pages.page(site, a.status) {
+            Some(page) => {
+                let f = crate::lane::client::Failure {
+                    status: a.status,
+                    retry_after: None,
+                    page: Some(page),
+                };
+                respond::failure_with(session, &f, headers).await?
+            }
+            None => respond::text(session, a.status, a.reason, headers).await?,
+        },
+    }
     Ok(true)
 }
 
 impl Edge {
-    /// Basic auth (when the route has it) and the body limit
-    /// ([`policy::Routed::admit`]): false when an answer was written.
+    /// Maintenance (the secret cookie), basic auth (when the route has it)
+    /// and the body limit ([`policy::Routed::admit`]): false when an answer
+    /// was written.
     async fn admit(
         &self,
         session: &mut Session,
         snap: &Snapshot,
         routed: &policy::Routed,
     ) -> Result<bool> {
+        // Under maintenance, the secret cookie still reaches the app.
+        let let_through = routed.maintenance
+            && routes::maintenance::cookie_lets_through(
+                &snap.table.config.maintenance,
+                session
+                    .req_header()
+                    .headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            );
         let mut authenticated = false;
-        if routed.auth {
+        // No (slow) password check for a request the maintenance page answers.
+        if routed.auth && (let_through || !routed.maintenance) {
             let route = &snap.table.sites[routed.site].routes[routed.route];
             if let Some(auth) = snap.slots.get(route.slot).and_then(|s| s.auth.as_ref()) {
                 let header = session
@@ -819,9 +874,11 @@ impl Edge {
                 authenticated = auth.check(header).await == crate::control::auth::Verdict::Allow;
             }
         }
-        match routed.admit(authenticated) {
+        match routed.admit(authenticated, let_through) {
             Ok(()) => Ok(true),
-            Err(a) => answer(session, a).await.map(|_| false),
+            Err(a) => answer(session, a, snap, Some(routed.site))
+                .await
+                .map(|_| false),
         }
     }
 }

@@ -88,9 +88,21 @@ pub async fn owned(session: &mut Session, status: u16, body: String) -> Result<(
 /// site's page or the status's text, and `Retry-After` when it has one.
 /// HEAD gets no body.
 pub async fn failure(session: &mut Session, f: &crate::lane::client::Failure<'_>) -> Result<()> {
+    failure_with(session, f, &[]).await
+}
+
+/// [`failure`] with `extra` response fields (a 401's challenge).
+pub async fn failure_with(
+    session: &mut Session,
+    f: &crate::lane::client::Failure<'_>,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
     let head = session.req_header().method == http::Method::HEAD;
     let (body, content_type) = f.body();
-    let mut resp = ResponseHeader::build(f.status, Some(5))?;
+    let mut resp = ResponseHeader::build(f.status, Some(5 + extra.len()))?;
+    for (k, v) in extra {
+        resp.insert_header(*k, *v)?;
+    }
     resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;

@@ -75,18 +75,23 @@ pub fn options(spec: &StaticSpec, open_files: OpenFiles) -> FileOptions {
 /// Answers the request from `files`; `prefix_len` bytes of the path are the route prefix.
 /// Returns the number of body bytes sent.
 /// `hsts` is added on HTTPS responses of sites that enable it, `add` (the
-/// route's `headers`) on 2xx/3xx ones.
+/// route's `headers`) on 2xx/3xx ones; `not_found` (the site's 404 page)
+/// replaces the body of a 404.
 pub async fn serve(
     session: &mut Session,
     files: &FileServer,
     prefix_len: usize,
     hsts: Option<&str>,
     add: &routes::headers::AddHeaders,
+    not_found: Option<&crate::lane::client::Page>,
 ) -> Result<u64> {
     let req = session.req_header();
     let path = req.uri.path();
     let rel = path.get(prefix_len..).unwrap_or("");
-    let reply = files.respond(&req.method, rel, &req.headers).await;
+    let mut reply = files.respond(&req.method, rel, &req.headers).await;
+    if let Some(page) = not_found {
+        crate::control::pages::over_not_found(&mut reply, page, req.method == http::Method::HEAD);
+    }
     let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len()))?;
     for (k, v) in reply.headers.iter() {
         resp.append_header(k.clone(), v.clone())?;

@@ -97,7 +97,7 @@ impl Lane {
                     Err(()) => {
                         // The client stalled its body: its timeout (408, as
                         // on Pingora's path); no upstream was involved.
-                        let timeout = super::client::Failure::status(408);
+                        let timeout = snap.pages.failure(Some(plan.site), 408);
                         super::client::fail(io, plan.head_method, &timeout, limits.body_timeout)
                             .await;
                         let outcome = Outcome {
@@ -149,7 +149,9 @@ impl Lane {
                         .get(plan.site)
                         .and_then(|s| s.routes.get(plan.route))
                         .map_or(&routes::headers::AddHeaders::NONE, |r| &r.headers);
-                    local::serve(req, hsts, add, plan.close, io, limits.body_timeout).await
+                    let not_found = snap.pages.page(Some(plan.site), 404);
+                    let timeout = limits.body_timeout;
+                    local::serve(req, hsts, add, plan.close, io, timeout, not_found).await
                 }
             };
             buf.drain(..need);

@@ -14,7 +14,7 @@ const CHUNK: usize = 256 * 1024;
 
 /// Answers `req` from its route's files; `hsts` is added on HTTPS
 /// responses of sites that enable it, `add` (the route's `headers`) on
-/// 2xx/3xx ones.
+/// 2xx/3xx ones; `not_found` (the site's 404 page) replaces a 404's body.
 pub async fn serve(
     req: &StaticRequest,
     hsts: Option<&str>,
@@ -22,8 +22,13 @@ pub async fn serve(
     close: bool,
     io: &mut HeadDeadline,
     timeout: Duration,
+    not_found: Option<&crate::lane::client::Page>,
 ) -> Outcome {
-    let reply = req.files.respond(&req.method, &req.rel, &req.headers).await;
+    let mut reply = req.files.respond(&req.method, &req.rel, &req.headers).await;
+    if let Some(page) = not_found {
+        let head = req.method == http::Method::HEAD;
+        crate::control::pages::over_not_found(&mut reply, page, head);
+    }
     let status = reply.status.as_u16();
     let mut outcome = Outcome {
         status,

@@ -146,12 +146,12 @@ pub async fn exchange<C: Client>(
         keep_client: false,
     };
     let Some(svc) = snap.table.services.get(service) else {
-        return failed(client, plan, outcome, 502).await;
+        return failed(client, snap, plan, outcome, 502).await;
     };
     let mut attempts = routes::policy::Attempts::new(svc, fastrand::u32(..));
     outcome.pool = attempts.pool();
     let Some(pool) = svc.pools.get(outcome.pool) else {
-        return failed(client, plan, outcome, 502).await;
+        return failed(client, snap, plan, outcome, 502).await;
     };
     // Until the upstream is done with: a buffered response still being
     // fed to a slow client does not hold up a drain of its color.
@@ -177,7 +177,7 @@ pub async fn exchange<C: Client>(
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::warn!("request not sent to uwsgi service {}: {e}", svc.name);
-                return failed(client, plan, outcome, 502).await;
+                return failed(client, snap, plan, outcome, 502).await;
             }
         },
     };
@@ -266,19 +266,20 @@ pub async fn exchange<C: Client>(
             }
         }
     };
-    failed(client, plan, outcome, code).await
+    failed(client, snap, plan, outcome, code).await
 }
 
-/// Answers the client with `code` (502 or 504) and records it.
+/// Answers the client with `code` (502 or 504; the site's page for it
+/// when it has one) and records it.
 async fn failed<C: Client>(
     client: &mut C,
+    snap: &Snapshot,
     plan: &Plan,
     mut outcome: Outcome,
     code: u16,
 ) -> Outcome {
-    client
-        .fail(&super::client::Failure::status(code), plan.head_method)
-        .await;
+    let failure = snap.pages.failure(Some(plan.site), code);
+    client.fail(&failure, plan.head_method).await;
     outcome.status = code;
     outcome
 }

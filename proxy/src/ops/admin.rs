@@ -41,7 +41,7 @@ use crate::ops::json::{error, json_resp, Resp};
 
 fn change_error(e: ChangeError) -> Resp {
     let status = match &e {
-        ChangeError::UnknownService(_) => StatusCode::NOT_FOUND,
+        ChangeError::UnknownService(_) | ChangeError::UnknownSite(_) => StatusCode::NOT_FOUND,
         ChangeError::Invalid(_) | ChangeError::BadConfig(_) => StatusCode::BAD_REQUEST,
         ChangeError::Unhealthy(_) | ChangeError::Conflict(_) => StatusCode::CONFLICT,
         ChangeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -303,6 +303,27 @@ impl Admin {
                     Err(e) => change_error(e),
                 }
             }
+            (&Method::GET, ["v1", "sites"]) => {
+                let snap = self.control.load();
+                let sites = crate::ops::views::SiteView::all(&snap.table);
+                json_resp(StatusCode::OK, json!({ "sites": sites }))
+            }
+            (&Method::POST, ["v1", "services", name, "maintenance"]) => {
+                let name = name.to_string();
+                let on = match read_json::<MaintenanceBody>(req, false).await {
+                    Ok(Some(b)) => b.on,
+                    Ok(None) => return error(StatusCode::BAD_REQUEST, "expected {\"on\":true}"),
+                    Err(r) => return r,
+                };
+                let (control, svc) = (self.control.clone(), name.clone());
+                match blocking(move || control.set_service_maintenance(&svc, on)).await {
+                    Ok(()) => self
+                        .service_json(&name)
+                        .map(|v| json_resp(StatusCode::OK, v))
+                        .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished")),
+                    Err(e) => change_error(e),
+                }
+            }
             (&Method::DELETE, ["v1", "services", name, "watch"]) => {
                 let (control, svc) = (self.control.clone(), name.to_string());
                 match blocking(move || control.cancel_watch(&svc)).await {
@@ -323,6 +344,26 @@ impl Admin {
                         StatusCode::NOT_FOUND,
                         format!("no watch of {name:?} since the proxy started"),
                     ),
+                }
+            }
+            (&Method::POST, ["v1", "sites", name, "maintenance"]) => {
+                let name = percent_decode(name);
+                let on = match read_json::<MaintenanceBody>(req, false).await {
+                    Ok(Some(b)) => b.on,
+                    Ok(None) => return error(StatusCode::BAD_REQUEST, "expected {\"on\":true}"),
+                    Err(r) => return r,
+                };
+                let (control, site) = (self.control.clone(), name.clone());
+                match blocking(move || control.set_site_maintenance(&site, on)).await {
+                    Ok(()) => {
+                        let snap = self.control.load();
+                        crate::ops::views::SiteView::all(&snap.table)
+                            .into_iter()
+                            .find(|s| s.name == name)
+                            .map(|v| json_resp(StatusCode::OK, json!(v)))
+                            .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "site vanished"))
+                    }
+                    Err(e) => change_error(e),
                 }
             }
             (&Method::POST, ["v1", "reload"]) => {
@@ -349,9 +390,11 @@ impl Admin {
                 | ["v1", "services", _]
                 | ["v1", "reload"]
                 | ["v1", "certificates"]
+                | ["v1", "sites"]
                 | ["metrics"],
             )
-            | (_, ["v1", "services", _, "flip" | "weights" | "drain" | "watch"]) => error(
+            | (_, ["v1", "services", _, "flip" | "weights" | "drain" | "maintenance" | "watch"])
+            | (_, ["v1", "sites", _, "maintenance"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not allowed on {path}"),
             ),
@@ -445,6 +488,39 @@ struct FlipBody {
     to: Option<String>,
     #[serde(default)]
     force: bool,
+}
+
+/// `{"on": true}`: maintenance mode on or off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    on: bool,
+}
+
+/// A path segment with its `%XX` escapes decoded (a site named `*` may be
+/// sent as `%2A`); invalid escapes are kept as written.
+fn percent_decode(seg: &str) -> String {
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|c| hex(*c)),
+            b.get(i + 2).and_then(|c| hex(*c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Body of `POST /v1/services/{name}/drain`: closes the upgraded

@@ -14,6 +14,9 @@ pub struct ServiceView {
     pub live: String,
     /// Canary weights, when set.
     pub weights: Option<BTreeMap<String, u32>>,
+    /// Requests get the maintenance page (unless let through).
+    #[serde(default)]
+    pub maintenance: bool,
     /// True when the service has active health checks (then a member counts
     /// as healthy only after passing one).
     #[serde(default)]
@@ -141,6 +144,7 @@ impl ServiceView {
             weights: svc
                 .weight_pairs()
                 .map(|w| w.into_iter().map(|(c, w)| (c.to_string(), w)).collect()),
+            maintenance: svc.maintenance,
             active_checks: checked,
             drain_upgraded_ms: svc.drain_upgraded.as_millis() as u64,
             colors,
@@ -153,5 +157,33 @@ impl ServiceView {
     pub fn with_watch(mut self, watches: &BTreeMap<String, WatchView>) -> Self {
         self.watch = watches.get(&self.name).cloned();
         self
+    }
+}
+
+/// A site as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteView {
+    /// The site's name: its first host, as the access log shows it.
+    pub name: String,
+    /// Its host patterns.
+    pub hosts: Vec<String>,
+    /// Requests get the maintenance page (unless let through).
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+impl SiteView {
+    /// Every site of `table`, in config order.
+    pub fn all(table: &routes::RouteTable) -> Vec<SiteView> {
+        table
+            .sites
+            .iter()
+            .zip(&table.config.sites)
+            .map(|(site, spec)| SiteView {
+                name: site.name.clone(),
+                hosts: spec.hosts.clone(),
+                maintenance: site.maintenance,
+            })
+            .collect()
     }
 }

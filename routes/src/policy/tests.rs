@@ -244,19 +244,19 @@ fn auth_comes_before_the_body_limit() {
         panic!("admin routes proxy");
     };
     assert!(r.auth && r.too_large);
-    assert_eq!(r.admit(false), Err(UNAUTHORIZED));
-    assert_eq!(r.admit(true), Err(TOO_LARGE));
+    assert_eq!(r.admit(false, false), Err(UNAUTHORIZED));
+    assert_eq!(r.admit(true, false), Err(TOO_LARGE));
     let mut v = view("/upload/x", "example.com");
     v.content_length = Some(100);
     let Decision::Proxy(r, _) = decision(&t, &v) else {
         panic!("upload routes proxy");
     };
-    assert_eq!(r.admit(false), Ok(()));
+    assert_eq!(r.admit(false, false), Ok(()));
     v.content_length = Some(101);
     assert!(decide(&t, &v)
         .decision
         .routed()
-        .is_some_and(|r| r.admit(true) == Err(TOO_LARGE)));
+        .is_some_and(|r| r.admit(true, false) == Err(TOO_LARGE)));
 }
 
 #[test]
@@ -354,4 +354,94 @@ proptest! {
             prop_assert_eq!((verdict.site, verdict.route), (Some(r.site), Some(r.route)));
         }
     }
+}
+
+/// The test table with maintenance on for `sites` (by name) and `services`,
+/// and `allow` as `[maintenance] allow`.
+fn maintenance_table(sites: &[&str], services: &[&str], allow: &str) -> RouteTable {
+    let text = format!("{CONFIG}\n[maintenance]\nallow = [{allow}]\n");
+    let cfg = load("t.toml", &text, |_| None).expect("test config loads");
+    let mut live = LiveState::default();
+    for s in sites {
+        live.sites
+            .insert(s.to_string(), crate::state::SiteState { maintenance: true });
+    }
+    for s in services {
+        let mut st = crate::state::ServiceState::live("blue");
+        st.maintenance = true;
+        live.services.insert(s.to_string(), st);
+    }
+    let (t, warnings) = RouteTable::compile(Arc::new(cfg), &live, &Vitals::default(), &|_, _| None);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(t.live_state().sites, live.sites);
+    t
+}
+
+#[test]
+fn maintenance_marks_requests_of_a_site_or_a_service() {
+    // Service-level: proxied routes to it are marked; files are not.
+    let t = maintenance_table(&[], &["api"], "");
+    let d = decision(&t, &view("/x", "example.com"));
+    let r = d.routed().expect("routed");
+    assert!(r.maintenance);
+    assert!(
+        d.needs_full_path(&t),
+        "the lane leaves maintenance to the full path"
+    );
+    assert_eq!(r.admit(true, false), Err(MAINTENANCE));
+    assert_eq!(
+        r.admit(true, true),
+        Ok(()),
+        "the secret cookie lets through"
+    );
+    let d = decision(&t, &view("/static/a.css", "example.com"));
+    assert!(!d.routed().expect("routed").maintenance);
+
+    // Site-level: every route of that site, and only that site.
+    let t = maintenance_table(&["example.com"], &[], "");
+    for target in ["/x", "/static/a.css", "/old/p"] {
+        let d = decision(&t, &view(target, "example.com"));
+        assert!(d.routed().expect("routed").maintenance, "{target}");
+    }
+    let mut v = view("/plain/x", "secure.example.com");
+    v.tls = true;
+    assert!(!decision(&t, &v).routed().expect("routed").maintenance);
+
+    // Maintenance comes before basic auth and the body limit.
+    let mut v = view("/admin/x", "example.com");
+    v.content_length = Some(1 << 40);
+    let d = decision(&t, &v);
+    assert_eq!(
+        d.routed().expect("routed").admit(false, false),
+        Err(MAINTENANCE)
+    );
+    // …and after the allow list and HTTPS.
+    assert_eq!(
+        decision(&t, &view("/internal/x", "example.com")),
+        Decision::Answer(FORBIDDEN)
+    );
+
+    // Nothing in maintenance: nothing marked.
+    let t = maintenance_table(&[], &[], "");
+    assert!(
+        !decision(&t, &view("/x", "example.com"))
+            .routed()
+            .expect("routed")
+            .maintenance
+    );
+}
+
+#[test]
+fn the_maintenance_allow_list_reaches_the_app() {
+    let t = maintenance_table(&["example.com"], &["api"], "\"10.0.0.0/8\", \"::1\"");
+    let mut v = view("/x", "example.com");
+    assert!(decision(&t, &v).routed().expect("routed").maintenance);
+    v.client = Some("10.9.8.7".parse().expect("an address"));
+    let d = decision(&t, &v);
+    assert!(!d.routed().expect("routed").maintenance);
+    assert!(!d.needs_full_path(&t));
+    v.client = Some("::1".parse().expect("an address"));
+    assert!(!decision(&t, &v).routed().expect("routed").maintenance);
+    v.client = None;
+    assert!(decision(&t, &v).routed().expect("routed").maintenance);
 }
