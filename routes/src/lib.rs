@@ -18,6 +18,7 @@ pub mod headers;
 pub mod host;
 pub mod load;
 pub mod path;
+pub mod pause;
 pub mod policy;
 pub mod pool;
 pub mod proxy_protocol;
