@@ -104,7 +104,12 @@ impl Api {
 }
 
 fn print_service(s: &ServiceView) {
-    println!("{}: live {}", s.name, s.live);
+    let paused = if s.paused {
+        format!(", paused ({} held)", s.held)
+    } else {
+        String::new()
+    };
+    println!("{}: live {}{paused}", s.name, s.live);
     if let Some(w) = &s.weights {
         let parts: Vec<String> = w.iter().map(|(c, w)| format!("{c}={w}")).collect();
         println!("  weights {}", parts.join(" "));
@@ -335,6 +340,19 @@ pub fn weights(args: &AdminArgs, service: &str, pairs: &[String], force: bool) -
     Ok(())
 }
 
+/// `duotone pause SERVICE` (`on`) and `duotone resume SERVICE`.
+pub fn pause(args: &AdminArgs, service: &str, on: bool) -> Result<()> {
+    let api = Api::new(args)?;
+    let action = if on { "pause" } else { "resume" };
+    let v: ServiceView = serde_json::from_value(api.ok(
+        http::Method::POST,
+        &format!("/v1/services/{service}/{action}"),
+        None,
+    )?)?;
+    print_service(&v);
+    Ok(())
+}
+
 /// `duotone reload`.
 pub fn reload(args: &AdminArgs) -> Result<()> {
     let api = Api::new(args)?;
@@ -389,13 +407,29 @@ pub struct DeployArgs {
     /// non-zero.
     #[arg(long)]
     pub force_stop: bool,
+    /// Once the new color is healthy: pause the service (new requests are
+    /// held at the edge), run this shell command (e.g. `python manage.py
+    /// migrate`; `{color}` and `{old}` are replaced, as for --start), flip,
+    /// resume. If it fails: resume, the old color stays live, exit non-zero.
+    #[arg(long, value_name = "COMMAND")]
+    pub pause_during: Option<String>,
+    /// Longest the --pause-during command may run before it is stopped and
+    /// the deploy refused (default: the service's pause timeout, past which
+    /// held requests are answered 503 anyway).
+    #[arg(long)]
+    pub pause_timeout: Option<String>,
     /// Where the admin API is and its token (`--admin`, `--token`).
     #[command(flatten)]
     pub admin: AdminArgs,
 }
 
+/// `cmd` with `{color}` and `{old}` replaced.
+fn fill(cmd: &str, color: &str, old: &str) -> String {
+    cmd.replace("{color}", color).replace("{old}", old)
+}
+
 fn shell(cmd: &str, color: &str, old: &str) -> Result<()> {
-    let cmd = cmd.replace("{color}", color);
+    let cmd = fill(cmd, color, old);
     println!("  $ {cmd}");
     let status = std::process::Command::new("sh")
         .arg("-c")
@@ -415,8 +449,23 @@ fn shell(cmd: &str, color: &str, old: &str) -> Result<()> {
 /// in the foreground, `docker compose up` without `-d`) is stopped with
 /// everything it started, and the deploy refused.
 fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()> {
+    if run_within(cmd, color, old, limit)? {
+        return Ok(());
+    }
+    let cmd = fill(cmd, color, old);
+    bail!(
+        "the start command was still running after {limit:?}, so it was stopped: it must start \
+         {color} in the background and return (e.g. `docker compose up -d`, `systemctl start`, \
+         `gunicorn --daemon`); raise --start-timeout if starting really takes longer: {cmd}"
+    )
+}
+
+/// Runs `cmd` in a process group of its own; one still running after
+/// `limit` is stopped with everything it started (SIGTERM, then SIGKILL)
+/// and `Ok(false)` returned. Err: it could not run or failed.
+fn run_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<bool> {
     use std::os::unix::process::CommandExt;
-    let cmd = cmd.replace("{color}", color);
+    let cmd = fill(cmd, color, old);
     println!("  $ {cmd}");
     let mut child = std::process::Command::new("sh")
         .arg("-c")
@@ -435,7 +484,7 @@ fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()
             if !status.success() {
                 bail!("command failed ({status}): {cmd}");
             }
-            return Ok(());
+            return Ok(true);
         }
         if start.elapsed() >= limit {
             break;
@@ -462,11 +511,81 @@ fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()
         libc::kill(group, libc::SIGKILL)
     };
     let _ = child.wait();
-    bail!(
-        "the start command was still running after {limit:?}, so it was stopped: it must start \
-         {color} in the background and return (e.g. `docker compose up -d`, `systemctl start`, \
-         `gunicorn --daemon`); raise --start-timeout if starting really takes longer: {cmd}"
-    )
+    Ok(false)
+}
+
+/// Step 3 of a deploy: flips the service to `new`. With --pause-during,
+/// pauses it first, runs the command, flips, and resumes on every path
+/// once paused. Err: not flipped (resumed, `old` stays live). Ok(true):
+/// flipped, but the resume failed (the service is still paused).
+fn flip_step(api: &Api, a: &DeployArgs, new: &str, old: &str) -> Result<bool> {
+    let service = &a.service;
+    let flip = || {
+        api.ok(
+            http::Method::POST,
+            &format!("/v1/services/{service}/flip"),
+            Some(serde_json::json!({ "to": new })),
+        )
+        .map(drop)
+        .with_context(|| format!("flip refused; {old} stays live"))
+    };
+    let Some(cmd) = &a.pause_during else {
+        println!("[3/5] flipping {service} to {new}");
+        flip()?;
+        return Ok(false);
+    };
+    let limit = match &a.pause_timeout {
+        Some(t) => parse_duration(t)?,
+        None => Duration::from_millis(api.service(service)?.pause.timeout_ms),
+    };
+    println!("[3/5] pausing {service}, running the --pause-during command (up to {limit:?}), flipping to {new}");
+    let path = |action: &str| format!("/v1/services/{service}/{action}");
+    api.ok(http::Method::POST, &path("pause"), None)
+        .with_context(|| format!("pause refused; {old} stays live"))?;
+    let paused = Instant::now();
+    let ran = run_within(cmd, new, old, limit).and_then(|done| {
+        if !done {
+            bail!(
+                "the --pause-during command was still running after {limit:?}, so it was \
+                 stopped (raise --pause-timeout and the service's pause timeout): {}",
+                fill(cmd, new, old)
+            );
+        }
+        flip()
+    });
+    let held = api.service(service).map(|v| v.held).unwrap_or(0);
+    let resumed = resume(api, service);
+    match (&ran, &resumed) {
+        (_, Ok(())) => println!(
+            "    resumed {service} after {:.1}s ({held} request(s) were held)",
+            paused.elapsed().as_secs_f64()
+        ),
+        (Ok(()), Err(e)) => {
+            eprintln!("error: {service} is live on {new} but still PAUSED: {e:#}; run `duotone resume {service}`");
+            return Ok(true);
+        }
+        (Err(_), Err(e)) => {
+            eprintln!("error: {service} is still PAUSED: {e:#}; run `duotone resume {service}`")
+        }
+    }
+    ran.map(|()| false)
+}
+
+/// Resumes `service`, trying again for a few seconds if the admin API
+/// cannot be reached: a deploy must not leave it paused.
+fn resume(api: &Api, service: &str) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        match api.ok(
+            http::Method::POST,
+            &format!("/v1/services/{service}/resume"),
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed() > Duration::from_secs(10) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
 }
 
 /// After a failed deploy: stops the color it started (unless `--keep-failed`
@@ -588,21 +707,14 @@ pub fn deploy(a: &DeployArgs) -> Result<()> {
         bail!("{new} is already live");
     }
     println!("==> deploying {} to {new} (live: {old})", a.service);
-    let until_flip = || -> Result<()> {
+    let until_flip = || -> Result<bool> {
         println!("[1/5] starting {new} (the command may take up to {start_limit:?})");
         start_within(&a.start, &new, &old, start_limit)?;
         println!("[2/5] waiting for {new} to be healthy (up to {health_limit:?})");
         wait_healthy(&api, &a.service, &new, &old, health_limit)?;
-        println!("[3/5] flipping {} to {new}", a.service);
-        api.ok(
-            http::Method::POST,
-            &format!("/v1/services/{}/flip", a.service),
-            Some(serde_json::json!({ "to": new })),
-        )
-        .with_context(|| format!("flip refused; {old} stays live"))?;
-        Ok(())
+        flip_step(&api, a, &new, &old)
     };
-    until_flip().map_err(|e| clean_up(a, &new, &old, e))?;
+    let still_paused = until_flip().map_err(|e| clean_up(a, &new, &old, e))?;
     println!("[4/5] draining {old}");
     let live = format!("{} is live on {new}", a.service);
     let drained = drain(&api, &a.service, &old, drain_limit)
@@ -633,6 +745,9 @@ pub fn deploy(a: &DeployArgs) -> Result<()> {
                 ""
             }
         ),
+    }
+    if still_paused {
+        bail!("{live}, but it is still paused: run `duotone resume {}`", a.service);
     }
     println!("==> {live}");
     Ok(())

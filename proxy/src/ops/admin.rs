@@ -284,6 +284,22 @@ impl Admin {
                     Err(e) => change_error(e),
                 }
             }
+            (&Method::POST, ["v1", "services", name, action @ ("pause" | "resume")]) => {
+                let (name, on) = (name.to_string(), *action == "pause");
+                if let Err(r) = read_json::<EmptyBody>(req, true).await {
+                    return r;
+                }
+                let (control, svc) = (self.control.clone(), name.clone());
+                match blocking(move || control.pause(&svc, on)).await {
+                    Ok(()) => {
+                        tracing::info!(service = %name, "{}", if on { "paused" } else { "resumed" });
+                        self.service_json(&name)
+                            .map(|v| json_resp(StatusCode::OK, v))
+                            .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished"))
+                    }
+                    Err(e) => change_error(e),
+                }
+            }
             (&Method::POST, ["v1", "reload"]) => {
                 let control = self.control.clone();
                 let result = blocking(move || control.reload()).await;
@@ -310,7 +326,10 @@ impl Admin {
                 | ["v1", "certificates"]
                 | ["metrics"],
             )
-            | (_, ["v1", "services", _, "flip" | "weights" | "drain"]) => error(
+            | (
+                _,
+                ["v1", "services", _, "flip" | "weights" | "drain" | "pause" | "resume"],
+            ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not allowed on {path}"),
             ),
@@ -405,6 +424,11 @@ struct FlipBody {
     #[serde(default)]
     force: bool,
 }
+
+/// Body of `POST /v1/services/{name}/pause` and `…/resume`: `{}` (or none).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
 
 /// Body of `POST /v1/services/{name}/drain`: closes the upgraded
 /// connections (WebSockets) of `color` now, or of every color taking no new
