@@ -388,7 +388,10 @@ pub fn service_gauges(table: &routes::RouteTable) -> Vec<StateGauge> {
             labels: name(),
             value: svc.holds.held() as f64,
         });
-        for why in [routes::pause::Refusal::Timeout, routes::pause::Refusal::Queue] {
+        for why in [
+            routes::pause::Refusal::Timeout,
+            routes::pause::Refusal::Queue,
+        ] {
             let mut labels = name();
             labels.push(("reason", why.as_str().to_string()));
             out.push(StateGauge {

@@ -187,7 +187,10 @@ mod tests {
         assert_eq!(holds.enter(0).unwrap_err(), Refusal::Queue);
         assert_eq!(holds.refuse(Refusal::Timeout), Refusal::Timeout);
         assert_eq!(
-            (holds.refused(Refusal::Queue), holds.refused(Refusal::Timeout)),
+            (
+                holds.refused(Refusal::Queue),
+                holds.refused(Refusal::Timeout)
+            ),
             (2, 1)
         );
     }

@@ -50,7 +50,9 @@ async fn pause(p: &Proxy) {
 
 async fn resume(p: &Proxy) {
     // An empty body is fine too.
-    let v = call(p, "POST", "/v1/services/api/resume", None).await.json();
+    let v = call(p, "POST", "/v1/services/api/resume", None)
+        .await
+        .json();
     assert_eq!(v["paused"], false, "{v:#}");
 }
 
@@ -148,7 +150,10 @@ async fn held_requests_all_succeed_after_resume(t: Transport) {
     );
     resume(&p).await;
     for (name, task) in sent {
-        let r = task.await.unwrap().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let r = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(r.status, 200, "{name}: {}", r.text());
     }
     let seen: Vec<String> = blue
@@ -176,7 +181,10 @@ async fn held_requests_all_succeed_after_resume(t: Transport) {
 }
 
 async fn a_flip_during_a_pause_sends_held_requests_to_the_new_color(t: Transport) {
-    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
     let p = proxy(
         t,
         &format!(
@@ -212,7 +220,10 @@ async fn a_flip_during_a_pause_sends_held_requests_to_the_new_color(t: Transport
     assert_eq!(service(&p).await["held"], 4);
     resume(&p).await;
     for (name, task) in sent {
-        let r = task.await.unwrap().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let r = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(r.status, 200, "{name}: {}", r.text());
         assert_eq!(r.header("x-upstream"), "green", "{name}");
     }
@@ -238,7 +249,10 @@ async fn held_past_the_timeout_get_503_with_retry_after(t: Transport) {
     );
     let start = Instant::now();
     for (name, task) in four_requests(&p) {
-        let r = task.await.unwrap().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let r = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(r.status, 503, "{name}: {}", r.text());
         assert_eq!(r.header("retry-after"), "7", "{name}");
     }
@@ -278,7 +292,10 @@ async fn the_queue_bound_refuses_the_excess_and_the_rest_succeed(t: Transport) {
     wait_held(&p, 4).await;
     // The queue is full: refused at once, on every client.
     for (name, task) in four_requests(&p) {
-        let r = task.await.unwrap().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let r = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(r.status, 503, "{name}: {}", r.text());
         assert_eq!(r.header("retry-after"), "2", "{name}");
     }
@@ -293,14 +310,20 @@ async fn the_queue_bound_refuses_the_excess_and_the_rest_succeed(t: Transport) {
     assert_eq!(service(&p).await["held"], 4);
     resume(&p).await;
     for (name, task) in sent {
-        let r = task.await.unwrap().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let r = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!((r.status, r.text()), (200, "blue".to_string()), "{name}");
     }
     assert_eq!(up.hits(), 4);
 }
 
 async fn websocket_upgrades_are_held_too(t: Transport) {
-    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
     let p = proxy(
         t,
         &format!(
@@ -337,7 +360,11 @@ async fn websocket_upgrades_are_held_too(t: Transport) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_a_pause_comes_back_paused() {
     let up = Upstream::start("blue").await;
-    let mut p = proxy(Transport::Lane, &format!("colors.blue = [\"{}\"]\n", up.member())).await;
+    let mut p = proxy(
+        Transport::Lane,
+        &format!("colors.blue = [\"{}\"]\n", up.member()),
+    )
+    .await;
     pause(&p).await;
     p.kill();
     p.spawn().await;
@@ -348,7 +375,10 @@ async fn a_restart_during_a_pause_comes_back_paused() {
     assert_eq!(up.hits(), 0);
     resume(&p).await;
     for (name, task) in sent {
-        let r = task.await.unwrap().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let r = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!((r.status, r.text()), (200, "blue".to_string()), "{name}");
     }
     // The resume is persisted too.
@@ -360,7 +390,11 @@ async fn a_restart_during_a_pause_comes_back_paused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_pause_resume_and_status() {
     let up = Upstream::start("blue").await;
-    let p = proxy(Transport::Lane, &format!("colors.blue = [\"{}\"]\n", up.member())).await;
+    let p = proxy(
+        Transport::Lane,
+        &format!("colors.blue = [\"{}\"]\n", up.member()),
+    )
+    .await;
     let admin_url = p.admin_url("");
     let env = [
         ("DUOTONE_ADMIN", admin_url.as_str()),
@@ -381,14 +415,27 @@ async fn cli_pause_resume_and_status() {
     // Unknown service: 404 with the reason; no token: 401.
     let (code, _, err) = run_cli(&["pause", "nope"], &env);
     assert_ne!(code, 0);
-    assert!(err.contains("404") && err.contains("unknown service"), "{err}");
-    let r = admin("POST", &p.admin_url("/v1/services/api/pause"), None, Some("{}"))
-        .await
-        .unwrap();
+    assert!(
+        err.contains("404") && err.contains("unknown service"),
+        "{err}"
+    );
+    let r = admin(
+        "POST",
+        &p.admin_url("/v1/services/api/pause"),
+        None,
+        Some("{}"),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 401);
-    let r = admin("GET", &p.admin_url("/v1/services/api/pause"), Some(TOKEN), None)
-        .await
-        .unwrap();
+    let r = admin(
+        "GET",
+        &p.admin_url("/v1/services/api/pause"),
+        Some(TOKEN),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 405);
     assert_eq!(service(&p).await["paused"], false);
 }

@@ -747,7 +747,10 @@ pub fn deploy(a: &DeployArgs) -> Result<()> {
         ),
     }
     if still_paused {
-        bail!("{live}, but it is still paused: run `duotone resume {}`", a.service);
+        bail!(
+            "{live}, but it is still paused: run `duotone resume {}`",
+            a.service
+        );
     }
     println!("==> {live}");
     Ok(())

@@ -315,7 +315,11 @@ impl ProxyHttp for Edge {
                 if let Some(svc) = snap.table.services.get(i).filter(|s| s.paused) {
                     match crate::control::pause::hold(&self.control, &svc.name).await {
                         Ok(resumed) => {
-                            let at = resumed.table.services.iter().position(|s| s.name == svc.name);
+                            let at = resumed
+                                .table
+                                .services
+                                .iter()
+                                .position(|s| s.name == svc.name);
                             ctx.resumed = at.map(|j| (resumed, j));
                         }
                         Err(refused) => {

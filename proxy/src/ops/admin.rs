@@ -326,13 +326,12 @@ impl Admin {
                 | ["v1", "certificates"]
                 | ["metrics"],
             )
-            | (
-                _,
-                ["v1", "services", _, "flip" | "weights" | "drain" | "pause" | "resume"],
-            ) => error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed on {path}"),
-            ),
+            | (_, ["v1", "services", _, "flip" | "weights" | "drain" | "pause" | "resume"]) => {
+                error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not allowed on {path}"),
+                )
+            }
             _ => error(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
         }
     }
