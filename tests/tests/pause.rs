@@ -660,3 +660,54 @@ async fn deploy_pause_during_a_failed_migration_resumes_and_keeps_the_old_color(
     let v = service(&p).await;
     assert_eq!((&v["live"], &v["paused"]), (&"blue".into(), &false.into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_the_pause_stops_the_command_and_resumes() {
+    let (dir, _blue, _green, p) = deploy_fixture().await;
+    let d = dir.path().display();
+    let pidfile = dir.path().join("migrate.pid");
+    let child = std::process::Command::new(e2e::proxy::duotone_bin())
+        .args(["deploy", "--service", "api", "--health-timeout", "20s"])
+        .arg("--start")
+        .arg(format!("touch {d}/{{color}}.ready"))
+        .arg("--pause-during")
+        .arg(format!("echo $$ > {}; sleep 60", pidfile.display()))
+        .env("DUOTONE_ADMIN", p.admin_url(""))
+        .env("DUOTONE_ADMIN_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Paused, with the command running.
+    let pid = e2e::eventually(Duration::from_secs(20), || async {
+        let text = std::fs::read_to_string(&pidfile).ok()?;
+        text.trim().parse::<i32>().ok()
+    })
+    .await
+    .expect("the --pause-during command started");
+    assert_eq!(service(&p).await["paused"], true);
+    let held = spawn(&Http::new(), "GET", p.url("/"), "");
+    wait_held(&p, 1).await;
+    // SAFETY: kill(2) on our own child.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(err.contains("blue stays live"), "{err}");
+    // The command's process group was stopped.
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    #[allow(unsafe_code)]
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    assert!(!alive, "the --pause-during command is still running");
+    let v = service(&p).await;
+    assert_eq!((&v["live"], &v["paused"]), (&"blue".into(), &false.into()));
+    let r = held.await.unwrap().unwrap();
+    assert_eq!((r.status, r.text()), (200, "blue".to_string()));
+}

@@ -9,6 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A small admin API client.
@@ -449,7 +451,7 @@ fn shell(cmd: &str, color: &str, old: &str) -> Result<()> {
 /// in the foreground, `docker compose up` without `-d`) is stopped with
 /// everything it started, and the deploy refused.
 fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()> {
-    if run_within(cmd, color, old, limit)? {
+    if run_within(cmd, color, old, limit, &|| false)? {
         return Ok(());
     }
     let cmd = fill(cmd, color, old);
@@ -461,9 +463,16 @@ fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()
 }
 
 /// Runs `cmd` in a process group of its own; one still running after
-/// `limit` is stopped with everything it started (SIGTERM, then SIGKILL)
-/// and `Ok(false)` returned. Err: it could not run or failed.
-fn run_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<bool> {
+/// `limit`, or once `stop()` says so, is stopped with everything it
+/// started (SIGTERM, then SIGKILL) and `Ok(false)` returned. Err: it could
+/// not run or failed.
+fn run_within(
+    cmd: &str,
+    color: &str,
+    old: &str,
+    limit: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<bool> {
     use std::os::unix::process::CommandExt;
     let cmd = fill(cmd, color, old);
     println!("  $ {cmd}");
@@ -486,7 +495,7 @@ fn run_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<bool
             }
             return Ok(true);
         }
-        if start.elapsed() >= limit {
+        if start.elapsed() >= limit || stop() {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -540,10 +549,20 @@ fn flip_step(api: &Api, a: &DeployArgs, new: &str, old: &str) -> Result<bool> {
     };
     println!("[3/5] pausing {service}, running the --pause-during command (up to {limit:?}), flipping to {new}");
     let path = |action: &str| format!("/v1/services/{service}/{action}");
+    // From here until the resume, Ctrl-C and SIGTERM stop the command and
+    // end the deploy with the service resumed, never paused.
+    let interrupts = Interrupts::watch()?;
     api.ok(http::Method::POST, &path("pause"), None)
         .with_context(|| format!("pause refused; {old} stays live"))?;
     let paused = Instant::now();
-    let ran = run_within(cmd, new, old, limit).and_then(|done| {
+    let stop = || interrupts.seen();
+    let ran = run_within(cmd, new, old, limit, &stop).and_then(|done| {
+        if interrupts.seen() {
+            bail!(
+                "interrupted: the --pause-during command was stopped: {}",
+                fill(cmd, new, old)
+            );
+        }
         if !done {
             bail!(
                 "the --pause-during command was still running after {limit:?}, so it was \
@@ -555,6 +574,8 @@ fn flip_step(api: &Api, a: &DeployArgs, new: &str, old: &str) -> Result<bool> {
     });
     let held = api.service(service).map(|v| v.held).unwrap_or(0);
     let resumed = resume(api, service);
+    // A signal from now on ends the deploy as it would have before.
+    interrupts.release();
     match (&ran, &resumed) {
         (_, Ok(())) => println!(
             "    resumed {service} after {:.1}s ({held} request(s) were held)",
@@ -569,6 +590,69 @@ fn flip_step(api: &Api, a: &DeployArgs, new: &str, old: &str) -> Result<bool> {
         }
     }
     ran.map(|()| false)
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM caught while a deploy has its service
+/// paused: noted for the deploy to stop its command and resume; outside
+/// that ([`Interrupts::release`]) they end the process (exit 130).
+struct Interrupts {
+    seen: Arc<AtomicBool>,
+    guarding: Arc<AtomicBool>,
+}
+
+impl Interrupts {
+    /// Starts catching them (returns once the handlers are in place).
+    fn watch() -> Result<Interrupts> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let seen = Arc::new(AtomicBool::new(false));
+        let guarding = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, g) = (seen.clone(), guarding.clone());
+        std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return drop(tx.send(Err(anyhow::Error::from(e)))),
+            };
+            rt.block_on(async move {
+                let (mut int, mut term) = match (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) {
+                    (Ok(i), Ok(t)) => (i, t),
+                    (Err(e), _) | (_, Err(e)) => return drop(tx.send(Err(e.into()))),
+                };
+                let _ = tx.send(Ok(()));
+                loop {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    if !g.load(Ordering::SeqCst) {
+                        std::process::exit(130);
+                    }
+                    eprintln!("interrupted: stopping the --pause-during command and resuming");
+                    s.store(true, Ordering::SeqCst);
+                }
+            });
+        });
+        rx.recv()
+            .context("signal watcher")?
+            .context("catching SIGINT and SIGTERM")?;
+        Ok(Interrupts { seen, guarding })
+    }
+
+    /// Whether one arrived.
+    fn seen(&self) -> bool {
+        self.seen.load(Ordering::SeqCst)
+    }
+
+    /// Signals end the process again.
+    fn release(&self) {
+        self.guarding.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Resumes `service`, trying again for a few seconds if the admin API
