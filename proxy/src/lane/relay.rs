@@ -150,10 +150,11 @@ pub async fn exchange<C: Client>(
         return failed(client, plan, outcome, 502).await;
     };
     // A paused service: held here, then sent with the snapshot of the
-    // resume (its live color); the route's settings stay `snap`'s.
+    // resume (its live color); the route's settings stay `snap`'s. (Boxed:
+    // the wait's state does not enlarge every request's future.)
     let resumed: Arc<Snapshot>;
     let svc = if svc.paused {
-        match crate::control::pause::hold(control, &svc.name).await {
+        match Box::pin(crate::control::pause::hold(control, &svc.name)).await {
             Ok(s) => {
                 resumed = s;
                 match resumed.table.service(&svc.name) {
