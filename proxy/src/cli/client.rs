@@ -543,10 +543,17 @@ fn flip_step(api: &Api, a: &DeployArgs, new: &str, old: &str) -> Result<bool> {
         flip()?;
         return Ok(false);
     };
+    let hold = Duration::from_millis(api.service(service)?.pause.timeout_ms);
     let limit = match &a.pause_timeout {
         Some(t) => parse_duration(t)?,
-        None => Duration::from_millis(api.service(service)?.pause.timeout_ms),
+        None => hold,
     };
+    if limit > hold {
+        eprintln!(
+            "warning: requests held longer than {hold:?} (the service's pause timeout) get 503; \
+             --pause-timeout is {limit:?}"
+        );
+    }
     println!("[3/5] pausing {service}, running the --pause-during command (up to {limit:?}), flipping to {new}");
     let path = |action: &str| format!("/v1/services/{service}/{action}");
     // From here until the resume, Ctrl-C and SIGTERM stop the command and
