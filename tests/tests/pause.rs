@@ -711,3 +711,38 @@ async fn ctrl_c_during_the_pause_stops_the_command_and_resumes() {
     let r = held.await.unwrap().unwrap();
     assert_eq!((r.status, r.text()), (200, "blue".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bluegreen_sh_passes_pause_during_on() {
+    let (dir, _blue, green, p) = deploy_fixture().await;
+    let d = dir.path().display();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bluegreen.sh");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(script)
+        .args(["api", "--health-timeout", "20s", "--start"])
+        .arg(format!("touch {d}/{{color}}.ready"))
+        .arg("--pause-during")
+        .arg(format!("echo \"{{color}} from {{old}}\" > {d}/migrated"))
+        .args(["--pause-timeout", "20s"])
+        .env("DUOTONE_BIN", e2e::proxy::duotone_bin())
+        .env("DUOTONE_ADMIN", p.admin_url(""))
+        .env("DUOTONE_ADMIN_TOKEN", TOKEN);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("resumed api after"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("migrated")).unwrap(),
+        "green from blue\n"
+    );
+    let r = Http::new().get(&p.url("/")).await.unwrap();
+    assert_eq!((r.status, r.text()), (200, "green".to_string()));
+    assert!(green.hits() >= 1);
+    assert_eq!(service(&p).await["paused"], false);
+}
