@@ -43,6 +43,12 @@
 #   --keep-failed             leave the new color running after a failure
 #   --drain-timeout DUR       default 300s
 #   --force-stop              run the stop command even if the drain timed out
+#   --pause-during CMD        once the new color is healthy: pause the service
+#                             (requests held at the edge), run CMD (e.g. the
+#                             migrations; "{color}" and "{old}" are replaced),
+#                             flip, resume; if CMD fails: resume, old color stays
+#   --pause-timeout DUR       longest CMD may run (default: the service's pause
+#                             timeout)
 #   --admin URL               admin API (default: $DUOTONE_ADMIN, else
 #                             http://127.0.0.1:9090)
 #
@@ -90,7 +96,7 @@ while [[ $# -gt 0 ]]; do
     --stop) stop=${2?--stop needs a command}; shift 2 ;;
     -p | --project) project=${2?-p needs a project name}; shift 2 ;;
     -f | --file) compose_file=${2?-f needs a file}; shift 2 ;;
-    --to | --start-timeout | --health-timeout | --drain-timeout | --admin)
+    --to | --start-timeout | --health-timeout | --drain-timeout | --admin | --pause-during | --pause-timeout)
         passthrough+=("$1" "${2?$1 needs a value}")
         shift 2
         ;;

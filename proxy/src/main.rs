@@ -114,6 +114,21 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Pause a service: its new requests are held at the edge (not refused)
+    /// until `duotone resume`, up to its `pause` timeout and queue.
+    Pause {
+        /// Service name.
+        service: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Resume a paused service: held requests go on to the color live now.
+    Resume {
+        /// Service name.
+        service: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Ask the running proxy to re-read its config.
     Reload {
         #[command(flatten)]
@@ -189,6 +204,8 @@ fn main() -> ExitCode {
             site,
             admin,
         } => client::maintenance(&admin, state, service.as_deref(), site.as_deref()),
+        Cmd::Pause { service, admin } => client::pause(&admin, &service, true),
+        Cmd::Resume { service, admin } => client::pause(&admin, &service, false),
         Cmd::Reload { admin } => client::reload(&admin),
         Cmd::Deploy(args) => client::deploy(&args),
     };

@@ -112,6 +112,21 @@ const GAUGES: &[(&str, &str, &[&str])] = &[
         &["service", "color"],
     ),
     (
+        "duotone_paused",
+        "1 while the service is paused (new requests held at the edge), else 0.",
+        &["service"],
+    ),
+    (
+        "duotone_held_requests",
+        "Requests held by a pause now.",
+        &["service"],
+    ),
+    (
+        "duotone_hold_refused_total",
+        "Held requests answered 503: held for the pause's whole timeout, or over its queue.",
+        &["service", "reason"],
+    ),
+    (
         "duotone_member_up",
         "1 if the member can take traffic (health checks and passive ejection).",
         &["service", "color", "member"],
@@ -406,6 +421,29 @@ pub fn service_gauges(table: &routes::RouteTable) -> Vec<StateGauge> {
     let now = crate::clock::now_ms();
     let mut out = Vec::new();
     for svc in &table.services {
+        let name = || vec![("service", svc.name.clone())];
+        out.push(StateGauge {
+            name: "duotone_paused",
+            labels: name(),
+            value: if svc.paused { 1.0 } else { 0.0 },
+        });
+        out.push(StateGauge {
+            name: "duotone_held_requests",
+            labels: name(),
+            value: svc.holds.held() as f64,
+        });
+        for why in [
+            routes::pause::Refusal::Timeout,
+            routes::pause::Refusal::Queue,
+        ] {
+            let mut labels = name();
+            labels.push(("reason", why.as_str().to_string()));
+            out.push(StateGauge {
+                name: "duotone_hold_refused_total",
+                labels,
+                value: svc.holds.refused(why) as f64,
+            });
+        }
         let weights = svc.weight_pairs();
         let checked = svc.health.is_some();
         for (i, pool) in svc.pools.iter().enumerate() {

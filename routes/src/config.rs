@@ -508,6 +508,8 @@ pub struct ServiceSpec {
     /// How long a color's upgraded connections (WebSockets) stay open once
     /// it stops taking new traffic, before the edge closes them.
     pub drain_upgraded: Duration,
+    /// How requests are held while the service is paused.
+    pub pause: crate::pause::PauseSpec,
 }
 
 /// Client-side limits.

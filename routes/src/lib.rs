@@ -19,6 +19,7 @@ pub mod host;
 pub mod load;
 pub mod maintenance;
 pub mod path;
+pub mod pause;
 pub mod policy;
 pub mod pool;
 pub mod proxy_protocol;

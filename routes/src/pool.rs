@@ -578,6 +578,10 @@ pub struct Service {
     pub paused: bool,
     /// Requests get the maintenance page.
     pub maintenance: bool,
+    /// How requests are held while paused.
+    pub pause: crate::pause::PauseSpec,
+    /// Requests held now (shared across table generations).
+    pub holds: Arc<crate::pause::Holds>,
 }
 
 impl Service {
@@ -777,6 +781,8 @@ mod tests {
             drain_upgraded: std::time::Duration::from_secs(30),
             paused: false,
             maintenance: false,
+            pause: Default::default(),
+            holds: Arc::default(),
         };
         let green = (0..1000u32).filter(|r| svc.choose_pool(*r) == 1).count();
         assert_eq!(green, 100);

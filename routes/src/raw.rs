@@ -297,6 +297,20 @@ pub struct RawService {
     pub retries: Option<u32>,
     /// How long WebSockets of a color that stopped taking traffic stay open.
     pub drain_upgraded: Option<String>,
+    /// How requests are held while the service is paused.
+    pub pause: Option<RawPause>,
+}
+
+/// `pause = { timeout, queue, retry_after }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPause {
+    /// Longest a request is held (default 30s).
+    pub timeout: Option<String>,
+    /// Most requests held at once (default 1000).
+    pub queue: Option<u64>,
+    /// `Retry-After` of a refusal (default 5s).
+    pub retry_after: Option<String>,
 }
 
 /// `health = { … }`.

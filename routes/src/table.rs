@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub struct Vitals {
     members: Mutex<HashMap<(String, String, MemberAddr), Arc<MemberHealth>>>,
     colors: Mutex<HashMap<(String, String), Arc<ColorStats>>>,
+    holds: Mutex<HashMap<String, Arc<crate::pause::Holds>>>,
 }
 
 impl Vitals {
@@ -30,6 +31,11 @@ impl Vitals {
         m.entry((svc.to_string(), color.to_string()))
             .or_default()
             .clone()
+    }
+
+    fn holds(&self, svc: &str) -> Arc<crate::pause::Holds> {
+        let mut m = self.holds.lock().unwrap_or_else(PoisonError::into_inner);
+        m.entry(svc.to_string()).or_default().clone()
     }
 }
 
@@ -403,5 +409,7 @@ fn compile_service(
         drain_upgraded: s.drain_upgraded,
         paused: live.services.get(&s.name).is_some_and(|st| st.paused),
         maintenance: live.services.get(&s.name).is_some_and(|st| st.maintenance),
+        pause: s.pause,
+        holds: vitals.holds(&s.name),
     }
 }

@@ -978,9 +978,23 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
                 &s.drain_upgraded,
                 DEFAULT_DRAIN_UPGRADED,
             ),
+            pause: pause_spec(c, at.key("pause"), s.pause.as_ref()),
         });
     }
     out
+}
+
+/// `services.X.pause`, defaults where a key is left out.
+fn pause_spec(c: &mut Checker<'_>, at: KeyPath, raw: Option<&RawPause>) -> crate::pause::PauseSpec {
+    let d = crate::pause::PauseSpec::default();
+    let Some(raw) = raw else {
+        return d;
+    };
+    crate::pause::PauseSpec {
+        timeout: c.duration(at.key("timeout"), &raw.timeout, d.timeout),
+        queue: raw.queue.unwrap_or(d.queue),
+        retry_after: c.duration(at.key("retry_after"), &raw.retry_after, d.retry_after),
+    }
 }
 
 /// Gives every health check without an explicit `host` the first exact

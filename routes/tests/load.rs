@@ -525,6 +525,59 @@ fn drain_upgraded_defaults_to_30s_and_is_checked() {
 }
 
 #[test]
+fn pause_settings_default_and_are_checked() {
+    use routes::pause::PauseSpec;
+    use std::time::Duration;
+    let svc = |extra: &str| {
+        format!(
+            "[server]\nhttp = \":80\"\n[services.api]\ncolors.blue = [\"127.0.0.1:1\"]\n{extra}"
+        )
+    };
+    let c = load("d.toml", &svc(""), env).unwrap();
+    assert_eq!(c.services[0].pause, PauseSpec::default());
+    assert_eq!(
+        c.services[0].pause,
+        PauseSpec {
+            timeout: Duration::from_secs(30),
+            queue: 1000,
+            retry_after: Duration::from_secs(5),
+        }
+    );
+    let c = load("d.toml", &svc("pause = { timeout = \"2m\" }\n"), env).unwrap();
+    assert_eq!(
+        c.services[0].pause,
+        PauseSpec {
+            timeout: Duration::from_secs(120),
+            ..PauseSpec::default()
+        }
+    );
+    let c = load(
+        "d.toml",
+        &svc("pause = { timeout = \"5s\", queue = 10, retry_after = \"1s\" }\n"),
+        env,
+    )
+    .unwrap();
+    assert_eq!(
+        c.services[0].pause,
+        PauseSpec {
+            timeout: Duration::from_secs(5),
+            queue: 10,
+            retry_after: Duration::from_secs(1),
+        }
+    );
+    let e = errors(&svc("pause = { timeout = \"soon\" }\n"));
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("d.toml:5: services.api.pause.timeout")),
+        "{e:?}"
+    );
+    let e = errors(&svc("pause = { queue = -1 }\n"));
+    assert!(e.iter().any(|l| l.contains("services.api")), "{e:?}");
+    let e = errors(&svc("pause = { hold = \"1s\" }\n"));
+    assert!(e.iter().any(|l| l.contains("hold")), "{e:?}");
+}
+
+#[test]
 fn unknown_host_takes_404_421_or_close() {
     use routes::config::UnknownHost;
     let with = |value: &str| format!("[server]\nhttp = \":80\"\nunknown_host = {value}\n");

@@ -9,6 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A small admin API client.
@@ -104,7 +106,12 @@ impl Api {
 }
 
 fn print_service(s: &ServiceView) {
-    println!("{}: live {}", s.name, s.live);
+    let paused = if s.paused {
+        format!(", paused ({} held)", s.held)
+    } else {
+        String::new()
+    };
+    println!("{}: live {}{paused}", s.name, s.live);
     if s.maintenance {
         println!("  maintenance on: requests get the maintenance page");
     }
@@ -442,6 +449,19 @@ pub fn weights(args: &AdminArgs, service: &str, pairs: &[String], force: bool) -
     Ok(())
 }
 
+/// `duotone pause SERVICE` (`on`) and `duotone resume SERVICE`.
+pub fn pause(args: &AdminArgs, service: &str, on: bool) -> Result<()> {
+    let api = Api::new(args)?;
+    let action = if on { "pause" } else { "resume" };
+    let v: ServiceView = serde_json::from_value(api.ok(
+        http::Method::POST,
+        &format!("/v1/services/{service}/{action}"),
+        None,
+    )?)?;
+    print_service(&v);
+    Ok(())
+}
+
 /// `duotone reload`.
 pub fn reload(args: &AdminArgs) -> Result<()> {
     let api = Api::new(args)?;
@@ -496,6 +516,17 @@ pub struct DeployArgs {
     /// non-zero.
     #[arg(long)]
     pub force_stop: bool,
+    /// Once the new color is healthy: pause the service (new requests are
+    /// held at the edge), run this shell command (e.g. `python manage.py
+    /// migrate`; `{color}` and `{old}` are replaced, as for --start), flip,
+    /// resume. If it fails: resume, the old color stays live, exit non-zero.
+    #[arg(long, value_name = "COMMAND")]
+    pub pause_during: Option<String>,
+    /// Longest the --pause-during command may run before it is stopped and
+    /// the deploy refused (default: the service's pause timeout, past which
+    /// held requests are answered 503 anyway).
+    #[arg(long)]
+    pub pause_timeout: Option<String>,
     /// After the flip, watch the new color for this long (e.g. 60s) and flip
     /// back automatically if it crosses --max-error-rate or --max-latency
     /// (then the new color is drained and stopped and the deploy fails). The
@@ -651,8 +682,13 @@ fn watch_new(
     }
 }
 
+/// `cmd` with `{color}` and `{old}` replaced.
+fn fill(cmd: &str, color: &str, old: &str) -> String {
+    cmd.replace("{color}", color).replace("{old}", old)
+}
+
 fn shell(cmd: &str, color: &str, old: &str) -> Result<()> {
-    let cmd = cmd.replace("{color}", color);
+    let cmd = fill(cmd, color, old);
     println!("  $ {cmd}");
     let status = std::process::Command::new("sh")
         .arg("-c")
@@ -672,8 +708,30 @@ fn shell(cmd: &str, color: &str, old: &str) -> Result<()> {
 /// in the foreground, `docker compose up` without `-d`) is stopped with
 /// everything it started, and the deploy refused.
 fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()> {
+    if run_within(cmd, color, old, limit, &|| false)? {
+        return Ok(());
+    }
+    let cmd = fill(cmd, color, old);
+    bail!(
+        "the start command was still running after {limit:?}, so it was stopped: it must start \
+         {color} in the background and return (e.g. `docker compose up -d`, `systemctl start`, \
+         `gunicorn --daemon`); raise --start-timeout if starting really takes longer: {cmd}"
+    )
+}
+
+/// Runs `cmd` in a process group of its own; one still running after
+/// `limit`, or once `stop()` says so, is stopped with everything it
+/// started (SIGTERM, then SIGKILL) and `Ok(false)` returned. Err: it could
+/// not run or failed.
+fn run_within(
+    cmd: &str,
+    color: &str,
+    old: &str,
+    limit: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<bool> {
     use std::os::unix::process::CommandExt;
-    let cmd = cmd.replace("{color}", color);
+    let cmd = fill(cmd, color, old);
     println!("  $ {cmd}");
     let mut child = std::process::Command::new("sh")
         .arg("-c")
@@ -692,9 +750,9 @@ fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()
             if !status.success() {
                 bail!("command failed ({status}): {cmd}");
             }
-            return Ok(());
+            return Ok(true);
         }
-        if start.elapsed() >= limit {
+        if start.elapsed() >= limit || stop() {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -719,11 +777,163 @@ fn start_within(cmd: &str, color: &str, old: &str, limit: Duration) -> Result<()
         libc::kill(group, libc::SIGKILL)
     };
     let _ = child.wait();
-    bail!(
-        "the start command was still running after {limit:?}, so it was stopped: it must start \
-         {color} in the background and return (e.g. `docker compose up -d`, `systemctl start`, \
-         `gunicorn --daemon`); raise --start-timeout if starting really takes longer: {cmd}"
-    )
+    Ok(false)
+}
+
+/// Step 3 of a deploy: flips the service to `new`. With --pause-during,
+/// pauses it first, runs the command, flips, and resumes on every path
+/// once paused. Err: not flipped (resumed, `old` stays live). Ok(true):
+/// flipped, but the resume failed (the service is still paused).
+fn flip_step(api: &Api, a: &DeployArgs, new: &str, old: &str) -> Result<bool> {
+    let service = &a.service;
+    let flip = || {
+        api.ok(
+            http::Method::POST,
+            &format!("/v1/services/{service}/flip"),
+            Some(serde_json::json!({ "to": new })),
+        )
+        .map(drop)
+        .with_context(|| format!("flip refused; {old} stays live"))
+    };
+    let Some(cmd) = &a.pause_during else {
+        println!("[3/5] flipping {service} to {new}");
+        flip()?;
+        return Ok(false);
+    };
+    let hold = Duration::from_millis(api.service(service)?.pause.timeout_ms);
+    let limit = match &a.pause_timeout {
+        Some(t) => parse_duration(t)?,
+        None => hold,
+    };
+    if limit > hold {
+        eprintln!(
+            "warning: requests held longer than {hold:?} (the service's pause timeout) get 503; \
+             --pause-timeout is {limit:?}"
+        );
+    }
+    println!("[3/5] pausing {service}, running the --pause-during command (up to {limit:?}), flipping to {new}");
+    let path = |action: &str| format!("/v1/services/{service}/{action}");
+    // From here until the resume, Ctrl-C and SIGTERM stop the command and
+    // end the deploy with the service resumed, never paused.
+    let interrupts = Interrupts::watch()?;
+    api.ok(http::Method::POST, &path("pause"), None)
+        .with_context(|| format!("pause refused; {old} stays live"))?;
+    let paused = Instant::now();
+    let stop = || interrupts.seen();
+    let ran = run_within(cmd, new, old, limit, &stop).and_then(|done| {
+        if interrupts.seen() {
+            bail!(
+                "interrupted: the --pause-during command was stopped: {}",
+                fill(cmd, new, old)
+            );
+        }
+        if !done {
+            bail!(
+                "the --pause-during command was still running after {limit:?}, so it was \
+                 stopped (raise --pause-timeout and the service's pause timeout): {}",
+                fill(cmd, new, old)
+            );
+        }
+        flip()
+    });
+    let held = api.service(service).map(|v| v.held).unwrap_or(0);
+    let resumed = resume(api, service);
+    // A signal from now on ends the deploy as it would have before.
+    interrupts.release();
+    match (&ran, &resumed) {
+        (_, Ok(())) => println!(
+            "    resumed {service} after {:.1}s ({held} request(s) were held)",
+            paused.elapsed().as_secs_f64()
+        ),
+        (Ok(()), Err(e)) => {
+            eprintln!("error: {service} is live on {new} but still PAUSED: {e:#}; run `duotone resume {service}`");
+            return Ok(true);
+        }
+        (Err(_), Err(e)) => {
+            eprintln!("error: {service} is still PAUSED: {e:#}; run `duotone resume {service}`")
+        }
+    }
+    ran.map(|()| false)
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM caught while a deploy has its service
+/// paused: noted for the deploy to stop its command and resume; outside
+/// that ([`Interrupts::release`]) they end the process (exit 130).
+struct Interrupts {
+    seen: Arc<AtomicBool>,
+    guarding: Arc<AtomicBool>,
+}
+
+impl Interrupts {
+    /// Starts catching them (returns once the handlers are in place).
+    fn watch() -> Result<Interrupts> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let seen = Arc::new(AtomicBool::new(false));
+        let guarding = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, g) = (seen.clone(), guarding.clone());
+        std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return drop(tx.send(Err(anyhow::Error::from(e)))),
+            };
+            rt.block_on(async move {
+                let (mut int, mut term) = match (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) {
+                    (Ok(i), Ok(t)) => (i, t),
+                    (Err(e), _) | (_, Err(e)) => return drop(tx.send(Err(e.into()))),
+                };
+                let _ = tx.send(Ok(()));
+                loop {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    if !g.load(Ordering::SeqCst) {
+                        std::process::exit(130);
+                    }
+                    eprintln!("interrupted: stopping the --pause-during command and resuming");
+                    s.store(true, Ordering::SeqCst);
+                }
+            });
+        });
+        rx.recv()
+            .context("signal watcher")?
+            .context("catching SIGINT and SIGTERM")?;
+        Ok(Interrupts { seen, guarding })
+    }
+
+    /// Whether one arrived.
+    fn seen(&self) -> bool {
+        self.seen.load(Ordering::SeqCst)
+    }
+
+    /// Signals end the process again.
+    fn release(&self) {
+        self.guarding.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Resumes `service`, trying again for a few seconds if the admin API
+/// cannot be reached: a deploy must not leave it paused.
+fn resume(api: &Api, service: &str) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        match api.ok(
+            http::Method::POST,
+            &format!("/v1/services/{service}/resume"),
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed() > Duration::from_secs(10) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
 }
 
 /// After a failed deploy: stops the color it started (unless `--keep-failed`
@@ -847,21 +1057,14 @@ pub fn deploy(a: &DeployArgs) -> Result<()> {
         bail!("{new} is already live");
     }
     println!("==> deploying {} to {new} (live: {old})", a.service);
-    let until_flip = || -> Result<()> {
+    let until_flip = || -> Result<bool> {
         println!("[1/5] starting {new} (the command may take up to {start_limit:?})");
         start_within(&a.start, &new, &old, start_limit)?;
         println!("[2/5] waiting for {new} to be healthy (up to {health_limit:?})");
         wait_healthy(&api, &a.service, &new, &old, health_limit)?;
-        println!("[3/5] flipping {} to {new}", a.service);
-        api.ok(
-            http::Method::POST,
-            &format!("/v1/services/{}/flip", a.service),
-            Some(serde_json::json!({ "to": new })),
-        )
-        .with_context(|| format!("flip refused; {old} stays live"))?;
-        Ok(())
+        flip_step(&api, a, &new, &old)
     };
-    until_flip().map_err(|e| clean_up(a, &new, &old, e))?;
+    let still_paused = until_flip().map_err(|e| clean_up(a, &new, &old, e))?;
     if let Some(body) = watch {
         watch_new(&api, a, body, &new, &old, drain_limit)?;
     }
@@ -895,6 +1098,12 @@ pub fn deploy(a: &DeployArgs) -> Result<()> {
                 ""
             }
         ),
+    }
+    if still_paused {
+        bail!(
+            "{live}, but it is still paused: run `duotone resume {}`",
+            a.service
+        );
     }
     println!("==> {live}");
     Ok(())

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod health;
 pub mod pages;
+pub mod pause;
 pub mod persist;
 pub mod slots;
 pub mod tls;
@@ -180,6 +181,9 @@ pub struct Control {
     listeners: Listeners,
     /// Watches of colors after a flip (automatic rollback).
     watches: watch::Watches,
+    /// Notified after every snapshot store: requests held by a pause wait
+    /// on it ([`pause::hold`]).
+    changed: tokio::sync::Notify,
 }
 
 /// The listeners a running proxy has open. Pingora opens its sockets at
@@ -289,6 +293,7 @@ impl Control {
             compression_installed: std::sync::OnceLock::new(),
             listeners,
             watches: watch::Watches::default(),
+            changed: tokio::sync::Notify::new(),
         }))
     }
 
@@ -305,6 +310,7 @@ impl Control {
         drain_changes(&old.table, &next.table);
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     /// Closes the upgraded connections (WebSockets) of `color` of `service`
@@ -508,6 +514,31 @@ impl Control {
             next.sites.remove(site);
         }
         tracing::info!(site, on, "maintenance");
+        self.apply(&mut live, next, snap.table.config.clone())
+    }
+
+    /// Pauses `service` (`on`) or resumes it: while paused, its new
+    /// requests are held at the edge ([`pause::hold`]). Persisted.
+    pub fn pause(&self, service: &str, on: bool) -> Result<(), ChangeError> {
+        let mut live = self.lock();
+        let snap = self.load();
+        if snap.table.service(service).is_none() {
+            return Err(ChangeError::UnknownService(service.to_string()));
+        }
+        let mut next = live.clone();
+        // Without a saved state, the table's own (the config's live color
+        // and weights) is the base, so the pause changes nothing else.
+        let mut state = match live.services.get(service) {
+            Some(s) => s.clone(),
+            None => snap
+                .table
+                .live_state()
+                .services
+                .remove(service)
+                .ok_or_else(|| ChangeError::UnknownService(service.to_string()))?,
+        };
+        state.paused = on;
+        next.services.insert(service.to_string(), state);
         self.apply(&mut live, next, snap.table.config.clone())
     }
 

@@ -49,6 +49,9 @@ pub struct Ctx {
     /// What the policy decided ([`routes::policy::decide`]), until acted on.
     decision: Option<Decision>,
     service: usize,
+    /// An upgrade held by a pause: the snapshot of the resume and the
+    /// service's index in it, which choose the color.
+    resumed: Option<(Arc<Snapshot>, usize)>,
     /// The upstream attempts, once proxying began.
     attempts: Option<Attempts>,
     /// The next attempt replays the request on the same member.
@@ -78,6 +81,15 @@ impl Ctx {
         let snap = self.snap.as_ref()?;
         let (s, r) = self.route?;
         snap.table.sites.get(s)?.routes.get(r)
+    }
+
+    /// The service proxied to: of the resume's snapshot when a pause held
+    /// the request, else of the request's own.
+    fn upstream_service(&self) -> Option<&routes::Service> {
+        match &self.resumed {
+            Some((snap, i)) => snap.table.services.get(*i),
+            None => self.snap.as_ref()?.table.services.get(self.service),
+        }
     }
 }
 
@@ -115,6 +127,7 @@ impl ProxyHttp for Edge {
             route: None,
             decision: None,
             service: 0,
+            resumed: None,
             attempts: None,
             replay: false,
             in_flight: None,
@@ -305,6 +318,24 @@ impl ProxyHttp for Edge {
                     exchange::serve(self, session, ctx, &snap, &routed, i).await?;
                     return Ok(true);
                 }
+                // An upgrade (Pingora's proxy): held while paused, as the
+                // exchange holds every other request.
+                if let Some(svc) = snap.table.services.get(i).filter(|s| s.paused) {
+                    match crate::control::pause::hold(&self.control, &svc.name).await {
+                        Ok(resumed) => {
+                            let at = resumed
+                                .table
+                                .services
+                                .iter()
+                                .position(|s| s.name == svc.name);
+                            ctx.resumed = at.map(|j| (resumed, j));
+                        }
+                        Err(refused) => {
+                            respond::failure(session, &refused.failure(&snap, routed.site)).await?;
+                            return Ok(true);
+                        }
+                    }
+                }
                 Ok(false)
             }
             None => {
@@ -354,10 +385,14 @@ impl ProxyHttp for Edge {
             .snap
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
-        let svc = snap
+        let (svc_snap, svc_index) = match &ctx.resumed {
+            Some((s, i)) => (s.clone(), *i),
+            None => (snap.clone(), ctx.service),
+        };
+        let svc = svc_snap
             .table
             .services
-            .get(ctx.service)
+            .get(svc_index)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "unknown service"))?;
         let attempts = ctx
             .attempts
@@ -440,10 +475,7 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let svc = ctx
-            .snap
-            .as_ref()
-            .and_then(|s| s.table.services.get(ctx.service));
+        let svc = ctx.upstream_service();
         if let (Some(svc), Some(attempts)) = (svc, &ctx.attempts) {
             if crate::control::connect_failed(&self.control, svc, attempts) {
                 e.set_retry(true);
@@ -709,9 +741,7 @@ impl ProxyHttp for Edge {
 /// requests, so a drain does not wait for it to end by itself.
 fn upgraded(resp: &ResponseHeader, ctx: &mut Ctx) {
     let Some(stats) = ctx
-        .snap
-        .as_ref()
-        .and_then(|s| s.table.services.get(ctx.service))
+        .upstream_service()
         .and_then(|svc| svc.pools.get(ctx.attempts.as_ref()?.pool()))
         .map(|p| p.stats.clone())
     else {

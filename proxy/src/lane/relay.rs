@@ -17,6 +17,7 @@ use crate::control::{Control, Snapshot};
 use crate::net::spool::{self, Spool};
 use crate::net::uwsgi;
 use routes::MemberAddr;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// Largest upstream response head accepted.
@@ -147,6 +148,30 @@ pub async fn exchange<C: Client>(
     };
     let Some(svc) = snap.table.services.get(service) else {
         return failed(client, snap, plan, outcome, 502).await;
+    };
+    // A paused service: held here, then sent with the snapshot of the
+    // resume (its live color); the route's settings stay `snap`'s. (Boxed:
+    // the wait's state does not enlarge every request's future.)
+    let resumed: Arc<Snapshot>;
+    let svc = if svc.paused {
+        match Box::pin(crate::control::pause::hold(control, &svc.name)).await {
+            Ok(s) => {
+                resumed = s;
+                match resumed.table.service(&svc.name) {
+                    Some(svc) => svc,
+                    None => return failed(client, snap, plan, outcome, 502).await,
+                }
+            }
+            Err(refused) => {
+                outcome.pool = usize::MAX;
+                outcome.status = 503;
+                let failure = refused.failure(snap, plan.site);
+                client.fail(&failure, plan.head_method).await;
+                return outcome;
+            }
+        }
+    } else {
+        svc
     };
     let mut attempts = routes::policy::Attempts::new(svc, fastrand::u32(..));
     outcome.pool = attempts.pool();

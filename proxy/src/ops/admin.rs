@@ -366,6 +366,22 @@ impl Admin {
                     Err(e) => change_error(e),
                 }
             }
+            (&Method::POST, ["v1", "services", name, action @ ("pause" | "resume")]) => {
+                let (name, on) = (name.to_string(), *action == "pause");
+                if let Err(r) = read_json::<EmptyBody>(req, true).await {
+                    return r;
+                }
+                let (control, svc) = (self.control.clone(), name.clone());
+                match blocking(move || control.pause(&svc, on)).await {
+                    Ok(()) => {
+                        tracing::info!(service = %name, "{}", if on { "paused" } else { "resumed" });
+                        self.service_json(&name)
+                            .map(|v| json_resp(StatusCode::OK, v))
+                            .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished"))
+                    }
+                    Err(e) => change_error(e),
+                }
+            }
             (&Method::POST, ["v1", "reload"]) => {
                 let control = self.control.clone();
                 let result = blocking(move || control.reload()).await;
@@ -393,7 +409,10 @@ impl Admin {
                 | ["v1", "sites"]
                 | ["metrics"],
             )
-            | (_, ["v1", "services", _, "flip" | "weights" | "drain" | "maintenance" | "watch"])
+            | (
+                _,
+                ["v1", "services", _, "flip" | "weights" | "drain" | "maintenance" | "pause" | "resume" | "watch"],
+            )
             | (_, ["v1", "sites", _, "maintenance"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not allowed on {path}"),
@@ -522,6 +541,11 @@ fn percent_decode(seg: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Body of `POST /v1/services/{name}/pause` and `…/resume`: `{}` (or none).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
 
 /// Body of `POST /v1/services/{name}/drain`: closes the upgraded
 /// connections (WebSockets) of `color` now, or of every color taking no new

@@ -25,12 +25,32 @@ pub struct ServiceView {
     /// traffic stay open before the edge closes them, in milliseconds.
     #[serde(default)]
     pub drain_upgraded_ms: u64,
+    /// New requests are held at the edge until a resume.
+    #[serde(default)]
+    pub paused: bool,
+    /// Requests held by the pause now.
+    #[serde(default)]
+    pub held: u64,
+    /// How requests are held while paused (`pause = { … }`).
+    #[serde(default)]
+    pub pause: PauseView,
     /// Per color.
     pub colors: BTreeMap<String, ColorView>,
     /// The latest watch of a color (automatic rollback), running or ended;
     /// absent when none was started since the proxy started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchView>,
+}
+
+/// A service's `pause` settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PauseView {
+    /// Longest a request is held, in milliseconds.
+    pub timeout_ms: u64,
+    /// Most requests held at once.
+    pub queue: u64,
+    /// `Retry-After` of a refusal, in seconds.
+    pub retry_after_s: u64,
 }
 
 /// One color of a service.
@@ -147,6 +167,13 @@ impl ServiceView {
             maintenance: svc.maintenance,
             active_checks: checked,
             drain_upgraded_ms: svc.drain_upgraded.as_millis() as u64,
+            paused: svc.paused,
+            held: svc.holds.held(),
+            pause: PauseView {
+                timeout_ms: svc.pause.timeout.as_millis() as u64,
+                queue: svc.pause.queue,
+                retry_after_s: svc.pause.retry_after_secs(),
+            },
             colors,
             watch: None,
         }
