@@ -30,6 +30,9 @@ pub struct Finished {
     pub static_bytes: u64,
     /// Seconds from the request's start.
     pub elapsed: f64,
+    /// Of those, seconds the request was held by a pause before it was
+    /// sent (left out of the color's latency).
+    pub held: f64,
 }
 
 /// Reports `f` to health, metrics and (when on) the access log; `line` is
@@ -53,7 +56,7 @@ pub fn record<'a>(
     // The color's own outcome counters (shared across generations), which
     // watches judge: responses, 5xx, latency.
     if let Some(p) = pool {
-        p.stats.finished(f.status, f.elapsed);
+        p.stats.finished(f.status, f.elapsed - f.held);
     }
     if let Some(slot) = route.and_then(|r| snap.slots.get(r.slot)) {
         let m = &slot.metrics;

@@ -637,3 +637,43 @@ async fn a_restart_ends_a_watch_and_keeps_the_live_color() {
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(f.answer().await, (200, "green".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_held_by_a_pause_is_not_the_colors_latency() {
+    let f = Fixture::new(Transport::Lane, true).await;
+    f.flip("green").await;
+    let r = f
+        .api(
+            "POST",
+            "/v1/services/api/watch",
+            Some(r#"{"for":"60s","max_latency":"400ms","min_requests":3}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = f.api("POST", "/v1/services/api/pause", Some("{}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = f.p.url("/");
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Http::new().get(&url).await })
+        })
+        .collect();
+    f.wait(|v| v["held"] == 3).await;
+    // Held well past max_latency (the pause, as a migration would).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = f.api("POST", "/v1/services/api/resume", Some("{}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for h in held {
+        let r = h.await.unwrap().unwrap();
+        assert_eq!((r.status, r.text()), (200, "green".to_string()));
+    }
+    let v = f.wait(|v| v["watch"]["requests"] == 3).await;
+    let w = &v["watch"];
+    assert_eq!(w["state"], "watching", "{w:#}");
+    assert!(w["p99_ms"].as_f64() < Some(400.0), "{w:#}");
+    // (Without leaving the hold out, p99_ms above is over 800.)
+    let r = f.api("DELETE", "/v1/services/api/watch", Some("{}")).await;
+    assert_eq!(r.json()["watch"]["state"], "cancelled", "{}", r.text());
+    assert_eq!(f.service().await["live"], "green");
+}
