@@ -193,7 +193,8 @@ mod tests {
             ),
             (1, 1)
         );
-        let f = refused.failure(&c.load(), 0);
+        let snap = c.load();
+        let f = refused.failure(&snap, 0);
         assert_eq!((f.status, f.retry_after), (503, Some(9)));
     }
 }
