@@ -135,7 +135,7 @@ enum Cmd {
         admin: AdminArgs,
     },
     /// Blue/green deploy: start the idle color, wait healthy, flip, drain, stop the old color.
-    Deploy(client::DeployArgs),
+    Deploy(Box<client::DeployArgs>),
 }
 
 /// mimalloc's `arena_eager_commit` option number (mimalloc 2.x).

@@ -64,6 +64,8 @@ pub struct Metrics {
     static_bytes: IntCounterVec,
     connect_errors: IntCounterVec,
     reloads: IntCounterVec,
+    rollbacks: IntCounterVec,
+    watch_decisions: IntCounterVec,
     state: Arc<OnceLock<Vec<StateSource>>>,
 }
 
@@ -289,6 +291,22 @@ impl Metrics {
         registry.register(Box::new(static_bytes.clone()))?;
         registry.register(Box::new(connect_errors.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
+        let rollbacks = IntCounterVec::new(
+            Opts::new(
+                "duotone_rollbacks_total",
+                "Automatic rollbacks: a watched color crossed a threshold and the service was flipped back.",
+            ),
+            &["service"],
+        )?;
+        let watch_decisions = IntCounterVec::new(
+            Opts::new(
+                "duotone_watch_decisions_total",
+                "How watches ended: passed, rolled_back, failed, superseded, cancelled.",
+            ),
+            &["service", "decision"],
+        )?;
+        registry.register(Box::new(rollbacks.clone()))?;
+        registry.register(Box::new(watch_decisions.clone()))?;
         for r in ["success", "failure"] {
             reloads.with_label_values(&[r]);
         }
@@ -315,6 +333,8 @@ impl Metrics {
             static_bytes,
             connect_errors,
             reloads,
+            rollbacks,
+            watch_decisions,
             state,
         })
     }
@@ -333,6 +353,9 @@ impl Metrics {
         let (svc, colors) = service.unwrap_or(("", Vec::new()));
         for c in &colors {
             self.connect_errors.with_label_values(&[svc, c]);
+        }
+        if !svc.is_empty() {
+            self.rollbacks.with_label_values(&[svc]);
         }
         RouteMetrics {
             local: self.status_counters(site, svc, ""),
@@ -357,6 +380,17 @@ impl Metrics {
         self.reloads
             .with_label_values(&[if ok { "success" } else { "failure" }])
             .inc();
+    }
+
+    /// Counts how a watch of `service` ended (`decision`: `passed`,
+    /// `rolled_back`, …); a `rolled_back` is a rollback too.
+    pub fn watch_decision(&self, service: &str, decision: &str) {
+        self.watch_decisions
+            .with_label_values(&[service, decision])
+            .inc();
+        if decision == "rolled_back" {
+            self.rollbacks.with_label_values(&[service]).inc();
+        }
     }
 
     /// The text exposition.

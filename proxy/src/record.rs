@@ -1,6 +1,7 @@
 //! What a finished request reports, once for every transport: passive
-//! health (a member that answered is up), the route's metrics (status per
-//! color or local, duration, static bytes), and the access log line.
+//! health (a member that answered is up), the color's outcome counters
+//! (for watches), the route's metrics (status per color or local, duration,
+//! static bytes), and the access log line.
 
 use crate::control::Snapshot;
 use crate::ops::access_log::{AccessLog, Entry, Request};
@@ -29,6 +30,9 @@ pub struct Finished {
     pub static_bytes: u64,
     /// Seconds from the request's start.
     pub elapsed: f64,
+    /// Of those, seconds the request was held by a pause before it was
+    /// sent (left out of the color's latency).
+    pub held: f64,
 }
 
 /// Reports `f` to health, metrics and (when on) the access log; `line` is
@@ -48,6 +52,11 @@ pub fn record<'a>(
         if let Some(m) = member {
             m.health.succeed();
         }
+    }
+    // The color's own outcome counters (shared across generations), which
+    // watches judge: responses, 5xx, latency.
+    if let Some(p) = pool {
+        p.stats.finished(f.status, f.elapsed - f.held);
     }
     if let Some(slot) = route.and_then(|r| snap.slots.get(r.slot)) {
         let m = &slot.metrics;

@@ -29,6 +29,7 @@ pub mod request;
 pub mod state;
 pub mod table;
 pub mod validate;
+pub mod watch;
 
 pub use config::Config;
 pub use diag::KeyPath;

@@ -319,6 +319,8 @@ pub struct ColorStats {
     /// The open upgraded connections. Locked once when a connection upgrades
     /// and once when it ends, and by drains: never per request.
     tunnels: Mutex<Tunnels>,
+    /// Responses, 5xx and latencies of finished requests (for watches).
+    outcomes: crate::watch::OutcomeCounters,
 }
 
 /// Ends an upgraded connection from outside the task that relays it. The
@@ -358,6 +360,18 @@ impl ColorStats {
     /// Requests ever sent to this color.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts a finished request of this color that sent `status` (0: none)
+    /// after `elapsed` seconds: one relaxed atomic add (two for a 5xx).
+    #[inline]
+    pub fn finished(&self, status: u16, elapsed: f64) {
+        self.outcomes.record(status, elapsed);
+    }
+
+    /// The responses, 5xx and latencies counted so far.
+    pub fn outcomes(&self) -> crate::watch::Outcomes {
+        self.outcomes.read()
     }
 
     /// Upgraded connections (WebSockets) open to this color now.

@@ -167,7 +167,8 @@ pub fn summary_ms(samples: &[Duration]) -> (f64, f64, f64) {
 
 /// An upstream whose `/healthz` answers 200 only while `marker` exists, as a
 /// freshly started app would once it is ready. Other paths answer with the
-/// name in the body and the `x-upstream` header.
+/// name in the body and the `x-upstream` header (with status 500 while
+/// [`GatedUpstream::set_failing`], after [`GatedUpstream::set_delay`]).
 pub struct GatedUpstream {
     /// Name returned in bodies.
     pub name: String,
@@ -176,6 +177,8 @@ pub struct GatedUpstream {
     /// The file that makes it healthy.
     pub marker: PathBuf,
     hits: Arc<AtomicU64>,
+    failing: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -193,19 +196,29 @@ impl GatedUpstream {
             .expect("bind gated upstream");
         let addr = l.local_addr().expect("addr");
         let hits = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let (n, m, h) = (name.to_string(), marker.clone(), hits.clone());
+        let (f, d) = (failing.clone(), delay_ms.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = l.accept().await else {
                     continue;
                 };
                 let (n, m, h) = (n.clone(), m.clone(), h.clone());
+                let (f, d) = (f.clone(), d.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let healthz = req.uri().path() == "/healthz";
+                        let delay = Duration::from_millis(if healthz {
+                            0
+                        } else {
+                            d.load(Ordering::Relaxed)
+                        });
                         let (status, body) = if !healthz {
                             h.fetch_add(1, Ordering::Relaxed);
-                            (200, n.clone())
+                            let failing = f.load(Ordering::Relaxed);
+                            (if failing { 500 } else { 200 }, n.clone())
                         } else if m.exists() {
                             (200, "ok\n".to_string())
                         } else {
@@ -216,7 +229,12 @@ impl GatedUpstream {
                             .header("x-upstream", n.as_str())
                             .body(Full::new(Bytes::from(body)))
                             .unwrap_or_default();
-                        async move { Ok::<_, std::convert::Infallible>(resp) }
+                        async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(s), svc)
@@ -229,8 +247,23 @@ impl GatedUpstream {
             addr,
             marker,
             hits,
+            failing,
+            delay_ms,
             task,
         }
+    }
+
+    /// Makes requests other than `/healthz` answer 500 (still with the name
+    /// in the body and `x-upstream`), or 200 again: an app that passes its
+    /// health check and fails real requests.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// Makes requests other than `/healthz` wait `delay` before answering.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// The member string for a duotone config.

@@ -1,7 +1,7 @@
 //! The CLI side of the admin API: status, flip (with drain), weights,
 //! reload, and the blue/green deploy flow.
 
-use crate::ops::views::{ServiceView, SiteView};
+use crate::ops::views::{ServiceView, SiteView, WatchState, WatchView};
 use crate::AdminArgs;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -139,6 +139,35 @@ fn print_service(s: &ServiceView) {
             println!("      {:<32} {}", m.addr, m.describe());
         }
     }
+    if let Some(w) = &s.watch {
+        let left = match w.state {
+            WatchState::Watching => format!(", {:.0}s left", w.remaining_ms as f64 / 1e3),
+            _ => String::new(),
+        };
+        println!(
+            "  watch {} (rolls back to {}): {}{left}: {}",
+            w.color,
+            w.rollback_to,
+            w.state.as_str(),
+            watch_figures(w)
+        );
+        if let Some(r) = &w.reason {
+            println!("      {r}");
+        }
+    }
+}
+
+/// A watch's figures in words.
+fn watch_figures(w: &WatchView) -> String {
+    format!(
+        "{} responses, {} 5xx ({:.1}%){}",
+        w.requests,
+        w.errors,
+        w.error_rate * 100.0,
+        w.p99_ms
+            .map(|p| format!(", p99 {p:.0} ms"))
+            .unwrap_or_default()
+    )
 }
 
 /// `duotone status [SERVICE]`.
@@ -498,9 +527,159 @@ pub struct DeployArgs {
     /// held requests are answered 503 anyway).
     #[arg(long)]
     pub pause_timeout: Option<String>,
+    /// After the flip, watch the new color for this long (e.g. 60s) and flip
+    /// back automatically if it crosses --max-error-rate or --max-latency
+    /// (then the new color is drained and stopped and the deploy fails). The
+    /// old color keeps running until the watch passes.
+    #[arg(long, value_name = "DURATION")]
+    pub watch: Option<String>,
+    /// With --watch: the largest share of 5xx responses of the new color,
+    /// as a percentage (2%) or a fraction (0.02).
+    #[arg(long, default_value = "2%", value_name = "RATE")]
+    pub max_error_rate: String,
+    /// With --watch: the largest p99 latency of the new color (e.g. 800ms).
+    #[arg(long, value_name = "DURATION")]
+    pub max_latency: Option<String>,
+    /// With --watch: responses needed before a threshold applies.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub min_requests: u64,
     /// Where the admin API is and its token (`--admin`, `--token`).
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+/// `2%` or `0.02` as a fraction from 0 to 1.
+fn parse_rate(s: &str) -> Result<f64> {
+    let t = s.trim();
+    let (num, scale) = match t.strip_suffix('%') {
+        Some(p) => (p.trim(), 100.0),
+        None => (t, 1.0),
+    };
+    let rate = num
+        .parse::<f64>()
+        .ok()
+        .map(|n| n / scale)
+        .filter(|r| (0.0..=1.0).contains(r))
+        .with_context(|| {
+            format!("{s:?}: give the error rate as a percentage (2%) or a fraction (0.02)")
+        })?;
+    Ok(rate)
+}
+
+/// The body of the watch `deploy --watch` starts (checked before anything
+/// runs), or `None` without `--watch`.
+fn watch_body(a: &DeployArgs) -> Result<Option<serde_json::Value>> {
+    let Some(window) = &a.watch else {
+        return Ok(None);
+    };
+    let limits = routes::watch::Limits {
+        window: parse_duration(window).context("--watch")?,
+        max_error_rate: parse_rate(&a.max_error_rate).context("--max-error-rate")?,
+        max_latency: a
+            .max_latency
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .context("--max-latency")?,
+        min_requests: a.min_requests,
+    };
+    limits.check().map_err(|e| anyhow::anyhow!(e))?;
+    let mut body = serde_json::json!({
+        "for": window,
+        "max_error_rate": limits.max_error_rate,
+        "min_requests": limits.min_requests,
+    });
+    if let Some(l) = &a.max_latency {
+        body["max_latency"] = l.as_str().into();
+    }
+    Ok(Some(body))
+}
+
+/// `deploy --watch`, right after the flip to `new`: starts the watch and
+/// polls it until it ends. Passed: `Ok` (the deploy goes on to drain and
+/// stop `old`). Rolled back (the edge flipped back to `old`): drains `new`,
+/// runs --stop for it (unless --keep-failed) and fails with the figures.
+/// Any other end fails and stops nothing.
+fn watch_new(
+    api: &Api,
+    a: &DeployArgs,
+    body: serde_json::Value,
+    new: &str,
+    old: &str,
+    drain_limit: Duration,
+) -> Result<()> {
+    let service = &a.service;
+    let mut body = body;
+    body["color"] = new.into();
+    body["rollback_to"] = old.into();
+    println!(
+        "      watching {new} for {} (back to {old} past {} 5xx{})",
+        a.watch.as_deref().unwrap_or(""),
+        a.max_error_rate,
+        a.max_latency
+            .as_deref()
+            .map(|l| format!(" or a p99 over {l}"))
+            .unwrap_or_default()
+    );
+    let path = format!("/v1/services/{service}/watch");
+    api.ok(http::Method::POST, &path, Some(body))
+        .with_context(|| format!("the watch was refused; {new} is live, {old} left running"))?;
+    let mut said = Instant::now();
+    let w = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let Some(w) = api.service(service)?.watch else {
+            bail!("the watch of {new} is gone (did the proxy restart?); {new} is live, {old} left running");
+        };
+        if w.state != WatchState::Watching {
+            break w;
+        }
+        if said.elapsed() >= Duration::from_secs(5) {
+            said = Instant::now();
+            println!(
+                "      {:.0}s left: {}",
+                w.remaining_ms as f64 / 1e3,
+                watch_figures(&w)
+            );
+        }
+    };
+    let figures = watch_figures(&w);
+    let reason = w.reason.clone().unwrap_or_default();
+    match w.state {
+        WatchState::Passed => {
+            println!("      watch passed: {reason}");
+            Ok(())
+        }
+        WatchState::RolledBack => {
+            println!("==> ROLLED BACK to {old}: {reason}");
+            println!("      draining {new}");
+            let drained = drain(api, service, new, drain_limit).with_context(|| {
+                format!("rolled back to {old}: {reason}; draining {new} failed")
+            })?;
+            let done = match (&a.stop, a.keep_failed, drained) {
+                (_, true, _) => format!("{new} left running (--keep-failed)"),
+                (None, false, _) => format!("{new} left running: no --stop command"),
+                (Some(_), false, d @ Drain::TimedOut { .. }) => {
+                    format!("{new} left running: {}", d.why(new, drain_limit))
+                }
+                (Some(stop), false, Drain::Done) => {
+                    println!("      stopping {new}");
+                    match shell(stop, new, old) {
+                        Ok(()) => format!("{new} stopped"),
+                        Err(e) => format!("stopping {new} failed: {e:#}"),
+                    }
+                }
+            };
+            bail!("deploy rolled back: {reason}; {old} is live again, {done} [{figures}]")
+        }
+        WatchState::Failed => {
+            bail!("watch failed: {reason}; {new} is still live, {old} left running [{figures}]")
+        }
+        state => bail!(
+            "the watch of {new} ended {}: {reason}; nothing was stopped ({new} and {old} both \
+             running) [{figures}]",
+            state.as_str()
+        ),
+    }
 }
 
 /// `cmd` with `{color}` and `{old}` replaced.
@@ -847,13 +1026,15 @@ fn wait_healthy(api: &Api, service: &str, color: &str, old: &str, limit: Duratio
     }
 }
 
-/// `duotone deploy`: start idle color, wait healthy, flip, drain, stop old.
+/// `duotone deploy`: start idle color, wait healthy, flip, (with --watch:
+/// watch the new color, rolling back on a breach), drain, stop old.
 /// Any failure before the flip leaves the old color live and stops the new
 /// one again (unless `--keep-failed`).
 pub fn deploy(a: &DeployArgs) -> Result<()> {
     let health_limit = parse_duration(&a.health_timeout)?;
     let drain_limit = parse_duration(&a.drain_timeout)?;
     let start_limit = parse_duration(&a.start_timeout)?;
+    let watch = watch_body(a)?;
     let api = Api::new(&a.admin)?;
     let svc = api.service(&a.service)?;
     let old = svc.live.clone();
@@ -884,6 +1065,9 @@ pub fn deploy(a: &DeployArgs) -> Result<()> {
         flip_step(&api, a, &new, &old)
     };
     let still_paused = until_flip().map_err(|e| clean_up(a, &new, &old, e))?;
+    if let Some(body) = watch {
+        watch_new(&api, a, body, &new, &old, drain_limit)?;
+    }
     println!("[4/5] draining {old}");
     let live = format!("{} is live on {new}", a.service);
     let drained = drain(&api, &a.service, &old, drain_limit)
@@ -923,4 +1107,30 @@ pub fn deploy(a: &DeployArgs) -> Result<()> {
     }
     println!("==> {live}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_rates_are_percentages_or_fractions() {
+        for (s, want) in [
+            ("2%", 0.02),
+            ("0.5 %", 0.005),
+            ("0.02", 0.02),
+            ("0", 0.0),
+            ("100%", 1.0),
+        ] {
+            let got = parse_rate(s).unwrap();
+            assert!((got - want).abs() < 1e-12, "{s}: {got}");
+        }
+        for bad in ["2", "101%", "-1%", "two", "", "%"] {
+            let e = parse_rate(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("percentage (2%) or a fraction (0.02)"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }

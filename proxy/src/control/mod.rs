@@ -8,6 +8,7 @@ pub mod pause;
 pub mod persist;
 pub mod slots;
 pub mod tls;
+pub mod watch;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
@@ -178,6 +179,8 @@ pub struct Control {
     pub compression_installed: std::sync::OnceLock<bool>,
     /// The listeners opened at start: a reload cannot change them.
     listeners: Listeners,
+    /// Watches of colors after a flip (automatic rollback).
+    watches: watch::Watches,
     /// Notified after every snapshot store: requests held by a pause wait
     /// on it ([`pause::hold`]).
     changed: tokio::sync::Notify,
@@ -289,6 +292,7 @@ impl Control {
             certs,
             compression_installed: std::sync::OnceLock::new(),
             listeners,
+            watches: watch::Watches::default(),
             changed: tokio::sync::Notify::new(),
         }))
     }
@@ -386,6 +390,17 @@ impl Control {
     /// `None`). Refuses a color with no healthy member unless `force`.
     pub fn flip(&self, service: &str, to: Option<&str>, force: bool) -> Result<(), ChangeError> {
         let mut live = self.lock();
+        self.flip_locked(&mut live, service, to, force)
+    }
+
+    /// [`Control::flip`] with the change lock held (`live`).
+    fn flip_locked(
+        &self,
+        live: &mut LiveState,
+        service: &str,
+        to: Option<&str>,
+        force: bool,
+    ) -> Result<(), ChangeError> {
         let snap = self.load();
         let svc = snap
             .table
@@ -412,7 +427,7 @@ impl Control {
             None => ServiceState::live(color),
         };
         next.services.insert(service.to_string(), state);
-        self.apply(&mut live, next, snap.table.config.clone())
+        self.apply(live, next, snap.table.config.clone())
     }
 
     /// Sets canary weights for `service`. Colors left out get weight 0.

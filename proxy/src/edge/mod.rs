@@ -702,6 +702,7 @@ impl ProxyHttp for Edge {
             bytes: session.body_bytes_sent() as u64,
             static_bytes: ctx.static_bytes,
             elapsed: ctx.start.elapsed().as_secs_f64(),
+            held: ctx.exchanged.as_ref().map_or(0.0, |o| o.held),
         };
         let req = session.req_header();
         // Answered locally (static, redirect, 4xx): still one id per line,

@@ -107,6 +107,7 @@ impl Lane {
                             member: None,
                             ok: false,
                             keep_client: false,
+                            held: 0.0,
                         };
                         self.finish(&snap, &plan, &outcome, start, log, &ip, "HTTP/1.1");
                         return End::Closed;

@@ -37,6 +37,7 @@ pub async fn serve(
         member: None,
         ok: false,
         keep_client: false,
+        held: 0.0,
     };
     let small = match &reply.body {
         files::Body::Bytes(b) => b.len(),

@@ -145,6 +145,7 @@ pub async fn exchange<C: Client>(
         member: None,
         ok: false,
         keep_client: false,
+        held: 0.0,
     };
     let Some(svc) = snap.table.services.get(service) else {
         return failed(client, snap, plan, outcome, 502).await;
@@ -154,8 +155,10 @@ pub async fn exchange<C: Client>(
     // the wait's state does not enlarge every request's future.)
     let resumed: Arc<Snapshot>;
     let svc = if svc.paused {
+        let held_from = std::time::Instant::now();
         match Box::pin(crate::control::pause::hold(control, &svc.name)).await {
             Ok(s) => {
+                outcome.held = held_from.elapsed().as_secs_f64();
                 resumed = s;
                 match resumed.table.service(&svc.name) {
                     Some(svc) => svc,

@@ -45,6 +45,9 @@ pub struct Outcome {
     pub ok: bool,
     /// The client connection can serve another request.
     pub keep_client: bool,
+    /// Seconds the request was held by a pause before it was sent (part of
+    /// the client's wait, not of the app's latency).
+    pub held: f64,
 }
 
 impl Lane {
@@ -74,6 +77,7 @@ impl Lane {
             status: o.status,
             bytes: o.bytes,
             static_bytes: if service.is_none() { o.bytes } else { 0 },
+            held: o.held,
             elapsed: start.elapsed().as_secs_f64(),
         };
         let log = log.as_ref();

@@ -157,9 +157,9 @@ impl Admin {
     }
 
     fn service_json(&self, name: &str) -> Option<serde_json::Value> {
-        let snap = self.control.load();
+        let (watches, snap) = self.control.watched_snapshot();
         let svc = snap.table.service(name)?;
-        serde_json::to_value(ServiceView::of(svc, crate::clock::now_ms())).ok()
+        serde_json::to_value(ServiceView::of(svc, crate::clock::now_ms()).with_watch(&watches)).ok()
     }
 
     /// Handles one admin request.
@@ -188,13 +188,13 @@ impl Admin {
                 json_resp(StatusCode::OK, self.extras.certificates())
             }
             (&Method::GET, ["v1", "services"]) => {
-                let snap = self.control.load();
+                let (watches, snap) = self.control.watched_snapshot();
                 let now = crate::clock::now_ms();
                 let list: Vec<ServiceView> = snap
                     .table
                     .services
                     .iter()
-                    .map(|s| ServiceView::of(s, now))
+                    .map(|s| ServiceView::of(s, now).with_watch(&watches))
                     .collect();
                 json_resp(StatusCode::OK, json!({ "services": list }))
             }
@@ -284,6 +284,25 @@ impl Admin {
                     Err(e) => change_error(e),
                 }
             }
+            (&Method::POST, ["v1", "services", name, "watch"]) => {
+                let name = name.to_string();
+                let watch = match read_json::<WatchBody>(req, false).await {
+                    Ok(Some(b)) => match b.into_watch() {
+                        Ok(w) => w,
+                        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                    },
+                    Ok(None) => return error(StatusCode::BAD_REQUEST, "empty body"),
+                    Err(r) => return r,
+                };
+                let (control, svc) = (self.control.clone(), name.clone());
+                match blocking(move || control.watch(&svc, watch)).await {
+                    Ok(_) => self
+                        .service_json(&name)
+                        .map(|v| json_resp(StatusCode::OK, v))
+                        .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished")),
+                    Err(e) => change_error(e),
+                }
+            }
             (&Method::GET, ["v1", "sites"]) => {
                 let snap = self.control.load();
                 let sites = crate::ops::views::SiteView::all(&snap.table);
@@ -303,6 +322,28 @@ impl Admin {
                         .map(|v| json_resp(StatusCode::OK, v))
                         .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished")),
                     Err(e) => change_error(e),
+                }
+            }
+            (&Method::DELETE, ["v1", "services", name, "watch"]) => {
+                let (control, svc) = (self.control.clone(), name.to_string());
+                match blocking(move || control.cancel_watch(&svc)).await {
+                    Ok(_) => self
+                        .service_json(name)
+                        .map(|v| json_resp(StatusCode::OK, v))
+                        .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished")),
+                    Err(e) => change_error(e),
+                }
+            }
+            (&Method::GET, ["v1", "services", name, "watch"]) => {
+                if self.control.load().table.service(name).is_none() {
+                    return error(StatusCode::NOT_FOUND, format!("unknown service {name:?}"));
+                }
+                match self.control.watch_view(name) {
+                    Some(w) => json_resp(StatusCode::OK, json!(w)),
+                    None => error(
+                        StatusCode::NOT_FOUND,
+                        format!("no watch of {name:?} since the proxy started"),
+                    ),
                 }
             }
             (&Method::POST, ["v1", "sites", name, "maintenance"]) => {
@@ -370,7 +411,7 @@ impl Admin {
             )
             | (
                 _,
-                ["v1", "services", _, "flip" | "weights" | "drain" | "maintenance" | "pause" | "resume"],
+                ["v1", "services", _, "flip" | "weights" | "drain" | "maintenance" | "pause" | "resume" | "watch"],
             )
             | (_, ["v1", "sites", _, "maintenance"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -515,6 +556,54 @@ struct DrainBody {
     color: Option<String>,
     #[serde(default)]
     force: bool,
+}
+
+/// Body of `POST /v1/services/{name}/watch`: `{"color":"green",
+/// "rollback_to":"blue","for":"60s","max_error_rate":0.02,
+/// "max_latency":"800ms","min_requests":20}`; only `for` is required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchBody {
+    color: Option<String>,
+    rollback_to: Option<String>,
+    #[serde(rename = "for")]
+    window: String,
+    #[serde(default = "default_max_error_rate")]
+    max_error_rate: f64,
+    max_latency: Option<String>,
+    #[serde(default = "default_min_requests")]
+    min_requests: u64,
+}
+
+/// `max_error_rate` when not given: 2 %.
+fn default_max_error_rate() -> f64 {
+    0.02
+}
+
+/// `min_requests` when not given.
+fn default_min_requests() -> u64 {
+    20
+}
+
+impl WatchBody {
+    fn into_watch(self) -> Result<crate::control::watch::Watch, String> {
+        let duration = |key: &str, s: &str| {
+            routes::duration::parse(s).map_err(|e| format!("invalid JSON: {key:?}: {e}"))
+        };
+        Ok(crate::control::watch::Watch {
+            color: self.color,
+            rollback_to: self.rollback_to,
+            limits: routes::watch::Limits {
+                window: duration("for", &self.window)?,
+                max_error_rate: self.max_error_rate,
+                max_latency: self
+                    .max_latency
+                    .map(|s| duration("max_latency", &s))
+                    .transpose()?,
+                min_requests: self.min_requests,
+            },
+        })
+    }
 }
 
 /// Reads a JSON body; `Ok(None)` for an empty body when `empty_ok`.

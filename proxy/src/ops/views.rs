@@ -1,5 +1,6 @@
 //! JSON views of services for the admin API and CLI.
 
+pub use crate::control::watch::{WatchState, WatchView};
 use routes::{HealthState, Service};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,6 +36,10 @@ pub struct ServiceView {
     pub pause: PauseView,
     /// Per color.
     pub colors: BTreeMap<String, ColorView>,
+    /// The latest watch of a color (automatic rollback), running or ended;
+    /// absent when none was started since the proxy started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchView>,
 }
 
 /// A service's `pause` settings.
@@ -110,7 +115,8 @@ impl MemberView {
 }
 
 impl ServiceView {
-    /// Describes `svc` as of `now_ms`.
+    /// Describes `svc` as of `now_ms` (without its watch: see
+    /// [`ServiceView::with_watch`]).
     pub fn of(svc: &Service, now_ms: u64) -> Self {
         let checked = svc.health.is_some();
         let colors = svc
@@ -169,7 +175,15 @@ impl ServiceView {
                 retry_after_s: svc.pause.retry_after_secs(),
             },
             colors,
+            watch: None,
         }
+    }
+
+    /// The view with the service's latest watch, from `watches` (see
+    /// [`crate::control::Control::watched_snapshot`]).
+    pub fn with_watch(mut self, watches: &BTreeMap<String, WatchView>) -> Self {
+        self.watch = watches.get(&self.name).cloned();
+        self
     }
 }
 
