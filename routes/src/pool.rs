@@ -564,6 +564,8 @@ pub struct Service {
     pub paused: bool,
     /// Requests get the maintenance page.
     pub maintenance: bool,
+    /// Sticky canaries and the preview override ([`crate::canary`]).
+    pub canary: crate::canary::Canary,
 }
 
 impl Service {
@@ -763,6 +765,7 @@ mod tests {
             drain_upgraded: std::time::Duration::from_secs(30),
             paused: false,
             maintenance: false,
+            canary: Default::default(),
         };
         let green = (0..1000u32).filter(|r| svc.choose_pool(*r) == 1).count();
         assert_eq!(green, 100);

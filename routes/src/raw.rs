@@ -273,6 +273,34 @@ pub struct RawService {
     pub retries: Option<u32>,
     /// How long WebSockets of a color that stopped taking traffic stay open.
     pub drain_upgraded: Option<String>,
+    /// Sticky canaries: `canary = { sticky, cookie, max_age }`.
+    pub canary: Option<RawCanary>,
+    /// The preview override: `preview = { secret, header, cookie }`.
+    pub preview: Option<RawPreview>,
+}
+
+/// `canary = { sticky = true, cookie = "duotone_api", max_age = "1d" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    /// Pin each client to the color it first got while weights split traffic.
+    pub sticky: Option<bool>,
+    /// The pinning cookie's name.
+    pub cookie: Option<String>,
+    /// The pinning cookie's lifetime.
+    pub max_age: Option<String>,
+}
+
+/// `preview = { secret = "${DUOTONE_PREVIEW_SECRET}", header = "Duotone-Preview", cookie = "duotone_preview" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreview {
+    /// The key of the preview tokens; absent or empty: no preview.
+    pub secret: Option<String>,
+    /// The request header that carries a token.
+    pub header: Option<String>,
+    /// The cookie that carries a token.
+    pub cookie: Option<String>,
 }
 
 /// `health = { … }`.

@@ -370,6 +370,8 @@ fn compile_service(
             .collect();
         (acc > 0).then_some(cum)
     });
+    let split = cumulative.as_deref().is_some_and(crate::canary::splits);
+    let canary = crate::canary::Canary::compile(&s.canary, &s.name, &pools, split);
     Service {
         name: s.name.clone(),
         protocol: s.protocol,
@@ -382,5 +384,6 @@ fn compile_service(
         drain_upgraded: s.drain_upgraded,
         paused: live.services.get(&s.name).is_some_and(|st| st.paused),
         maintenance: live.services.get(&s.name).is_some_and(|st| st.maintenance),
+        canary,
     }
 }
