@@ -97,6 +97,18 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Print the preview header (and a curl example) that sends requests to COLOR of SERVICE, live or idle.
+    Preview {
+        /// Service name.
+        service: String,
+        /// The color to reach.
+        color: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running proxy to re-read its config.
     Reload {
         #[command(flatten)]
@@ -166,6 +178,12 @@ fn main() -> ExitCode {
             force,
             admin,
         } => client::weights(&admin, &service, &weights, force),
+        Cmd::Preview {
+            service,
+            color,
+            admin,
+            json,
+        } => client::preview(&admin, &service, &color, json),
         Cmd::Reload { admin } => client::reload(&admin),
         Cmd::Deploy(args) => client::deploy(&args),
     };

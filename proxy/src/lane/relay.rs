@@ -148,7 +148,11 @@ pub async fn exchange<C: Client>(
     let Some(svc) = snap.table.services.get(service) else {
         return failed(client, plan, outcome, 502).await;
     };
-    let mut attempts = routes::policy::Attempts::new(svc, fastrand::u32(..));
+    // Sticky canaries and previews read the request's fields from the
+    // upstream head (both transports write one); only when the service has
+    // either rule.
+    let fields = routes::canary::head_fields(&req.bytes[..req.head_len]);
+    let mut attempts = routes::policy::Attempts::for_request(svc, fields, fastrand::u32(..));
     outcome.pool = attempts.pool();
     let Some(pool) = svc.pools.get(outcome.pool) else {
         return failed(client, plan, outcome, 502).await;
@@ -168,6 +172,7 @@ pub async fn exchange<C: Client>(
         request_id: plan.id.as_bytes(),
         close: plan.close,
         add: route.map_or(&routes::headers::AddHeaders::NONE, |r| &r.headers),
+        set_cookie: attempts.set_cookie(svc, tls),
     };
     let t = route.map_or(&svc.timeouts, |r| r.upstream_timeouts(svc));
     // uwsgi: one request per connection, its head as a uwsgi packet.
