@@ -85,6 +85,10 @@ pub struct Canary {
     pub active: bool,
     /// The preview override, when a secret is configured.
     pub preview: Option<Preview>,
+    /// `active` or a preview: the request's fields are read.
+    reads: bool,
+    /// The lower-cased first bytes of the names read ([`Canary::firsts`]).
+    firsts: [u8; 2],
 }
 
 /// The sticky cookie of a service.
@@ -159,8 +163,12 @@ impl Canary {
                 .map(|pool| token(&p.secret, service, pool.color.as_str()))
                 .collect(),
         });
+        let active = split && sticky.is_some();
+        let first = preview.as_ref().and_then(|p| p.header.bytes().next());
         Canary {
-            active: split && sticky.is_some(),
+            active,
+            reads: active || preview.is_some(),
+            firsts: [b'c', first.map_or(b'c', |b| b.to_ascii_lowercase())],
             sticky,
             preview,
         }
@@ -170,7 +178,14 @@ impl Canary {
     /// field needs reading.
     #[inline]
     pub fn is_off(&self) -> bool {
-        !self.active && self.preview.is_none()
+        !self.reads
+    }
+
+    /// The lower-cased first bytes of the field names the rules read
+    /// (`cookie` and the preview header), for [`HeadFields::starting_with`].
+    #[inline]
+    pub fn firsts(&self) -> [u8; 2] {
+        self.firsts
     }
 
     /// The `Set-Cookie` value pinning a client to pool `pool` (`Secure`
@@ -208,19 +223,20 @@ pub enum Chosen {
     Preview,
 }
 
-/// Chooses the pool of `svc` for a request whose header fields are
-/// `fields` (name, value; read only when a rule applies); `roll` is uniform
-/// random for the weighted choice.
+/// Chooses the pool of `svc` for a request whose header fields `fields`
+/// gives (name, value; called only when a rule applies, so a service with
+/// neither pays nothing for them); `roll` is uniform random for the
+/// weighted choice.
 #[inline]
-pub fn choose<'a>(
+pub fn choose<'a, I: IntoIterator<Item = (&'a [u8], &'a [u8])>>(
     svc: &Service,
-    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    fields: impl FnOnce() -> I,
     roll: u32,
 ) -> (usize, Chosen) {
     if svc.canary.is_off() {
         return (svc.choose_pool(roll), Chosen::Plain);
     }
-    choose_by_fields(svc, fields.into_iter(), roll)
+    choose_by_fields(svc, fields().into_iter(), roll)
 }
 
 fn choose_by_fields<'a>(
@@ -262,19 +278,42 @@ fn choose_by_fields<'a>(
 }
 
 /// The header fields of an HTTP/1.1 request head (`name: value` lines
-/// after the request line, up to the blank line), values trimmed.
+/// after the request line, up to the blank line), values trimmed. Nothing
+/// is read until the first field is asked for.
+#[inline]
 pub fn head_fields(head: &[u8]) -> HeadFields<'_> {
-    let rest = match head.iter().position(|b| *b == b'\n') {
-        Some(i) => &head[i + 1..],
-        None => &[],
-    };
-    HeadFields { rest }
+    HeadFields {
+        head,
+        ends: Positions::of(b'\n', head),
+        start: 0,
+        started: false,
+        firsts: None,
+    }
 }
 
 /// Iterator of [`head_fields`].
 #[derive(Debug, Clone)]
 pub struct HeadFields<'a> {
-    rest: &'a [u8],
+    head: &'a [u8],
+    /// Where the lines end (`\n`).
+    ends: Positions<'a>,
+    /// Where the next line starts (past the head: done).
+    start: usize,
+    /// The request line has been skipped.
+    started: bool,
+    /// Only fields whose name starts with one of these (lower case).
+    firsts: Option<[u8; 2]>,
+}
+
+impl HeadFields<'_> {
+    /// Only the fields whose name starts with one of `firsts` (lower-case
+    /// letters; any case matches): the others are skipped without looking
+    /// for their colon ([`Canary::firsts`]).
+    #[inline]
+    pub fn starting_with(mut self, firsts: [u8; 2]) -> Self {
+        self.firsts = Some(firsts);
+        self
+    }
 }
 
 impl<'a> Iterator for HeadFields<'a> {
@@ -282,20 +321,30 @@ impl<'a> Iterator for HeadFields<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if self.rest.is_empty() {
+            let len = self.head.len();
+            if self.start >= len {
                 return None;
             }
-            let (line, rest) = match self.rest.iter().position(|b| *b == b'\n') {
-                Some(i) => (&self.rest[..i], &self.rest[i + 1..]),
-                None => (self.rest, &[][..]),
-            };
-            self.rest = rest;
+            let end = self.ends.next().unwrap_or(len);
+            let line = self.head.get(self.start..end).unwrap_or_default();
+            self.start = end + 1;
+            if !self.started {
+                self.started = true;
+                continue;
+            }
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
+            let Some(first) = line.first() else {
                 // The blank line: the body follows.
-                self.rest = &[];
+                self.start = len;
                 return None;
+            };
+            if let Some([a, b]) = self.firsts {
+                let first = first.to_ascii_lowercase();
+                if first != a && first != b {
+                    continue;
+                }
             }
+            // Names are short: a plain loop.
             if let Some(colon) = line.iter().position(|b| *b == b':') {
                 return Some((&line[..colon], line[colon + 1..].trim_ascii()));
             }
@@ -303,18 +352,95 @@ impl<'a> Iterator for HeadFields<'a> {
     }
 }
 
+/// The positions of one byte in a slice, found eight bytes at a time (no
+/// call per match: heads and cookie values are short, and their lines and
+/// pieces shorter still).
+#[derive(Debug, Clone)]
+struct Positions<'a> {
+    /// What is left to read, from `at` on.
+    rest: &'a [u8],
+    /// The byte sought, in every byte of a word.
+    pattern: u64,
+    /// Where `rest` starts.
+    at: usize,
+    /// Where the word of `mask` starts.
+    base: usize,
+    /// The high bit of each byte of that word that matched and was not
+    /// given yet.
+    mask: u64,
+}
+
+impl<'a> Positions<'a> {
+    fn of(byte: u8, hay: &'a [u8]) -> Self {
+        Positions {
+            rest: hay,
+            pattern: u64::from_le_bytes([byte; 8]),
+            at: 0,
+            base: 0,
+            mask: 0,
+        }
+    }
+}
+
+impl Iterator for Positions<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        while self.mask == 0 {
+            let word = match self.rest.split_first_chunk::<8>() {
+                Some((w, tail)) => {
+                    self.rest = tail;
+                    u64::from_le_bytes(*w)
+                }
+                None if self.rest.is_empty() => return None,
+                None => {
+                    // The tail, padded with bytes that never match.
+                    let mut w = [!self.pattern as u8; 8];
+                    for (d, s) in w.iter_mut().zip(self.rest) {
+                        *d = *s;
+                    }
+                    self.rest = &[];
+                    u64::from_le_bytes(w)
+                }
+            };
+            // Bytes equal to the one sought become zero; their high bit is
+            // then set in `mask`, and only theirs (no carry between bytes).
+            let x = word ^ self.pattern;
+            self.mask = !(((x & LOW7) + LOW7) | x | LOW7);
+            self.base = self.at;
+            self.at += 8;
+        }
+        let i = self.base + (self.mask.trailing_zeros() / 8) as usize;
+        self.mask &= self.mask - 1;
+        Some(i)
+    }
+}
+
 /// The `name=value` pairs of a `Cookie` field value, trimmed, a value's
 /// surrounding double quotes removed; pieces without `=` are skipped.
 pub fn cookies(value: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    value.split(|b| *b == b';').filter_map(|pair| {
-        let eq = pair.iter().position(|b| *b == b'=')?;
-        let name = pair[..eq].trim_ascii();
-        let v = pair[eq + 1..].trim_ascii();
-        let v = match v {
-            [b'"', inner @ .., b'"'] => inner,
-            v => v,
-        };
-        (!name.is_empty()).then_some((name, v))
+    let mut start = 0;
+    let mut ends = Positions::of(b';', value);
+    std::iter::from_fn(move || {
+        while start <= value.len() {
+            let end = ends.next().unwrap_or(value.len());
+            let pair = value.get(start..end).unwrap_or_default();
+            start = end + 1;
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            let name = pair[..eq].trim_ascii();
+            let v = match pair[eq + 1..].trim_ascii() {
+                [b'"', inner @ .., b'"'] => inner,
+                v => v,
+            };
+            if !name.is_empty() {
+                return Some((name, v));
+            }
+        }
+        None
     })
 }
 
@@ -366,7 +492,14 @@ mod tests {
 
     fn pick(svc: &Service, fields: &str, roll: u32) -> (usize, Chosen) {
         let h = head(fields);
-        choose(svc, head_fields(&h), roll)
+        let all = choose(svc, || head_fields(&h), roll);
+        let some = choose(
+            svc,
+            || head_fields(&h).starting_with(svc.canary.firsts()),
+            roll,
+        );
+        assert_eq!(all, some, "{fields}");
+        all
     }
 
     #[test]
@@ -451,10 +584,39 @@ mod tests {
                 (b"X-Y", b""),
             ]
         );
+        // Only the names that start with the letters asked for, any case.
+        let only: Vec<_> = head_fields(h).starting_with([b'c', b'x']).collect();
+        assert_eq!(only, vec![(&b"Cookie"[..], &b"k=v"[..]), (b"X-Y", b"")]);
         assert_eq!(head_fields(b"GET / HTTP/1.1").count(), 0);
         assert_eq!(head_fields(b"").count(), 0);
         // Bare LF line ends, and no blank line at the end.
         assert_eq!(head_fields(b"GET / HTTP/1.1\nA: 1\nB: 2").count(), 2);
+    }
+
+    #[test]
+    fn bytes_are_found_eight_bytes_at_a_time() {
+        for byte in [b'\n', b';', 0, 0xff] {
+            for len in 0..40 {
+                for step in 1..7 {
+                    let hay: Vec<u8> = (0..len)
+                        .map(|i| match i % step {
+                            0 => byte,
+                            1 => byte ^ 0x80,
+                            2 => byte.wrapping_add(1),
+                            3 => byte.wrapping_sub(1),
+                            4 => !byte,
+                            _ => b'a',
+                        })
+                        .collect();
+                    let want: Vec<usize> = (0..len).filter(|i| hay[*i] == byte).collect();
+                    let got: Vec<usize> = Positions::of(byte, &hay).collect();
+                    assert_eq!(got, want, "{byte} in {hay:?}");
+                }
+            }
+        }
+        let all = [b'\n'; 17];
+        let got: Vec<usize> = Positions::of(b'\n', &all).collect();
+        assert_eq!(got, (0..17).collect::<Vec<_>>());
     }
 
     #[test]

@@ -346,14 +346,14 @@ impl Attempts {
         Self::with(svc.choose_pool(roll), crate::canary::Chosen::Plain)
     }
 
-    /// Chooses the pool of `svc` for a request with header fields `fields`
-    /// (read only when the service has canary rules: [`crate::canary`]):
-    /// a valid preview token's color, the sticky cookie's, or by weight
-    /// (`roll` is uniform random).
+    /// Chooses the pool of `svc` for a request whose header fields
+    /// `fields` gives (called only when the service has canary rules:
+    /// [`crate::canary`]): a valid preview token's color, the sticky
+    /// cookie's, or by weight (`roll` is uniform random).
     #[inline]
-    pub fn for_request<'a>(
+    pub fn for_request<'a, I: IntoIterator<Item = (&'a [u8], &'a [u8])>>(
         svc: &crate::pool::Service,
-        fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        fields: impl FnOnce() -> I,
         roll: u32,
     ) -> Attempts {
         let (pool, chosen) = crate::canary::choose(svc, fields, roll);

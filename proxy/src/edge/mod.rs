@@ -353,11 +353,13 @@ impl ProxyHttp for Edge {
         let attempts = ctx.attempts.get_or_insert_with(|| {
             // Upgrades (WebSockets) follow the sticky cookie and preview
             // tokens as the exchange's requests do.
-            let fields = session
-                .req_header()
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+            let fields = || {
+                session
+                    .req_header()
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            };
             Attempts::for_request(svc, fields, fastrand::u32(..))
         });
         let Some(pool) = svc.pools.get(attempts.pool()) else {

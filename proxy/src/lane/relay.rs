@@ -151,7 +151,8 @@ pub async fn exchange<C: Client>(
     // Sticky canaries and previews read the request's fields from the
     // upstream head (both transports write one); only when the service has
     // either rule.
-    let fields = routes::canary::head_fields(&req.bytes[..req.head_len]);
+    let head = &req.bytes[..req.head_len];
+    let fields = || routes::canary::head_fields(head).starting_with(svc.canary.firsts());
     let mut attempts = routes::policy::Attempts::for_request(svc, fields, fastrand::u32(..));
     outcome.pool = attempts.pool();
     let Some(pool) = svc.pools.get(outcome.pool) else {
