@@ -778,6 +778,66 @@ mod tests {
         );
     }
 
+    /// The fields as a naive split finds them.
+    fn naive(head: &[u8]) -> Vec<(&[u8], &[u8])> {
+        let mut out = Vec::new();
+        for line in head.split(|b| *b == b'\n').skip(1) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                break;
+            }
+            if let Some(c) = line.iter().position(|b| *b == b':') {
+                out.push((&line[..c], line[c + 1..].trim_ascii()));
+            }
+        }
+        out
+    }
+
+    fn bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let byte = prop_oneof![
+            Just(b'\n'),
+            Just(b'\r'),
+            Just(b':'),
+            Just(b';'),
+            Just(b'='),
+            Just(b'"'),
+            Just(b' '),
+            b'a'..=b'e',
+            b'C'..=b'D',
+            any::<u8>(),
+        ];
+        proptest::collection::vec(byte, 0..120)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fields_and_cookies_match_naive_splits(head in bytes()) {
+            let want = naive(&head);
+            proptest::prop_assert_eq!(head_fields(&head).collect::<Vec<_>>(), want.clone());
+            let some: Vec<_> = head_fields(&head).starting_with([b'c', b'd']).collect();
+            let filtered: Vec<_> = want
+                .into_iter()
+                .filter(|(n, _)| n.first().is_some_and(|b| matches!(b.to_ascii_lowercase(), b'c' | b'd')))
+                .collect();
+            proptest::prop_assert_eq!(some, filtered);
+            let pieces: Vec<_> = head
+                .split(|b| *b == b';')
+                .filter_map(|p| {
+                    let eq = p.iter().position(|b| *b == b'=')?;
+                    let name = p[..eq].trim_ascii();
+                    let v = p[eq + 1..].trim_ascii();
+                    let v = match v {
+                        [b'"', inner @ .., b'"'] => inner,
+                        v => v,
+                    };
+                    (!name.is_empty()).then_some((name, v))
+                })
+                .collect();
+            proptest::prop_assert_eq!(cookies(&head).collect::<Vec<_>>(), pieces);
+        }
+    }
+
     #[test]
     fn weights_split_when_two_colors_take_traffic() {
         assert!(splits(&[50, 100]));
