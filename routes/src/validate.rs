@@ -897,12 +897,21 @@ fn check_canary(c: &mut Checker, at: &KeyPath, name: &str, s: &RawService) -> Ca
             && header
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        // Fields the edge reads, replaces or does not forward as received.
         let taken = [
             "cookie",
             "host",
             "connection",
-            "content-length",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
             "transfer-encoding",
+            "upgrade",
+            "expect",
+            "content-length",
+            "x-real-ip",
+            "x-request-id",
         ]
         .iter()
         .any(|h| h.eq_ignore_ascii_case(&header));

@@ -804,4 +804,14 @@ fn canary_and_preview_errors_name_their_keys() {
         e.iter().any(|l| l.contains("preview.header: \"Cookie\"")),
         "{e:?}"
     );
+    for header in ["Upgrade", "X-Forwarded-For", "te", "Duotone Preview", ""] {
+        let text = format!(
+            "{CANARY_BASE}preview = {{ secret = \"${{TOKEN}}\", header = \"{header}\" }}\n"
+        );
+        let e = errors(&text);
+        assert!(
+            e.len() == 1 && e[0].contains(&format!("preview.header: {header:?}")),
+            "{header}: {e:?}"
+        );
+    }
 }
