@@ -129,6 +129,18 @@ enum Cmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Print the preview header (and a curl example) that sends requests to COLOR of SERVICE, live or idle.
+    Preview {
+        /// Service name.
+        service: String,
+        /// The color to reach.
+        color: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running proxy to re-read its config.
     Reload {
         #[command(flatten)]
@@ -206,6 +218,12 @@ fn main() -> ExitCode {
         } => client::maintenance(&admin, state, service.as_deref(), site.as_deref()),
         Cmd::Pause { service, admin } => client::pause(&admin, &service, true),
         Cmd::Resume { service, admin } => client::pause(&admin, &service, false),
+        Cmd::Preview {
+            service,
+            color,
+            admin,
+            json,
+        } => client::preview(&admin, &service, &color, json),
         Cmd::Reload { admin } => client::reload(&admin),
         Cmd::Deploy(args) => client::deploy(&args),
     };

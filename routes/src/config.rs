@@ -510,6 +510,42 @@ pub struct ServiceSpec {
     pub drain_upgraded: Duration,
     /// How requests are held while the service is paused.
     pub pause: crate::pause::PauseSpec,
+    /// Sticky canaries and the preview override.
+    pub canary: CanarySpec,
+}
+
+/// `[services.X] canary = { … }` and `preview = { … }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanarySpec {
+    /// Pin clients to a color while weights split traffic.
+    pub sticky: bool,
+    /// The pinning cookie's name (default `duotone_<service>`).
+    pub cookie: String,
+    /// The pinning cookie's `Max-Age`.
+    pub max_age: Duration,
+    /// The preview override, when a secret is configured.
+    pub preview: Option<PreviewSpec>,
+}
+
+/// `[services.X] preview = { … }` with a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreviewSpec {
+    /// The key of the preview tokens (never shown, never sent).
+    pub secret: String,
+    /// The request header that carries a token (`Duotone-Preview`).
+    pub header: String,
+    /// The cookie that carries a token (`duotone_preview`).
+    pub cookie: String,
+}
+
+impl std::fmt::Debug for PreviewSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreviewSpec")
+            .field("secret", &"<hidden>")
+            .field("header", &self.header)
+            .field("cookie", &self.cookie)
+            .finish()
+    }
 }
 
 /// Client-side limits.

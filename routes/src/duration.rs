@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Parses `"250ms"`, `"2s"`, `"1.5s"`, `"5m"`, `"1h"`; a bare number means seconds.
+/// Parses `"250ms"`, `"2s"`, `"1.5s"`, `"5m"`, `"1h"`, `"1d"`; a bare number means seconds.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -17,9 +17,10 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86400.0,
         other => {
             return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+                "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
             ))
         }
     };
@@ -63,6 +64,7 @@ mod tests {
         assert_eq!(parse("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse("1d").unwrap(), Duration::from_secs(86_400));
         assert!(parse("2 fortnights").is_err());
         assert!(parse("").is_err());
         assert!(parse("-1s").is_err());

@@ -8,6 +8,7 @@
 // House rule: no `unwrap()`/`expect()` on input or I/O outside tests.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod canary;
 pub mod client;
 pub mod config;
 pub mod diag;

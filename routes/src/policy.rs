@@ -354,32 +354,69 @@ pub fn https_location(host: &str, target: &str, https_port: u16) -> String {
 }
 
 /// The upstream attempts of one proxied request: the pool (color) chosen
-/// once, the members tried, and whether to try again.
+/// once (by weight, or by the sticky cookie or a preview token:
+/// [`crate::canary`]), the members tried, and whether to try again.
 #[derive(Debug, Clone)]
 pub struct Attempts {
     pool: usize,
     member: Option<usize>,
     tried: u64,
     count: u32,
+    chosen: crate::canary::Chosen,
 }
 
 /// How long a member that refused a connection is skipped.
 pub const EJECT_MS: u64 = 5_000;
 
 impl Attempts {
-    /// Chooses the pool of `svc` by its weights (`roll` is uniform random).
+    /// Chooses the pool of `svc` by its weights (`roll` is uniform random),
+    /// with no request fields to read (the canary rules do not apply).
     pub fn new(svc: &crate::pool::Service, roll: u32) -> Attempts {
+        Self::with(svc.choose_pool(roll), crate::canary::Chosen::Plain)
+    }
+
+    /// Chooses the pool of `svc` for a request whose header fields
+    /// `fields` gives (called only when the service has canary rules:
+    /// [`crate::canary`]): a valid preview token's color, the sticky
+    /// cookie's, or by weight (`roll` is uniform random).
+    #[inline]
+    pub fn for_request<'a, I: IntoIterator<Item = (&'a [u8], &'a [u8])>>(
+        svc: &crate::pool::Service,
+        fields: impl FnOnce() -> I,
+        roll: u32,
+    ) -> Attempts {
+        let (pool, chosen) = crate::canary::choose(svc, fields, roll);
+        Self::with(pool, chosen)
+    }
+
+    fn with(pool: usize, chosen: crate::canary::Chosen) -> Attempts {
         Attempts {
-            pool: svc.choose_pool(roll),
+            pool,
             member: None,
             tried: 0,
             count: 0,
+            chosen,
         }
     }
 
     /// The pool (color index) chosen.
     pub fn pool(&self) -> usize {
         self.pool
+    }
+
+    /// How the pool was chosen.
+    pub fn chosen(&self) -> crate::canary::Chosen {
+        self.chosen
+    }
+
+    /// The `Set-Cookie` value the response carries to pin the client to
+    /// the pool chosen by weight ([`crate::canary::Chosen::Pin`]), `Secure`
+    /// over TLS; `None` for any other choice.
+    pub fn set_cookie<'s>(&self, svc: &'s crate::pool::Service, tls: bool) -> Option<&'s str> {
+        match self.chosen {
+            crate::canary::Chosen::Pin => svc.canary.set_cookie(self.pool, tls),
+            _ => None,
+        }
     }
 
     /// The member tried last.

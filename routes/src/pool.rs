@@ -582,6 +582,8 @@ pub struct Service {
     pub pause: crate::pause::PauseSpec,
     /// Requests held now (shared across table generations).
     pub holds: Arc<crate::pause::Holds>,
+    /// Sticky canaries and the preview override ([`crate::canary`]).
+    pub canary: crate::canary::Canary,
 }
 
 impl Service {
@@ -783,6 +785,7 @@ mod tests {
             maintenance: false,
             pause: Default::default(),
             holds: Arc::default(),
+            canary: Default::default(),
         };
         let green = (0..1000u32).filter(|r| svc.choose_pool(*r) == 1).count();
         assert_eq!(green, 100);

@@ -299,6 +299,10 @@ pub struct RawService {
     pub drain_upgraded: Option<String>,
     /// How requests are held while the service is paused.
     pub pause: Option<RawPause>,
+    /// Sticky canaries: `canary = { sticky, cookie, max_age }`.
+    pub canary: Option<RawCanary>,
+    /// The preview override: `preview = { secret, header, cookie }`.
+    pub preview: Option<RawPreview>,
 }
 
 /// `pause = { timeout, queue, retry_after }`.
@@ -311,6 +315,30 @@ pub struct RawPause {
     pub queue: Option<u64>,
     /// `Retry-After` of a refusal (default 5s).
     pub retry_after: Option<String>,
+}
+
+/// `canary = { sticky = true, cookie = "duotone_api", max_age = "1d" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    /// Pin each client to the color it first got while weights split traffic.
+    pub sticky: Option<bool>,
+    /// The pinning cookie's name.
+    pub cookie: Option<String>,
+    /// The pinning cookie's lifetime.
+    pub max_age: Option<String>,
+}
+
+/// `preview = { secret = "${DUOTONE_PREVIEW_SECRET}", header = "Duotone-Preview", cookie = "duotone_preview" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreview {
+    /// The key of the preview tokens; absent or empty: no preview.
+    pub secret: Option<String>,
+    /// The request header that carries a token.
+    pub header: Option<String>,
+    /// The cookie that carries a token.
+    pub cookie: Option<String>,
 }
 
 /// `health = { … }`.

@@ -397,6 +397,8 @@ fn compile_service(
             .collect();
         (acc > 0).then_some(cum)
     });
+    let split = cumulative.as_deref().is_some_and(crate::canary::splits);
+    let canary = crate::canary::Canary::compile(&s.canary, &s.name, &pools, split);
     Service {
         name: s.name.clone(),
         protocol: s.protocol,
@@ -411,5 +413,6 @@ fn compile_service(
         maintenance: live.services.get(&s.name).is_some_and(|st| st.maintenance),
         pause: s.pause,
         holds: vitals.holds(&s.name),
+        canary,
     }
 }

@@ -979,6 +979,7 @@ fn check_services(c: &mut Checker, services: &BTreeMap<String, RawService>) -> V
                 DEFAULT_DRAIN_UPGRADED,
             ),
             pause: pause_spec(c, at.key("pause"), s.pause.as_ref()),
+            canary: check_canary(c, &at, name, s),
         });
     }
     out
@@ -995,6 +996,106 @@ fn pause_spec(c: &mut Checker<'_>, at: KeyPath, raw: Option<&RawPause>) -> crate
         queue: raw.queue.unwrap_or(d.queue),
         retry_after: c.duration(at.key("retry_after"), &raw.retry_after, d.retry_after),
     }
+}
+
+/// `canary = { … }` and `preview = { … }` of service `name` at `at`.
+fn check_canary(c: &mut Checker, at: &KeyPath, name: &str, s: &RawService) -> CanarySpec {
+    let raw = s.canary.clone().unwrap_or_default();
+    let cat = at.key("canary");
+    let cookie = raw
+        .cookie
+        .unwrap_or_else(|| crate::canary::default_cookie(name));
+    if !crate::canary::is_cookie_name(&cookie) {
+        c.err(cat.key("cookie"), bad_cookie_name(&cookie));
+    }
+    let max_age = c.duration(
+        cat.key("max_age"),
+        &raw.max_age,
+        crate::canary::DEFAULT_MAX_AGE,
+    );
+    if max_age.as_secs() == 0 {
+        c.err(cat.key("max_age"), "must be at least 1s");
+    }
+    let preview = s.preview.as_ref().and_then(|p| {
+        let pat = at.key("preview");
+        let header = p
+            .header
+            .clone()
+            .unwrap_or_else(|| crate::canary::DEFAULT_PREVIEW_HEADER.into());
+        let valid = !header.is_empty()
+            && header.len() <= 64
+            && header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        // Fields the edge reads, replaces or does not forward as received.
+        let taken = [
+            "cookie",
+            "host",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "expect",
+            "content-length",
+            "x-real-ip",
+            "x-request-id",
+        ]
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(&header));
+        if !valid || taken || header.to_ascii_lowercase().starts_with("x-forwarded-") {
+            c.err(
+                pat.key("header"),
+                format!(
+                    "{header:?}: use a header name of letters, digits and '-' that is not a \
+                     standard field, e.g. \"Duotone-Preview\""
+                ),
+            );
+        }
+        let pcookie = p
+            .cookie
+            .clone()
+            .unwrap_or_else(|| crate::canary::DEFAULT_PREVIEW_COOKIE.into());
+        if !crate::canary::is_cookie_name(&pcookie) {
+            c.err(pat.key("cookie"), bad_cookie_name(&pcookie));
+        } else if pcookie == cookie {
+            c.err(
+                pat.key("cookie"),
+                format!("{pcookie:?} is the sticky cookie (canary.cookie) too: use another name"),
+            );
+        }
+        let secret = p.secret.clone().unwrap_or_default();
+        if secret.is_empty() {
+            // No secret, no preview (e.g. `${DUOTONE_PREVIEW_SECRET:-}` unset).
+            return None;
+        }
+        if secret.len() < crate::canary::MIN_SECRET {
+            c.err(
+                pat.key("secret"),
+                format!(
+                    "too short: use at least {} characters (e.g. `openssl rand -hex 32`)",
+                    crate::canary::MIN_SECRET
+                ),
+            );
+        }
+        Some(PreviewSpec {
+            secret,
+            header,
+            cookie: pcookie,
+        })
+    });
+    CanarySpec {
+        sticky: raw.sticky.unwrap_or(true),
+        cookie,
+        max_age,
+        preview,
+    }
+}
+
+fn bad_cookie_name(name: &str) -> String {
+    format!("{name:?} is not a cookie name: use letters, digits and !#$%&'*+-.^_`|~ (at most 64)")
 }
 
 /// Gives every health check without an explicit `host` the first exact

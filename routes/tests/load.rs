@@ -845,4 +845,107 @@ colors.blue = ["127.0.0.1:8001"]
         ),
         "{e:?}"
     );
+const CANARY_BASE: &str = r#"[server]
+http = "127.0.0.1:8080"
+admin = "127.0.0.1:9090"
+[[sites]]
+hosts = ["a.com"]
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+[services.api]
+live = "blue"
+colors.blue = ["127.0.0.1:8001"]
+colors.green = ["127.0.0.1:8002"]
+"#;
+
+#[test]
+fn canary_and_preview_defaults() {
+    let c = load("d.toml", CANARY_BASE, env).unwrap();
+    let canary = &c.services[0].canary;
+    assert!(canary.sticky);
+    assert_eq!(canary.cookie, "duotone_api");
+    assert_eq!(canary.max_age.as_secs(), 86_400);
+    assert!(canary.preview.is_none());
+
+    let text = format!(
+        "{CANARY_BASE}canary = {{ sticky = false, cookie = \"v\", max_age = \"2h\" }}\n\
+         preview = {{ secret = \"${{TOKEN}}\" }}\n"
+    );
+    let c = load("d.toml", &text, env).unwrap();
+    let canary = &c.services[0].canary;
+    assert!(!canary.sticky);
+    assert_eq!(canary.cookie, "v");
+    assert_eq!(canary.max_age.as_secs(), 7_200);
+    let p = canary.preview.as_ref().unwrap();
+    assert_eq!(p.secret, "0123456789abcdef-token");
+    assert_eq!(
+        (p.header.as_str(), p.cookie.as_str()),
+        ("Duotone-Preview", "duotone_preview")
+    );
+    // The secret is never printed.
+    assert!(!format!("{p:?}").contains("0123456789abcdef"));
+
+    // No secret (an unset variable with an empty default): no preview.
+    let text =
+        format!("{CANARY_BASE}preview = {{ secret = \"${{NOPE:-}}\", header = \"X-Peek\" }}\n");
+    let c = load("d.toml", &text, env).unwrap();
+    assert!(c.services[0].canary.preview.is_none());
+}
+
+#[test]
+fn canary_and_preview_errors_name_their_keys() {
+    let text = format!(
+        "{CANARY_BASE}canary = {{ cookie = \"a b\", max_age = \"0s\" }}\n\
+         preview = {{ secret = \"short\", header = \"x_peek\", cookie = \"a;b\" }}\n"
+    );
+    let e = errors(&text);
+    let expect = [
+        "d.toml:13: services.api.canary.cookie: \"a b\" is not a cookie name",
+        "d.toml:13: services.api.canary.max_age: must be at least 1s",
+        "d.toml:14: services.api.preview.header: \"x_peek\"",
+        "d.toml:14: services.api.preview.cookie: \"a;b\" is not a cookie name",
+        "d.toml:14: services.api.preview.secret: too short",
+    ];
+    for want in expect {
+        assert!(
+            e.iter().any(|l| l.starts_with(want)),
+            "missing {want:?} in\n{}",
+            e.join("\n")
+        );
+    }
+    assert_eq!(e.len(), expect.len(), "{}", e.join("\n"));
+
+    let text = format!(
+        "{CANARY_BASE}preview = {{ secret = \"${{TOKEN}}\", cookie = \"duotone_api\", header = \"Cookie\" }}\n\
+         canary = {{ stiky = true }}\n"
+    );
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|l| l.contains("services.api.canary: unknown field `stiky`")),
+        "{e:?}"
+    );
+    let text =
+        format!("{CANARY_BASE}preview = {{ secret = \"${{TOKEN}}\", cookie = \"duotone_api\", header = \"Cookie\" }}\n");
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|l| l.contains("preview.cookie: \"duotone_api\" is the sticky cookie")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|l| l.contains("preview.header: \"Cookie\"")),
+        "{e:?}"
+    );
+    for header in ["Upgrade", "X-Forwarded-For", "te", "Duotone Preview", ""] {
+        let text = format!(
+            "{CANARY_BASE}preview = {{ secret = \"${{TOKEN}}\", header = \"{header}\" }}\n"
+        );
+        let e = errors(&text);
+        assert!(
+            e.len() == 1 && e[0].contains(&format!("preview.header: {header:?}")),
+            "{header}: {e:?}"
+        );
+    }
 }

@@ -153,8 +153,13 @@ fn query_ms(req: &Request<Incoming>) -> u64 {
         .unwrap_or(0)
 }
 
-async fn handle(req: Request<Incoming>, name: &str, state: &State) -> Response<Full<Bytes>> {
+async fn handle(mut req: Request<Incoming>, name: &str, state: &State) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    if matches!(req.method().as_str(), "POST" | "PUT" | "PATCH") {
+        // Read the body first, as an app does: answering a large upload
+        // unread would close the connection under the proxy's write.
+        while let Some(Ok(_)) = http_body_util::BodyExt::frame(req.body_mut()).await {}
+    }
     let reply = |status: u16, body: String| {
         Response::builder()
             .status(status)

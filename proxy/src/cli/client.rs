@@ -118,6 +118,21 @@ fn print_service(s: &ServiceView) {
     if let Some(w) = &s.weights {
         let parts: Vec<String> = w.iter().map(|(c, w)| format!("{c}={w}")).collect();
         println!("  weights {}", parts.join(" "));
+        if let Some(st) = &s.sticky {
+            match st.active {
+                true => println!(
+                    "  sticky: clients pinned by cookie {} (max-age {}s)",
+                    st.cookie, st.max_age_s
+                ),
+                false => println!("  sticky: not in use (one color takes all traffic)"),
+            }
+        }
+    }
+    if let Some(p) = &s.preview {
+        println!(
+            "  preview: header {} or cookie {} (`duotone preview {} COLOR` prints a token)",
+            p.header, p.cookie, s.name
+        );
     }
     for (color, c) in &s.colors {
         let closing = c
@@ -459,6 +474,37 @@ pub fn pause(args: &AdminArgs, service: &str, on: bool) -> Result<()> {
         None,
     )?)?;
     print_service(&v);
+    Ok(())
+}
+
+/// `duotone preview SERVICE COLOR`: prints the preview header for the
+/// color, a curl example and the cookie for a browser.
+pub fn preview(args: &AdminArgs, service: &str, color: &str, json: bool) -> Result<()> {
+    let api = Api::new(args)?;
+    let v = api.ok(
+        http::Method::GET,
+        &format!("/v1/services/{service}/preview/{color}"),
+        None,
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let t: crate::ops::views::PreviewToken = serde_json::from_value(v)?;
+    let url = t.url.as_deref().unwrap_or("https://HOST/");
+    println!("{}: {}", t.header, t.value);
+    println!();
+    println!("curl -H '{}: {}' {url}", t.header, t.value);
+    println!();
+    println!(
+        "In a browser (the developer console on the site): document.cookie = \"{}={}; path=/\"",
+        t.cookie, t.value
+    );
+    println!(
+        "Requests with it go to {} of {} whatever the weights or the live color; \
+         delete the cookie to leave.",
+        t.color, t.service
+    );
     Ok(())
 }
 

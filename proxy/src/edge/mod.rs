@@ -394,9 +394,18 @@ impl ProxyHttp for Edge {
             .services
             .get(svc_index)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "unknown service"))?;
-        let attempts = ctx
-            .attempts
-            .get_or_insert_with(|| Attempts::new(svc, fastrand::u32(..)));
+        let attempts = ctx.attempts.get_or_insert_with(|| {
+            // Upgrades (WebSockets) follow the sticky cookie and preview
+            // tokens as the exchange's requests do.
+            let fields = || {
+                session
+                    .req_header()
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            };
+            Attempts::for_request(svc, fields, fastrand::u32(..))
+        });
         let Some(pool) = svc.pools.get(attempts.pool()) else {
             return Err(Error::explain(ErrorType::InternalError, "unknown pool"));
         };
@@ -591,6 +600,15 @@ impl ProxyHttp for Edge {
         }
         if let Some(route) = ctx.route().filter(|r| !r.headers.is_empty()) {
             respond::add_headers(resp, &route.headers)?;
+        }
+        let svc = ctx
+            .snap
+            .as_ref()
+            .and_then(|s| s.table.services.get(ctx.service));
+        if let (Some(svc), Some(a)) = (svc, &ctx.attempts) {
+            if let Some(cookie) = a.set_cookie(svc, ctx.tls) {
+                resp.append_header(http::header::SET_COOKIE, cookie)?;
+            }
         }
         Ok(())
     }

@@ -176,7 +176,12 @@ pub async fn exchange<C: Client>(
     } else {
         svc
     };
-    let mut attempts = routes::policy::Attempts::new(svc, fastrand::u32(..));
+    // Sticky canaries and previews read the request's fields from the
+    // upstream head (both transports write one); only when the service has
+    // either rule.
+    let head = &req.bytes[..req.head_len];
+    let fields = || routes::canary::head_fields(head).starting_with(svc.canary.firsts());
+    let mut attempts = routes::policy::Attempts::for_request(svc, fields, fastrand::u32(..));
     outcome.pool = attempts.pool();
     let Some(pool) = svc.pools.get(outcome.pool) else {
         return failed(client, snap, plan, outcome, 502).await;
@@ -196,6 +201,7 @@ pub async fn exchange<C: Client>(
         request_id: plan.id.as_bytes(),
         close: plan.close,
         add: route.map_or(&routes::headers::AddHeaders::NONE, |r| &r.headers),
+        set_cookie: attempts.set_cookie(svc, tls),
     };
     let t = route.map_or(&svc.timeouts, |r| r.upstream_timeouts(svc));
     // uwsgi: one request per connection, its head as a uwsgi packet.

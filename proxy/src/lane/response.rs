@@ -60,6 +60,9 @@ pub struct Extra<'a> {
     pub close: bool,
     /// The route's configured response fields (2xx/3xx only).
     pub add: &'a routes::headers::AddHeaders,
+    /// A `Set-Cookie` value pinning the client to the color that answered
+    /// (a sticky canary: [`routes::canary`]), on any status.
+    pub set_cookie: Option<&'a str>,
 }
 
 /// Receives the client's response head, field by field: HTTP/1.1 bytes
@@ -220,6 +223,9 @@ pub fn parse<O: HeadOut>(buf: &[u8], extra: &Extra<'_>, out: &mut O) -> Parsed {
     }
     for (name, value) in add.iter().filter(|(_, v)| !v.is_empty()) {
         out.header(name, value.as_bytes());
+    }
+    if let Some(cookie) = extra.set_cookie {
+        out.header("set-cookie", cookie.as_bytes());
     }
     out.end(extra.close || framing == Framing::Close);
     Parsed::Done(Head {
@@ -428,6 +434,7 @@ mod tests {
             request_id: b"id",
             close: false,
             add: &routes::headers::AddHeaders::NONE,
+            set_cookie: None,
         };
         let mut out = Vec::new();
         let up = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-A\r\nConnection: x-b, Content-Length\r\nX-A: 1\r\nx-B: 2\r\nX-C: 3\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nTE: trailers\r\nTrailer: X-T\r\nDate: d\r\n\r\nok";
@@ -469,6 +476,7 @@ mod tests {
                 request_id: b"ours",
                 close: false,
                 add: &add,
+                set_cookie: None,
             };
             let mut out = Vec::new();
             let up =
@@ -490,6 +498,32 @@ mod tests {
     }
 
     #[test]
+    fn a_sticky_cookie_is_set_beside_the_upstreams_own_on_any_status() {
+        for status in ["200 OK", "302 Found", "500 Internal Server Error"] {
+            let extra = Extra {
+                head_method: false,
+                hsts: None,
+                request_id: b"id",
+                close: false,
+                add: &routes::headers::AddHeaders::NONE,
+                set_cookie: Some("duotone_api=green; Path=/"),
+            };
+            let mut out = Vec::new();
+            let up = format!("HTTP/1.1 {status}\r\nSet-Cookie: sid=1\r\nContent-Length: 0\r\n\r\n");
+            assert!(matches!(
+                parse(up.as_bytes(), &extra, &mut out),
+                Parsed::Done(_)
+            ));
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains("\r\nSet-Cookie: sid=1\r\n"), "{text}");
+            assert!(
+                text.contains("\r\nset-cookie: duotone_api=green; Path=/\r\n"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn rewrites_response_heads() {
         let extra = Extra {
             head_method: false,
@@ -497,6 +531,7 @@ mod tests {
             request_id: b"id-1",
             close: false,
             add: &routes::headers::AddHeaders::NONE,
+            set_cookie: None,
         };
         let mut out = Vec::new();
         let up = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Request-Id: theirs\r\nStrict-Transport-Security: max-age=9\r\nDate: x\r\n\r\nok";

@@ -202,6 +202,13 @@ impl Admin {
                 Some(v) => json_resp(StatusCode::OK, v),
                 None => error(StatusCode::NOT_FOUND, format!("unknown service {name:?}")),
             },
+            (&Method::GET, ["v1", "services", name, "preview", color]) => {
+                let snap = self.control.load();
+                match crate::ops::views::PreviewToken::of(&snap.table, name, color) {
+                    Ok(t) => json_resp(StatusCode::OK, json!(t)),
+                    Err(e) => change_error(e),
+                }
+            }
             (&Method::POST, ["v1", "services", name, "flip"]) => {
                 let name = name.to_string();
                 let query_force = match force_param(req.uri().query()) {
@@ -413,6 +420,7 @@ impl Admin {
                 _,
                 ["v1", "services", _, "flip" | "weights" | "drain" | "maintenance" | "pause" | "resume" | "watch"],
             )
+            | (_, ["v1", "services", _, "preview", _])
             | (_, ["v1", "sites", _, "maintenance"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not allowed on {path}"),

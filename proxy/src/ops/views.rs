@@ -40,6 +40,12 @@ pub struct ServiceView {
     /// absent when none was started since the proxy started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchView>,
+    /// The sticky canary cookie, when `canary.sticky` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyView>,
+    /// The preview override, when a preview secret is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewView>,
 }
 
 /// A service's `pause` settings.
@@ -51,6 +57,103 @@ pub struct PauseView {
     pub queue: u64,
     /// `Retry-After` of a refusal, in seconds.
     pub retry_after_s: u64,
+}
+
+/// A service's sticky canary cookie.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StickyView {
+    /// The cookie's name.
+    pub cookie: String,
+    /// Its `Max-Age`, in seconds.
+    pub max_age_s: u64,
+    /// Whether it is read and set now: weights send traffic to more than
+    /// one color.
+    pub active: bool,
+}
+
+/// A service's preview override (the secret is never shown).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviewView {
+    /// The request header that carries a token.
+    pub header: String,
+    /// The cookie that carries a token.
+    pub cookie: String,
+}
+
+/// A preview token: `GET /v1/services/{name}/preview/{color}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviewToken {
+    /// The service.
+    pub service: String,
+    /// The color it reaches.
+    pub color: String,
+    /// The hex HMAC-SHA256 token.
+    pub token: String,
+    /// What the header or cookie holds: `COLOR.TOKEN`.
+    pub value: String,
+    /// The header to send it in.
+    pub header: String,
+    /// The cookie to send it in.
+    pub cookie: String,
+    /// Where the service is served: the first route to it on a site with a
+    /// host name (scheme, host, route prefix), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl PreviewToken {
+    /// The token of `color` of `service` in `table`; refused for an
+    /// unknown service or color, or a service without a preview secret.
+    pub fn of(
+        table: &routes::RouteTable,
+        service: &str,
+        color: &str,
+    ) -> Result<Self, crate::control::ChangeError> {
+        use crate::control::ChangeError;
+        let idx = table
+            .services
+            .iter()
+            .position(|s| s.name == service)
+            .ok_or_else(|| ChangeError::UnknownService(service.to_string()))?;
+        let svc = &table.services[idx];
+        let pool = svc.pool_index(color).ok_or_else(|| {
+            ChangeError::Invalid(format!("service {service:?} has no color {color:?}"))
+        })?;
+        let preview = svc.canary.preview.as_ref().ok_or_else(|| {
+            ChangeError::Conflict(format!(
+                "service {service:?} has no preview secret: set \
+                 preview = {{ secret = \"${{DUOTONE_PREVIEW_SECRET}}\" }} in [services.{service}]"
+            ))
+        })?;
+        let token = preview.token(pool).unwrap_or_default().to_string();
+        Ok(PreviewToken {
+            service: service.to_string(),
+            color: color.to_string(),
+            value: format!("{color}.{token}"),
+            token,
+            header: preview.header.clone(),
+            cookie: preview.cookie.clone(),
+            url: url_of(table, idx),
+        })
+    }
+}
+
+/// The URL of the first route to service `idx` on a site with a host name.
+fn url_of(table: &routes::RouteTable, idx: usize) -> Option<String> {
+    table
+        .sites
+        .iter()
+        .zip(&table.config.sites)
+        .find_map(|(site, spec)| {
+            let host = spec.hosts.iter().find(|h| !h.contains('*'))?;
+            let route = site
+                .routes
+                .iter()
+                .filter(|r| matches!(r.action, routes::Action::Proxy(i) if i == idx))
+                .min_by_key(|r| r.prefix.len())?;
+            let scheme = if site.tls { "https" } else { "http" };
+            Some(format!("{scheme}://{host}{}", route.prefix))
+        })
 }
 
 /// One color of a service.
@@ -176,6 +279,15 @@ impl ServiceView {
             },
             colors,
             watch: None,
+            sticky: svc.canary.sticky.as_ref().map(|s| StickyView {
+                cookie: s.cookie.clone(),
+                max_age_s: s.max_age.as_secs(),
+                active: svc.canary.active,
+            }),
+            preview: svc.canary.preview.as_ref().map(|p| PreviewView {
+                header: p.header.clone(),
+                cookie: p.cookie.clone(),
+            }),
         }
     }
 
