@@ -482,6 +482,8 @@ mod tests {
             drain_upgraded: Duration::from_secs(30),
             paused: false,
             maintenance: false,
+            pause: Default::default(),
+            holds: Default::default(),
             canary,
         }
     }

@@ -845,6 +845,8 @@ colors.blue = ["127.0.0.1:8001"]
         ),
         "{e:?}"
     );
+}
+
 const CANARY_BASE: &str = r#"[server]
 http = "127.0.0.1:8080"
 admin = "127.0.0.1:9090"
