@@ -149,6 +149,7 @@ fn lane(c: &mut Criterion) {
         request_id: b"0123456789abcdef",
         close: false,
         add: &routes::headers::AddHeaders::NONE,
+        set_cookie: None,
     };
     let mut client_head = Vec::with_capacity(1024);
     c.bench_function("lane: upstream head → client head", |b| {
