@@ -284,7 +284,7 @@ fn choose_by_fields<'a>(
 pub fn head_fields(head: &[u8]) -> HeadFields<'_> {
     HeadFields {
         head,
-        ends: Positions::of(b'\n', head),
+        ends: memchr::memchr_iter(b'\n', head),
         start: 0,
         started: false,
         firsts: None,
@@ -296,7 +296,7 @@ pub fn head_fields(head: &[u8]) -> HeadFields<'_> {
 pub struct HeadFields<'a> {
     head: &'a [u8],
     /// Where the lines end (`\n`).
-    ends: Positions<'a>,
+    ends: memchr::Memchr<'a>,
     /// Where the next line starts (past the head: done).
     start: usize,
     /// The request line has been skipped.
@@ -352,77 +352,11 @@ impl<'a> Iterator for HeadFields<'a> {
     }
 }
 
-/// The positions of one byte in a slice, found eight bytes at a time (no
-/// call per match: heads and cookie values are short, and their lines and
-/// pieces shorter still).
-#[derive(Debug, Clone)]
-struct Positions<'a> {
-    /// What is left to read, from `at` on.
-    rest: &'a [u8],
-    /// The byte sought, in every byte of a word.
-    pattern: u64,
-    /// Where `rest` starts.
-    at: usize,
-    /// Where the word of `mask` starts.
-    base: usize,
-    /// The high bit of each byte of that word that matched and was not
-    /// given yet.
-    mask: u64,
-}
-
-impl<'a> Positions<'a> {
-    fn of(byte: u8, hay: &'a [u8]) -> Self {
-        Positions {
-            rest: hay,
-            pattern: u64::from_le_bytes([byte; 8]),
-            at: 0,
-            base: 0,
-            mask: 0,
-        }
-    }
-}
-
-impl Iterator for Positions<'_> {
-    type Item = usize;
-
-    #[inline]
-    fn next(&mut self) -> Option<usize> {
-        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-        while self.mask == 0 {
-            let word = match self.rest.split_first_chunk::<8>() {
-                Some((w, tail)) => {
-                    self.rest = tail;
-                    u64::from_le_bytes(*w)
-                }
-                None if self.rest.is_empty() => return None,
-                None => {
-                    // The tail, padded with bytes that never match.
-                    let mut w = [!self.pattern as u8; 8];
-                    for (d, s) in w.iter_mut().zip(self.rest) {
-                        *d = *s;
-                    }
-                    self.rest = &[];
-                    u64::from_le_bytes(w)
-                }
-            };
-            // Bytes equal to the one sought become zero; their high bit is
-            // then set in `mask`, and only theirs (no carry between bytes).
-            let x = word ^ self.pattern;
-            self.mask = !(((x & LOW7) + LOW7) | x | LOW7);
-            self.base = self.at;
-            self.at += 8;
-        }
-        let i = self.base + (self.mask.trailing_zeros() / 8) as usize;
-        self.mask &= self.mask - 1;
-        Some(i)
-    }
-}
-
 /// The `name=value` pairs of a `Cookie` field value, trimmed, a value's
 /// surrounding double quotes removed; pieces without `=` are skipped.
 pub fn cookies(value: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let mut start = 0;
-    let mut ends = Positions::of(b';', value);
+    let mut ends = memchr::memchr_iter(b';', value);
     std::iter::from_fn(move || {
         while start <= value.len() {
             let end = ends.next().unwrap_or(value.len());
@@ -593,32 +527,6 @@ mod tests {
         assert_eq!(head_fields(b"").count(), 0);
         // Bare LF line ends, and no blank line at the end.
         assert_eq!(head_fields(b"GET / HTTP/1.1\nA: 1\nB: 2").count(), 2);
-    }
-
-    #[test]
-    fn bytes_are_found_eight_bytes_at_a_time() {
-        for byte in [b'\n', b';', 0, 0xff] {
-            for len in 0..40 {
-                for step in 1..7 {
-                    let hay: Vec<u8> = (0..len)
-                        .map(|i| match i % step {
-                            0 => byte,
-                            1 => byte ^ 0x80,
-                            2 => byte.wrapping_add(1),
-                            3 => byte.wrapping_sub(1),
-                            4 => !byte,
-                            _ => b'a',
-                        })
-                        .collect();
-                    let want: Vec<usize> = (0..len).filter(|i| hay[*i] == byte).collect();
-                    let got: Vec<usize> = Positions::of(byte, &hay).collect();
-                    assert_eq!(got, want, "{byte} in {hay:?}");
-                }
-            }
-        }
-        let all = [b'\n'; 17];
-        let got: Vec<usize> = Positions::of(b'\n', &all).collect();
-        assert_eq!(got, (0..17).collect::<Vec<_>>());
     }
 
     #[test]
