@@ -71,6 +71,20 @@ make_base() {
   docker image ls "$base"
 }
 
+# Runs the build command "$@" for tag $1 and removes the image the tag named
+# before, if the build replaced it and nothing else uses it (no pile of
+# untagged images after repeated builds).
+replace_image() {
+  local tag="$1" old new
+  shift
+  old="$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
+  "$@" >/dev/null
+  new="$(docker image inspect -f '{{.Id}}' "$tag")"
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then
+    docker rmi "$old" >/dev/null 2>&1 || true
+  fi
+}
+
 default_binary() {
   local t="${CARGO_TARGET_DIR:-$root/target}"
   if [ -x "$t/release/duotone" ]; then echo "$t/release/duotone"
@@ -99,12 +113,14 @@ build_runtime() {
   fi
   chmod 0755 "$ctx/root/usr/local/bin/duotone"
   sudo_if_needed setcap cap_net_bind_service=+ep "$ctx/root/usr/local/bin/duotone"
+  # Reproducible (no mtimes): an unchanged binary hits the build cache.
   sudo_if_needed tar -C "$ctx/root" --xattrs --xattrs-include='security.capability' \
-    --numeric-owner --owner=0 --group=0 -cf "$ctx/duotone.tar" usr/local/bin/duotone
+    --numeric-owner --owner=0 --group=0 --mtime=@0 --pax-option=delete=atime,delete=ctime -cf "$ctx/duotone.tar" usr/local/bin/duotone
   sudo_if_needed rm -rf "$ctx/root"
   cp "$here/duotone.toml" "$ctx/deploy/duotone.toml"
   echo "==> docker build -f deploy/Dockerfile.runtime --build-arg BASE=$base -t $tag ($binary)"
-  docker build -q -f "$here/Dockerfile.runtime" --build-arg "BASE=$base" -t "$tag" "$ctx" >/dev/null
+  replace_image "$tag" docker build -q -f "$here/Dockerfile.runtime" --build-arg "BASE=$base" \
+    -t "$tag" "$ctx"
   docker image ls "$tag"
 }
 
@@ -112,8 +128,8 @@ build_app() {
   local tag="${1:-duotone-testapp:latest}"
   make_base
   echo "==> docker build $tag (python3-gunicorn on $base)"
-  docker build -q -f "$root/tests/apps/container/Dockerfile" --build-arg "BASE=$base" \
-    -t "$tag" "$root/tests/apps" >/dev/null
+  replace_image "$tag" docker build -q -f "$root/tests/apps/container/Dockerfile" \
+    --build-arg "BASE=$base" -t "$tag" "$root/tests/apps"
   docker image ls "$tag"
 }
 
