@@ -892,5 +892,17 @@ async fn compose_deploys_stops_gracefully_keeps_state_and_guards_admin() {
         "admin API on the edge's network without a token"
     );
 
+    // The image's HEALTHCHECK (every 10 s) finds the admin API where this
+    // compose file puts it (0.0.0.0:9090 inside the container).
+    let healthy = eventually(Duration::from_secs(40), || async {
+        (inspect(&edge, "{{.State.Health.Status}}") == "healthy").then_some(())
+    })
+    .await;
+    assert!(
+        healthy.is_some(),
+        "edge not healthy: {}",
+        inspect(&edge, "{{json .State.Health}}")
+    );
+
     eprintln!("compose test took {:.0}s", t0.elapsed().as_secs_f64());
 }
