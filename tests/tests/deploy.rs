@@ -2,9 +2,9 @@
 //! commands start and stop colors; each color's upstream passes its health
 //! check only once its start command has created a marker file.
 
-use e2e::bluegreen::GatedUpstream;
-use e2e::client::{admin, Http};
-use e2e::proxy::{duotone_bin, run_cli, Proxy};
+use e2e::bluegreen::GatedColors;
+use e2e::client::Http;
+use e2e::proxy::duotone_bin;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,39 +12,19 @@ use std::time::Duration;
 
 const TOKEN: &str = "deploy-test-token-0123456789";
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    blue: GatedUpstream,
-    green: GatedUpstream,
-    p: Proxy,
+struct Fixture(GatedColors);
+
+impl std::ops::Deref for Fixture {
+    type Target = GatedColors;
+    fn deref(&self) -> &GatedColors {
+        &self.0
+    }
 }
 
 impl Fixture {
     /// Blue is running and live; green's app is not started.
     async fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let blue = GatedUpstream::start("blue", dir.path().join("blue.ready")).await;
-        let green = GatedUpstream::start("green", dir.path().join("green.ready")).await;
-        std::fs::write(&blue.marker, "").unwrap();
-        let p = Proxy::start(&e2e::proxy::api_config(
-            TOKEN,
-            &format!(
-                r#"live = "blue"
-health = {{ path = "/healthz", interval = "100ms" }}
-colors.blue = ["{blue}"]
-colors.green = ["{green}"]
-"#,
-                blue = blue.member(),
-                green = green.member()
-            ),
-        ))
-        .await;
-        let f = Fixture {
-            dir,
-            blue,
-            green,
-            p,
-        };
+        let f = Fixture(GatedColors::start(&[], TOKEN, false).await);
         f.wait(|v| {
             v["colors"]["blue"]["healthy"] == true
                 && v["colors"]["green"]["members"][0]["health"] == "down"
@@ -53,47 +33,14 @@ colors.green = ["{green}"]
         f
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
     /// Shell commands that mark the color ready / not ready and log the call.
     fn start_cmd(&self) -> String {
         let d = self.dir.path().display();
         format!("touch {d}/{{color}}.ready && echo \"$DUOTONE_COLOR from $DUOTONE_OLD_COLOR\" >> {d}/started")
     }
 
-    fn stop_cmd(&self) -> String {
-        let d = self.dir.path().display();
-        format!("rm -f {d}/{{color}}.ready && echo $DUOTONE_COLOR >> {d}/stopped")
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-
-    async fn service(&self) -> serde_json::Value {
-        let r = admin(
-            "GET",
-            &self.p.admin_url("/v1/services/api"),
-            Some(TOKEN),
-            None,
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.json()
-    }
-
     async fn wait(&self, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let last = std::sync::Mutex::new(serde_json::Value::Null);
-        let got = e2e::eventually(Duration::from_secs(10), || async {
-            let v = self.service().await;
-            *last.lock().unwrap() = v.clone();
-            f(&v).then_some(v)
-        })
-        .await;
-        got.unwrap_or_else(|| panic!("timed out; state: {:#}", last.lock().unwrap()))
+        self.0.wait(Duration::from_secs(10), f).await
     }
 
     async fn answer(&self) -> String {
@@ -107,20 +54,6 @@ colors.green = ["{green}"]
             ("DUOTONE_ADMIN", self.p.admin_url("")),
             ("DUOTONE_ADMIN_TOKEN", TOKEN.to_string()),
         ]
-    }
-
-    /// Runs `duotone deploy ARGS` off the async runtime.
-    async fn deploy(&self, args: &[&str]) -> (i32, String, String) {
-        let mut all = vec!["deploy".to_string(), "--service".into(), "api".into()];
-        all.extend(args.iter().map(|s| s.to_string()));
-        let env = self.env();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = all.iter().map(String::as_str).collect();
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            run_cli(&args, &env)
-        })
-        .await
-        .unwrap()
     }
 }
 
