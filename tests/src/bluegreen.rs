@@ -372,6 +372,15 @@ impl GatedColors {
         crate::admin::cli(&self.p, &self.token, &all).await
     }
 
+    /// Runs `duotone deploy --service api --start START --stop STOP
+    /// --health-timeout 10s MORE…`, STOP being [`GatedColors::stop_cmd`].
+    pub async fn deploy_started(&self, start: &str, more: &[&str]) -> (i32, String, String) {
+        let stop = self.stop_cmd();
+        let mut args = vec!["--start", start, "--stop", &stop, "--health-timeout", "10s"];
+        args.extend(more);
+        self.deploy(&args).await
+    }
+
     /// A `--stop` command: the color's app stops (its marker goes) and the
     /// color is appended to the file `stopped`.
     pub fn stop_cmd(&self) -> String {
