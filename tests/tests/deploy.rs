@@ -4,10 +4,9 @@
 
 use e2e::bluegreen::GatedColors;
 use e2e::client::Http;
+use e2e::load::{Counts, Load};
 use e2e::proxy::duotone_bin;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 const TOKEN: &str = "deploy-test-token-0123456789";
@@ -58,82 +57,21 @@ impl Fixture {
 }
 
 /// Clients that count failed requests until stopped.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    failed: Arc<AtomicU64>,
-    ok: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(url: String, clients: usize) -> Traffic {
-        let (stop, failed, ok) = (Arc::default(), Arc::default(), Arc::default());
-        let tasks =
-            (0..clients)
-                .map(|_| {
-                    let (stop, failed, ok, url): (
-                        Arc<AtomicBool>,
-                        Arc<AtomicU64>,
-                        Arc<AtomicU64>,
-                        _,
-                    ) = (
-                        Arc::clone(&stop),
-                        Arc::clone(&failed),
-                        Arc::clone(&ok),
-                        url.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let http = Http::new();
-                        while !stop.load(Ordering::SeqCst) {
-                            match http.get(&url).await {
-                                Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                                _ => failed.fetch_add(1, Ordering::Relaxed),
-                            };
-                            tokio::task::yield_now().await;
-                        }
-                    })
-                })
-                .collect();
-        Traffic {
-            stop,
-            failed,
-            ok,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-        )
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_starts_waits_flips_drains_and_stops() {
     let f = Fixture::new().await;
-    let traffic = Traffic::start(f.p.url("/"), 4);
-    let (start, stop) = (f.start_cmd(), f.stop_cmd());
-    let (code, out, err) = f
-        .deploy(&[
-            "--start",
-            &start,
-            "--stop",
-            &stop,
-            "--health-timeout",
-            "10s",
-        ])
-        .await;
-    let (ok, failed) = traffic.finish().await;
+    let traffic = Load::start(&f.p.url("/"), 4);
+    let (code, out, err) = f.deploy_started(&f.start_cmd(), &[]).await;
+    let Counts {
+        ok,
+        failed,
+        samples,
+        ..
+    } = traffic.finish().await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         failed, 0,
-        "{failed} failed requests during the deploy ({ok} ok)"
+        "{failed} failed requests during the deploy ({ok} ok): {samples:?}"
     );
     assert!(ok > 0);
     assert!(out.contains("api is live on green"), "{out}");
@@ -149,7 +87,14 @@ async fn deploy_starts_waits_flips_drains_and_stops() {
     // learned before the start command must not count: the deploy fails and
     // green stays live.
     let (code, out, err) = f
-        .deploy(&["--start", "true", "--stop", &stop, "--health-timeout", "1s"])
+        .deploy(&[
+            "--start",
+            "true",
+            "--stop",
+            &f.stop_cmd(),
+            "--health-timeout",
+            "1s",
+        ])
         .await;
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("did not become healthy"), "{err}");
@@ -159,16 +104,7 @@ async fn deploy_starts_waits_flips_drains_and_stops() {
     assert_eq!(f.log("stopped"), "blue\nblue\n");
 
     // And a real start of blue deploys it.
-    let (code, out, err) = f
-        .deploy(&[
-            "--start",
-            &start,
-            "--stop",
-            &stop,
-            "--health-timeout",
-            "10s",
-        ])
-        .await;
+    let (code, out, err) = f.deploy_started(&f.start_cmd(), &[]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(f.log("started"), "green from blue\nblue from green\n");
     assert_eq!(f.log("stopped"), "blue\nblue\ngreen\n");

@@ -95,20 +95,11 @@ async fn deploy_rolls_back_a_color_that_fails_real_requests() {
     // Green starts, passes /healthz, and answers 500 to everything else.
     f.green.set_failing(true);
     let load = Load::start_expecting(&f.p.url("/"), 8, green_500);
-    let (start, stop) = (f.start_cmd(), f.stop_cmd());
     let (code, out, err) = f
-        .deploy(&[
-            "--start",
-            &start,
-            "--stop",
-            &stop,
-            "--health-timeout",
-            "10s",
-            "--watch",
-            "30s",
-            "--max-error-rate",
-            "2%",
-        ])
+        .deploy_started(
+            &f.start_cmd(),
+            &["--watch", "30s", "--max-error-rate", "2%"],
+        )
         .await;
     let Counts {
         ok,
@@ -182,22 +173,18 @@ async fn deploy_rolls_back_a_color_that_fails_real_requests() {
 async fn deploy_of_a_good_color_passes_the_watch() {
     let f = Fixture::new(Transport::Lane, false).await;
     let load = Load::start_expecting(&f.p.url("/"), 4, green_500);
-    let (start, stop) = (f.start_cmd(), f.stop_cmd());
     let (code, out, err) = f
-        .deploy(&[
-            "--start",
-            &start,
-            "--stop",
-            &stop,
-            "--health-timeout",
-            "10s",
-            "--watch",
-            "2s",
-            "--max-error-rate",
-            "0.02",
-            "--max-latency",
-            "2s",
-        ])
+        .deploy_started(
+            &f.start_cmd(),
+            &[
+                "--watch",
+                "2s",
+                "--max-error-rate",
+                "0.02",
+                "--max-latency",
+                "2s",
+            ],
+        )
         .await;
     let Counts {
         ok,
