@@ -131,7 +131,8 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!((h3.len, h3.status), (h.len, h.status));
                 let mut want = without.fields;
                 want.push(("set-cookie".to_string(), PIN.as_bytes().to_vec()));
-                let names = |f: &[(String, Vec<u8>)]| f.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+                let names =
+                    |f: &[(String, Vec<u8>)]| f.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
                 assert_eq!(names(&calls.fields), names(&want));
                 let set_cookies = |f: &[(String, Vec<u8>)]| {
                     f.iter()
