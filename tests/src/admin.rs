@@ -1,6 +1,7 @@
 //! The admin API as the tests use it: a call with the admin token, a
-//! service's view (`GET /v1/services/NAME`), and polling that view until a
-//! condition holds.
+//! service's view (`GET /v1/services/NAME`) and polling it until a
+//! condition holds, the common writes (flip, weights, maintenance), and
+//! the `duotone` CLI pointed at a proxy's admin API.
 
 use crate::client::Resp;
 use crate::proxy::Proxy;
