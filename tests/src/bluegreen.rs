@@ -381,6 +381,11 @@ impl GatedColors {
         self.deploy(&args).await
     }
 
+    /// A `--start` command: the color's app starts (its marker appears).
+    pub fn start_cmd(&self) -> String {
+        format!("touch {}/{{color}}.ready", self.dir.path().display())
+    }
+
     /// A `--stop` command: the color's app stops (its marker goes) and the
     /// color is appended to the file `stopped`.
     pub fn stop_cmd(&self) -> String {
