@@ -32,8 +32,8 @@ impl Fixture {
         f
     }
 
-    /// Shell commands that mark the color ready / not ready and log the call.
-    fn start_cmd(&self) -> String {
+    /// A `--start` command that marks the color ready and logs the call.
+    fn start_logged_cmd(&self) -> String {
         let d = self.dir.path().display();
         format!("touch {d}/{{color}}.ready && echo \"$DUOTONE_COLOR from $DUOTONE_OLD_COLOR\" >> {d}/started")
     }
@@ -61,7 +61,7 @@ impl Fixture {
 async fn deploy_starts_waits_flips_drains_and_stops() {
     let f = Fixture::new().await;
     let traffic = Load::start(&f.p.url("/"), 4);
-    let (code, out, err) = f.deploy_started(&f.start_cmd(), &[]).await;
+    let (code, out, err) = f.deploy_started(&f.start_logged_cmd(), &[]).await;
     let Counts {
         ok,
         failed,
@@ -104,7 +104,7 @@ async fn deploy_starts_waits_flips_drains_and_stops() {
     assert_eq!(f.log("stopped"), "blue\nblue\n");
 
     // And a real start of blue deploys it.
-    let (code, out, err) = f.deploy_started(&f.start_cmd(), &[]).await;
+    let (code, out, err) = f.deploy_started(&f.start_logged_cmd(), &[]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(f.log("started"), "green from blue\nblue from green\n");
     assert_eq!(f.log("stopped"), "blue\nblue\ngreen\n");
@@ -263,7 +263,7 @@ async fn run_script(
 #[tokio::test]
 async fn bluegreen_sh_wraps_deploy() {
     let f = Fixture::new().await;
-    let (start, stop) = (f.start_cmd(), f.stop_cmd());
+    let (start, stop) = (f.start_logged_cmd(), f.stop_cmd());
 
     // Plain commands.
     let (code, out, err) = run_script(

@@ -4,7 +4,7 @@
 //! the timeout or over the queue, 503 with `Retry-After`; a restart keeps
 //! the pause; `duotone deploy --pause-during` loses no request.
 
-use e2e::bluegreen::{two_colors, GatedColors, GatedUpstream};
+use e2e::bluegreen::{two_colors, GatedColors};
 use e2e::client::{admin, Http, Resp};
 use e2e::load::{Counts, Load};
 use e2e::proxy::{api_config, Proxy};
@@ -382,31 +382,45 @@ async fn cli_pause_resume_and_status() {
 
 /// Blue live and healthy, green's app not started (its health check
 /// passes once `green.ready` exists).
-async fn deploy_fixture() -> (tempfile::TempDir, GatedUpstream, GatedUpstream, Proxy) {
+async fn deploy_fixture() -> GatedColors {
+    let f = GatedColors::start(Transport::Lane.env(), TOKEN, false).await;
+    e2e::eventually(Duration::from_secs(10), || async {
+        (service(&f.p).await["colors"]["blue"]["healthy"] == true).then_some(())
+    })
+    .await
+    .expect("blue healthy");
+    f
+}
+
+/// `duotone deploy` to green, started by the fixture's start command and,
+/// if `stop`, stopped by its stop command, with `pause_during` run while
+/// the service is paused, then `more` options.
+async fn deploy(
+    f: &GatedColors,
+    stop: bool,
+    pause_during: &str,
+    more: &[&str],
+) -> (i32, String, String) {
+    let (start, stop_cmd) = (f.start_cmd(), f.stop_cmd());
+    let mut args = vec!["--health-timeout", "20s", "--start", &start];
+    if stop {
+        args.extend(["--stop", &stop_cmd]);
+    }
+    args.extend(["--pause-during", pause_during]);
+    args.extend(more);
+    f.deploy(&args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_pause_during_a_migration_loses_no_request() {
+    let f = deploy_fixture().await;
     let GatedColors {
         dir,
         blue,
         green,
         p,
         ..
-    } = GatedColors::start(Transport::Lane.env(), TOKEN, false).await;
-    e2e::eventually(Duration::from_secs(10), || async {
-        (service(&p).await["colors"]["blue"]["healthy"] == true).then_some(())
-    })
-    .await
-    .expect("blue healthy");
-    (dir, blue, green, p)
-}
-
-async fn deploy(p: &Proxy, args: Vec<String>) -> (i32, String, String) {
-    let mut all = vec!["deploy", "--service", "api", "--health-timeout", "20s"];
-    all.extend(args.iter().map(String::as_str));
-    e2e::admin::cli(p, TOKEN, &all).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deploy_pause_during_a_migration_loses_no_request() {
-    let (dir, blue, green, p) = deploy_fixture().await;
+    } = &f;
     let d = dir.path().display();
     let load = Load::start(&p.url("/"), 8);
     // Some traffic on blue first.
@@ -415,18 +429,8 @@ async fn deploy_pause_during_a_migration_loses_no_request() {
     })
     .await
     .expect("load on blue");
-    let (code, out, err) = deploy(
-        &p,
-        vec![
-            "--start".into(),
-            format!("touch {d}/{{color}}.ready"),
-            "--stop".into(),
-            format!("rm -f {d}/{{color}}.ready"),
-            "--pause-during".into(),
-            format!("sleep 5 && echo \"{{color}} from {{old}}\" > {d}/migrated"),
-        ],
-    )
-    .await;
+    let migrate = format!("sleep 5 && echo \"{{color}} from {{old}}\" > {d}/migrated");
+    let (code, out, err) = deploy(&f, true, &migrate, &[]).await;
     // Traffic on green after the deploy.
     let after = green.hits();
     e2e::eventually(Duration::from_secs(10), || async {
@@ -456,27 +460,16 @@ async fn deploy_pause_during_a_migration_loses_no_request() {
         longest >= 4000,
         "no request was held through the migration: longest {longest} ms"
     );
-    let v = service(&p).await;
+    let v = service(p).await;
     assert_eq!((&v["live"], &v["paused"]), (&"green".into(), &false.into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_pause_during_a_failed_migration_resumes_and_keeps_the_old_color() {
-    let (dir, blue, _green, p) = deploy_fixture().await;
-    let d = dir.path().display();
+    let f = deploy_fixture().await;
+    let GatedColors { dir, blue, p, .. } = &f;
     let load = Load::start(&p.url("/"), 4);
-    let (code, out, err) = deploy(
-        &p,
-        vec![
-            "--start".into(),
-            format!("touch {d}/{{color}}.ready"),
-            "--stop".into(),
-            format!("rm -f {d}/{{color}}.ready && echo {{color}} >> {d}/stopped"),
-            "--pause-during".into(),
-            "sleep 1 && exit 3".into(),
-        ],
-    )
-    .await;
+    let (code, out, err) = deploy(&f, true, "sleep 1 && exit 3", &[]).await;
     let before = blue.hits();
     e2e::eventually(Duration::from_secs(10), || async {
         (blue.hits() >= before + 20).then_some(())
@@ -498,31 +491,21 @@ async fn deploy_pause_during_a_failed_migration_resumes_and_keeps_the_old_color(
     );
     assert!(sent > 0);
     assert_eq!(failed, 0, "{samples:#?}");
-    let v = service(&p).await;
+    let v = service(p).await;
     assert_eq!((&v["live"], &v["paused"]), (&"blue".into(), &false.into()));
 
     // A command that runs too long is stopped; the service is resumed.
-    let (code, out, err) = deploy(
-        &p,
-        vec![
-            "--start".into(),
-            format!("touch {d}/{{color}}.ready"),
-            "--pause-during".into(),
-            "sleep 30".into(),
-            "--pause-timeout".into(),
-            "1s".into(),
-        ],
-    )
-    .await;
+    let (code, out, err) = deploy(&f, false, "sleep 30", &["--pause-timeout", "1s"]).await;
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("still running after 1s"), "{err}");
-    let v = service(&p).await;
+    let v = service(p).await;
     assert_eq!((&v["live"], &v["paused"]), (&"blue".into(), &false.into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_the_pause_stops_the_command_and_resumes() {
-    let (dir, _blue, _green, p) = deploy_fixture().await;
+    let f = deploy_fixture().await;
+    let GatedColors { dir, p, .. } = &f;
     let d = dir.path().display();
     let pidfile = dir.path().join("migrate.pid");
     let child = std::process::Command::new(e2e::proxy::duotone_bin())
@@ -544,9 +527,9 @@ async fn ctrl_c_during_the_pause_stops_the_command_and_resumes() {
     })
     .await
     .expect("the --pause-during command started");
-    assert_eq!(service(&p).await["paused"], true);
+    assert_eq!(service(p).await["paused"], true);
     let held = spawn(&Http::new(), "GET", p.url("/"), "");
-    wait_held(&p, 1).await;
+    wait_held(p, 1).await;
     // SAFETY: kill(2) on our own child.
     #[allow(unsafe_code)]
     unsafe {
@@ -565,7 +548,7 @@ async fn ctrl_c_during_the_pause_stops_the_command_and_resumes() {
     #[allow(unsafe_code)]
     let alive = unsafe { libc::kill(pid, 0) } == 0;
     assert!(!alive, "the --pause-during command is still running");
-    let v = service(&p).await;
+    let v = service(p).await;
     assert_eq!((&v["live"], &v["paused"]), (&"blue".into(), &false.into()));
     let r = held.await.unwrap().unwrap();
     assert_eq!((r.status, r.text()), (200, "blue".to_string()));
@@ -573,7 +556,8 @@ async fn ctrl_c_during_the_pause_stops_the_command_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bluegreen_sh_passes_pause_during_on() {
-    let (dir, _blue, green, p) = deploy_fixture().await;
+    let f = deploy_fixture().await;
+    let GatedColors { dir, green, p, .. } = &f;
     let d = dir.path().display();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bluegreen.sh");
     let mut cmd = std::process::Command::new("bash");
@@ -603,5 +587,5 @@ async fn bluegreen_sh_passes_pause_during_on() {
     let r = Http::new().get(&p.url("/")).await.unwrap();
     assert_eq!((r.status, r.text()), (200, "green".to_string()));
     assert!(green.hits() >= 1);
-    assert_eq!(service(&p).await["paused"], false);
+    assert_eq!(service(p).await["paused"], false);
 }

@@ -42,10 +42,6 @@ impl Fixture {
         f
     }
 
-    fn start_cmd(&self) -> String {
-        format!("touch {}/{{color}}.ready", self.dir.path().display())
-    }
-
     async fn api(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
         e2e::admin::call(&self.p, TOKEN, method, path, body).await
     }
