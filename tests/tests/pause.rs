@@ -126,6 +126,25 @@ fn four_requests(p: &Proxy) -> Vec<(String, JoinHandle<anyhow::Result<Resp>>)> {
     ]
 }
 
+/// Sends [`four_requests`]; each must be refused with 503 and
+/// `Retry-After: retry_after`.
+async fn four_refused(p: &Proxy, retry_after: &str) {
+    for (name, task) in four_requests(p) {
+        let r = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(r.status, 503, "{name}: {}", r.text());
+        assert_eq!(r.header("retry-after"), retry_after, "{name}");
+    }
+}
+
+/// `duotone_hold_refused_total` of service `api` for `reason`.
+async fn refused_total(p: &Proxy, reason: &str) -> String {
+    let name = format!("duotone_hold_refused_total{{service=\"api\",reason=\"{reason}\"}}");
+    metric(p, &name).await
+}
+
 e2e::on_both_transports!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     held_requests_all_succeed_after_resume,
@@ -234,14 +253,7 @@ async fn held_past_the_timeout_get_503_with_retry_after(t: Transport) {
         serde_json::json!({"timeout_ms": 1000, "queue": 1000, "retry_after_s": 7})
     );
     let start = Instant::now();
-    for (name, task) in four_requests(&p) {
-        let r = task
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert_eq!(r.status, 503, "{name}: {}", r.text());
-        assert_eq!(r.header("retry-after"), "7", "{name}");
-    }
+    four_refused(&p, "7").await;
     assert!(
         start.elapsed() >= Duration::from_millis(900),
         "answered before the timeout: {:?}",
@@ -249,14 +261,7 @@ async fn held_past_the_timeout_get_503_with_retry_after(t: Transport) {
     );
     assert_eq!(up.hits(), 0);
     assert_eq!(service(&p).await["held"], 0);
-    assert_eq!(
-        metric(
-            &p,
-            "duotone_hold_refused_total{service=\"api\",reason=\"timeout\"}"
-        )
-        .await,
-        "4"
-    );
+    assert_eq!(refused_total(&p, "timeout").await, "4");
     // Still paused; once resumed, requests go through.
     resume(&p).await;
     let r = Http::new().get(&p.url("/")).await.unwrap();
@@ -269,22 +274,8 @@ async fn the_queue_bound_refuses_the_excess_and_the_rest_succeed(t: Transport) {
     let sent = four_requests(&p);
     wait_held(&p, 4).await;
     // The queue is full: refused at once, on every client.
-    for (name, task) in four_requests(&p) {
-        let r = task
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert_eq!(r.status, 503, "{name}: {}", r.text());
-        assert_eq!(r.header("retry-after"), "2", "{name}");
-    }
-    assert_eq!(
-        metric(
-            &p,
-            "duotone_hold_refused_total{service=\"api\",reason=\"queue\"}"
-        )
-        .await,
-        "4"
-    );
+    four_refused(&p, "2").await;
+    assert_eq!(refused_total(&p, "queue").await, "4");
     assert_eq!(service(&p).await["held"], 4);
     resume(&p).await;
     for (name, task) in sent {
