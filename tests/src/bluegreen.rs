@@ -276,3 +276,120 @@ impl GatedUpstream {
         self.hits.load(Ordering::Relaxed)
     }
 }
+
+/// A fast health check on `/healthz`, as a `[services.*]` line.
+pub const FAST_HEALTH: &str = r#"health = { path = "/healthz", interval = "100ms" }"#;
+
+/// The body of a `[services.NAME]` table with blue live: members `blue`
+/// and `green`, then the `extra` lines.
+pub fn two_colors(blue: &str, green: &str, extra: &str) -> String {
+    format!("live = \"blue\"\ncolors.blue = [\"{blue}\"]\ncolors.green = [\"{green}\"]\n{extra}\n")
+}
+
+impl GatedUpstream {
+    /// Blue and green with their markers in `dir`: blue's app started
+    /// (healthy), green's not.
+    pub async fn pair(dir: &std::path::Path) -> (GatedUpstream, GatedUpstream) {
+        let blue = GatedUpstream::start("blue", dir.join("blue.ready")).await;
+        let green = GatedUpstream::start("green", dir.join("green.ready")).await;
+        std::fs::write(&blue.marker, "").expect("blue's marker");
+        (blue, green)
+    }
+}
+
+/// A proxy in front of a blue/green pair of [`GatedUpstream`]s whose
+/// markers live in `dir`, as the deploy tests use it: service `api`,
+/// blue live with its app started, a 100 ms health check, the admin token
+/// given. Nothing is waited for but the proxy serving.
+pub struct GatedColors {
+    /// Holds the markers and the logs that deploy commands write.
+    pub dir: tempfile::TempDir,
+    /// Live at start, app started.
+    pub blue: GatedUpstream,
+    /// App started only if asked.
+    pub green: GatedUpstream,
+    /// The proxy.
+    pub p: crate::proxy::Proxy,
+    /// Its admin token.
+    pub token: String,
+}
+
+impl GatedColors {
+    /// Starts both upstreams and the proxy with the environment `env`
+    /// (a [`crate::transport::Transport`]'s, say); green's app is started
+    /// too if `green_ready`.
+    pub async fn start(env: &[(&str, &str)], token: &str, green_ready: bool) -> GatedColors {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (blue, green) = GatedUpstream::pair(dir.path()).await;
+        if green_ready {
+            std::fs::write(&green.marker, "").expect("green's marker");
+        }
+        let p = crate::proxy::Proxy::start_with_env(
+            &crate::proxy::api_config(
+                token,
+                &two_colors(&blue.member(), &green.member(), FAST_HEALTH),
+            ),
+            env,
+        )
+        .await;
+        GatedColors {
+            dir,
+            blue,
+            green,
+            p,
+            token: token.to_string(),
+        }
+    }
+
+    /// A file in [`GatedColors::dir`].
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The text of the file `name` in the directory (empty if none).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+
+    /// The view of service `api`.
+    pub async fn service(&self) -> serde_json::Value {
+        crate::admin::service(&self.p, &self.token, "api").await
+    }
+
+    /// Polls the view of service `api` until `f` holds (up to `limit`).
+    pub async fn wait(
+        &self,
+        limit: Duration,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        crate::admin::wait_service(&self.p, &self.token, "api", "the service", limit, f).await
+    }
+
+    /// Runs `duotone deploy --service api ARGS` off the async runtime.
+    pub async fn deploy(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["deploy", "--service", "api"];
+        all.extend(args);
+        crate::admin::cli(&self.p, &self.token, &all).await
+    }
+
+    /// Runs `duotone deploy --service api --start START --stop STOP
+    /// --health-timeout 10s MORE…`, STOP being [`GatedColors::stop_cmd`].
+    pub async fn deploy_started(&self, start: &str, more: &[&str]) -> (i32, String, String) {
+        let stop = self.stop_cmd();
+        let mut args = vec!["--start", start, "--stop", &stop, "--health-timeout", "10s"];
+        args.extend(more);
+        self.deploy(&args).await
+    }
+
+    /// A `--start` command: the color's app starts (its marker appears).
+    pub fn start_cmd(&self) -> String {
+        format!("touch {}/{{color}}.ready", self.dir.path().display())
+    }
+
+    /// A `--stop` command: the color's app stops (its marker goes) and the
+    /// color is appended to the file `stopped`.
+    pub fn stop_cmd(&self) -> String {
+        let d = self.dir.path().display();
+        format!("rm -f {d}/{{color}}.ready && echo $DUOTONE_COLOR >> {d}/stopped")
+    }
+}

@@ -1,10 +1,12 @@
 //! Test harness for end-to-end tests: starts the real `duotone` binary and
 //! real upstream servers on loopback, and talks to them over real sockets.
 
+pub mod admin;
 pub mod apps;
 pub mod client;
 pub mod h2c;
 pub mod held;
+pub mod load;
 pub mod proxy;
 pub mod recorder;
 pub mod scripted;

@@ -237,10 +237,10 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
-/// A config template with the admin token `token`, one default site that
-/// routes everything to the service `api`, and `service` as the body of
-/// `[services.api]` (colors, health, …). Placeholders as in [`Proxy::render`].
-pub fn api_config(token: &str, service: &str) -> String {
+/// The `[server]` table of a config template: plain HTTP and admin
+/// listeners, the state directory, and the admin token `token`, then the
+/// `extra` lines (more `[server]` keys). Placeholders as in [`Proxy::render`].
+pub fn server_config(token: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -248,7 +248,17 @@ http = "{{http}}"
 admin = "{{admin}}"
 state_dir = "{{state}}"
 admin_token = "{token}"
+{extra}
+"#
+    )
+}
 
+/// A config template with the admin token `token`, one default site that
+/// routes everything to the service `api`, and `service` as the body of
+/// `[services.api]` (colors, health, …). Placeholders as in [`Proxy::render`].
+pub fn api_config(token: &str, service: &str) -> String {
+    format!(
+        r#"{server}
 [[sites]]
 hosts = ["*"]
   [[sites.routes]]
@@ -257,6 +267,7 @@ hosts = ["*"]
 
 [services.api]
 {service}
-"#
+"#,
+        server = server_config(token, "")
     )
 }

@@ -258,3 +258,21 @@ fn websocket(req: Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
         .body(Full::new(Bytes::new()))
         .unwrap_or_default()
 }
+
+/// Sends `text` on a WebSocket open through the proxy to an [`Upstream`]
+/// and returns the echo (`NAME: text`, from the upstream that answered);
+/// panics unless it comes within 5 s.
+pub async fn ws_echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, text: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+        .await
+        .expect("send");
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .expect("echo")
+        .expect("echo frame");
+    msg.into_text().expect("a text echo").to_string()
+}

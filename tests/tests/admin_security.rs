@@ -44,9 +44,7 @@ colors.green = ["{}"]
 }
 
 async fn call(p: &Proxy, method: &str, path: &str, body: Option<&str>) -> Resp {
-    admin(method, &p.admin_url(path), Some(TOKEN), body)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"))
+    e2e::admin::call(p, TOKEN, method, path, body).await
 }
 
 /// Sends `method path` with exactly these headers (plus the token) and body.
@@ -61,21 +59,11 @@ async fn send(p: &Proxy, method: &str, path: &str, headers: &[(&str, &str)], bod
 }
 
 async fn service(p: &Proxy) -> Value {
-    let r = call(p, "GET", "/v1/services/api", None).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
+    e2e::admin::service(p, TOKEN, "api").await
 }
 
 async fn wait_service(p: &Proxy, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let got = e2e::eventually(Duration::from_secs(10), || async {
-        let v = service(p).await;
-        f(&v).then_some(v)
-    })
-    .await;
-    match got {
-        Some(v) => v,
-        None => panic!("timed out waiting for {what}: {:#}", service(p).await),
-    }
+    e2e::admin::wait_service(p, TOKEN, "api", what, Duration::from_secs(10), f).await
 }
 
 fn healthy(v: &Value, color: &str) -> bool {

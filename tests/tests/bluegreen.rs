@@ -52,29 +52,16 @@ fn blue_green(blue: &Upstream, green: &Upstream, server: &str, service: &str) ->
 }
 
 async fn call(p: &Proxy, method: &str, path: &str, body: Option<&str>) -> e2e::client::Resp {
-    admin(method, &p.admin_url(path), Some(TOKEN), body)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"))
+    e2e::admin::call(p, TOKEN, method, path, body).await
 }
 
 async fn service(p: &Proxy) -> Value {
-    let r = call(p, "GET", "/v1/services/api", None).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
+    e2e::admin::service(p, TOKEN, "api").await
 }
 
 /// Waits until the service JSON satisfies `f`.
 async fn wait_service(p: &Proxy, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let last = std::sync::Mutex::new(Value::Null);
-    let got = e2e::eventually(Duration::from_secs(10), || async {
-        let v = service(p).await;
-        let ok = f(&v);
-        *last.lock().unwrap() = v.clone();
-        ok.then_some(v)
-    })
-    .await;
-    let last = last.into_inner().unwrap();
-    got.unwrap_or_else(|| panic!("timed out waiting for {what}; last state: {last:#}"))
+    e2e::admin::wait_service(p, TOKEN, "api", what, Duration::from_secs(10), f).await
 }
 
 fn healthy(v: &Value, color: &str) -> bool {

@@ -4,8 +4,9 @@
 //! Pingora's path (`DUOTONE_LANE=off`), a large POST the lane hands over
 //! to Pingora's path, and WebSocket upgrades (Pingora's own proxy).
 
+use e2e::admin::set_weights;
 use e2e::client::{admin, Http, Resp};
-use e2e::proxy::{run_cli, Proxy};
+use e2e::proxy::{server_config, Proxy};
 use e2e::transport::Transport;
 use e2e::upstream::Upstream;
 use futures_util::{SinkExt, StreamExt};
@@ -26,13 +27,7 @@ const BIG: usize = 100 * 1024;
 fn config(blue: &Upstream, green: &Upstream, extra: &str) -> String {
     let (b, g) = (blue.member(), green.member());
     format!(
-        r#"
-[server]
-http = "{{http}}"
-admin = "{{admin}}"
-state_dir = "{{state}}"
-admin_token = "{TOKEN}"
-
+        r#"{server}
 [[sites]]
 hosts = ["*"]
   [[sites.routes]]
@@ -53,7 +48,8 @@ live = "blue"
 colors.blue = ["{b}"]
 colors.green = ["{g}"]
 {PREVIEW}
-"#
+"#,
+        server = server_config(TOKEN, "")
     )
 }
 
@@ -117,6 +113,23 @@ const CLIENTS: [Client; 5] = [
     },
 ];
 
+/// One test per entry of [`CLIENTS`], in order: `name` runs `f(CLIENTS[i])`.
+macro_rules! on_every_client {
+    ($f:ident: $($name:ident),+ $(,)?) => {
+        on_every_client!(@each $f, 0usize, $($name),+);
+    };
+    (@each $f:ident, $i:expr, $name:ident $(, $rest:ident)*) => {
+        #[tokio::test]
+        async fn $name() {
+            $f(CLIENTS[$i]).await
+        }
+        on_every_client!(@each $f, $i + 1, $($rest),*);
+    };
+    (@each $f:ident, $i:expr,) => {
+        const _: () = assert!($i == CLIENTS.len(), "one test per client");
+    };
+}
+
 async fn send(http: &Http, p: &Proxy, c: Client, path: &str, headers: &[(&str, &str)]) -> Resp {
     let (method, body) = if c.post {
         ("POST", vec![b'x'; BIG])
@@ -156,9 +169,7 @@ fn token(secret: &str, service: &str, color: &str) -> String {
 }
 
 async fn call(p: &Proxy, method: &str, path: &str, body: Option<&str>) -> Resp {
-    admin(method, &p.admin_url(path), Some(TOKEN), body)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"))
+    e2e::admin::call(p, TOKEN, method, path, body).await
 }
 
 /// With weights 50/50: a client without the cookie gets both colors, each
@@ -207,30 +218,14 @@ async fn sticky(c: Client) {
     assert!(blue.hits() > 0 && green.hits() > 0);
 }
 
-#[tokio::test]
-async fn sticky_lane_h1() {
-    sticky(CLIENTS[0]).await
-}
-
-#[tokio::test]
-async fn sticky_lane_h2() {
-    sticky(CLIENTS[1]).await
-}
-
-#[tokio::test]
-async fn sticky_lane_h2_post_handed_to_pingora() {
-    sticky(CLIENTS[2]).await
-}
-
-#[tokio::test]
-async fn sticky_pingora_h1_post() {
-    sticky(CLIENTS[3]).await
-}
-
-#[tokio::test]
-async fn sticky_pingora_h2() {
-    sticky(CLIENTS[4]).await
-}
+on_every_client!(
+    sticky:
+    sticky_lane_h1,
+    sticky_lane_h2,
+    sticky_lane_h2_post_handed_to_pingora,
+    sticky_pingora_h1_post,
+    sticky_pingora_h2,
+);
 
 e2e::on_both_transports!(
     #[tokio::test]
@@ -267,25 +262,11 @@ async fn no_cookie_unless_weights_split_traffic(t: Transport) {
     assert_eq!(v["sticky"]["max_age_s"], 86400, "{v:#}");
     assert!(v.get("preview").is_none(), "{v:#}");
 
-    let r = call(
-        &p,
-        "PUT",
-        "/v1/services/api/weights",
-        Some(r#"{"blue":100,"green":0}"#),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    set_weights(&p, TOKEN, "api", r#"{"blue":100,"green":0}"#).await;
     only_blue("weights 100/0").await;
 
-    let r = call(
-        &p,
-        "PUT",
-        "/v1/services/api/weights",
-        Some(r#"{"blue":50,"green":50}"#),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["sticky"]["active"], true, "{}", r.text());
+    let v = set_weights(&p, TOKEN, "api", r#"{"blue":50,"green":50}"#).await;
+    assert_eq!(v["sticky"]["active"], true, "{v:#}");
     let r = send(&http, &p, c, "/", &[]).await;
     assert_eq!(set_cookies(&r), vec![pin(&r.text())]);
     for _ in 0..20 {
@@ -293,14 +274,7 @@ async fn no_cookie_unless_weights_split_traffic(t: Transport) {
         assert_eq!(r.text(), "green");
     }
     // Weights that take green out: its cookie no longer pins.
-    let r = call(
-        &p,
-        "PUT",
-        "/v1/services/api/weights",
-        Some(r#"{"blue":100,"green":0}"#),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    set_weights(&p, TOKEN, "api", r#"{"blue":100,"green":0}"#).await;
     only_blue("weights back to 100/0").await;
 }
 
@@ -368,30 +342,14 @@ async fn preview(c: Client) {
     assert!(blue.hits() >= 2 * wrong.len() as u64);
 }
 
-#[tokio::test]
-async fn preview_lane_h1() {
-    preview(CLIENTS[0]).await
-}
-
-#[tokio::test]
-async fn preview_lane_h2() {
-    preview(CLIENTS[1]).await
-}
-
-#[tokio::test]
-async fn preview_lane_h2_post_handed_to_pingora() {
-    preview(CLIENTS[2]).await
-}
-
-#[tokio::test]
-async fn preview_pingora_h1_post() {
-    preview(CLIENTS[3]).await
-}
-
-#[tokio::test]
-async fn preview_pingora_h2() {
-    preview(CLIENTS[4]).await
-}
+on_every_client!(
+    preview:
+    preview_lane_h1,
+    preview_lane_h2,
+    preview_lane_h2_post_handed_to_pingora,
+    preview_pingora_h1_post,
+    preview_pingora_h2,
+);
 
 e2e::on_both_transports!(
     #[tokio::test]
@@ -449,12 +407,7 @@ async fn preview_without_a_secret_is_ignored(t: Transport) {
     .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(r.status, 401, "{}", r.text());
 
-    let env = [
-        ("DUOTONE_ADMIN", p.admin_url("")),
-        ("DUOTONE_ADMIN_TOKEN", TOKEN.to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (code, out, err) = run_cli(&["preview", "api", "green"], &env);
+    let (code, out, err) = e2e::admin::cli(&p, TOKEN, &["preview", "api", "green"]).await;
     assert_ne!(code, 0, "{out}");
     assert!(
         err.contains("409") && err.contains("no preview secret"),
@@ -468,12 +421,7 @@ async fn preview_without_a_secret_is_ignored(t: Transport) {
 #[tokio::test]
 async fn preview_and_status_cli() {
     let (p, _blue, _green) = start(Transport::Lane, &format!("{PREVIEW}\n{WEIGHTS}")).await;
-    let env = [
-        ("DUOTONE_ADMIN", p.admin_url("")),
-        ("DUOTONE_ADMIN_TOKEN", TOKEN.to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (code, out, err) = run_cli(&["preview", "api", "green"], &env);
+    let (code, out, err) = e2e::admin::cli(&p, TOKEN, &["preview", "api", "green"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let value = format!("green.{}", token(SECRET, "api", "green"));
     let header = format!("Duotone-Preview: {value}");
@@ -492,7 +440,7 @@ async fn preview_and_status_cli() {
     assert_eq!(r.text(), "green");
     assert!(set_cookies(&r).is_empty());
 
-    let (code, out, err) = run_cli(&["status", "api"], &env);
+    let (code, out, err) = e2e::admin::cli(&p, TOKEN, &["status", "api"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("sticky: clients pinned by cookie duotone_api (max-age 86400s)"),

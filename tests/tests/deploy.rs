@@ -2,49 +2,28 @@
 //! commands start and stop colors; each color's upstream passes its health
 //! check only once its start command has created a marker file.
 
-use e2e::bluegreen::GatedUpstream;
-use e2e::client::{admin, Http};
-use e2e::proxy::{duotone_bin, run_cli, Proxy};
+use e2e::bluegreen::GatedColors;
+use e2e::client::Http;
+use e2e::load::{Counts, Load};
+use e2e::proxy::duotone_bin;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 const TOKEN: &str = "deploy-test-token-0123456789";
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    blue: GatedUpstream,
-    green: GatedUpstream,
-    p: Proxy,
+struct Fixture(GatedColors);
+
+impl std::ops::Deref for Fixture {
+    type Target = GatedColors;
+    fn deref(&self) -> &GatedColors {
+        &self.0
+    }
 }
 
 impl Fixture {
     /// Blue is running and live; green's app is not started.
     async fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let blue = GatedUpstream::start("blue", dir.path().join("blue.ready")).await;
-        let green = GatedUpstream::start("green", dir.path().join("green.ready")).await;
-        std::fs::write(&blue.marker, "").unwrap();
-        let p = Proxy::start(&e2e::proxy::api_config(
-            TOKEN,
-            &format!(
-                r#"live = "blue"
-health = {{ path = "/healthz", interval = "100ms" }}
-colors.blue = ["{blue}"]
-colors.green = ["{green}"]
-"#,
-                blue = blue.member(),
-                green = green.member()
-            ),
-        ))
-        .await;
-        let f = Fixture {
-            dir,
-            blue,
-            green,
-            p,
-        };
+        let f = Fixture(GatedColors::start(&[], TOKEN, false).await);
         f.wait(|v| {
             v["colors"]["blue"]["healthy"] == true
                 && v["colors"]["green"]["members"][0]["health"] == "down"
@@ -53,47 +32,14 @@ colors.green = ["{green}"]
         f
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Shell commands that mark the color ready / not ready and log the call.
-    fn start_cmd(&self) -> String {
+    /// A `--start` command that marks the color ready and logs the call.
+    fn start_logged_cmd(&self) -> String {
         let d = self.dir.path().display();
         format!("touch {d}/{{color}}.ready && echo \"$DUOTONE_COLOR from $DUOTONE_OLD_COLOR\" >> {d}/started")
     }
 
-    fn stop_cmd(&self) -> String {
-        let d = self.dir.path().display();
-        format!("rm -f {d}/{{color}}.ready && echo $DUOTONE_COLOR >> {d}/stopped")
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-
-    async fn service(&self) -> serde_json::Value {
-        let r = admin(
-            "GET",
-            &self.p.admin_url("/v1/services/api"),
-            Some(TOKEN),
-            None,
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.json()
-    }
-
     async fn wait(&self, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let last = std::sync::Mutex::new(serde_json::Value::Null);
-        let got = e2e::eventually(Duration::from_secs(10), || async {
-            let v = self.service().await;
-            *last.lock().unwrap() = v.clone();
-            f(&v).then_some(v)
-        })
-        .await;
-        got.unwrap_or_else(|| panic!("timed out; state: {:#}", last.lock().unwrap()))
+        self.0.wait(Duration::from_secs(10), f).await
     }
 
     async fn answer(&self) -> String {
@@ -108,99 +54,24 @@ colors.green = ["{green}"]
             ("DUOTONE_ADMIN_TOKEN", TOKEN.to_string()),
         ]
     }
-
-    /// Runs `duotone deploy ARGS` off the async runtime.
-    async fn deploy(&self, args: &[&str]) -> (i32, String, String) {
-        let mut all = vec!["deploy".to_string(), "--service".into(), "api".into()];
-        all.extend(args.iter().map(|s| s.to_string()));
-        let env = self.env();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = all.iter().map(String::as_str).collect();
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            run_cli(&args, &env)
-        })
-        .await
-        .unwrap()
-    }
 }
 
 /// Clients that count failed requests until stopped.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    failed: Arc<AtomicU64>,
-    ok: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(url: String, clients: usize) -> Traffic {
-        let (stop, failed, ok) = (Arc::default(), Arc::default(), Arc::default());
-        let tasks =
-            (0..clients)
-                .map(|_| {
-                    let (stop, failed, ok, url): (
-                        Arc<AtomicBool>,
-                        Arc<AtomicU64>,
-                        Arc<AtomicU64>,
-                        _,
-                    ) = (
-                        Arc::clone(&stop),
-                        Arc::clone(&failed),
-                        Arc::clone(&ok),
-                        url.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let http = Http::new();
-                        while !stop.load(Ordering::SeqCst) {
-                            match http.get(&url).await {
-                                Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                                _ => failed.fetch_add(1, Ordering::Relaxed),
-                            };
-                            tokio::task::yield_now().await;
-                        }
-                    })
-                })
-                .collect();
-        Traffic {
-            stop,
-            failed,
-            ok,
-            tasks,
-        }
-    }
-
-    async fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-        )
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_starts_waits_flips_drains_and_stops() {
     let f = Fixture::new().await;
-    let traffic = Traffic::start(f.p.url("/"), 4);
-    let (start, stop) = (f.start_cmd(), f.stop_cmd());
-    let (code, out, err) = f
-        .deploy(&[
-            "--start",
-            &start,
-            "--stop",
-            &stop,
-            "--health-timeout",
-            "10s",
-        ])
-        .await;
-    let (ok, failed) = traffic.finish().await;
+    let traffic = Load::start(&f.p.url("/"), 4);
+    let (code, out, err) = f.deploy_started(&f.start_logged_cmd(), &[]).await;
+    let Counts {
+        ok,
+        failed,
+        samples,
+        ..
+    } = traffic.finish().await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         failed, 0,
-        "{failed} failed requests during the deploy ({ok} ok)"
+        "{failed} failed requests during the deploy ({ok} ok): {samples:?}"
     );
     assert!(ok > 0);
     assert!(out.contains("api is live on green"), "{out}");
@@ -216,7 +87,14 @@ async fn deploy_starts_waits_flips_drains_and_stops() {
     // learned before the start command must not count: the deploy fails and
     // green stays live.
     let (code, out, err) = f
-        .deploy(&["--start", "true", "--stop", &stop, "--health-timeout", "1s"])
+        .deploy(&[
+            "--start",
+            "true",
+            "--stop",
+            &f.stop_cmd(),
+            "--health-timeout",
+            "1s",
+        ])
         .await;
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("did not become healthy"), "{err}");
@@ -226,16 +104,7 @@ async fn deploy_starts_waits_flips_drains_and_stops() {
     assert_eq!(f.log("stopped"), "blue\nblue\n");
 
     // And a real start of blue deploys it.
-    let (code, out, err) = f
-        .deploy(&[
-            "--start",
-            &start,
-            "--stop",
-            &stop,
-            "--health-timeout",
-            "10s",
-        ])
-        .await;
+    let (code, out, err) = f.deploy_started(&f.start_logged_cmd(), &[]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(f.log("started"), "green from blue\nblue from green\n");
     assert_eq!(f.log("stopped"), "blue\nblue\ngreen\n");
@@ -394,7 +263,7 @@ async fn run_script(
 #[tokio::test]
 async fn bluegreen_sh_wraps_deploy() {
     let f = Fixture::new().await;
-    let (start, stop) = (f.start_cmd(), f.stop_cmd());
+    let (start, stop) = (f.start_logged_cmd(), f.stop_cmd());
 
     // Plain commands.
     let (code, out, err) = run_script(

@@ -4,9 +4,10 @@
 //! `deploy` finish with exit 0 and run `--stop`; requests still in flight
 //! at `--drain-timeout` make them fail without stopping the old color.
 
+use e2e::bluegreen::{two_colors, FAST_HEALTH};
 use e2e::client::{admin, Http};
-use e2e::proxy::{run_cli, Proxy};
-use e2e::upstream::Upstream;
+use e2e::proxy::Proxy;
+use e2e::upstream::{ws_echo, Upstream};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -31,15 +32,10 @@ impl Fixture {
         let green = Upstream::start("green").await;
         let p = Proxy::start(&e2e::proxy::api_config(
             TOKEN,
-            &format!(
-                r#"live = "blue"
-drain_upgraded = "{drain_upgraded}"
-health = {{ path = "/healthz", interval = "100ms" }}
-colors.blue = ["{blue}"]
-colors.green = ["{green}"]
-"#,
-                blue = blue.member(),
-                green = green.member()
+            &two_colors(
+                &blue.member(),
+                &green.member(),
+                &format!("drain_upgraded = \"{drain_upgraded}\"\n{FAST_HEALTH}"),
             ),
         ))
         .await;
@@ -57,33 +53,12 @@ colors.green = ["{green}"]
     }
 
     async fn service(&self) -> serde_json::Value {
-        let r = admin(
-            "GET",
-            &self.p.admin_url("/v1/services/api"),
-            Some(TOKEN),
-            None,
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.json()
+        e2e::admin::service(&self.p, TOKEN, "api").await
     }
 
     /// Polls the service until `f` holds (bounded).
     async fn wait(&self, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let last = std::sync::Mutex::new(serde_json::Value::Null);
-        let got = e2e::eventually(Duration::from_secs(15), || async {
-            let v = self.service().await;
-            *last.lock().unwrap() = v.clone();
-            f(&v).then_some(v)
-        })
-        .await;
-        got.unwrap_or_else(|| {
-            panic!(
-                "timed out waiting for {what}; state: {:#}",
-                last.lock().unwrap()
-            )
-        })
+        e2e::admin::wait_service(&self.p, TOKEN, "api", what, Duration::from_secs(15), f).await
     }
 
     /// `(in_flight, upgraded)` of `color`.
@@ -114,34 +89,13 @@ colors.green = ["{green}"]
             .await
             .expect("websocket handshake through duotone");
         assert_eq!(resp.status(), 101);
-        ws.send(Message::text("hi")).await.unwrap();
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("echo in time")
-            .expect("echo")
-            .expect("echo frame");
-        assert_eq!(msg.into_text().unwrap().as_str(), format!("{expect}: hi"));
+        assert_eq!(ws_echo(&mut ws, "hi").await, format!("{expect}: hi"));
         ws
-    }
-
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("DUOTONE_ADMIN", self.p.admin_url("")),
-            ("DUOTONE_ADMIN_TOKEN", TOKEN.to_string()),
-        ]
     }
 
     /// Runs `duotone ARGS` off the async runtime.
     async fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let env = self.env();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            run_cli(&args, &env)
-        })
-        .await
-        .unwrap()
+        e2e::admin::cli(&self.p, TOKEN, args).await
     }
 
     /// `--stop` command that records the stopped color.
@@ -454,32 +408,10 @@ colors.green = ["{green}"]
         .await
         .expect("websocket handshake over TLS");
     assert_eq!(resp.status(), 101);
-    ws.send(Message::text("hi")).await.unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("echo in time")
-        .expect("echo")
-        .expect("echo frame");
-    assert_eq!(msg.into_text().unwrap().as_str(), "blue: hi");
-    let service = || async {
-        admin("GET", &p.admin_url("/v1/services/api"), Some(TOKEN), None)
-            .await
-            .unwrap()
-            .json()
-    };
+    assert_eq!(ws_echo(&mut ws, "hi").await, "blue: hi");
+    let service = || e2e::admin::service(&p, TOKEN, "api");
     assert_eq!(service().await["colors"]["blue"]["upgraded"], 1);
-    let admin_url = p.admin_url("");
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run_cli(
-            &["flip", "api", "green", "--drain"],
-            &[
-                ("DUOTONE_ADMIN", &admin_url),
-                ("DUOTONE_ADMIN_TOKEN", TOKEN),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = e2e::admin::cli(&p, TOKEN, &["flip", "api", "green", "--drain"]).await;
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert_eq!(ended(ws).await, Some(CloseCode::Away));
     let v = service().await;

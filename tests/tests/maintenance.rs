@@ -5,8 +5,10 @@
 //! state kept across a restart, the CLI, and the site's pages for the
 //! edge's own 404 and 502, never for the app's own answers.
 
-use e2e::client::{admin, Http, Resp};
-use e2e::proxy::{run_cli, Proxy};
+use e2e::admin::{flip, maintenance};
+use e2e::bluegreen::two_colors;
+use e2e::client::{Http, Resp};
+use e2e::proxy::{run_cli, server_config, Proxy};
 use e2e::upstream::Upstream;
 use serde_json::Value;
 use std::path::Path;
@@ -34,14 +36,7 @@ fn config(api: &Upstream, other: &Upstream, pages: &Path, www: &Path) -> String 
     let pages = pages.display();
     let down = format!("127.0.0.1:{}", e2e::free_port());
     format!(
-        r#"
-[server]
-http = "{{http}}"
-admin = "{{admin}}"
-state_dir = "{{state}}"
-admin_token = "{TOKEN}"
-trusted_proxies = ["127.0.0.1/32"]
-
+        r#"{server}
 [maintenance]
 allow = ["10.1.0.0/16"]
 cookie = "staff"
@@ -83,6 +78,7 @@ colors.blue = ["{other}"]
 [services.down]
 colors.blue = ["{down}"]
 "#,
+        server = server_config(TOKEN, r#"trusted_proxies = ["127.0.0.1/32"]"#),
         www = www.display(),
         api = api.member(),
         other = other.member(),
@@ -134,9 +130,7 @@ impl Setup {
 }
 
 async fn call(p: &Proxy, method: &str, path: &str, body: Option<&str>) -> Resp {
-    admin(method, &p.admin_url(path), Some(TOKEN), body)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"))
+    e2e::admin::call(p, TOKEN, method, path, body).await
 }
 
 async fn get(client: &Http, p: &Proxy, path: &str, headers: &[(&str, &str)]) -> Resp {
@@ -163,15 +157,8 @@ fn is_maintenance(r: &Resp, what: &str) {
 async fn maintenance_page_allow_list_and_cookie_on_every_transport() {
     let s = setup().await;
     for p in s.proxies() {
-        let r = call(
-            p,
-            "POST",
-            "/v1/services/api/maintenance",
-            Some(r#"{"on":true}"#),
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.json()["maintenance"], true);
+        let v = maintenance(p, TOKEN, "api", true).await;
+        assert_eq!(v["maintenance"], true, "{v:#}");
         // A body that is not {"on": bool} is refused with its reason.
         let r = call(
             p,
@@ -248,14 +235,8 @@ async fn maintenance_page_allow_list_and_cookie_on_every_transport() {
     // Site-level: every route of the site, other sites untouched. The
     // default site is named "*" (sent escaped, as the CLI does).
     for p in s.proxies() {
-        let r = call(
-            p,
-            "POST",
-            "/v1/services/api/maintenance",
-            Some(r#"{"on":false}"#),
-        )
-        .await;
-        assert_eq!(r.json()["maintenance"], false);
+        let v = maintenance(p, TOKEN, "api", false).await;
+        assert_eq!(v["maintenance"], false, "{v:#}");
         let r = call(
             p,
             "POST",
@@ -498,23 +479,16 @@ error_pages = {{ 404 = "{dir}/missing-404.html", 418 = "{dir}/x.html" }}
 async fn maintenance_keeps_the_config_weights_and_a_flip_keeps_maintenance() {
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;
-    let service = format!(
-        "live = \"blue\"\nweights = {{ blue = 50, green = 50 }}\ncolors.blue = [\"{}\"]\ncolors.green = [\"{}\"]\n",
-        blue.member(),
-        green.member()
+    let service = two_colors(
+        &blue.member(),
+        &green.member(),
+        "weights = { blue = 50, green = 50 }",
     );
     let p = Proxy::start(&e2e::proxy::api_config(TOKEN, &service)).await;
     let weights = serde_json::json!({"blue": 50, "green": 50});
     let v = call(&p, "GET", "/v1/services/api", None).await.json();
     assert_eq!(v["weights"], weights);
-    let v = call(
-        &p,
-        "POST",
-        "/v1/services/api/maintenance",
-        Some(r#"{"on":true}"#),
-    )
-    .await
-    .json();
+    let v = maintenance(&p, TOKEN, "api", true).await;
     assert_eq!(
         (&v["maintenance"], &v["weights"]),
         (&Value::Bool(true), &weights)
@@ -523,23 +497,9 @@ async fn maintenance_keeps_the_config_weights_and_a_flip_keeps_maintenance() {
     assert_eq!(r.status, 503);
     // The built-in page, and the default Retry-After (300 s).
     assert_eq!(r.header("retry-after"), "300");
-    let r = call(
-        &p,
-        "POST",
-        "/v1/services/api/flip",
-        Some(r#"{"to":"green"}"#),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["maintenance"], true, "a flip keeps maintenance");
-    let v = call(
-        &p,
-        "POST",
-        "/v1/services/api/maintenance",
-        Some(r#"{"on":false}"#),
-    )
-    .await
-    .json();
+    let v = flip(&p, TOKEN, "api", "green").await;
+    assert_eq!(v["maintenance"], true, "a flip keeps maintenance");
+    let v = maintenance(&p, TOKEN, "api", false).await;
     assert_eq!(
         (&v["maintenance"], &v["live"]),
         (&Value::Bool(false), &Value::from("green"))

@@ -4,18 +4,15 @@
 //! the timeout or over the queue, 503 with `Retry-After`; a restart keeps
 //! the pause; `duotone deploy --pause-during` loses no request.
 
-use e2e::bluegreen::GatedUpstream;
+use e2e::bluegreen::{two_colors, GatedColors};
 use e2e::client::{admin, Http, Resp};
-use e2e::proxy::{api_config, run_cli, Proxy};
+use e2e::load::{Counts, Load};
+use e2e::proxy::{api_config, Proxy};
 use e2e::recorder::Recorder;
 use e2e::transport::Transport;
-use e2e::upstream::Upstream;
-use futures_util::{SinkExt, StreamExt};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use e2e::upstream::{ws_echo, Upstream};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "pause-test-token-0123456789";
 
@@ -24,10 +21,29 @@ async fn proxy(t: Transport, service: &str) -> Proxy {
     Proxy::start_on(t, &api_config(TOKEN, service)).await
 }
 
+/// A proxy in front of one upstream, blue, with the `extra` service lines.
+async fn one_color(t: Transport, extra: &str) -> (Proxy, Upstream) {
+    let up = Upstream::start("blue").await;
+    let p = proxy(
+        t,
+        &format!("colors.blue = [\"{}\"]\n{extra}\n", up.member()),
+    )
+    .await;
+    (p, up)
+}
+
+/// A proxy in front of upstreams blue (live) and green.
+async fn blue_green(t: Transport) -> (Proxy, Upstream, Upstream) {
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let p = proxy(t, &two_colors(&blue.member(), &green.member(), "")).await;
+    (p, blue, green)
+}
+
 async fn call(p: &Proxy, method: &str, path: &str, body: Option<&str>) -> Resp {
-    let r = admin(method, &p.admin_url(path), Some(TOKEN), body)
-        .await
-        .expect("admin API");
+    let r = e2e::admin::call(p, TOKEN, method, path, body).await;
     assert!(
         (200..300).contains(&r.status),
         "{method} {path}: {} {}",
@@ -110,6 +126,25 @@ fn four_requests(p: &Proxy) -> Vec<(String, JoinHandle<anyhow::Result<Resp>>)> {
     ]
 }
 
+/// Sends [`four_requests`]; each must be refused with 503 and
+/// `Retry-After: retry_after`.
+async fn four_refused(p: &Proxy, retry_after: &str) {
+    for (name, task) in four_requests(p) {
+        let r = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(r.status, 503, "{name}: {}", r.text());
+        assert_eq!(r.header("retry-after"), retry_after, "{name}");
+    }
+}
+
+/// `duotone_hold_refused_total` of service `api` for `reason`.
+async fn refused_total(p: &Proxy, reason: &str) -> String {
+    let name = format!("duotone_hold_refused_total{{service=\"api\",reason=\"{reason}\"}}");
+    metric(p, &name).await
+}
+
 e2e::on_both_transports!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     held_requests_all_succeed_after_resume,
@@ -127,10 +162,7 @@ async fn held_requests_all_succeed_after_resume(t: Transport) {
     let (blue, green) = (Recorder::start().await, Recorder::start().await);
     let p = proxy(
         t,
-        &format!(
-            "live = \"blue\"\ncolors.blue = [\"{}\"]\ncolors.green = [\"{}\"]\n",
-            blue.addr, green.addr
-        ),
+        &two_colors(&blue.addr.to_string(), &green.addr.to_string(), ""),
     )
     .await;
     pause(&p).await;
@@ -181,19 +213,7 @@ async fn held_requests_all_succeed_after_resume(t: Transport) {
 }
 
 async fn a_flip_during_a_pause_sends_held_requests_to_the_new_color(t: Transport) {
-    let (blue, green) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
-    let p = proxy(
-        t,
-        &format!(
-            "live = \"blue\"\ncolors.blue = [\"{}\"]\ncolors.green = [\"{}\"]\n",
-            blue.member(),
-            green.member()
-        ),
-    )
-    .await;
+    let (p, blue, green) = blue_green(t).await;
     // In flight when the pause starts: it finishes normally, on blue.
     let h1 = Http::new();
     let slow = spawn(&h1, "GET", p.url("/slow?ms=1500"), "");
@@ -205,14 +225,7 @@ async fn a_flip_during_a_pause_sends_held_requests_to_the_new_color(t: Transport
     pause(&p).await;
     let sent = four_requests(&p);
     wait_held(&p, 4).await;
-    let v = call(
-        &p,
-        "POST",
-        "/v1/services/api/flip",
-        Some(r#"{"to":"green"}"#),
-    )
-    .await
-    .json();
+    let v = e2e::admin::flip(&p, TOKEN, "api", "green").await;
     // A flip keeps the pause.
     assert_eq!((&v["live"], &v["paused"]), (&"green".into(), &true.into()));
     let r = slow.await.unwrap().unwrap();
@@ -232,15 +245,7 @@ async fn a_flip_during_a_pause_sends_held_requests_to_the_new_color(t: Transport
 }
 
 async fn held_past_the_timeout_get_503_with_retry_after(t: Transport) {
-    let up = Upstream::start("blue").await;
-    let p = proxy(
-        t,
-        &format!(
-            "colors.blue = [\"{}\"]\npause = {{ timeout = \"1s\", retry_after = \"7s\" }}\n",
-            up.member()
-        ),
-    )
-    .await;
+    let (p, up) = one_color(t, r#"pause = { timeout = "1s", retry_after = "7s" }"#).await;
     pause(&p).await;
     let v = service(&p).await;
     assert_eq!(
@@ -248,14 +253,7 @@ async fn held_past_the_timeout_get_503_with_retry_after(t: Transport) {
         serde_json::json!({"timeout_ms": 1000, "queue": 1000, "retry_after_s": 7})
     );
     let start = Instant::now();
-    for (name, task) in four_requests(&p) {
-        let r = task
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert_eq!(r.status, 503, "{name}: {}", r.text());
-        assert_eq!(r.header("retry-after"), "7", "{name}");
-    }
+    four_refused(&p, "7").await;
     assert!(
         start.elapsed() >= Duration::from_millis(900),
         "answered before the timeout: {:?}",
@@ -263,14 +261,7 @@ async fn held_past_the_timeout_get_503_with_retry_after(t: Transport) {
     );
     assert_eq!(up.hits(), 0);
     assert_eq!(service(&p).await["held"], 0);
-    assert_eq!(
-        metric(
-            &p,
-            "duotone_hold_refused_total{service=\"api\",reason=\"timeout\"}"
-        )
-        .await,
-        "4"
-    );
+    assert_eq!(refused_total(&p, "timeout").await, "4");
     // Still paused; once resumed, requests go through.
     resume(&p).await;
     let r = Http::new().get(&p.url("/")).await.unwrap();
@@ -278,35 +269,13 @@ async fn held_past_the_timeout_get_503_with_retry_after(t: Transport) {
 }
 
 async fn the_queue_bound_refuses_the_excess_and_the_rest_succeed(t: Transport) {
-    let up = Upstream::start("blue").await;
-    let p = proxy(
-        t,
-        &format!(
-            "colors.blue = [\"{}\"]\npause = {{ queue = 4, retry_after = \"2s\" }}\n",
-            up.member()
-        ),
-    )
-    .await;
+    let (p, up) = one_color(t, r#"pause = { queue = 4, retry_after = "2s" }"#).await;
     pause(&p).await;
     let sent = four_requests(&p);
     wait_held(&p, 4).await;
     // The queue is full: refused at once, on every client.
-    for (name, task) in four_requests(&p) {
-        let r = task
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert_eq!(r.status, 503, "{name}: {}", r.text());
-        assert_eq!(r.header("retry-after"), "2", "{name}");
-    }
-    assert_eq!(
-        metric(
-            &p,
-            "duotone_hold_refused_total{service=\"api\",reason=\"queue\"}"
-        )
-        .await,
-        "4"
-    );
+    four_refused(&p, "2").await;
+    assert_eq!(refused_total(&p, "queue").await, "4");
     assert_eq!(service(&p).await["held"], 4);
     resume(&p).await;
     for (name, task) in sent {
@@ -320,51 +289,22 @@ async fn the_queue_bound_refuses_the_excess_and_the_rest_succeed(t: Transport) {
 }
 
 async fn websocket_upgrades_are_held_too(t: Transport) {
-    let (blue, green) = (
-        Upstream::start("blue").await,
-        Upstream::start("green").await,
-    );
-    let p = proxy(
-        t,
-        &format!(
-            "live = \"blue\"\ncolors.blue = [\"{}\"]\ncolors.green = [\"{}\"]\n",
-            blue.member(),
-            green.member()
-        ),
-    )
-    .await;
+    let (p, blue, _green) = blue_green(t).await;
     pause(&p).await;
     let url = format!("ws://{}/ws", p.ports.http);
     let ws = tokio::spawn(async move { tokio_tungstenite::connect_async(url).await });
     wait_held(&p, 1).await;
-    call(
-        &p,
-        "POST",
-        "/v1/services/api/flip",
-        Some(r#"{"to":"green"}"#),
-    )
-    .await;
+    e2e::admin::flip(&p, TOKEN, "api", "green").await;
     resume(&p).await;
     let (mut ws, resp) = ws.await.unwrap().expect("handshake after the resume");
     assert_eq!(resp.status(), 101);
-    ws.send(Message::text("hi")).await.unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("echo in time")
-        .expect("echo")
-        .expect("echo frame");
-    assert_eq!(msg.into_text().unwrap().as_str(), "green: hi");
+    assert_eq!(ws_echo(&mut ws, "hi").await, "green: hi");
     assert_eq!(blue.hits(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_a_pause_comes_back_paused() {
-    let up = Upstream::start("blue").await;
-    let mut p = proxy(
-        Transport::Lane,
-        &format!("colors.blue = [\"{}\"]\n", up.member()),
-    )
-    .await;
+    let (mut p, up) = one_color(Transport::Lane, "").await;
     pause(&p).await;
     p.kill();
     p.spawn().await;
@@ -389,31 +329,22 @@ async fn a_restart_during_a_pause_comes_back_paused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_pause_resume_and_status() {
-    let up = Upstream::start("blue").await;
-    let p = proxy(
-        Transport::Lane,
-        &format!("colors.blue = [\"{}\"]\n", up.member()),
-    )
-    .await;
-    let admin_url = p.admin_url("");
-    let env = [
-        ("DUOTONE_ADMIN", admin_url.as_str()),
-        ("DUOTONE_ADMIN_TOKEN", TOKEN),
-    ];
-    let (code, out, err) = run_cli(&["pause", "api"], &env);
+    let (p, _up) = one_color(Transport::Lane, "").await;
+    let cli = |args: &'static [&'static str]| e2e::admin::cli(&p, TOKEN, args);
+    let (code, out, err) = cli(&["pause", "api"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("paused (0 held)"), "{out}");
     let held = spawn(&Http::new(), "GET", p.url("/"), "");
     wait_held(&p, 1).await;
-    let (code, out, err) = run_cli(&["status", "api"], &env);
+    let (code, out, err) = cli(&["status", "api"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("api: live blue, paused (1 held)"), "{out}");
-    let (code, out, err) = run_cli(&["resume", "api"], &env);
+    let (code, out, err) = cli(&["resume", "api"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(!out.contains("paused"), "{out}");
     assert_eq!(held.await.unwrap().unwrap().status, 200);
     // Unknown service: 404 with the reason; no token: 401.
-    let (code, _, err) = run_cli(&["pause", "nope"], &env);
+    let (code, _, err) = cli(&["pause", "nope"]).await;
     assert_ne!(code, 0);
     assert!(
         err.contains("404") && err.contains("unknown service"),
@@ -440,145 +371,57 @@ async fn cli_pause_resume_and_status() {
     assert_eq!(service(&p).await["paused"], false);
 }
 
-/// Clients that send requests until stopped, counting them and timing
-/// the longest.
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    longest_ms: Arc<AtomicU64>,
-    tasks: Vec<JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(url: String, clients: usize) -> Load {
-        let (stop, sent, failed, longest_ms) = (
-            Arc::<AtomicBool>::default(),
-            Arc::<AtomicU64>::default(),
-            Arc::<AtomicU64>::default(),
-            Arc::<AtomicU64>::default(),
-        );
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, sent, failed, longest, url) = (
-                    stop.clone(),
-                    sent.clone(),
-                    failed.clone(),
-                    longest_ms.clone(),
-                    url.clone(),
-                );
-                tokio::spawn(async move {
-                    let http = Http::new();
-                    let mut samples = Vec::new();
-                    while !stop.load(Ordering::SeqCst) {
-                        let t0 = Instant::now();
-                        let r = http.get(&url).await;
-                        longest.fetch_max(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        match r {
-                            Ok(r) if r.status == 200 => {}
-                            other => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                if samples.len() < 5 {
-                                    samples.push(format!("{other:?}"));
-                                }
-                            }
-                        }
-                    }
-                    samples
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            sent,
-            failed,
-            longest_ms,
-            tasks,
-        }
-    }
-
-    /// Stops the clients: (sent, failed, longest ms, failure samples).
-    async fn finish(self) -> (u64, u64, u64, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut samples = Vec::new();
-        for t in self.tasks {
-            samples.extend(t.await.unwrap());
-        }
-        (
-            self.sent.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-            self.longest_ms.load(Ordering::SeqCst),
-            samples,
-        )
-    }
-}
-
 /// Blue live and healthy, green's app not started (its health check
 /// passes once `green.ready` exists).
-async fn deploy_fixture() -> (tempfile::TempDir, GatedUpstream, GatedUpstream, Proxy) {
-    let dir = tempfile::tempdir().unwrap();
-    let blue = GatedUpstream::start("blue", dir.path().join("blue.ready")).await;
-    let green = GatedUpstream::start("green", dir.path().join("green.ready")).await;
-    std::fs::write(&blue.marker, "").unwrap();
-    let p = proxy(
-        Transport::Lane,
-        &format!(
-            "live = \"blue\"\nhealth = {{ path = \"/healthz\", interval = \"100ms\" }}\n\
-             colors.blue = [\"{}\"]\ncolors.green = [\"{}\"]\n",
-            blue.member(),
-            green.member()
-        ),
-    )
-    .await;
+async fn deploy_fixture() -> GatedColors {
+    let f = GatedColors::start(Transport::Lane.env(), TOKEN, false).await;
     e2e::eventually(Duration::from_secs(10), || async {
-        (service(&p).await["colors"]["blue"]["healthy"] == true).then_some(())
+        (service(&f.p).await["colors"]["blue"]["healthy"] == true).then_some(())
     })
     .await
     .expect("blue healthy");
-    (dir, blue, green, p)
+    f
 }
 
-async fn deploy(p: &Proxy, args: Vec<String>) -> (i32, String, String) {
-    let admin_url = p.admin_url("");
-    tokio::task::spawn_blocking(move || {
-        let mut all = vec!["deploy", "--service", "api", "--health-timeout", "20s"];
-        all.extend(args.iter().map(String::as_str));
-        run_cli(
-            &all,
-            &[
-                ("DUOTONE_ADMIN", admin_url.as_str()),
-                ("DUOTONE_ADMIN_TOKEN", TOKEN),
-            ],
-        )
-    })
-    .await
-    .unwrap()
+/// `duotone deploy` to green, started by the fixture's start command and,
+/// if `stop`, stopped by its stop command, with `pause_during` run while
+/// the service is paused, then `more` options.
+async fn deploy(
+    f: &GatedColors,
+    stop: bool,
+    pause_during: &str,
+    more: &[&str],
+) -> (i32, String, String) {
+    let (start, stop_cmd) = (f.start_cmd(), f.stop_cmd());
+    let mut args = vec!["--health-timeout", "20s", "--start", &start];
+    if stop {
+        args.extend(["--stop", &stop_cmd]);
+    }
+    args.extend(["--pause-during", pause_during]);
+    args.extend(more);
+    f.deploy(&args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_pause_during_a_migration_loses_no_request() {
-    let (dir, blue, green, p) = deploy_fixture().await;
+    let f = deploy_fixture().await;
+    let GatedColors {
+        dir,
+        blue,
+        green,
+        p,
+        ..
+    } = &f;
     let d = dir.path().display();
-    let load = Load::start(p.url("/"), 8);
+    let load = Load::start(&p.url("/"), 8);
     // Some traffic on blue first.
     e2e::eventually(Duration::from_secs(10), || async {
         (blue.hits() >= 50).then_some(())
     })
     .await
     .expect("load on blue");
-    let (code, out, err) = deploy(
-        &p,
-        vec![
-            "--start".into(),
-            format!("touch {d}/{{color}}.ready"),
-            "--stop".into(),
-            format!("rm -f {d}/{{color}}.ready"),
-            "--pause-during".into(),
-            format!("sleep 5 && echo \"{{color}} from {{old}}\" > {d}/migrated"),
-        ],
-    )
-    .await;
+    let migrate = format!("sleep 5 && echo \"{{color}} from {{old}}\" > {d}/migrated");
+    let (code, out, err) = deploy(&f, true, &migrate, &[]).await;
     // Traffic on green after the deploy.
     let after = green.hits();
     e2e::eventually(Duration::from_secs(10), || async {
@@ -586,7 +429,13 @@ async fn deploy_pause_during_a_migration_loses_no_request() {
     })
     .await
     .expect("load on green");
-    let (sent, failed, longest, samples) = load.finish().await;
+    let Counts {
+        sent,
+        failed,
+        longest_ms: longest,
+        samples,
+        ..
+    } = load.finish().await;
     eprintln!(
         "deploy --pause-during (5 s migration, 8 clients): requests sent {sent}, failed {failed}, \
          longest hold {longest} ms"
@@ -602,34 +451,28 @@ async fn deploy_pause_during_a_migration_loses_no_request() {
         longest >= 4000,
         "no request was held through the migration: longest {longest} ms"
     );
-    let v = service(&p).await;
+    let v = service(p).await;
     assert_eq!((&v["live"], &v["paused"]), (&"green".into(), &false.into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_pause_during_a_failed_migration_resumes_and_keeps_the_old_color() {
-    let (dir, blue, _green, p) = deploy_fixture().await;
-    let d = dir.path().display();
-    let load = Load::start(p.url("/"), 4);
-    let (code, out, err) = deploy(
-        &p,
-        vec![
-            "--start".into(),
-            format!("touch {d}/{{color}}.ready"),
-            "--stop".into(),
-            format!("rm -f {d}/{{color}}.ready && echo {{color}} >> {d}/stopped"),
-            "--pause-during".into(),
-            "sleep 1 && exit 3".into(),
-        ],
-    )
-    .await;
+    let f = deploy_fixture().await;
+    let GatedColors { dir, blue, p, .. } = &f;
+    let load = Load::start(&p.url("/"), 4);
+    let (code, out, err) = deploy(&f, true, "sleep 1 && exit 3", &[]).await;
     let before = blue.hits();
     e2e::eventually(Duration::from_secs(10), || async {
         (blue.hits() >= before + 20).then_some(())
     })
     .await
     .expect("load on blue after the failed deploy");
-    let (sent, failed, _, samples) = load.finish().await;
+    let Counts {
+        sent,
+        failed,
+        samples,
+        ..
+    } = load.finish().await;
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("command failed"), "{err}");
     assert!(err.contains("blue stays live"), "{err}");
@@ -639,31 +482,21 @@ async fn deploy_pause_during_a_failed_migration_resumes_and_keeps_the_old_color(
     );
     assert!(sent > 0);
     assert_eq!(failed, 0, "{samples:#?}");
-    let v = service(&p).await;
+    let v = service(p).await;
     assert_eq!((&v["live"], &v["paused"]), (&"blue".into(), &false.into()));
 
     // A command that runs too long is stopped; the service is resumed.
-    let (code, out, err) = deploy(
-        &p,
-        vec![
-            "--start".into(),
-            format!("touch {d}/{{color}}.ready"),
-            "--pause-during".into(),
-            "sleep 30".into(),
-            "--pause-timeout".into(),
-            "1s".into(),
-        ],
-    )
-    .await;
+    let (code, out, err) = deploy(&f, false, "sleep 30", &["--pause-timeout", "1s"]).await;
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("still running after 1s"), "{err}");
-    let v = service(&p).await;
+    let v = service(p).await;
     assert_eq!((&v["live"], &v["paused"]), (&"blue".into(), &false.into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_the_pause_stops_the_command_and_resumes() {
-    let (dir, _blue, _green, p) = deploy_fixture().await;
+    let f = deploy_fixture().await;
+    let GatedColors { dir, p, .. } = &f;
     let d = dir.path().display();
     let pidfile = dir.path().join("migrate.pid");
     let child = std::process::Command::new(e2e::proxy::duotone_bin())
@@ -685,9 +518,9 @@ async fn ctrl_c_during_the_pause_stops_the_command_and_resumes() {
     })
     .await
     .expect("the --pause-during command started");
-    assert_eq!(service(&p).await["paused"], true);
+    assert_eq!(service(p).await["paused"], true);
     let held = spawn(&Http::new(), "GET", p.url("/"), "");
-    wait_held(&p, 1).await;
+    wait_held(p, 1).await;
     // SAFETY: kill(2) on our own child.
     #[allow(unsafe_code)]
     unsafe {
@@ -706,7 +539,7 @@ async fn ctrl_c_during_the_pause_stops_the_command_and_resumes() {
     #[allow(unsafe_code)]
     let alive = unsafe { libc::kill(pid, 0) } == 0;
     assert!(!alive, "the --pause-during command is still running");
-    let v = service(&p).await;
+    let v = service(p).await;
     assert_eq!((&v["live"], &v["paused"]), (&"blue".into(), &false.into()));
     let r = held.await.unwrap().unwrap();
     assert_eq!((r.status, r.text()), (200, "blue".to_string()));
@@ -714,7 +547,8 @@ async fn ctrl_c_during_the_pause_stops_the_command_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bluegreen_sh_passes_pause_during_on() {
-    let (dir, _blue, green, p) = deploy_fixture().await;
+    let f = deploy_fixture().await;
+    let GatedColors { dir, green, p, .. } = &f;
     let d = dir.path().display();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bluegreen.sh");
     let mut cmd = std::process::Command::new("bash");
@@ -744,5 +578,5 @@ async fn bluegreen_sh_passes_pause_during_on() {
     let r = Http::new().get(&p.url("/")).await.unwrap();
     assert_eq!((r.status, r.text()), (200, "green".to_string()));
     assert!(green.hits() >= 1);
-    assert_eq!(service(&p).await["paused"], false);
+    assert_eq!(service(p).await["paused"], false);
 }

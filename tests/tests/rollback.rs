@@ -6,56 +6,33 @@
 //! roll back to is down, counts requests on every transport, and ends with
 //! a restart (watches live in memory).
 
-use e2e::bluegreen::GatedUpstream;
+use e2e::bluegreen::GatedColors;
 use e2e::client::{admin, Http, Resp};
-use e2e::proxy::{run_cli, Proxy};
+use e2e::load::{Counts, Load};
 use e2e::transport::Transport;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const TOKEN: &str = "rollback-test-token-0123456789";
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    blue: GatedUpstream,
-    green: GatedUpstream,
-    p: Proxy,
+struct Fixture(GatedColors);
+
+impl std::ops::Deref for Fixture {
+    type Target = GatedColors;
+    fn deref(&self) -> &GatedColors {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut GatedColors {
+        &mut self.0
+    }
 }
 
 impl Fixture {
     /// Blue is running and live; green is up only if `green_ready`.
     async fn new(t: Transport, green_ready: bool) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let blue = GatedUpstream::start("blue", dir.path().join("blue.ready")).await;
-        let green = GatedUpstream::start("green", dir.path().join("green.ready")).await;
-        std::fs::write(&blue.marker, "").unwrap();
-        if green_ready {
-            std::fs::write(&green.marker, "").unwrap();
-        }
-        let p = Proxy::start_on(
-            t,
-            &e2e::proxy::api_config(
-                TOKEN,
-                &format!(
-                    r#"live = "blue"
-health = {{ path = "/healthz", interval = "100ms" }}
-colors.blue = ["{blue}"]
-colors.green = ["{green}"]
-"#,
-                    blue = blue.member(),
-                    green = green.member()
-                ),
-            ),
-        )
-        .await;
-        let f = Fixture {
-            dir,
-            blue,
-            green,
-            p,
-        };
+        let f = Fixture(GatedColors::start(t.env(), TOKEN, green_ready).await);
         f.wait(|v| {
             v["colors"]["blue"]["healthy"] == true
                 && v["colors"]["green"]["healthy"] == green_ready
@@ -65,44 +42,12 @@ colors.green = ["{green}"]
         f
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn start_cmd(&self) -> String {
-        format!("touch {}/{{color}}.ready", self.dir.path().display())
-    }
-
-    fn stop_cmd(&self) -> String {
-        let d = self.dir.path().display();
-        format!("rm -f {d}/{{color}}.ready && echo $DUOTONE_COLOR >> {d}/stopped")
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-
     async fn api(&self, method: &str, path: &str, body: Option<&str>) -> Resp {
-        admin(method, &self.p.admin_url(path), Some(TOKEN), body)
-            .await
-            .unwrap()
-    }
-
-    async fn service(&self) -> serde_json::Value {
-        let r = self.api("GET", "/v1/services/api", None).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.json()
+        e2e::admin::call(&self.p, TOKEN, method, path, body).await
     }
 
     async fn wait(&self, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let last = Mutex::new(serde_json::Value::Null);
-        let got = e2e::eventually(Duration::from_secs(15), || async {
-            let v = self.service().await;
-            *last.lock().unwrap() = v.clone();
-            f(&v).then_some(v)
-        })
-        .await;
-        got.unwrap_or_else(|| panic!("timed out; state: {:#}", last.lock().unwrap()))
+        self.0.wait(Duration::from_secs(15), f).await
     }
 
     /// Waits until the watch has left `watching`; returns the service view.
@@ -116,14 +61,7 @@ colors.green = ["{green}"]
     }
 
     async fn flip(&self, to: &str) {
-        let r = self
-            .api(
-                "POST",
-                "/v1/services/api/flip",
-                Some(&format!(r#"{{"to":"{to}"}}"#)),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text());
+        e2e::admin::flip(&self.p, TOKEN, "api", to).await;
     }
 
     async fn answer(&self) -> (u16, String) {
@@ -139,87 +77,12 @@ colors.green = ["{green}"]
             .find(|l| labels.iter().all(|want| l.contains(want)))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
-
-    /// Runs `duotone deploy --service api ARGS` off the async runtime.
-    async fn deploy(&self, args: &[&str]) -> (i32, String, String) {
-        let mut all = vec!["deploy".to_string(), "--service".into(), "api".into()];
-        all.extend(args.iter().map(|s| s.to_string()));
-        let env = [
-            ("DUOTONE_ADMIN", self.p.admin_url("")),
-            ("DUOTONE_ADMIN_TOKEN", TOKEN.to_string()),
-        ];
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = all.iter().map(String::as_str).collect();
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            run_cli(&args, &env)
-        })
-        .await
-        .unwrap()
-    }
 }
 
-/// Keep-alive clients that sort every answer: a 200, the app's own 500
-/// (from green, which says so), or anything else (a connection error, an
-/// edge 502, …), which is a failure.
-#[derive(Default)]
-struct Load {
-    stop: AtomicBool,
-    ok: AtomicU64,
-    app_500: AtomicU64,
-    failed: AtomicU64,
-    samples: Mutex<Vec<String>>,
-}
-
-impl Load {
-    fn start(url: String, clients: usize) -> (Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
-        let load = Arc::new(Load::default());
-        let tasks = (0..clients)
-            .map(|_| {
-                let (load, url) = (load.clone(), url.clone());
-                tokio::spawn(async move {
-                    let http = Http::new();
-                    while !load.stop.load(Ordering::SeqCst) {
-                        match http.get(&url).await {
-                            Ok(r) if r.status == 200 => load.ok.fetch_add(1, Ordering::Relaxed),
-                            Ok(r)
-                                if r.status == 500
-                                    && r.header("x-upstream") == "green"
-                                    && r.text() == "green" =>
-                            {
-                                load.app_500.fetch_add(1, Ordering::Relaxed)
-                            }
-                            other => {
-                                let what = match other {
-                                    Ok(r) => format!("status {}: {}", r.status, r.text()),
-                                    Err(e) => format!("error: {e:#}"),
-                                };
-                                if let Ok(mut s) = load.samples.lock() {
-                                    if s.len() < 10 {
-                                        s.push(what);
-                                    }
-                                }
-                                load.failed.fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                    }
-                })
-            })
-            .collect();
-        (load, tasks)
-    }
-
-    /// Stops the clients; returns (ok, the app's 500s, failed).
-    async fn finish(&self, tasks: Vec<tokio::task::JoinHandle<()>>) -> (u64, u64, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in tasks {
-            t.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::SeqCst),
-            self.app_500.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-        )
-    }
+/// The app's own 500, from green, which says so: expected from the bad
+/// color until the rollback (anything else but a 200 is a failure).
+fn green_500(r: &Resp) -> bool {
+    r.status == 500 && r.header("x-upstream") == "green" && r.text() == "green"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,23 +90,20 @@ async fn deploy_rolls_back_a_color_that_fails_real_requests() {
     let f = Fixture::new(Transport::Lane, false).await;
     // Green starts, passes /healthz, and answers 500 to everything else.
     f.green.set_failing(true);
-    let (load, tasks) = Load::start(f.p.url("/"), 8);
-    let (start, stop) = (f.start_cmd(), f.stop_cmd());
+    let load = Load::start_expecting(&f.p.url("/"), 8, green_500);
     let (code, out, err) = f
-        .deploy(&[
-            "--start",
-            &start,
-            "--stop",
-            &stop,
-            "--health-timeout",
-            "10s",
-            "--watch",
-            "30s",
-            "--max-error-rate",
-            "2%",
-        ])
+        .deploy_started(
+            &f.start_cmd(),
+            &["--watch", "30s", "--max-error-rate", "2%"],
+        )
         .await;
-    let (ok, app_500, failed) = load.finish(tasks).await;
+    let Counts {
+        ok,
+        expected: app_500,
+        failed,
+        samples,
+        ..
+    } = load.finish().await;
     eprintln!(
         "rollback under load: {} requests sent, {ok} ok, {app_500} answered 500 by the bad \
          color before the rollback, {failed} failed",
@@ -258,7 +118,6 @@ async fn deploy_rolls_back_a_color_that_fails_real_requests() {
         "{err}"
     );
     // Every request got an answer: no connection error, no edge 502.
-    let samples = load.samples.lock().unwrap().clone();
     assert_eq!(failed, 0, "{failed} failed requests: {samples:?}");
     assert!(app_500 > 0, "green never got traffic");
     assert!(ok > 0);
@@ -298,17 +157,7 @@ async fn deploy_rolls_back_a_color_that_fails_real_requests() {
         "{log}"
     );
     // `duotone status` shows it.
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let url = f.p.admin_url("");
-        move || {
-            run_cli(
-                &["status", "api"],
-                &[("DUOTONE_ADMIN", &url), ("DUOTONE_ADMIN_TOKEN", TOKEN)],
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = e2e::admin::cli(&f.p, TOKEN, &["status", "api"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("watch green (rolls back to blue): rolled_back"),
@@ -319,27 +168,29 @@ async fn deploy_rolls_back_a_color_that_fails_real_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_of_a_good_color_passes_the_watch() {
     let f = Fixture::new(Transport::Lane, false).await;
-    let (load, tasks) = Load::start(f.p.url("/"), 4);
-    let (start, stop) = (f.start_cmd(), f.stop_cmd());
+    let load = Load::start_expecting(&f.p.url("/"), 4, green_500);
     let (code, out, err) = f
-        .deploy(&[
-            "--start",
-            &start,
-            "--stop",
-            &stop,
-            "--health-timeout",
-            "10s",
-            "--watch",
-            "2s",
-            "--max-error-rate",
-            "0.02",
-            "--max-latency",
-            "2s",
-        ])
+        .deploy_started(
+            &f.start_cmd(),
+            &[
+                "--watch",
+                "2s",
+                "--max-error-rate",
+                "0.02",
+                "--max-latency",
+                "2s",
+            ],
+        )
         .await;
-    let (ok, app_500, failed) = load.finish(tasks).await;
+    let Counts {
+        ok,
+        expected: app_500,
+        failed,
+        samples,
+        ..
+    } = load.finish().await;
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!((app_500, failed), (0, 0), "{ok} ok");
+    assert_eq!((app_500, failed), (0, 0), "{ok} ok; {samples:?}");
     assert!(out.contains("watch passed:"), "{out}");
     assert!(out.contains("api is live on green"), "{out}");
     let v = f.service().await;
@@ -414,14 +265,7 @@ async fn a_manual_flip_supersedes_a_watch_and_a_watch_can_be_cancelled() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = f
-        .api(
-            "PUT",
-            "/v1/services/api/weights",
-            Some(r#"{"blue":90,"green":10}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    e2e::admin::set_weights(&f.p, TOKEN, "api", r#"{"blue":90,"green":10}"#).await;
     assert_eq!(f.watch_ends().await["watch"]["state"], "superseded");
 
     // Cancelled through the API (DELETE); a second DELETE has nothing to end.

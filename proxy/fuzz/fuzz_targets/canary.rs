@@ -63,7 +63,10 @@ fn fields(head: &[u8]) {
     let some: Vec<_> = head_fields(head).starting_with(firsts).collect();
     let want: Vec<_> = want
         .into_iter()
-        .filter(|(n, _)| n.first().is_some_and(|b| firsts.contains(&b.to_ascii_lowercase())))
+        .filter(|(n, _)| {
+            n.first()
+                .is_some_and(|b| firsts.contains(&b.to_ascii_lowercase()))
+        })
         .collect();
     assert_eq!(some, want);
 }
@@ -136,6 +139,8 @@ fn choice(head: &[u8], roll: u32) {
             "sticky without the cookie"
         ),
         Chosen::Pin => assert!(svc.canary.set_cookie(pool, false).is_some()),
-        Chosen::Plain => panic!("weights split traffic: every choice is sticky, pinned or a preview"),
+        Chosen::Plain => {
+            panic!("weights split traffic: every choice is sticky, pinned or a preview")
+        }
     }
 }

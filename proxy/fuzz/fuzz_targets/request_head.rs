@@ -20,7 +20,7 @@ use duotone::lane::request::{plan, Conn, LogFields, Parsed, Work};
 use duotone::net::forwarded::RequestIds;
 use libfuzzer_sys::fuzz_target;
 use routes::request::{check, Head, Proto};
-use routes::{Action, LiveState, RouteTable, Vitals};
+use routes::{Action, LiveState, Vitals};
 use std::sync::{Arc, OnceLock};
 
 /// Two sites: `app.test` (and `*.wild.test`) with a static route, a
@@ -82,16 +82,15 @@ fn snapshot() -> &'static Snapshot {
         let text = CONFIG.replace("{root}", env!("CARGO_MANIFEST_DIR"));
         let config = routes::load("fuzz.toml", &text, |_| None)
             .unwrap_or_else(|d| panic!("fuzz config: {d}"));
-        let (table, _) = RouteTable::compile(
+        let metrics = duotone::metrics::Metrics::new().expect("metrics");
+        duotone::control::build(
             Arc::new(config),
             &LiveState::default(),
             &Vitals::default(),
-            &duotone::control::resolve,
-        );
-        let metrics = duotone::metrics::Metrics::new().expect("metrics");
-        let slots = duotone::control::slots::build(&table, &metrics)
-            .unwrap_or_else(|d| panic!("fuzz slots: {d}"));
-        Snapshot { table, slots }
+            &metrics,
+        )
+        .unwrap_or_else(|d| panic!("fuzz snapshot: {d}"))
+        .0
     })
 }
 
@@ -111,6 +110,7 @@ fuzz_target!(|data: &[u8]| {
         peer: Some(std::net::IpAddr::from([192, 0, 2, 7])),
         acme: flags & 2 != 0,
         port: 8080,
+        peer_port: 40000,
     };
     let mut out = Vec::new();
     let mut log = LogFields::default();

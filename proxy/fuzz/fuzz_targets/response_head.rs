@@ -9,10 +9,13 @@
 //! in the same order, with one start and one end.
 //!
 //! With a route's configured fields (`headers = { … }`), a 2xx/3xx response
-//! carries each once with its value and none of those removed.
+//! carries each once with its value and none of those removed. With a
+//! sticky canary's cookie, the head is the one without it plus that one
+//! `Set-Cookie` field, last, on any status.
 //!
 //! Input: one flags byte (bit 0: HEAD request, bit 1: HSTS, bit 2: close,
-//! bit 3: configured fields), then the upstream's bytes.
+//! bit 3: configured fields, bit 4: a sticky canary's cookie), then the
+//! upstream's bytes.
 
 #![no_main]
 
@@ -73,6 +76,7 @@ impl HeadOut for Calls {
 
 const ID: &[u8] = b"0123456789abcdef01234567";
 const HSTS: &str = "max-age=31536000";
+const PIN: &str = "duotone_api=green; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax";
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, buf)) = data.split_first() else {
@@ -88,6 +92,7 @@ fuzz_target!(|data: &[u8]| {
         } else {
             &AddHeaders::NONE
         },
+        set_cookie: (flags & 16 != 0).then_some(PIN),
     };
     let mut out = b"stale bytes from an earlier response".to_vec();
     let parsed = parse(buf, &extra, &mut out);
@@ -114,6 +119,29 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!((calls.starts, calls.ends), (1, 1));
             assert_eq!(calls.status, h.status);
             client_head(buf, &out, h, &extra, &calls);
+            if extra.set_cookie.is_some() {
+                let plain = Extra {
+                    set_cookie: None,
+                    ..extra
+                };
+                let mut without = Calls::default();
+                let Parsed::Done(h3) = parse(buf, &plain, &mut without) else {
+                    panic!("the cookie changed how the head parses");
+                };
+                assert_eq!((h3.len, h3.status), (h.len, h.status));
+                let mut want = without.fields;
+                want.push(("set-cookie".to_string(), PIN.as_bytes().to_vec()));
+                let names =
+                    |f: &[(String, Vec<u8>)]| f.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+                assert_eq!(names(&calls.fields), names(&want));
+                let set_cookies = |f: &[(String, Vec<u8>)]| {
+                    f.iter()
+                        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+                        .map(|(_, v)| v.clone())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(set_cookies(&calls.fields), set_cookies(&want));
+            }
         }
         _ => panic!("two parses of the same bytes disagree"),
     }
@@ -186,6 +214,11 @@ fn client_head(
         "date",
         "x-request-id",
         "strict-transport-security",
+        if extra.set_cookie.is_some() {
+            "set-cookie"
+        } else {
+            "connection"
+        },
     ];
     let add = extra.add.for_status(h.status);
     for (name, _) in &fields {

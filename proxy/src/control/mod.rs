@@ -723,7 +723,8 @@ fn check_live_file(state_dir: &std::path::Path) -> Result<(), Diagnostics> {
 
 /// Compiles a snapshot: the table plus per-route extensions. Returns
 /// warnings about saved state that no longer applies (also logged).
-fn build(
+/// Public for the fuzz targets, which build their snapshot as the proxy does.
+pub fn build(
     config: Arc<Config>,
     live: &LiveState,
     vitals: &Vitals,

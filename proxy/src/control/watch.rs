@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How often a watch looks at the counters.
-pub const TICK: Duration = Duration::from_millis(250);
+pub const TICK: Duration = Duration::from_millis(50);
 
 /// A watch to start: which color, where to roll back to, the thresholds.
 #[derive(Debug, Clone)]
