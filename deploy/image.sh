@@ -137,5 +137,5 @@ case "${1:-}" in
   base) make_base ;;
   build) shift; build_runtime "$@" ;;
   app) shift; build_app "$@" ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 64 ;;
+  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 64 ;;
 esac
