@@ -4,7 +4,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 use clap::{Parser, Subcommand};
-use duotone::cli::{client, demo};
+use duotone::cli::{client, demo, healthcheck};
 use duotone::{control, server, AdminArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +43,22 @@ enum Cmd {
             default_value = "/etc/duotone/duotone.toml"
         )]
         config: PathBuf,
+    },
+    /// Exit 0 if the proxy of this config serves: the admin API's /healthz,
+    /// or with `admin = "off"` the http (else https) listener. For a
+    /// container's HEALTHCHECK; needs no token and no curl.
+    Healthcheck {
+        /// Config file.
+        #[arg(
+            short,
+            long,
+            env = "DUOTONE_CONFIG",
+            default_value = "/etc/duotone/duotone.toml"
+        )]
+        config: PathBuf,
+        /// Longest wait for the connection and for the answer.
+        #[arg(long, default_value = "2s")]
+        timeout: String,
     },
     /// Run a self-contained demo: proxy on 127.0.0.1:8080, two demo upstreams, static files, admin on 127.0.0.1:9090.
     Demo {
@@ -180,6 +196,9 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run { config } => server::run(control::Source::File(config)),
         Cmd::Check { config } => return check(config),
+        Cmd::Healthcheck { config, timeout } => routes::duration::parse(&timeout)
+            .map_err(|e| anyhow::anyhow!("--timeout {timeout:?}: {e}"))
+            .and_then(|t| healthcheck::run(&config, t)),
         Cmd::Demo {
             listen,
             admin_listen,

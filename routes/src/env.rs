@@ -13,6 +13,33 @@ pub struct Unset {
 /// character is `#` are left alone. `$${` writes a literal `${`.
 /// Returns the expanded text or every unset variable.
 pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, Vec<Unset>> {
+    let (out, missing) = expand_with(text, lookup, |_| None);
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        Err(missing)
+    }
+}
+
+/// Like [`expand`], but writes `stand_in(name)` for every unset variable
+/// without a default instead of failing, and returns those variables beside
+/// the text. `duotone check` uses it: a secret such as the admin token is
+/// often not set where a config is checked (CI, `docker run … check`).
+pub fn expand_with_stand_ins(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+    stand_in: impl Fn(&str) -> String,
+) -> (String, Vec<Unset>) {
+    expand_with(text, lookup, |name| Some(stand_in(name)))
+}
+
+/// The expansion: `missing(name)` gives the text for an unset variable
+/// without a default (`None`: leave it out and report it).
+fn expand_with(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+    missing_text: impl Fn(&str) -> Option<String>,
+) -> (String, Vec<Unset>) {
     let mut out = String::with_capacity(text.len());
     let mut missing = Vec::new();
     for (n, line) in text.split_inclusive('\n').enumerate() {
@@ -44,21 +71,22 @@ pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
                 Some(v) => out.push_str(&v),
                 None => match default {
                     Some(d) => out.push_str(d),
-                    None => missing.push(Unset {
-                        line: n + 1,
-                        name: name.to_string(),
-                    }),
+                    None => {
+                        if let Some(t) = missing_text(name) {
+                            out.push_str(&t);
+                        }
+                        missing.push(Unset {
+                            line: n + 1,
+                            name: name.to_string(),
+                        })
+                    }
                 },
             }
             rest = &after[end + 1..];
         }
         out.push_str(rest);
     }
-    if missing.is_empty() {
-        Ok(out)
-    } else {
-        Err(missing)
-    }
+    (out, missing)
 }
 
 #[cfg(test)]
@@ -98,6 +126,20 @@ mod tests {
                     name: "ALSO_NOPE".into()
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn stand_ins_only_for_unset_without_default() {
+        let t = "a = \"${NOPE}\"\nb = \"${NOPE:-d}\"\nc = \"${TOKEN}\"\n";
+        let (out, unset) = expand_with_stand_ins(t, env, |n| format!("<{n}>"));
+        assert_eq!(out, "a = \"<NOPE>\"\nb = \"d\"\nc = \"s3cret\"\n");
+        assert_eq!(
+            unset,
+            vec![Unset {
+                line: 1,
+                name: "NOPE".into()
+            }]
         );
     }
 

@@ -35,7 +35,7 @@ pub mod watch;
 pub use config::Config;
 pub use diag::KeyPath;
 pub use diag::{Diagnostic, Diagnostics};
-pub use load::{load, load_checked, load_with_warnings};
+pub use load::{load, load_checked, load_with_stand_ins, load_with_warnings, stand_in};
 pub use pool::{
     Closer, Color, ColorStats, HealthState, InFlight, Member, MemberAddr, MemberHealth, Pool,
     Protocol, Service,

@@ -58,6 +58,70 @@ pub fn load_with_warnings(
                 .collect(),
         )
     })?;
+    load_expanded(file, &text, extra, warn)
+}
+
+/// The text written for an unset variable by [`load_with_stand_ins`]: valid
+/// where a secret goes (a token of at least 16 printable characters), and
+/// self-explaining in an error about any other value.
+pub fn stand_in(name: &str) -> String {
+    format!("({name} is not set)")
+}
+
+/// Like [`load_with_warnings`], for `duotone check` where the environment of
+/// the proxy is not at hand: an unset variable without a default is a
+/// warning, and the file is checked with [`stand_in`] in its place.
+pub fn load_with_stand_ins(
+    file: &str,
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+    extra: &dyn Fn(&Config) -> Vec<Problem>,
+    warn: &dyn Fn(&Config) -> Vec<Problem>,
+) -> Result<(Config, Diagnostics), Diagnostics> {
+    let (text, unset) = crate::env::expand_with_stand_ins(text, env, stand_in);
+    let unset: Vec<Diagnostic> = unset
+        .into_iter()
+        .map(|u| Diagnostic {
+            file: file.to_string(),
+            line: u.line,
+            key: String::new(),
+            message: format!(
+                "environment variable {} is not set here: checked with a stand-in; \
+                 `duotone run` needs it (or ${{{}:-default}})",
+                u.name, u.name
+            ),
+        })
+        .collect();
+    match load_expanded(file, &text, extra, warn) {
+        Ok((c, Diagnostics(mut warnings))) => {
+            let mut all = unset;
+            all.append(&mut warnings);
+            Ok((c, Diagnostics(all)))
+        }
+        // The errors say what is wrong; the unset variables are printed with
+        // them, as they may be the cause.
+        Err(Diagnostics(mut errors)) => {
+            let mut all = unset;
+            all.append(&mut errors);
+            Err(Diagnostics(all))
+        }
+    }
+}
+
+/// Parses and validates text whose variables are already expanded.
+fn load_expanded(
+    file: &str,
+    text: &str,
+    extra: &dyn Fn(&Config) -> Vec<Problem>,
+    warn: &dyn Fn(&Config) -> Vec<Problem>,
+) -> Result<(Config, Diagnostics), Diagnostics> {
+    let diag = |line, key: String, message: String| Diagnostic {
+        file: file.to_string(),
+        line,
+        key,
+        message,
+    };
+    let text = text.to_string();
     let doc = text.parse::<toml_edit::ImDocument<String>>().map_err(|e| {
         let line = e.span().map(|s| line_of(&text, s.start)).unwrap_or(0);
         Diagnostics(vec![diag(line, String::new(), first_line(e.message()))])

@@ -951,3 +951,37 @@ fn canary_and_preview_errors_name_their_keys() {
         );
     }
 }
+
+/// What `duotone check` uses: the same file with no variables set loads,
+/// with one warning per unset variable at its line, and the stand-in for a
+/// token is a valid token.
+#[test]
+fn stand_ins_make_unset_variables_warnings() {
+    let none = |_: &str| None;
+    let (c, warnings) =
+        routes::load_with_stand_ins("duotone.toml", GOOD, none, &|_| Vec::new(), &|_| Vec::new())
+            .unwrap();
+    assert_eq!(
+        c.server.admin_token.as_deref(),
+        Some(routes::stand_in("TOKEN").as_str())
+    );
+    let w: Vec<String> = warnings.0.iter().map(|d| d.to_string()).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("duotone.toml:5: environment variable TOKEN is not set here"),
+        "{w:?}"
+    );
+    // `load` (what `duotone run` and reloads use) still refuses the file.
+    assert!(load("duotone.toml", GOOD, none).is_err());
+    // A stand-in in an address explains the error it causes.
+    let text = GOOD.replace("\"127.0.0.1:8080\"", "\"${HTTP_ADDR}\"");
+    let err =
+        routes::load_with_stand_ins("duotone.toml", &text, env, &|_| Vec::new(), &|_| Vec::new())
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("HTTP_ADDR is not set here"), "{err}");
+    assert!(
+        err.contains("\"(HTTP_ADDR is not set)\" is not an address"),
+        "{err}"
+    );
+}

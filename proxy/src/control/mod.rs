@@ -103,10 +103,11 @@ impl Source {
     }
 
     /// What `duotone check` needs: like [`Source::load`], except that static
-    /// roots missing on this machine are warnings (returned beside the
-    /// config), not errors.
+    /// roots missing on this machine and environment variables unset here
+    /// (checked with a stand-in, see [`routes::stand_in`]) are warnings
+    /// (returned beside the config), not errors.
     pub fn load_for_check(&self) -> Result<(Config, Diagnostics), Diagnostics> {
-        routes::load_with_warnings(
+        routes::load_with_stand_ins(
             &self.name(),
             &self.text()?,
             |v| std::env::var(v).ok(),
