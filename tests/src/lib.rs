@@ -5,6 +5,7 @@ pub mod apps;
 pub mod client;
 pub mod h2c;
 pub mod held;
+pub mod load;
 pub mod proxy;
 pub mod recorder;
 pub mod scripted;

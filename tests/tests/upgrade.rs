@@ -1,0 +1,308 @@
+//! In-place upgrade (`duotone upgrade`): a second process takes the
+//! listening sockets (plain HTTP, HTTPS, the admin API) over from the
+//! running one under continuous load, the old one drains and exits; no
+//! connection is refused and no request fails. A new process that cannot
+//! start leaves the old one serving.
+
+use e2e::client::admin;
+use e2e::load::{Client, Load};
+use e2e::proxy::{duotone_bin, Proxy};
+use e2e::upstream::Upstream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "upgrade-test-token";
+
+/// HTTP for `plain.test`, HTTPS (self-signed) for `localhost`, the admin API,
+/// both sites proxied to the service `api` (blue and green).
+fn config(blue: &Upstream, green: &Upstream, extra_route: &str) -> String {
+    format!(
+        r#"
+[server]
+http = "{{http}}"
+https = "{{https}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+admin_token = "{TOKEN}"
+grace_period = "10s"
+
+[[sites]]
+hosts = ["plain.test"]
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+{extra_route}
+[[sites]]
+hosts = ["localhost"]
+tls = "self-signed"
+  [[sites.routes]]
+  path = "/"
+  service = "api"
+
+[services.api]
+live = "blue"
+colors.blue = ["{}"]
+colors.green = ["{}"]
+"#,
+        blue.member(),
+        green.member()
+    )
+}
+
+/// Runs `duotone upgrade -c CONFIG --log LOG` to completion: (exit code,
+/// stdout + stderr).
+async fn upgrade(p: &Proxy) -> (i32, String) {
+    let config = p.config.clone();
+    let log = p.dir.path().join("duotone.log");
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(duotone_bin())
+            .arg("upgrade")
+            .arg("-c")
+            .arg(&config)
+            .arg("--log")
+            .arg(&log)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run duotone upgrade");
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .expect("upgrade task")
+}
+
+/// The pid in the state directory's pid file.
+fn pid_file(state: &Path) -> Option<i32> {
+    std::fs::read_to_string(state.join("duotone.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` runs (and is not a zombie).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_string))
+        })
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// Stops a process the test did not start itself (the new one, a child of
+/// the upgrade command): SIGTERM, then SIGKILL if it lingers.
+struct Stray(i32);
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on the pid of the process this test made.
+        unsafe {
+            libc::kill(self.0, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while alive(self.0) && start.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(self.0) {
+            #[allow(unsafe_code)]
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_hands_every_listener_over_under_load_without_a_failure() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let mut p = Proxy::start(&config(&blue, &green, "")).await;
+    let old = p.pid();
+    assert_eq!(pid_file(&p.state_dir()), Some(old), "the pid file names it");
+
+    // State the new process must find: green live (persisted in state_dir).
+    let flip = admin(
+        "POST",
+        &p.admin_url("/v1/services/api/flip"),
+        Some(TOKEN),
+        Some(r#"{"to":"green","force":true}"#),
+    )
+    .await
+    .expect("flip");
+    assert_eq!(flip.status, 200, "{}", flip.text());
+
+    let plain = |keep_alive, path: &str| Client {
+        addr: p.ports.http,
+        tls: false,
+        host: "plain.test".into(),
+        path: path.into(),
+        keep_alive,
+    };
+    let tls = |keep_alive| Client {
+        addr: p.ports.https,
+        tls: true,
+        host: "localhost".into(),
+        path: "/".into(),
+        keep_alive,
+    };
+    // 0-3 plain keep-alive, 4-5 TLS keep-alive, 6-7 plain new connections,
+    // 8 TLS new connections, 9-10 slow keep-alive (in flight at the hand-over).
+    let clients = vec![
+        plain(true, "/"),
+        plain(true, "/"),
+        plain(true, "/"),
+        plain(true, "/"),
+        tls(true),
+        tls(true),
+        plain(false, "/"),
+        plain(false, "/"),
+        tls(false),
+        plain(true, "/slow?ms=700"),
+        plain(true, "/slow?ms=700"),
+    ];
+    let fast = |c: usize| c < 9;
+    let load = Load::new();
+    let running = load.spawn(&clients, "green");
+    e2e::eventually(Duration::from_secs(20), || async {
+        (load.ok() >= 300).then_some(())
+    })
+    .await
+    .expect("the load runs");
+
+    let began = Instant::now();
+    let (code, out) = upgrade(&p).await;
+    let ended = Instant::now();
+    let new = pid_file(&p.state_dir()).unwrap_or(0);
+    let _stray = (new != 0 && new != old).then(|| Stray(new));
+    assert_eq!(code, 0, "duotone upgrade failed:\n{out}\nlog:\n{}", p.log());
+    assert_ne!(new, old, "the pid file names the new process");
+    assert!(alive(new), "the new process runs");
+    // The old process drained and exited by itself, with status 0.
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(5)).await,
+        Some(0),
+        "log:\n{}",
+        p.log()
+    );
+
+    // The load goes on against the new process alone.
+    let after = load.ok();
+    e2e::eventually(Duration::from_secs(20), || async {
+        (load.ok() >= after + 300).then_some(())
+    })
+    .await
+    .expect("the new process serves the load");
+    load.stop();
+    for r in running {
+        r.await.expect("client");
+    }
+
+    let failed = load.failed.load(std::sync::atomic::Ordering::SeqCst);
+    let refused = load.refused.load(std::sync::atomic::Ordering::SeqCst);
+    let closed = load
+        .closed_under_request
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let told = load.told_to_close.load(std::sync::atomic::Ordering::SeqCst);
+    let stall = load.longest(began, ended, fast);
+    let slow = load.longest(began, ended, |c| !fast(c));
+    eprintln!(
+        "upgrade under load: {} requests ok, {failed} failed, {refused} refused, \
+         {closed} keep-alive connections closed under a request, {told} told to close \
+         (then reconnected); hand-over took {:.1} s; longest fast request during it {:.1} ms \
+         (slow /slow?ms=700 ones: {:.1} ms); {} requests served after the old process exited",
+        load.ok(),
+        (ended - began).as_secs_f64(),
+        stall.as_secs_f64() * 1e3,
+        slow.as_secs_f64() * 1e3,
+        load.ok_after(ended),
+    );
+    eprintln!("duotone upgrade said:\n{out}");
+    let errors = load.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    assert_eq!(failed, 0, "failed requests: {errors:#?}\nlog:\n{}", p.log());
+    assert_eq!(refused, 0, "refused connections: {errors:#?}");
+    assert!(told > 0, "keep-alive clients were told to reconnect");
+
+    // The new process has the admin listener too, with the same state.
+    assert!(
+        e2e::proxy::wait_healthy(p.ports.admin, Duration::from_secs(5)).await,
+        "admin /healthz"
+    );
+    let svc = admin("GET", &p.admin_url("/v1/services/api"), Some(TOKEN), None)
+        .await
+        .expect("admin API of the new process");
+    assert_eq!(svc.status, 200, "{}", svc.text());
+    assert_eq!(svc.json()["live"], "green", "{}", svc.text());
+    assert!(
+        !Path::new(&p.state_dir().join("upgrade.sock")).exists(),
+        "the hand-over socket is cleaned up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_leaves_the_old_process_serving() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let good = config(&blue, &green, "");
+    let mut p = Proxy::start(&good).await;
+    let old = p.pid();
+    let serves = |p: &Proxy| {
+        let url = p.url("/");
+        async move {
+            e2e::client::Http::new()
+                .get_with(&url, &[("host", "plain.test")])
+                .await
+                .map(|r| (r.status, r.text()))
+                .ok()
+        }
+    };
+
+    // A config the new binary's `check` refuses: nothing is started.
+    std::fs::write(&p.config, "[server\nhttp = ").expect("write bad config");
+    let (code, out) = upgrade(&p).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refused the config"), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
+
+    // A config that passes `check` (a missing static root is only a warning
+    // there) but that `run` refuses: the new process exits before it asks
+    // for the listeners, and the old one never hears of it.
+    p.rewrite(&config(
+        &blue,
+        &green,
+        "  [[sites.routes]]\n  path = \"/static/\"\n  static = { root = \"/nonexistent/duotone-upgrade-test\" }\n",
+    ));
+    let (code, out) = upgrade(&p).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("exited"), "{out}");
+    assert!(out.contains(&format!("pid {old} keeps serving")), "{out}");
+    assert!(
+        p.log().contains("/nonexistent/duotone-upgrade-test"),
+        "{}",
+        p.log()
+    );
+
+    assert!(alive(old), "the old process runs");
+    assert_eq!(pid_file(&p.state_dir()), Some(old));
+    assert_eq!(serves(&p).await, Some((200, "blue".to_string())));
+    assert!(e2e::proxy::wait_healthy(p.ports.admin, Duration::from_secs(2)).await);
+
+    // With the config fixed, the upgrade goes through.
+    p.rewrite(&good);
+    let (code, out) = upgrade(&p).await;
+    let new = pid_file(&p.state_dir()).unwrap_or(0);
+    let _stray = (new != 0 && new != old).then(|| Stray(new));
+    assert_eq!(code, 0, "{out}\nlog:\n{}", p.log());
+    assert_eq!(p.wait_exit(Duration::from_secs(5)).await, Some(0));
+    assert_eq!(serves(&p).await, Some((200, "blue".to_string())));
+}
