@@ -28,6 +28,10 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    let config_file = match &source {
+        Source::File(path) => Some(path.clone()),
+        Source::Embedded { .. } => None,
+    };
     let config = source
         .load()
         .map_err(|d| anyhow::anyhow!("invalid config:\n{d}"))?;
@@ -130,6 +134,7 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
     if let Err(e) = crate::ops::pidfile::write(&server_cfg.state_dir) {
         tracing::error!("pid file: {e:#}");
     }
+    crate::ops::pidfile::notify_systemd();
 
     let compression = config_has_compression(&control);
     let _ = control.compression_installed.set(compression);
@@ -201,6 +206,7 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
         conns: conns.clone(),
         certs: certs.clone(),
         state_dir: server_cfg.state_dir.clone(),
+        config_file,
     };
     server.add_service(background_service("control", tasks));
     tracing::info!(
@@ -322,6 +328,8 @@ struct Tasks {
     conns: Arc<crate::net::stream::Connections>,
     certs: Option<Arc<acme::CertStore>>,
     state_dir: std::path::PathBuf,
+    /// The config file (none for the demo): what a SIGUSR2 upgrade runs with.
+    config_file: Option<std::path::PathBuf>,
 }
 
 #[async_trait]
@@ -349,6 +357,10 @@ impl BackgroundService for Tasks {
                 }
             }
         });
+        if let Some(config) = self.config_file.clone() {
+            let state = self.state_dir.clone();
+            tokio::spawn(upgrade_on_sigusr2(config, state));
+        }
         let _ = shutdown.changed().await;
         // Graceful shutdown: Pingora has stopped accepting and closes idle
         // keep-alive connections; exit as soon as the last one is done
@@ -362,6 +374,30 @@ impl BackgroundService for Tasks {
                 std::process::exit(0);
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// SIGUSR2: replace this process by the binary at its path (see
+/// [`crate::cli::upgrade::from_inside`]); on failure this process serves on.
+async fn upgrade_on_sigusr2(config: std::path::PathBuf, state: std::path::PathBuf) {
+    let Ok(mut usr2) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+    else {
+        tracing::error!("cannot install SIGUSR2 handler");
+        return;
+    };
+    while usr2.recv().await.is_some() {
+        tracing::info!("SIGUSR2: upgrading in place");
+        let (config, state) = (config.clone(), state.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            crate::cli::upgrade::from_inside(&config, &state, std::time::Duration::from_secs(60))
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => tracing::error!("SIGUSR2: upgrade failed, this process serves on: {e:#}"),
+            Err(e) => tracing::error!("SIGUSR2: upgrade failed, this process serves on: {e}"),
         }
     }
 }

@@ -306,3 +306,56 @@ async fn a_failed_upgrade_leaves_the_old_process_serving() {
     assert_eq!(p.wait_exit(Duration::from_secs(5)).await, Some(0));
     assert_eq!(serves(&p).await, Some((200, "blue".to_string())));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_makes_the_process_start_its_successor_and_hand_over() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let mut p = Proxy::start(&config(&blue, &green, "")).await;
+    let old = p.pid();
+    let load = Load::new();
+    let client = |keep_alive| Client {
+        addr: p.ports.http,
+        tls: false,
+        host: "plain.test".into(),
+        path: "/".into(),
+        keep_alive,
+    };
+    let running = load.spawn(&[client(true), client(true), client(false)], "blue");
+    e2e::eventually(Duration::from_secs(20), || async {
+        (load.ok() >= 100).then_some(())
+    })
+    .await
+    .expect("the load runs");
+
+    p.signal(libc::SIGUSR2);
+    let state = p.state_dir();
+    let new = e2e::eventually(Duration::from_secs(30), || async {
+        pid_file(&state).filter(|pid| *pid != old)
+    })
+    .await;
+    let _stray = new.map(Stray);
+    let new = new.unwrap_or_else(|| panic!("no new process took over; log:\n{}", p.log()));
+    // The old process drains and exits by itself; its successor serves on.
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "log:\n{}",
+        p.log()
+    );
+    assert!(alive(new));
+    let after = load.ok();
+    e2e::eventually(Duration::from_secs(20), || async {
+        (load.ok() >= after + 100).then_some(())
+    })
+    .await
+    .expect("the new process serves the load");
+    load.stop();
+    for r in running {
+        r.await.expect("client");
+    }
+    let failed = load.failed.load(std::sync::atomic::Ordering::SeqCst);
+    let errors = load.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    assert_eq!(failed, 0, "failed requests: {errors:#?}");
+    assert!(e2e::proxy::wait_healthy(p.ports.admin, Duration::from_secs(5)).await);
+}

@@ -158,6 +158,62 @@ pub fn run(o: &Options) -> Result<()> {
     Ok(())
 }
 
+/// The upgrade from inside the running process (on SIGUSR2, as nginx's
+/// binary upgrade): starts the binary at this process's path (the new one,
+/// when it was replaced on disk) with `run --upgrade -c CONFIG` as a child
+/// (under systemd it stays in the unit's control group, and names itself
+/// the main process with `MAINPID=`), waits until it is ready for the
+/// listeners, then sends this process SIGQUIT. `Err` (with this process
+/// serving on) when the new process cannot start or exits first.
+pub fn from_inside(config: &Path, state: &Path, timeout: Duration) -> Result<()> {
+    let binary = this_binary()?;
+    let sock = state.join(UPGRADE_SOCK);
+    match std::fs::remove_file(&sock) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", sock.display())),
+    }
+    let mut child = Command::new(&binary)
+        .arg("run")
+        .arg("--upgrade")
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} run --upgrade", binary.display()))?;
+    let new = child.id();
+    tracing::info!(binary = %binary.display(), pid = new, "upgrade: new process started");
+    let ready_by = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for the new process")? {
+            bail!("the new process (pid {new}) exited ({status}) before taking over");
+        }
+        if listening(&sock) {
+            break;
+        }
+        if Instant::now() > ready_by {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the new process was not ready for the listeners after {timeout:?} (stopped it)");
+        }
+        std::thread::sleep(POLL);
+    }
+    tracing::info!(pid = new, "upgrade: handing the listeners over");
+    signal(std::process::id() as i32, libc::SIGQUIT).context("SIGQUIT to this process")
+}
+
+/// This process's binary by its path, which names the new file once the
+/// binary has been replaced on disk (`/proc/self/exe` then reads
+/// "PATH (deleted)").
+fn this_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
+
 /// `BINARY check -c FILE`: the new binary's judgement of the config.
 fn check_with_new_binary(o: &Options) -> Result<()> {
     let out = Command::new(&o.binary)

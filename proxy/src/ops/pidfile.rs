@@ -53,6 +53,38 @@ pub fn remove_if_mine(state_dir: &Path) {
     }
 }
 
+/// Tells systemd (`Type=notify`, `NotifyAccess=all`) that this process is
+/// ready and is the service's main process (`READY=1`, `MAINPID=`): after an
+/// upgrade the new process takes over as the unit's main PID. Does nothing
+/// outside systemd (no `NOTIFY_SOCKET`).
+pub fn notify_systemd() {
+    if let Some(target) = std::env::var_os("NOTIFY_SOCKET") {
+        notify_to(&target);
+    }
+}
+
+/// Sends `READY=1` and `MAINPID=` to the notification socket `target` (a
+/// path, or `@name` for an abstract socket).
+fn notify_to(target: &std::ffi::OsStr) {
+    let msg = format!("READY=1\nMAINPID={}\n", std::process::id());
+    let sent = (|| -> std::io::Result<usize> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target);
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(msg.as_bytes(), &addr)
+            }
+            None => sock.send_to(msg.as_bytes(), target),
+        }
+    })();
+    match sent {
+        Ok(_) => tracing::info!("told systemd: ready, main pid {}", std::process::id()),
+        Err(e) => tracing::warn!("NOTIFY_SOCKET {target:?}: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +106,19 @@ mod tests {
         assert!(!path(dir.path()).exists());
         std::fs::write(path(dir.path()), "x").expect("garbage");
         assert!(read(dir.path()).is_err());
+    }
+
+    #[test]
+    fn systemd_is_told_the_main_pid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("notify");
+        let listener = std::os::unix::net::UnixDatagram::bind(&sock).expect("bind");
+        notify_to(sock.as_os_str());
+        let mut buf = [0u8; 128];
+        let n = listener.recv(&mut buf).expect("recv");
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).expect("utf-8"),
+            format!("READY=1\nMAINPID={}\n", std::process::id())
+        );
     }
 }
