@@ -102,7 +102,14 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
         // (`crate::accept`); Pingora's runtimes run the background tasks, on
         // one single-threaded runtime per thread (no work stealing).
         work_stealing: false,
-        grace_period_seconds: Some(server_cfg.grace_period.as_secs().max(1)),
+        // As PID 1 (a container's entrypoint), the process outlives its own
+        // drain after an upgrade (`crate::ops::init`): then the background
+        // task below ends the grace period, not Pingora (which would exit).
+        grace_period_seconds: Some(if crate::ops::init::is_pid1() {
+            u64::from(u32::MAX)
+        } else {
+            server_cfg.grace_period.as_secs().max(1)
+        }),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
         max_retries: 9,
@@ -207,6 +214,9 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
         certs: certs.clone(),
         state_dir: server_cfg.state_dir.clone(),
         config_file,
+        grace: server_cfg
+            .grace_period
+            .max(std::time::Duration::from_secs(1)),
     };
     server.add_service(background_service("control", tasks));
     tracing::info!(
@@ -330,6 +340,8 @@ struct Tasks {
     state_dir: std::path::PathBuf,
     /// The config file (none for the demo): what a SIGUSR2 upgrade runs with.
     config_file: Option<std::path::PathBuf>,
+    /// How long in-flight requests may take after a shutdown begins.
+    grace: std::time::Duration,
 }
 
 #[async_trait]
@@ -366,11 +378,21 @@ impl BackgroundService for Tasks {
         // keep-alive connections; exit as soon as the last one is done
         // instead of always waiting out the whole grace period.
         tracing::info!("shutting down: waiting for in-flight requests");
+        let deadline = tokio::time::Instant::now() + self.grace;
         loop {
             let open = self.conns.total();
-            if open <= 0 {
-                tracing::info!("all client connections finished; exiting");
+            let over = tokio::time::Instant::now() >= deadline;
+            if open <= 0 || over {
+                if open > 0 {
+                    tracing::warn!("grace period over: closing {open} connection(s)");
+                } else {
+                    tracing::info!("all client connections finished; exiting");
+                }
                 crate::ops::pidfile::remove_if_mine(&self.state_dir);
+                if crate::ops::init::is_pid1() {
+                    // After a hand-over: stay as the container's init.
+                    crate::ops::init::stay(&self.state_dir).await;
+                }
                 std::process::exit(0);
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -359,3 +359,128 @@ async fn sigusr2_makes_the_process_start_its_successor_and_hand_over() {
     assert_eq!(failed, 0, "failed requests: {errors:#?}");
     assert!(e2e::proxy::wait_healthy(p.ports.admin, Duration::from_secs(5)).await);
 }
+
+/// The host pid of the first child of `pid` (PID 1 of the namespace that
+/// `unshare --fork` made).
+fn first_child(pid: u32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_pid_1_the_old_process_stays_as_init_after_handing_over() {
+    // A container's entrypoint: PID 1 of its own PID namespace.
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    if !matches!(&probe, Ok(o) if o.status.success()) {
+        eprintln!("skipped: no PID namespace (`unshare --pid --fork --mount-proc` needs root)");
+        return;
+    }
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = e2e::proxy::Ports {
+        http: std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port())),
+        https: std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port())),
+        admin: std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port())),
+    };
+    let cfg = dir.path().join("duotone.toml");
+    let text = Proxy::render(&config(&blue, &green, ""), &ports, dir.path());
+    std::fs::write(&cfg, text).expect("config");
+    let log_path = dir.path().join("duotone.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut unshare = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(duotone_bin())
+        .arg("run")
+        .arg("-c")
+        .arg(&cfg)
+        .env_remove("RUST_LOG")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("unshare");
+    struct Reap<'a>(&'a mut std::process::Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let outer = unshare.id();
+    let guard = Reap(&mut unshare);
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        e2e::proxy::wait_healthy(ports.admin, Duration::from_secs(20)).await,
+        "log:\n{}",
+        read_log()
+    );
+    let pid1 = first_child(outer).expect("PID 1's host pid");
+
+    let load = Load::new();
+    let client = |keep_alive| Client {
+        addr: ports.http,
+        tls: false,
+        host: "plain.test".into(),
+        path: "/".into(),
+        keep_alive,
+    };
+    let running = load.spawn(&[client(true), client(true), client(false)], "blue");
+    e2e::eventually(Duration::from_secs(20), || async {
+        (load.ok() >= 100).then_some(())
+    })
+    .await
+    .expect("the load runs");
+
+    // SAFETY: kill(2) on the PID 1 this test started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid1, libc::SIGUSR2);
+    }
+    e2e::eventually(Duration::from_secs(30), || async {
+        read_log().contains("staying as PID 1").then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("PID 1 did not hand over; log:\n{}", read_log()));
+    assert!(alive(pid1), "PID 1 stays (the container lives on)");
+    let after = load.ok();
+    e2e::eventually(Duration::from_secs(20), || async {
+        (load.ok() >= after + 100).then_some(())
+    })
+    .await
+    .expect("the new process serves");
+    load.stop();
+    for r in running {
+        r.await.expect("client");
+    }
+    let failed = load.failed.load(std::sync::atomic::Ordering::SeqCst);
+    let errors = load.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    assert_eq!(failed, 0, "failed requests: {errors:#?}");
+
+    // `docker stop`: SIGTERM to PID 1 goes on to the serving process, which
+    // drains and exits; then PID 1 exits with its status.
+    // SAFETY: as above.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid1, libc::SIGTERM);
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(s)) = guard.0.try_wait() {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let status = status.unwrap_or_else(|| panic!("PID 1 did not exit; log:\n{}", read_log()));
+    assert!(status.success(), "{status}; log:\n{}", read_log());
+    assert!(read_log().contains("PID 1: forwarding a signal"));
+    assert!(tokio::net::TcpStream::connect(ports.http).await.is_err());
+}

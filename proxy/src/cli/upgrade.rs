@@ -19,7 +19,7 @@
 //! The listening sockets are never closed, so no connection is refused.
 
 use crate::control::Source;
-use crate::ops::pidfile::{self, UPGRADE_SOCK};
+use crate::ops::pidfile::{self, alive, UPGRADE_SOCK};
 use anyhow::{anyhow, bail, Context, Result};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -275,26 +275,6 @@ fn listening(path: &Path) -> bool {
             && fields[3] == "00010000"
             && (fields[7] == want || abs.as_deref().is_some_and(|a| Path::new(fields[7]) == a))
     })
-}
-
-/// Whether `pid` is a live process (a zombie, exited but not yet reaped by
-/// its parent, is not).
-fn alive(pid: i32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks that the process exists.
-    #[allow(unsafe_code)]
-    let exists = unsafe { libc::kill(pid, 0) } == 0
-        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !exists {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // "pid (comm) S …": the state follows the last ')'.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| state != "Z" && state != "X"),
-        Err(_) => true,
-    }
 }
 
 /// Sends `sig` to `pid`.

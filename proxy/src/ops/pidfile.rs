@@ -53,6 +53,26 @@ pub fn remove_if_mine(state_dir: &Path) {
     }
 }
 
+/// Whether `pid` is a live process (a zombie, exited but not yet reaped by
+/// its parent, is not).
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    #[allow(unsafe_code)]
+    let exists = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S …": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => true,
+    }
+}
+
 /// Tells systemd (`Type=notify`, `NotifyAccess=all`) that this process is
 /// ready and is the service's main process (`READY=1`, `MAINPID=`): after an
 /// upgrade the new process takes over as the unit's main PID. Does nothing
