@@ -173,6 +173,7 @@ async fn upgrade_hands_every_listener_over_under_load_without_a_failure() {
     ];
     let fast = |c: usize| c < 9;
     let load = Load::new();
+    let loaded = Instant::now();
     let running = load.spawn(&clients, "green");
     e2e::eventually(Duration::from_secs(20), || async {
         (load.ok() >= 300).then_some(())
@@ -216,15 +217,18 @@ async fn upgrade_hands_every_listener_over_under_load_without_a_failure() {
     let told = load.told_to_close.load(std::sync::atomic::Ordering::SeqCst);
     let stall = load.longest(began, ended, fast);
     let slow = load.longest(began, ended, |c| !fast(c));
+    let before = load.longest(loaded, began, fast);
     eprintln!(
         "upgrade under load: {} requests ok, {failed} failed, {refused} refused, \
          {closed} keep-alive connections closed under a request, {told} told to close \
          (then reconnected); hand-over took {:.1} s; longest fast request during it {:.1} ms \
-         (slow /slow?ms=700 ones: {:.1} ms); {} requests served after the old process exited",
+         (slow /slow?ms=700 ones: {:.1} ms; longest fast one before the upgrade: {:.1} ms); \
+         {} requests served after the old process exited",
         load.ok(),
         (ended - began).as_secs_f64(),
         stall.as_secs_f64() * 1e3,
         slow.as_secs_f64() * 1e3,
+        before.as_secs_f64() * 1e3,
         load.ok_after(ended),
     );
     eprintln!("duotone upgrade said:\n{out}");
@@ -420,6 +424,13 @@ async fn as_pid_1_the_old_process_stays_as_init_after_handing_over() {
         "log:\n{}",
         read_log()
     );
+    // The proxy's listeners come up after the admin API's.
+    let http = ports.http;
+    e2e::eventually(Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(http).await.ok().map(|_| ())
+    })
+    .await
+    .expect("the http listener is up");
     let pid1 = first_child(outer).expect("PID 1's host pid");
 
     let load = Load::new();
