@@ -231,6 +231,15 @@ async fn upgrade_hands_every_listener_over_under_load_without_a_failure() {
         before.as_secs_f64() * 1e3,
         load.ok_after(ended),
     );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    eprintln!(
+        "longest during the hand-over by kind: plain keep-alive {:.1} ms, TLS keep-alive {:.1} ms, \
+         plain new connections {:.1} ms, TLS new connections {:.1} ms",
+        ms(load.longest(began, ended, |c| c < 4)),
+        ms(load.longest(began, ended, |c| (4..6).contains(&c))),
+        ms(load.longest(began, ended, |c| (6..8).contains(&c))),
+        ms(load.longest(began, ended, |c| c == 8)),
+    );
     eprintln!("duotone upgrade said:\n{out}");
     let errors = load.errors.lock().map(|e| e.clone()).unwrap_or_default();
     assert_eq!(failed, 0, "failed requests: {errors:#?}\nlog:\n{}", p.log());
