@@ -504,3 +504,32 @@ async fn as_pid_1_the_old_process_stays_as_init_after_handing_over() {
     assert!(read_log().contains("PID 1: forwarding a signal"));
     assert!(tokio::net::TcpStream::connect(ports.http).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_can_move_a_listener_that_a_reload_cannot() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let mut p = Proxy::start(&config(&blue, &green, "")).await;
+    let old_http = p.ports.http;
+    // The new config moves the plain listener to another port.
+    let moved = std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port()));
+    let text = Proxy::render(&config(&blue, &green, ""), &p.ports, p.dir.path())
+        .replace(&old_http.to_string(), &moved.to_string());
+    std::fs::write(&p.config, text).expect("config");
+    let (code, out) = upgrade(&p).await;
+    let new = pid_file(&p.state_dir()).unwrap_or(0);
+    let _stray = (new != 0 && new != p.pid()).then(|| Stray(new));
+    assert_eq!(code, 0, "{out}\nlog:\n{}", p.log());
+    assert_eq!(p.wait_exit(Duration::from_secs(5)).await, Some(0));
+    let r = e2e::client::Http::new()
+        .get_with(&format!("http://{moved}/"), &[("host", "plain.test")])
+        .await
+        .expect("the new address serves");
+    assert_eq!((r.status, r.text()), (200, "blue".to_string()));
+    assert!(
+        tokio::net::TcpStream::connect(old_http).await.is_err(),
+        "the old address is closed (the new process does not keep the unclaimed socket)"
+    );
+    // The unchanged listeners were taken over.
+    assert!(e2e::proxy::wait_healthy(p.ports.admin, Duration::from_secs(5)).await);
+}
