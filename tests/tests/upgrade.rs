@@ -457,16 +457,51 @@ async fn as_pid_1_the_old_process_stays_as_init_after_handing_over() {
     .await
     .expect("the load runs");
 
+    // `docker exec edge duotone upgrade`: the command runs in the namespace
+    // and replaces PID 1, which drains and stays as init.
+    let cfg_arg = cfg.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("nsenter")
+            .arg("--target")
+            .arg(pid1.to_string())
+            .args(["--pid", "--mount"])
+            .arg(duotone_bin())
+            .arg("upgrade")
+            .arg("-c")
+            .arg(&cfg_arg)
+            .arg("--log")
+            .arg(cfg_arg.with_file_name("successor.log"))
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("nsenter duotone upgrade")
+    })
+    .await
+    .expect("upgrade task");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}\nlog:\n{}", read_log());
+    assert!(said.contains("stays as PID 1"), "{said}");
+    assert!(read_log().contains("staying as PID 1"), "{}", read_log());
+    assert!(alive(pid1), "PID 1 stays (the container lives on)");
+
+    // `docker kill -s USR2 edge`: PID 1 forwards it to the serving process,
+    // which starts a third one and hands over; PID 1 follows the pid file.
+    let second = std::fs::read_to_string(dir.path().join("state/duotone.pid")).unwrap_or_default();
     // SAFETY: kill(2) on the PID 1 this test started.
     #[allow(unsafe_code)]
     unsafe {
         libc::kill(pid1, libc::SIGUSR2);
     }
+    let state = dir.path().join("state");
     e2e::eventually(Duration::from_secs(30), || async {
-        read_log().contains("staying as PID 1").then_some(())
+        let now = std::fs::read_to_string(state.join("duotone.pid")).ok()?;
+        (now != second).then_some(())
     })
     .await
-    .unwrap_or_else(|| panic!("PID 1 did not hand over; log:\n{}", read_log()));
+    .unwrap_or_else(|| panic!("no third process; log:\n{}", read_log()));
     assert!(alive(pid1), "PID 1 stays (the container lives on)");
     let after = load.ok();
     e2e::eventually(Duration::from_secs(20), || async {

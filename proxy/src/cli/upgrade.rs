@@ -103,6 +103,12 @@ pub fn run(o: &Options) -> Result<()> {
         std::thread::sleep(POLL);
     }
 
+    // PID 1 (a container's entrypoint) does not exit after its drain: it
+    // stays as init and says so with this mark (`crate::ops::init`).
+    let mark = state.join(pidfile::INIT_MARK);
+    if old == 1 {
+        let _ = std::fs::remove_file(&mark);
+    }
     let signalled = Instant::now();
     if let Err(e) = signal(old, libc::SIGQUIT) {
         let _ = child.kill();
@@ -139,7 +145,7 @@ pub fn run(o: &Options) -> Result<()> {
 
     let drained_by =
         Instant::now() + HAND_OVER_OVERLAP + config.server.grace_period + Duration::from_secs(10);
-    while alive(old) {
+    while alive(old) && !(old == 1 && mark.exists()) {
         if Instant::now() > drained_by {
             bail!(
                 "pid {new} serves, but pid {old} has not exited {:?} after its grace period",
@@ -152,7 +158,12 @@ pub fn run(o: &Options) -> Result<()> {
         bail!("the new process (pid {new}) exited ({status}) after taking over");
     }
     println!(
-        "upgraded: pid {old} drained and exited; pid {new} serves ({:.1} s in all)",
+        "upgraded: pid {old} drained and {}; pid {new} serves ({:.1} s in all)",
+        if old == 1 {
+            "stays as PID 1 (init)"
+        } else {
+            "exited"
+        },
         t0.elapsed().as_secs_f64()
     );
     Ok(())

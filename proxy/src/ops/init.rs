@@ -33,6 +33,9 @@ pub async fn stay(state_dir: &Path) {
         pid = main,
         "handed over: staying as PID 1, forwarding signals to the serving process"
     );
+    if let Err(e) = std::fs::write(state_dir.join(pidfile::INIT_MARK), format!("{main}\n")) {
+        tracing::warn!("writing {}: {e}", pidfile::INIT_MARK);
+    }
     let kinds = [
         SignalKind::terminate(),
         SignalKind::interrupt(),

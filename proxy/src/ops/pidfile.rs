@@ -13,6 +13,11 @@ pub const PID_FILE: &str = "duotone.pid";
 /// `upgrade_sock`), in the state directory.
 pub const UPGRADE_SOCK: &str = "upgrade.sock";
 
+/// Written by PID 1 once it has drained after a hand-over and stays as init
+/// ([`super::init`]), for `duotone upgrade`, which cannot wait for PID 1 to
+/// exit.
+pub const INIT_MARK: &str = "duotone.init";
+
 /// The pid file of `state_dir`.
 pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(PID_FILE)
