@@ -3,6 +3,7 @@
 // House rule: no `unwrap()`/`expect()` on input or I/O outside tests.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use duotone::cli::{client, demo, healthcheck};
 use duotone::{control, server, AdminArgs};
@@ -32,6 +33,35 @@ enum Cmd {
             default_value = "/etc/duotone/duotone.toml"
         )]
         config: PathBuf,
+        /// Take the listening sockets over from the running Duotone (through
+        /// {state_dir}/upgrade.sock, sent on its SIGQUIT) instead of binding
+        /// them; `duotone upgrade` starts the new process this way.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Replace the running Duotone by a new process without closing a listener:
+    /// start BINARY with `run --upgrade`, hand the sockets over (SIGQUIT to the
+    /// pid in {state_dir}/duotone.pid), wait until the old process has drained
+    /// and exited.
+    Upgrade {
+        /// Config file of the new process (its state_dir names the running one).
+        #[arg(
+            short,
+            long,
+            env = "DUOTONE_CONFIG",
+            default_value = "/etc/duotone/duotone.toml"
+        )]
+        config: PathBuf,
+        /// The new binary (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Append the new process's stdout and stderr to this file (default:
+        /// this command's).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// How long the new process may take to be ready for the sockets.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
     },
     /// Check a config file; prints every error as file:line: key: message.
     Check {
@@ -194,7 +224,13 @@ fn main() -> ExitCode {
     duotone::ops::logging::init();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run { config } => server::run(control::Source::File(config)),
+        Cmd::Run { config, upgrade } => server::run(control::Source::File(config), upgrade),
+        Cmd::Upgrade {
+            config,
+            binary,
+            log,
+            timeout,
+        } => upgrade(config, binary, log, &timeout),
         Cmd::Check { config } => return check(config),
         Cmd::Healthcheck { config, timeout } => routes::duration::parse(&timeout)
             .map_err(|e| anyhow::anyhow!("--timeout {timeout:?}: {e}"))
@@ -253,6 +289,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `duotone upgrade`: see [`duotone::cli::upgrade`].
+fn upgrade(
+    config: PathBuf,
+    binary: Option<PathBuf>,
+    log: Option<PathBuf>,
+    timeout: &str,
+) -> anyhow::Result<()> {
+    let binary = match binary {
+        Some(b) => b,
+        None => std::env::current_exe().context("finding this binary (give --binary)")?,
+    };
+    let timeout = routes::duration::parse(timeout)
+        .map_err(|e| anyhow::anyhow!("--timeout {timeout}: {e}"))?;
+    duotone::cli::upgrade::run(&duotone::cli::upgrade::Options {
+        config,
+        binary,
+        log,
+        timeout,
+    })
 }
 
 fn check(config: PathBuf) -> ExitCode {

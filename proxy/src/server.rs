@@ -8,13 +8,19 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{ListenFds, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::Service;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-/// Runs Duotone with the config from `source` until SIGTERM/SIGINT.
+/// Runs Duotone with the config from `source` until SIGTERM/SIGINT (or
+/// SIGQUIT: hand the listeners to a new process, then drain and exit).
+/// With `upgrade`, the listeners (HTTP, HTTPS and the admin API's) are taken
+/// over from the running process through `{state_dir}/upgrade.sock` instead
+/// of being bound: see `duotone upgrade` ([`crate::cli::upgrade`]).
 /// Never returns on success (Pingora exits the process).
-pub fn run(source: Source) -> Result<()> {
+pub fn run(source: Source, upgrade: bool) -> Result<()> {
     // Until the reload handler is installed (with the background tasks), a
     // SIGHUP must not kill the proxy: ignore it. The handler replaces this.
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
@@ -22,6 +28,10 @@ pub fn run(source: Source) -> Result<()> {
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    let config_file = match &source {
+        Source::File(path) => Some(path.clone()),
+        Source::Embedded { .. } => None,
+    };
     let config = source
         .load()
         .map_err(|d| anyhow::anyhow!("invalid config:\n{d}"))?;
@@ -73,7 +83,9 @@ pub fn run(source: Source) -> Result<()> {
         ]);
     }
 
-    let admin_listener = match server_cfg.admin {
+    // Bound here, before anything starts, so a port in use is a clear error
+    // at start; on an upgrade it comes from the old process instead.
+    let admin_listener = match server_cfg.admin.filter(|_| !upgrade) {
         Some(addr) => {
             let l = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("binding admin listener {addr}"))?;
@@ -90,18 +102,46 @@ pub fn run(source: Source) -> Result<()> {
         // (`crate::accept`); Pingora's runtimes run the background tasks, on
         // one single-threaded runtime per thread (no work stealing).
         work_stealing: false,
-        grace_period_seconds: Some(server_cfg.grace_period.as_secs().max(1)),
+        // As PID 1 (a container's entrypoint), the process outlives its own
+        // drain after an upgrade (`crate::ops::init`): then the background
+        // task below ends the grace period, not Pingora (which would exit).
+        grace_period_seconds: Some(if crate::ops::init::is_pid1() {
+            u64::from(u32::MAX)
+        } else {
+            server_cfg.grace_period.as_secs().max(1)
+        }),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
         max_retries: 9,
-        // Neither file is ever made: Pingora writes the pid file only when it
-        // daemonizes and uses the socket only for a graceful binary upgrade.
-        pid_file: format!("{state}/duotone.pid"),
-        upgrade_sock: format!("{state}/upgrade.sock"),
+        // Pingora writes this pid file only when it daemonizes (never
+        // here); Duotone writes it itself ([`crate::ops::pidfile`]).
+        pid_file: format!("{state}/{}", crate::ops::pidfile::PID_FILE),
+        // A new process started with `--upgrade` listens here for the old
+        // one's listeners, which the old one sends on SIGQUIT.
+        upgrade_sock: format!("{state}/{}", crate::ops::pidfile::UPGRADE_SOCK),
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if upgrade {
+        tracing::info!(
+            sock = %format!("{state}/{}", crate::ops::pidfile::UPGRADE_SOCK),
+            "upgrade: waiting for the running process's listeners"
+        );
+    }
+    // On an upgrade this waits for the old process's listeners (it exits
+    // the process if they do not come within a few seconds).
     server.bootstrap();
+    if upgrade {
+        tracing::info!("upgrade: listeners taken over");
+    }
+    if let Err(e) = crate::ops::pidfile::write(&server_cfg.state_dir) {
+        tracing::error!("pid file: {e:#}");
+    }
+    crate::ops::pidfile::notify_systemd();
 
     let compression = config_has_compression(&control);
     let _ = control.compression_installed.set(compression);
@@ -151,23 +191,32 @@ pub fn run(source: Source) -> Result<()> {
                 as Arc<dyn Fn() -> serde_json::Value + Send + Sync>
         }),
     };
+    if let Some(addr) = server_cfg.admin {
+        let listen = admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or(addr);
+        server.add_service(AdminService {
+            admin: Arc::new(Admin {
+                control: control.clone(),
+                token: server_cfg.admin_token.clone(),
+                extras: extras.clone(),
+                listen,
+            }),
+            addr: addr.to_string(),
+            bound: admin_listener,
+        });
+    }
     let tasks = Tasks {
         control: control.clone(),
-        admin: admin_listener.map(|l| {
-            let listen = l.local_addr().ok().or(server_cfg.admin);
-            (
-                Arc::new(Admin {
-                    control: control.clone(),
-                    token: server_cfg.admin_token.clone(),
-                    extras: extras.clone(),
-                    listen: listen.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9090))),
-                }),
-                l,
-            )
-        }),
         extras,
         conns: conns.clone(),
         certs: certs.clone(),
+        state_dir: server_cfg.state_dir.clone(),
+        config_file,
+        grace: server_cfg
+            .grace_period
+            .max(std::time::Duration::from_secs(1)),
     };
     server.add_service(background_service("control", tasks));
     tracing::info!(
@@ -223,26 +272,81 @@ fn config_has_compression(control: &Control) -> bool {
         .any(|s| s.routes.iter().any(|r| r.compress))
 }
 
+/// The admin API's listener as a Pingora service of its own, so that it is
+/// in the hand-over table with the proxy's listeners: bound at start (or
+/// inherited on an upgrade), passed on at the next upgrade, and no longer
+/// accepted on once this process shuts down or hands over.
+struct AdminService {
+    admin: Arc<Admin>,
+    /// The configured address: the socket's name in the hand-over table.
+    addr: String,
+    /// The socket bound at start (none on an upgrade: then it is inherited).
+    bound: Option<std::net::TcpListener>,
+}
+
+#[async_trait]
+impl Service for AdminService {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let listener = match self.bound.take() {
+            Some(l) => {
+                if let Some(fds) = &fds {
+                    fds.lock().add(self.addr.clone(), l.as_raw_fd());
+                }
+                Ok(l)
+            }
+            None => crate::accept::bind::listen(&self.addr, fds.as_ref()).await,
+        };
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("admin listener {}: {e}", self.addr);
+                return;
+            }
+        };
+        match listener.try_clone() {
+            Ok(mine) => crate::ops::admin::serve(self.admin.clone(), mine, shutdown).await,
+            Err(e) => tracing::error!("admin listener {}: {e}", self.addr),
+        }
+        // The socket stays open while the process lives: the hand-over
+        // table names it, and the new process may still be taking it.
+        std::future::pending::<()>().await;
+        drop(listener);
+    }
+
+    fn name(&self) -> &str {
+        "admin"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(vec![self.addr.clone()])
+    }
+}
+
 /// Background work next to the proxy.
 struct Tasks {
     control: Arc<Control>,
-    admin: Option<(Arc<Admin>, std::net::TcpListener)>,
     extras: crate::ops::admin_extras::Extras,
     conns: Arc<crate::net::stream::Connections>,
     certs: Option<Arc<acme::CertStore>>,
+    state_dir: std::path::PathBuf,
+    /// The config file (none for the demo): what a SIGUSR2 upgrade runs with.
+    config_file: Option<std::path::PathBuf>,
+    /// How long in-flight requests may take after a shutdown begins.
+    grace: std::time::Duration,
 }
 
 #[async_trait]
 impl BackgroundService for Tasks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        if let Some((admin, l)) = &self.admin {
-            match l.try_clone() {
-                Ok(l) => {
-                    tokio::spawn(crate::ops::admin::serve(admin.clone(), l));
-                }
-                Err(e) => tracing::error!("admin listener: {e}"),
-            }
-        }
         tokio::spawn(crate::control::health::run(self.control.clone()));
         if let Some(store) = &self.certs {
             tokio::spawn(store.clone().run());
@@ -265,18 +369,57 @@ impl BackgroundService for Tasks {
                 }
             }
         });
+        if let Some(config) = self.config_file.clone() {
+            let state = self.state_dir.clone();
+            tokio::spawn(upgrade_on_sigusr2(config, state));
+        }
         let _ = shutdown.changed().await;
         // Graceful shutdown: Pingora has stopped accepting and closes idle
         // keep-alive connections; exit as soon as the last one is done
         // instead of always waiting out the whole grace period.
         tracing::info!("shutting down: waiting for in-flight requests");
+        let deadline = tokio::time::Instant::now() + self.grace;
         loop {
             let open = self.conns.total();
-            if open <= 0 {
-                tracing::info!("all client connections finished; exiting");
+            let over = tokio::time::Instant::now() >= deadline;
+            if open <= 0 || over {
+                if open > 0 {
+                    tracing::warn!("grace period over: closing {open} connection(s)");
+                } else {
+                    tracing::info!("all client connections finished; exiting");
+                }
+                crate::ops::pidfile::remove_if_mine(&self.state_dir);
+                if crate::ops::init::is_pid1() {
+                    // After a hand-over: stay as the container's init.
+                    crate::ops::init::stay(&self.state_dir).await;
+                }
                 std::process::exit(0);
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// SIGUSR2: replace this process by the binary at its path (see
+/// [`crate::cli::upgrade::from_inside`]); on failure this process serves on.
+async fn upgrade_on_sigusr2(config: std::path::PathBuf, state: std::path::PathBuf) {
+    let Ok(mut usr2) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+    else {
+        tracing::error!("cannot install SIGUSR2 handler");
+        return;
+    };
+    while usr2.recv().await.is_some() {
+        tracing::info!("SIGUSR2: upgrading in place");
+        let (config, state) = (config.clone(), state.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            crate::cli::upgrade::from_inside(&config, &state, std::time::Duration::from_secs(60))
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => tracing::error!("SIGUSR2: upgrade failed, this process serves on: {e:#}"),
+            Err(e) => tracing::error!("SIGUSR2: upgrade failed, this process serves on: {e}"),
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod apps;
 pub mod client;
 pub mod h2c;
+pub mod handover;
 pub mod held;
 pub mod load;
 pub mod proxy;

@@ -14,7 +14,7 @@
 //!
 //! [`ServerApp`]: pingora::apps::ServerApp
 
-mod bind;
+pub mod bind;
 pub mod conn;
 mod counted;
 mod endpoint;

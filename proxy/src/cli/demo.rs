@@ -145,8 +145,11 @@ Ctrl-C stops.
     );
     // The upstreams keep running on `rt` while Pingora runs on its own threads.
     let _keep = rt;
-    crate::server::run(Source::Embedded {
-        name: "<demo>".into(),
-        text,
-    })
+    crate::server::run(
+        Source::Embedded {
+            name: "<demo>".into(),
+            text,
+        },
+        false,
+    )
 }

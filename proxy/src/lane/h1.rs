@@ -8,7 +8,14 @@ use crate::net::stream::HeadDeadline;
 use pingora::protocols::{Ssl, ALPN};
 use pingora::server::ShutdownWatch;
 use routes::config::AccessLog as LogFormat;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long an idle keep-alive connection may still bring one more request
+/// once a graceful shutdown has begun (capped by the keep-alive timeout).
+/// A client that sends its next request at once, as a busy one does, gets
+/// it answered with `connection: close` instead of finding the connection
+/// closed under it.
+const LAST_CALL: Duration = Duration::from_secs(2);
 
 use super::state::{hsts, local_port, peer_ip, read_some, End, Lane, Outcome};
 use super::{local, relay, request};
@@ -55,8 +62,12 @@ impl Lane {
                         let config = &snap.table.config;
                         log = (config.access_log != LogFormat::Off).then(LogFields::default);
                         match request::plan(&buf, &snap, &conn, &self.ids, &mut out, log.as_mut()) {
-                            Parsed::Lane(p) => {
+                            Parsed::Lane(mut p) => {
                                 io.head_parsed();
+                                // Shutting down (SIGTERM, or an upgrade's
+                                // hand-over): this is the connection's last
+                                // response, and it says so.
+                                p.close |= *shutdown.borrow();
                                 break p;
                             }
                             Parsed::Partial | Parsed::Handoff => return End::Handoff(buf),
@@ -69,12 +80,28 @@ impl Lane {
                 }
                 let limits = snap.table.config.limits;
                 let read = if buf.is_empty() && served > 0 {
-                    // Idle between requests: keep-alive timeout, and leave
-                    // at once on graceful shutdown.
-                    tokio::select! {
-                        biased;
-                        r = client_timer.within(limits.keepalive_timeout, read_some(io, &mut buf)) => r,
-                        _ = shutdown.changed() => return End::Closed,
+                    // Idle between requests: keep-alive timeout. On graceful
+                    // shutdown the client gets a last call: a request that
+                    // arrives within LAST_CALL is served (with `connection:
+                    // close`), so a busy keep-alive client is not cut off
+                    // while its next request is on the way.
+                    let last_call = LAST_CALL.min(limits.keepalive_timeout);
+                    let first = if *shutdown.borrow() {
+                        None
+                    } else {
+                        tokio::select! {
+                            biased;
+                            r = client_timer.within(limits.keepalive_timeout, read_some(io, &mut buf)) => Some(r),
+                            _ = shutdown.changed() => None,
+                        }
+                    };
+                    match first {
+                        Some(r) => r,
+                        None => {
+                            client_timer
+                                .within(last_call, read_some(io, &mut buf))
+                                .await
+                        }
                     }
                 } else {
                     // The head deadline (HeadDeadline) bounds this.
@@ -159,7 +186,10 @@ impl Lane {
             io.next_request();
             served += 1;
             self.finish(&snap, &plan, &outcome, start, log, &ip, "HTTP/1.1");
-            if !outcome.keep_client || plan.close || *shutdown.borrow() {
+            // A response that did not say `connection: close` is followed
+            // by the idle wait, also during a shutdown (its last call): the
+            // client may already be sending its next request.
+            if !outcome.keep_client || plan.close {
                 return End::Closed;
             }
         }

@@ -647,8 +647,14 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
 }
 
-/// Serves the admin API on `listener` until the process ends.
-pub async fn serve(admin: Arc<Admin>, listener: std::net::TcpListener) {
+/// Serves the admin API on `listener` until `shutdown` (a graceful
+/// shutdown or an upgrade's hand-over): then it stops accepting and lets
+/// the requests in progress finish.
+pub async fn serve(
+    admin: Arc<Admin>,
+    listener: std::net::TcpListener,
+    shutdown: pingora::server::ShutdownWatch,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -656,8 +662,18 @@ pub async fn serve(admin: Arc<Admin>, listener: std::net::TcpListener) {
             return;
         }
     };
+    let mut stop = shutdown.clone();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(&mut stop) => {
+                // Shutting down or handing over to a new process: the new
+                // one answers from now on (the socket stays open for it).
+                tracing::info!("admin API: no longer accepting");
+                return;
+            }
+        };
+        let (stream, _) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("admin accept: {e}");
@@ -665,6 +681,7 @@ pub async fn serve(admin: Arc<Admin>, listener: std::net::TcpListener) {
             }
         };
         let admin = admin.clone();
+        let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
@@ -674,9 +691,32 @@ pub async fn serve(admin: Arc<Admin>, listener: std::net::TcpListener) {
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let done = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = stopped(&mut stop) => None,
+            };
+            // On shutdown the request in progress finishes and the
+            // connection closes after it (idle ones at once).
+            let result = match done {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!("admin connection: {e}");
             }
         });
+    }
+}
+
+/// Completes once `shutdown` turns true (or can no longer change).
+async fn stopped(shutdown: &mut pingora::server::ShutdownWatch) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
     }
 }
