@@ -28,8 +28,10 @@ proxy keeps in its pool are part of what it holds, and so of the figure.
 File descriptors: the script raises its own RLIMIT_NOFILE soft limit to the
 hard limit (it needs N + a few hundred; the proxies it starts inherit it).
 nginx's worker_connections and HAProxy's maxconn in the load benchmark's
-configs (4 096) are raised to 2 N + 1 024 here, so one worker could hold all
-of them plus their upstream connections; nothing else in the configs changes.
+configs (4 096) are raised here: nginx's to 2 N + 1 024 (one worker could
+hold every connection and an upstream one each), HAProxy's to N + 1 024 (it
+counts client connections and sets its own file limit to about twice that,
+which must stay under the hard limit); nothing else in the configs changes.
 For Duotone in production: `max_connections` ([limits], default 10 000) and
 the process's file limit, which must be above it: systemd `LimitNOFILE=`
 (deploy/duotone.service sets 1048576), Docker Compose `ulimits: nofile:`
@@ -230,11 +232,14 @@ def rss_settled(pid, samples=3, every=0.3):
 
 
 def raise_limits(cfg_dir, peer, n):
-    """Raises the connection limits of the load benchmark's configs (4 096)
-    to 2 n + 1 024: one worker may end up holding every connection."""
-    want = 2 * n + 1024
-    for name, old, new in (("nginx.conf", "worker_connections 4096;", "worker_connections %d;"),
-                           ("haproxy.cfg", "maxconn 4096", "maxconn %d")):
+    """Raises the connection limits of the load benchmark's configs (4 096):
+    nginx's worker_connections (client and upstream connections of one
+    worker) to 2 n + 1 024, as one worker may end up holding every
+    connection; HAProxy's maxconn (client connections; it sets its file limit
+    to about twice that) to n + 1 024."""
+    for name, old, new, want in (
+            ("nginx.conf", "worker_connections 4096;", "worker_connections %d;", 2 * n + 1024),
+            ("haproxy.cfg", "maxconn 4096", "maxconn %d", n + 1024)):
         path = os.path.join(cfg_dir, name)
         if peer in name and os.path.exists(path):
             text = open(path).read()
@@ -340,8 +345,8 @@ def render(rows, peers, kinds, a, machine):
          "the nginx origin (GET /, 100 B); the proxy started afresh for each kind and warmed up "
          "with %d connections first. KiB per connection = growth of the proxy's RSS (VmRSS of all "
          "its processes, median of 3 readings) / connections; the load benchmark's configs, 2 "
-         "workers each, connection limits raised to %d. %d round(s), median shown; every "
-         "round's figure in the JSON." % (a.conns, a.warmup, 2 * a.conns + 1024, a.rounds), "",
+         "workers each, connection limits raised (nginx worker_connections %d, HAProxy maxconn %d). %d round(s), median shown; every "
+         "round's figure in the JSON." % (a.conns, a.warmup, 2 * a.conns + 1024, a.conns + 1024, a.rounds), "",
          "| proxy | " + " | ".join("%s KiB/conn (×nginx)" % KIND_NAMES[k] for k in kinds)
          + " | " + " | ".join("%s RSS MiB before → after" % k for k in kinds) + " |",
          "|---|" + "---:|" * (2 * len(kinds))]
