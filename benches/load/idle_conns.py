@@ -25,13 +25,18 @@ and settled (median). The proxy's own count of open sockets (entries of
 proxy that closed or refused connections shows it. Upstream connections the
 proxy keeps in its pool are part of what it holds, and so of the figure.
 
-File descriptors: the script raises its own RLIMIT_NOFILE soft limit to the
-hard limit (it needs N + a few hundred; the proxies it starts inherit it).
+File descriptors: the script raises its own RLIMIT_NOFILE to 2 N + 4 096
+(past the hard limit only as root; otherwise soft to hard) and the proxies it
+starts inherit it. Past 20 000 connections the client's source addresses
+cycle through 127.0.0.2, 127.0.0.3, … (one address has 28 232 ephemeral ports
+towards one port), so 50 000 can be held on one machine.
 nginx's worker_connections and HAProxy's maxconn in the load benchmark's
 configs (4 096) are raised here: nginx's to 2 N + 1 024 (one worker could
 hold every connection and an upstream one each), HAProxy's to N + 1 024 (it
 counts client connections and sets its own file limit to about twice that,
-which must stay under the hard limit); nothing else in the configs changes.
+which must stay under the hard limit), and Duotone's `[limits]
+max_connections` (default 10 000) to N + 1 024; nothing else in the configs
+changes.
 For Duotone in production: `max_connections` ([limits], default 10 000) and
 the process's file limit, which must be above it: systemd `LimitNOFILE=`
 (deploy/duotone.service sets 1048576), Docker Compose `ulimits: nofile:`
@@ -50,6 +55,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import ssl
 import statistics
 import struct
@@ -148,15 +154,35 @@ def client_ctx(kind):
     return ctx
 
 
-async def open_one(kind, ports, ctx, timeout):
-    """Opens one connection of `kind`, makes one request, returns (reader,
-    writer) still open, or raises."""
+# One source address holds at most the ephemeral port range (32768-60999 by
+# default: 28 232) towards one port; connections past PER_SOURCE come from
+# 127.0.0.2, 127.0.0.3, … (all of 127/8 is loopback on Linux).
+PER_SOURCE = 20000
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+async def open_one(kind, ports, ctx, timeout, i=0):
+    """Opens one connection of `kind` (the i-th: its source address),
+    makes one request, returns (reader, writer) still open, or raises."""
     async def run():
-        if kind == "h1":
-            r, w = await asyncio.open_connection("127.0.0.1", ports["http"], limit=1 << 16)
+        port = ports["http"] if kind == "h1" else ports["https"]
+        tls = {} if kind == "h1" else {"ssl": ctx, "server_hostname": "localhost"}
+        if i < PER_SOURCE:
+            r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16, **tls)
         else:
-            r, w = await asyncio.open_connection("127.0.0.1", ports["https"], ssl=ctx,
-                                                 server_hostname="localhost", limit=1 << 16)
+            # the port chosen at connect(), as for an unbound socket (a port in
+            # TIME_WAIT towards another peer stays usable)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind(("127.0.0.%d" % (1 + i // PER_SOURCE), 0))
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            except BaseException:
+                sock.close()
+                raise
+            r, w = await asyncio.open_connection(sock=sock, limit=1 << 16, **tls)
+        if kind != "h1":
             alpn = w.get_extra_info("ssl_object").selected_alpn_protocol()
             if alpn != ("h2" if kind == "h2" else "http/1.1") and not (
                     kind == "https" and alpn is None):
@@ -181,13 +207,13 @@ async def open_many(kind, ports, n, parallel, timeout):
     sem = asyncio.Semaphore(parallel)
     held, errors = [], []
 
-    async def one():
+    async def one(i):
         async with sem:
             try:
-                held.append(await open_one(kind, ports, ctx, timeout))
+                held.append(await open_one(kind, ports, ctx, timeout, i))
             except Exception as e:  # a failed connection is a result, not a crash
                 errors.append("%s: %s" % (type(e).__name__, e))
-    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.gather(*(one(i) for i in range(n)))
     return held, errors
 
 
@@ -236,7 +262,16 @@ def raise_limits(cfg_dir, peer, n):
     nginx's worker_connections (client and upstream connections of one
     worker) to 2 n + 1 024, as one worker may end up holding every
     connection; HAProxy's maxconn (client connections; it sets its file limit
-    to about twice that) to n + 1 024."""
+    to about twice that) to n + 1 024. Duotone's `max_connections` (default
+    10 000; past it connections are closed at once) likewise, as a
+    [limits] table appended to its config."""
+    if peer == "duotone":
+        path = os.path.join(cfg_dir, "duotone.toml")
+        text = open(path).read()
+        if "[limits]" in text:
+            sys.exit("%s: already has [limits] (bench.py's config changed?)" % path)
+        bench.write(path, text + "\n[limits]\nmax_connections = %d\n" % (n + 1024))
+        return
     for name, old, new, want in (
             ("nginx.conf", "worker_connections 4096;", "worker_connections %d;", 2 * n + 1024),
             ("haproxy.cfg", "maxconn 4096", "maxconn %d", n + 1024)):
@@ -345,7 +380,7 @@ def render(rows, peers, kinds, a, machine):
          "the nginx origin (GET /, 100 B); the proxy started afresh for each kind and warmed up "
          "with %d connections first. KiB per connection = growth of the proxy's RSS (VmRSS of all "
          "its processes, median of 3 readings) / connections; the load benchmark's configs, 2 "
-         "workers each, connection limits raised (nginx worker_connections %d, HAProxy maxconn %d). %d round(s), median shown; every "
+         "workers each, connection limits raised (nginx worker_connections %d, HAProxy maxconn and Duotone max_connections %d). %d round(s), median shown; every "
          "round's figure in the JSON." % (a.conns, a.warmup, 2 * a.conns + 1024, a.conns + 1024, a.rounds), "",
          "| proxy | " + " | ".join("%s KiB/conn (×nginx)" % KIND_NAMES[k] for k in kinds)
          + " | " + " | ".join("%s RSS MiB before → after" % k for k in kinds) + " |",
@@ -411,16 +446,23 @@ def main():
         sys.exit("nginx is missing (the origin): run benches/load/run.sh once (it installs it)")
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = a.conns + 1024
+    # the proxies inherit it: nginx (one worker may hold every connection and
+    # an upstream one each) and HAProxy (twice its maxconn) need about 2 N
+    need = 2 * a.conns + 4096
     if soft < need:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:  # above the hard limit only as root (CAP_SYS_RESOURCE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(need, hard), max(need, hard)))
         except (ValueError, OSError):
-            pass
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            except (ValueError, OSError):
+                pass
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if soft < need:
+        if soft < a.conns + 1024:  # this script's own need
             sys.exit("RLIMIT_NOFILE is %d, %d needed (raise the hard limit: ulimit -Hn, "
                      "LimitNOFILE=, docker --ulimit nofile=)" % (soft, need))
+        if soft < need:
+            bench.log("warning: RLIMIT_NOFILE %d, under the %d the proxies may need" % (soft, need))
 
     for sg in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sg, bench.on_signal)
