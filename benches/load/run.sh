@@ -6,6 +6,7 @@
 #   benches/load/run.sh --only duotone,nginx --scenario h1-100,static-1k
 #   benches/load/run.sh --scenario upload-1m,download-1m   # 1 MiB bodies through every peer
 #   benches/load/run.sh --scenario slow-uploads            # only slow_uploads.py (memory under 200 slow uploaders)
+#   benches/load/run.sh --scenario idle-conns              # only idle_conns.py (memory per idle connection)
 #   benches/load/run.sh --no-build       # use the existing target/release/duotone
 #   benches/load/run.sh --no-install     # don't apt-get / pip install anything
 #   benches/load/run.sh --help           # all of bench.py's options
@@ -17,7 +18,10 @@
 # benches/results/latest.md and latest.json. Then, unless --scenario leaves it out,
 # slow_uploads.py (Duotone's and nginx's peak RSS and temp files under 200 slow
 # uploaders; the pseudo-scenario `slow-uploads`): benches/results/slow-uploads.md and
-# .json (beside --out's prefix when given). Everything listens on 127.0.0.1 only;
+# .json (beside --out's prefix when given). Then, likewise, idle_conns.py (memory per
+# idle connection, 5 000 of each kind: HTTP/1.1, HTTPS, HTTP/2 over TLS, per peer; 1 000
+# with --quick; the pseudo-scenario `idle-conns`): benches/results/idle-conns.md and
+# .json. Everything listens on 127.0.0.1 only;
 # every process started is time-limited and killed by PID on exit or Ctrl-C.
 set -euo pipefail
 
@@ -31,15 +35,23 @@ ARGS=()
 SLOW=1         # run slow_uploads.py after bench.py
 BENCH=1        # run bench.py
 SLOW_ARGS=()
+IDLE=1         # run idle_conns.py after bench.py
+IDLE_ARGS=()
 OUT="$ROOT/benches/results/latest"
-# `--scenario LIST` may name the pseudo-scenario slow-uploads (slow_uploads.py);
-# bench.py gets the rest of the list. Without --scenario both run.
+# `--scenario LIST` may name the pseudo-scenarios slow-uploads (slow_uploads.py)
+# and idle-conns (idle_conns.py); bench.py gets the rest of the list. Without
+# --scenario all three run.
 scenarios() {
   local list="$1" kept=() s
   SLOW=0
+  IDLE=0
   IFS=',' read -ra parts <<<"$list"
   for s in "${parts[@]}"; do
-    if [[ "$s" == slow-uploads ]]; then SLOW=1; else [[ -n "$s" ]] && kept+=("$s"); fi
+    case "$s" in
+      slow-uploads) SLOW=1 ;;
+      idle-conns) IDLE=1 ;;
+      *) [[ -n "$s" ]] && kept+=("$s") ;;
+    esac
   done
   if ((${#kept[@]})); then
     ARGS+=(--scenario "$(IFS=,; echo "${kept[*]}")")
@@ -56,9 +68,10 @@ while ((i < ${#args[@]})); do
     --no-install) INSTALL=0 ;;
     --scenario) i=$((i + 1)); scenarios "${args[$i]:-}" ;;
     --scenario=*) scenarios "${a#--scenario=}" ;;
-    --quick) SLOW_ARGS+=(--quick); ARGS+=("$a") ;;
-    --only) i=$((i + 1)); SLOW_ARGS+=(--peers "${args[$i]:-}"); ARGS+=(--only "${args[$i]:-}") ;;
-    --only=*) SLOW_ARGS+=(--peers "${a#--only=}"); ARGS+=("$a") ;;
+    --quick) SLOW_ARGS+=(--quick); IDLE_ARGS+=(--quick); ARGS+=("$a") ;;
+    --only) i=$((i + 1)); SLOW_ARGS+=(--peers "${args[$i]:-}"); IDLE_ARGS+=(--peers "${args[$i]:-}")
+      ARGS+=(--only "${args[$i]:-}") ;;
+    --only=*) SLOW_ARGS+=(--peers "${a#--only=}"); IDLE_ARGS+=(--peers "${a#--only=}"); ARGS+=("$a") ;;
     --out) i=$((i + 1)); OUT="${args[$i]:-}"; ARGS+=(--out "$OUT") ;;
     --out=*) OUT="${a#--out=}"; ARGS+=("$a") ;;
     *) ARGS+=("$a") ;;
@@ -157,5 +170,13 @@ if [[ "$SLOW" == 1 ]]; then
   echo "slow uploaders: benches/load/slow_uploads.py" >&2
   bounded 1800 python3 "$HERE/slow_uploads.py" --out "$(dirname "$OUT")/slow-uploads" \
     ${SLOW_ARGS[@]+"${SLOW_ARGS[@]}"} || status=$?
+fi
+if [[ "$IDLE" == 1 ]]; then
+  if [[ "$DUOTONE_BUILD" == failed ]] && [[ ! " ${IDLE_ARGS[*]-} " == *" --peers "* ]]; then
+    IDLE_ARGS+=(--peers nginx,haproxy)
+  fi
+  echo "idle connections: benches/load/idle_conns.py" >&2
+  bounded 1800 python3 "$HERE/idle_conns.py" --out "$(dirname "$OUT")/idle-conns" \
+    ${IDLE_ARGS[@]+"${IDLE_ARGS[@]}"} || status=$?
 fi
 exit "$status"
