@@ -98,6 +98,34 @@ impl Load {
         self.stop.store(true, Ordering::SeqCst);
     }
 
+    /// Waits until `more` requests have succeeded from now on (the process
+    /// serving now serves the load), then stops the clients and waits for
+    /// them. Panics, saying `what`, if that takes over 20 s.
+    pub async fn serve_then_stop(
+        &self,
+        running: Vec<tokio::task::JoinHandle<()>>,
+        more: u64,
+        what: &str,
+    ) {
+        let after = self.ok();
+        crate::eventually(Duration::from_secs(20), || async {
+            (self.ok() >= after + more).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{what}"));
+        self.stop();
+        for r in running {
+            r.await.expect("client");
+        }
+    }
+
+    /// Failed requests so far, and the first failures' messages.
+    pub fn failures(&self) -> (u64, Vec<String>) {
+        let failed = self.failed.load(Ordering::SeqCst);
+        let errors = self.errors.lock().map(|e| e.clone()).unwrap_or_default();
+        (failed, errors)
+    }
+
     /// Successful requests so far.
     pub fn ok(&self) -> u64 {
         self.ok.load(Ordering::SeqCst)

@@ -198,16 +198,8 @@ async fn upgrade_hands_every_listener_over_under_load_without_a_failure() {
     );
 
     // The load goes on against the new process alone.
-    let after = load.ok();
-    e2e::eventually(Duration::from_secs(20), || async {
-        (load.ok() >= after + 300).then_some(())
-    })
-    .await
-    .expect("the new process serves the load");
-    load.stop();
-    for r in running {
-        r.await.expect("client");
-    }
+    load.serve_then_stop(running, 300, "the new process serves the load")
+        .await;
 
     let failed = load.failed.load(std::sync::atomic::Ordering::SeqCst);
     let refused = load.refused.load(std::sync::atomic::Ordering::SeqCst);
@@ -357,18 +349,9 @@ async fn sigusr2_makes_the_process_start_its_successor_and_hand_over() {
         p.log()
     );
     assert!(alive(new));
-    let after = load.ok();
-    e2e::eventually(Duration::from_secs(20), || async {
-        (load.ok() >= after + 100).then_some(())
-    })
-    .await
-    .expect("the new process serves the load");
-    load.stop();
-    for r in running {
-        r.await.expect("client");
-    }
-    let failed = load.failed.load(std::sync::atomic::Ordering::SeqCst);
-    let errors = load.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    load.serve_then_stop(running, 100, "the new process serves the load")
+        .await;
+    let (failed, errors) = load.failures();
     assert_eq!(failed, 0, "failed requests: {errors:#?}");
     assert!(e2e::proxy::wait_healthy(p.ports.admin, Duration::from_secs(5)).await);
 }
@@ -503,18 +486,9 @@ async fn as_pid_1_the_old_process_stays_as_init_after_handing_over() {
     .await
     .unwrap_or_else(|| panic!("no third process; log:\n{}", read_log()));
     assert!(alive(pid1), "PID 1 stays (the container lives on)");
-    let after = load.ok();
-    e2e::eventually(Duration::from_secs(20), || async {
-        (load.ok() >= after + 100).then_some(())
-    })
-    .await
-    .expect("the new process serves");
-    load.stop();
-    for r in running {
-        r.await.expect("client");
-    }
-    let failed = load.failed.load(std::sync::atomic::Ordering::SeqCst);
-    let errors = load.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    load.serve_then_stop(running, 100, "the new process serves")
+        .await;
+    let (failed, errors) = load.failures();
     assert_eq!(failed, 0, "failed requests: {errors:#?}");
 
     // `docker stop`: SIGTERM to PID 1 goes on to the serving process, which
