@@ -275,6 +275,17 @@ impl GatedUpstream {
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }
+
+    /// Waits until it has served `more` requests from now on (health
+    /// checks excluded); panics, saying `what`, after 10 s.
+    pub async fn serves(&self, more: u64, what: &str) {
+        let after = self.hits();
+        crate::eventually(std::time::Duration::from_secs(10), || async {
+            (self.hits() >= after + more).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{what}"));
+    }
 }
 
 /// A fast health check on `/healthz`, as a `[services.*]` line.

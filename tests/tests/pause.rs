@@ -415,20 +415,11 @@ async fn deploy_pause_during_a_migration_loses_no_request() {
     let d = dir.path().display();
     let load = Load::start(&p.url("/"), 8);
     // Some traffic on blue first.
-    e2e::eventually(Duration::from_secs(10), || async {
-        (blue.hits() >= 50).then_some(())
-    })
-    .await
-    .expect("load on blue");
+    blue.serves(50, "load on blue").await;
     let migrate = format!("sleep 5 && echo \"{{color}} from {{old}}\" > {d}/migrated");
     let (code, out, err) = deploy(&f, true, &migrate, &[]).await;
     // Traffic on green after the deploy.
-    let after = green.hits();
-    e2e::eventually(Duration::from_secs(10), || async {
-        (green.hits() >= after + 50).then_some(())
-    })
-    .await
-    .expect("load on green");
+    green.serves(50, "load on green").await;
     let Counts {
         sent,
         failed,
@@ -461,12 +452,8 @@ async fn deploy_pause_during_a_failed_migration_resumes_and_keeps_the_old_color(
     let GatedColors { dir, blue, p, .. } = &f;
     let load = Load::start(&p.url("/"), 4);
     let (code, out, err) = deploy(&f, true, "sleep 1 && exit 3", &[]).await;
-    let before = blue.hits();
-    e2e::eventually(Duration::from_secs(10), || async {
-        (blue.hits() >= before + 20).then_some(())
-    })
-    .await
-    .expect("load on blue after the failed deploy");
+    blue.serves(20, "load on blue after the failed deploy")
+        .await;
     let Counts {
         sent,
         failed,
