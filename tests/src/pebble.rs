@@ -98,10 +98,38 @@ impl Pebble {
     }
 
     /// Prepares and starts a Pebble.
+    ///
+    /// Its ports are picked free but not held until Pebble binds them, so
+    /// another test may take one meanwhile: a Pebble that exits at once is
+    /// started again on new ports (three tries). Only here, before anyone
+    /// knows the directory URL; [`Pebble::restart`] keeps its ports.
     pub async fn start_new(opts: PebbleOptions) -> anyhow::Result<Pebble> {
         let mut pebble = Pebble::new(opts)?;
-        pebble.start().await?;
-        Ok(pebble)
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match pebble.start().await {
+                Ok(()) => return Ok(pebble),
+                Err(e) if tries < 3 && pebble.exited() => {
+                    eprintln!("pebble did not start (try {tries}), new ports: {e:#}");
+                    pebble.stop();
+                    pebble.listen_port = crate::free_port();
+                    pebble.management_port = crate::free_port();
+                    pebble.dns_port = crate::free_port();
+                    pebble.challtest_management_port = crate::free_port();
+                    pebble.write_config()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether a started `pebble` (or `pebble-challtestsrv`) has exited.
+    fn exited(&mut self) -> bool {
+        [self.pebble.as_mut(), self.challtestsrv.as_mut()]
+            .into_iter()
+            .flatten()
+            .any(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     fn write_config(&self) -> anyhow::Result<()> {
