@@ -113,6 +113,9 @@ if [[ "$INSTALL" == 1 ]]; then
   command -v wrk >/dev/null || missing+=(wrk)
   command -v h2load >/dev/null || missing+=(nghttp2-client)
   command -v openssl >/dev/null || missing+=(openssl)
+  # building duotone: zlib-ng (cmake) and etcd's API (protoc)
+  command -v cmake >/dev/null || missing+=(cmake)
+  command -v protoc >/dev/null || missing+=(protobuf-compiler)
   if ((${#missing[@]})); then
     echo "installing: ${missing[*]}" >&2
     SUDO=""; [[ "$(id -u)" == 0 ]] || SUDO="sudo"

@@ -46,6 +46,12 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
     } else {
         None
     };
+    // Several edge nodes: the one etcd handle this node's parts share
+    // (not contacted here: a node starts from its local state while etcd is down).
+    let cluster = config.cluster.as_ref().map(|c| {
+        let node = cluster::Cluster::node_name(c);
+        Arc::new(cluster::Cluster::new(c.clone(), node))
+    });
     let metrics = Arc::new(crate::metrics::Metrics::new()?);
     let threads = server_cfg.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -212,6 +218,7 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
         extras,
         conns: conns.clone(),
         certs: certs.clone(),
+        cluster,
         state_dir: server_cfg.state_dir.clone(),
         config_file,
         grace: server_cfg
@@ -337,6 +344,8 @@ struct Tasks {
     extras: crate::ops::admin_extras::Extras,
     conns: Arc<crate::net::stream::Connections>,
     certs: Option<Arc<acme::CertStore>>,
+    /// The etcd cluster this node shares state with (`[cluster]`).
+    cluster: Option<Arc<cluster::Cluster>>,
     state_dir: std::path::PathBuf,
     /// The config file (none for the demo): what a SIGUSR2 upgrade runs with.
     config_file: Option<std::path::PathBuf>,
@@ -347,6 +356,10 @@ struct Tasks {
 #[async_trait]
 impl BackgroundService for Tasks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Some(c) = &self.cluster {
+            let s = c.settings();
+            tracing::info!(node = c.node(), endpoints = ?s.endpoints, prefix = %s.prefix, "cluster mode (etcd)");
+        }
         tokio::spawn(crate::control::health::run(self.control.clone()));
         if let Some(store) = &self.certs {
             tokio::spawn(store.clone().run());

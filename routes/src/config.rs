@@ -24,6 +24,69 @@ pub struct Config {
     pub buffering: Buffering,
     /// Maintenance mode (`[maintenance]`).
     pub maintenance: Maintenance,
+    /// Several edge nodes sharing state through etcd (`[cluster]`); `None`:
+    /// a single node with local state.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`, checked: the etcd cluster that several edge nodes share
+/// deploy state, certificates and ACME challenges through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// etcd client URLs, e.g. `http://10.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Prefix of every key Duotone writes, ending in `/` (default `/duotone/`).
+    pub prefix: String,
+    /// This node's name; `None`: the host name (resolved by the proxy).
+    pub node: Option<String>,
+    /// etcd user name and password (etcd's own auth), if any.
+    pub auth: Option<ClusterAuth>,
+    /// TLS to etcd: CA to trust and an optional client certificate.
+    pub tls: Option<ClusterTls>,
+    /// Key that encrypts private keys before they go to etcd (32 bytes,
+    /// given as 64 hex digits). Required when certificates are shared.
+    pub secret_key: Option<SecretKey>,
+    /// How long a change waits for every live node to apply it.
+    pub apply_timeout: Duration,
+    /// How long one etcd request may take before the store counts as
+    /// unreachable.
+    pub request_timeout: Duration,
+}
+
+/// etcd user and password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterAuth {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for ClusterAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterAuth")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS towards etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// PEM file of the CA that signed etcd's certificates.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM files), for etcd's client-cert auth.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// A 256-bit symmetric key (never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(..)")
+    }
 }
 
 /// `[maintenance]`, checked: who passes maintenance mode, and its answer.

@@ -30,6 +30,7 @@ pub mod request;
 pub mod state;
 pub mod table;
 pub mod validate;
+mod validate_cluster;
 pub mod watch;
 
 pub use config::Config;

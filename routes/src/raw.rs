@@ -31,6 +31,37 @@ pub struct RawConfig {
     /// `[maintenance]`: who passes maintenance mode, and its page.
     #[serde(default)]
     pub maintenance: RawMaintenance,
+    /// `[cluster]`: several edge nodes sharing state through etcd.
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// etcd client URLs.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Key prefix, default `/duotone/`.
+    pub prefix: Option<String>,
+    /// This node's name (default: the host name).
+    pub node: Option<String>,
+    /// etcd user.
+    pub user: Option<String>,
+    /// etcd password.
+    pub password: Option<String>,
+    /// CA certificate (PEM) for TLS to etcd.
+    pub ca: Option<String>,
+    /// Client certificate (PEM) for etcd's client-cert auth.
+    pub cert: Option<String>,
+    /// Client key (PEM) for etcd's client-cert auth.
+    pub key: Option<String>,
+    /// 64 hex digits: encrypts private keys stored in etcd.
+    pub secret_key: Option<String>,
+    /// How long a change waits for every node, e.g. "5s".
+    pub apply_timeout: Option<String>,
+    /// How long one etcd request may take, e.g. "2s".
+    pub request_timeout: Option<String>,
 }
 
 /// `[maintenance]`.

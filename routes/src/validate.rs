@@ -33,18 +33,23 @@ pub fn default_timeouts() -> Timeouts {
     }
 }
 
-struct Checker<'a> {
+pub(crate) struct Checker<'a> {
     problems: Vec<Problem>,
     /// Directory relative paths are resolved against.
     base: &'a Path,
 }
 
 impl Checker<'_> {
-    fn err(&mut self, at: KeyPath, msg: impl Into<String>) {
+    pub(crate) fn err(&mut self, at: KeyPath, msg: impl Into<String>) {
         self.problems.push((at, msg.into()));
     }
 
-    fn duration(&mut self, at: KeyPath, v: &Option<String>, default: Duration) -> Duration {
+    pub(crate) fn duration(
+        &mut self,
+        at: KeyPath,
+        v: &Option<String>,
+        default: Duration,
+    ) -> Duration {
         match v {
             None => default,
             Some(s) => parse_duration(s).unwrap_or_else(|e| {
@@ -86,7 +91,7 @@ impl Checker<'_> {
         }
     }
 
-    fn path(&self, p: &str) -> PathBuf {
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             p.to_path_buf()
@@ -119,6 +124,10 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let limits = check_limits(&mut c, &raw.limits);
     let buffering = check_buffering(&mut c, &raw.buffering, &server.state_dir);
     let maintenance = check_maintenance(&mut c, &raw.maintenance);
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .map(|r| crate::validate_cluster::check(&mut c, r, acme.is_some()));
     let access_log = match raw.log.access.as_deref() {
         None | Some("json") => AccessLog::Json,
         Some("combined") => AccessLog::Combined,
@@ -156,6 +165,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
             access_log,
             buffering,
             maintenance,
+            cluster,
         })
     } else {
         Err(c.problems)

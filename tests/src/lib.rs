@@ -64,5 +64,6 @@ pub fn blackhole() -> (
     (addr, fill, listener)
 }
 pub mod bluegreen;
+pub mod etcd;
 pub mod pebble;
 pub mod tls;

@@ -1,0 +1,175 @@
+//! [`Cluster`]: this node's name, the key layout, and one etcd client,
+//! connected on first use and again after a failure, so that a node starts
+//! (from its local cache) while etcd is down.
+
+use crate::Keys;
+use etcd_client::{Client, ConnectOptions};
+use routes::config::Cluster as Settings;
+use std::time::Duration;
+
+/// Why talking to etcd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// etcd cannot be reached, has no quorum, or did not answer in time.
+    #[error("etcd unavailable ({endpoints}): {reason}")]
+    Unavailable {
+        /// The configured endpoints.
+        endpoints: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A TLS file for etcd cannot be read.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A value in etcd is not what this version writes.
+    #[error("{key}: {reason}")]
+    Corrupt {
+        /// The etcd key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One node's handle on the cluster; cheap to share as `Arc<Cluster>`.
+pub struct Cluster {
+    settings: Settings,
+    node: String,
+    keys: Keys,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("endpoints", &self.settings.endpoints)
+            .field("prefix", &self.keys.prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// A handle for `settings`, as node `node` (the configured name, else
+    /// the host name). Does not contact etcd.
+    pub fn new(settings: Settings, node: String) -> Cluster {
+        Cluster {
+            keys: Keys::new(&settings.prefix),
+            settings,
+            node,
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The node name from the config, else this machine's host name.
+    pub fn node_name(settings: &Settings) -> String {
+        if let Some(n) = &settings.node {
+            return n.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let clean: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        if clean.is_empty() {
+            "node".to_string()
+        } else {
+            clean
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The `[cluster]` settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// How long one etcd request may take.
+    pub fn request_timeout(&self) -> Duration {
+        self.settings.request_timeout
+    }
+
+    /// An error saying etcd is unavailable because of `reason`.
+    pub fn unavailable(&self, reason: impl std::fmt::Display) -> ClusterError {
+        ClusterError::Unavailable {
+            endpoints: self.settings.endpoints.join(","),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The etcd client, connecting first if needed. Requests on it fail
+    /// after `request_timeout` and without a leader (no quorum), rather
+    /// than hang.
+    pub async fn client(&self) -> Result<Client, ClusterError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let options = self.options()?;
+        let connect = Client::connect(self.settings.endpoints.clone(), Some(options));
+        let client = tokio::time::timeout(self.settings.request_timeout, connect)
+            .await
+            .map_err(|_| self.unavailable("connect timed out"))?
+            .map_err(|e| self.unavailable(e))?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Drops the client after a failure that may need a new connection
+    /// (e.g. an expired auth token); the next [`Cluster::client`] connects.
+    pub async fn reset(&self) {
+        *self.client.lock().await = None;
+    }
+
+    fn options(&self) -> Result<ConnectOptions, ClusterError> {
+        let t = self.settings.request_timeout;
+        let mut o = ConnectOptions::new()
+            .with_connect_timeout(t)
+            .with_timeout(t)
+            .with_keep_alive(Duration::from_secs(2), t)
+            .with_require_leader(true);
+        if let Some(a) = &self.settings.auth {
+            o = o.with_user(a.user.clone(), a.password.clone());
+        }
+        if let Some(tls) = &self.settings.tls {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| ClusterError::File {
+                    path: p.display().to_string(),
+                    reason: e.to_string(),
+                })
+            };
+            let mut t = etcd_client::TlsOptions::new();
+            if let Some(ca) = &tls.ca {
+                t = t.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+            }
+            if let Some((cert, key)) = &tls.identity {
+                t = t.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            o = o.with_tls(t);
+        }
+        Ok(o)
+    }
+}
