@@ -149,7 +149,10 @@ impl Cluster {
         let mut o = ConnectOptions::new()
             .with_connect_timeout(t)
             .with_timeout(t)
-            .with_keep_alive(Duration::from_secs(2), t)
+            // etcd drops a client whose keep-alive pings come more often
+            // than every 5 s (its default enforcement policy), and watches
+            // die with it after ~20 s: 10 s stays clear of that.
+            .with_keep_alive(Duration::from_secs(10), t)
             .with_require_leader(true);
         if let Some(a) = &self.settings.auth {
             o = o.with_user(a.user.clone(), a.password.clone());
