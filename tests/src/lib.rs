@@ -36,7 +36,12 @@ where
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_port_at(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// A port free on the loopback address `ip` at the time of the call.
+pub fn free_port_at(ip: std::net::Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free port")
@@ -64,6 +69,7 @@ pub fn blackhole() -> (
     (addr, fill, listener)
 }
 pub mod bluegreen;
+pub mod cluster;
 pub mod etcd;
 pub mod pebble;
 pub mod tls;

@@ -70,11 +70,18 @@ impl Proxy {
 
     /// Like [`Proxy::start`] with extra environment variables.
     pub async fn start_with_env(template: &str, env: &[(&str, &str)]) -> Proxy {
+        Self::start_at(std::net::Ipv4Addr::LOCALHOST, template, env).await
+    }
+
+    /// Like [`Proxy::start_with_env`], with every listener on the loopback
+    /// address `ip` (e.g. 127.0.0.2: one "host" of several edge nodes).
+    pub async fn start_at(ip: std::net::Ipv4Addr, template: &str, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
+        let port = || crate::free_port_at(ip);
         let ports = Ports {
-            http: SocketAddr::from(([127, 0, 0, 1], crate::free_port())),
-            https: SocketAddr::from(([127, 0, 0, 1], crate::free_port())),
-            admin: SocketAddr::from(([127, 0, 0, 1], crate::free_port())),
+            http: SocketAddr::from((ip, port())),
+            https: SocketAddr::from((ip, port())),
+            admin: SocketAddr::from((ip, port())),
         };
         let config = dir.path().join("duotone.toml");
         std::fs::write(&config, Self::render(template, &ports, dir.path())).expect("write config");
