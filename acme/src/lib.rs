@@ -13,11 +13,14 @@
 
 mod cache;
 mod certs;
+mod challenges;
 mod driver;
 mod entry;
 mod error;
 pub mod listener;
 mod resolver;
+pub mod shared;
+mod shared_driver;
 mod sni;
 mod spec;
 mod store;
@@ -27,5 +30,6 @@ pub use certs::CertMeta;
 pub use error::CertError;
 pub use sni::{normalize_host, HostIndex};
 pub use spec::{AcmeSettings, CertSource, CertSpec, Challenge};
-pub use store::{CertInfo, CertStore};
+pub use shared::{ChallengeId, HeldLock, SharedCerts, SharedError, SharedEvent};
+pub use store::{CertInfo, CertStore, ClusterAcme};
 pub use tls::{default_tls_versions, server_config};

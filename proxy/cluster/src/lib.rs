@@ -9,9 +9,11 @@
 // House rule: no `unwrap()`/`expect()` on input or I/O outside tests.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod certs;
 mod conn;
 pub mod keys;
 pub mod seal;
 
+pub use certs::{EtcdCerts, LOCK_TTL_SECS};
 pub use conn::{Cluster, ClusterError};
 pub use keys::Keys;
