@@ -86,12 +86,16 @@ pub(crate) fn tls_alpn_cert(domain: &str, key_auth: &str) -> Result<Arc<Certifie
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(err)?;
     let cert = params.self_signed(&key).map_err(err)?;
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let certified = CertifiedKey::from_der(vec![cert.der().clone()], private, &crate::tls::provider())
+    // Not `CertifiedKey::from_der`: its key check parses the certificate,
+    // and webpki refuses the critical acmeIdentifier extension.
+    let signing = crate::tls::provider()
+        .key_provider
+        .load_private_key(private)
         .map_err(|e| CertError::Invalid {
             name: domain.to_string(),
             msg: e.to_string(),
         })?;
-    Ok(Arc::new(certified))
+    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)))
 }
 
 #[cfg(test)]
