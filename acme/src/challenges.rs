@@ -95,7 +95,10 @@ pub(crate) fn tls_alpn_cert(domain: &str, key_auth: &str) -> Result<Arc<Certifie
             name: domain.to_string(),
             msg: e.to_string(),
         })?;
-    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)))
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 #[cfg(test)]
@@ -112,9 +115,11 @@ mod tests {
         });
         assert_eq!(c.get(&id).as_deref(), Some("tok.thumb"));
         let cert = c.alpn_cert("a.test", "tok.thumb").expect("cert");
-        assert!(Arc::ptr_eq(&cert, &c.alpn_cert("a.test", "tok.thumb").expect("again")));
-        let (_, x509) =
-            x509_parser::parse_x509_certificate(cert.cert[0].as_ref()).expect("x509");
+        assert!(Arc::ptr_eq(
+            &cert,
+            &c.alpn_cert("a.test", "tok.thumb").expect("again")
+        ));
+        let (_, x509) = x509_parser::parse_x509_certificate(cert.cert[0].as_ref()).expect("x509");
         let digest = ring::digest::digest(&ring::digest::SHA256, b"tok.thumb");
         // id-pe-acmeIdentifier 1.3.6.1.5.5.7.1.31, an OCTET STRING of the digest.
         let ext = x509

@@ -120,10 +120,16 @@ impl CertStore {
                     if shared::cert_id(&entry.acme_domains, &acme.directory_url) != *id {
                         continue;
                     }
-                    let file = crate::cache::cert_file(&acme.cache_dir, &entry.acme_domains, &acme.directory_url);
+                    let file = crate::cache::cert_file(
+                        &acme.cache_dir,
+                        &entry.acme_domains,
+                        &acme.directory_url,
+                    );
                     match shared_driver::adopt(entry, pem, &file) {
                         Ok(t) => taken |= t,
-                        Err(e) => tracing::warn!(cert = %entry.spec.name, error = %e, "ignoring an unusable shared certificate"),
+                        Err(e) => {
+                            tracing::warn!(cert = %entry.spec.name, error = %e, "ignoring an unusable shared certificate")
+                        }
                     }
                 }
                 if taken {

@@ -28,8 +28,8 @@ pub mod tls;
 
 pub use certs::CertMeta;
 pub use error::CertError;
+pub use shared::{ChallengeId, HeldLock, SharedCerts, SharedError, SharedEvent};
 pub use sni::{normalize_host, HostIndex};
 pub use spec::{AcmeSettings, CertSource, CertSpec, Challenge};
-pub use shared::{ChallengeId, HeldLock, SharedCerts, SharedError, SharedEvent};
 pub use store::{CertInfo, CertStore, ClusterAcme};
 pub use tls::{default_tls_versions, server_config};

@@ -198,8 +198,7 @@ impl PreTlsProcess for TlsAlpnHook {
             }
         }
         let handshake = StartHandshake::from_parts(accepted, &mut *stream);
-        match tokio::time::timeout(HELLO_TIMEOUT, handshake.into_stream(config)).await
-        {
+        match tokio::time::timeout(HELLO_TIMEOUT, handshake.into_stream(config)).await {
             Ok(Ok(mut tls)) => {
                 tracing::info!(
                     sni = sni.as_deref().unwrap_or(""),

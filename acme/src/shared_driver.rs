@@ -203,12 +203,14 @@ async fn once(ctx: &OrderCtx, entry: &Entry, id: &str) -> Result<(), DriveError>
     ctx.totals
         .lock_wait_ms
         .fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
-    tracing::info!(cert = %name, id = %id, waited_ms = waited.as_millis() as u64, lease = lock.lease, "holding the order lock");
+    tracing::info!(cert = %name, id = %id, waited_ms = waited.as_millis() as u64, lease = lock.lease, at_ms = now_ms() as u64, "holding the order lock");
     // Another node may have stored a certificate while this one waited.
     if let Some(pem) = ctx.store.get_cert(id).await? {
         match adopt(entry, &pem, &ctx.cache_file(entry)) {
             Ok(_) => {}
-            Err(e) => tracing::warn!(cert = %name, error = %e, "ignoring an unusable shared certificate"),
+            Err(e) => {
+                tracing::warn!(cert = %name, error = %e, "ignoring an unusable shared certificate")
+            }
         }
     }
     if time_left(entry).is_some() {
@@ -216,8 +218,9 @@ async fn once(ctx: &OrderCtx, entry: &Entry, id: &str) -> Result<(), DriveError>
         return Ok(());
     }
     let pem = order(ctx, entry, &lock).await?;
+    let storing = now_ms() as u64;
     ctx.store.put_cert(id, &pem).await?;
-    tracing::info!(cert = %name, id = %id, at_ms = now_ms() as u64, "stored the new certificate in the cluster");
+    tracing::info!(cert = %name, id = %id, at_ms = storing, "stored the new certificate in the cluster");
     adopt(entry, &pem, &ctx.cache_file(entry))?;
     ctx.acme_totals.renewals.fetch_add(1, Ordering::Relaxed);
     let n = entry.stats.renewals.fetch_add(1, Ordering::Relaxed) + 1;
@@ -307,7 +310,11 @@ async fn authorize(
     let (challenge_url, id, key_auth) = match ctx.challenge {
         Challenge::Http01 => {
             let (c, key_auth) = account.http_01(&auth.challenges)?;
-            (c.url.clone(), ChallengeId::Http01(c.token.clone()), key_auth)
+            (
+                c.url.clone(),
+                ChallengeId::Http01(c.token.clone()),
+                key_auth,
+            )
         }
         Challenge::TlsAlpn01 => {
             let c = auth
@@ -324,7 +331,11 @@ async fn authorize(
                 error: None,
             }];
             let (_, key_auth) = account.http_01(&as_http)?;
-            (c.url.clone(), ChallengeId::TlsAlpn01(domain.clone()), key_auth)
+            (
+                c.url.clone(),
+                ChallengeId::TlsAlpn01(domain.clone()),
+                key_auth,
+            )
         }
     };
     ctx.challenges.insert(id.clone(), key_auth.clone());
@@ -339,7 +350,9 @@ async fn authorize(
         let auth = account.auth(client, url).await?;
         match auth.status {
             AuthStatus::Pending if Instant::now() < deadline => {}
-            AuthStatus::Pending => break Err(DriveError::Order(format!("{domain}: validation timed out"))),
+            AuthStatus::Pending => {
+                break Err(DriveError::Order(format!("{domain}: validation timed out")))
+            }
             AuthStatus::Valid => break Ok(()),
             other => {
                 let detail: Vec<String> = auth

@@ -293,10 +293,16 @@ impl CertStore {
         let shared = self.shared.get()?;
         let id = ChallengeId::Http01(token.to_string());
         if let Some(answer) = shared.challenges.get(&id) {
+            tracing::info!(token, from = "watch", "answered HTTP-01 validation");
             return Some(answer);
         }
         match shared.store.get_challenge(&id).await {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                if answer.is_some() {
+                    tracing::info!(token, from = "store", "answered HTTP-01 validation");
+                }
+                answer
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "HTTP-01 challenge not found: the shared store is unreachable");
                 None

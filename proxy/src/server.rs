@@ -58,7 +58,10 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
         if config.acme.is_some() {
             let secret = settings.secret_key.as_ref().map(|k| k.0);
             store.set_shared(Arc::new(cluster::EtcdCerts::new(cluster.clone(), secret)));
-            tracing::info!(node = cluster.node(), "ACME certificates shared through etcd");
+            tracing::info!(
+                node = cluster.node(),
+                "ACME certificates shared through etcd"
+            );
         }
     }
     let metrics = Arc::new(crate::metrics::Metrics::new()?);

@@ -158,7 +158,12 @@ impl Inner {
                 up = false;
                 self.cluster.reset().await;
             }
-            if self.subscribers.lock().map(|s| s.is_empty()).unwrap_or(true) {
+            if self
+                .subscribers
+                .lock()
+                .map(|s| s.is_empty())
+                .unwrap_or(true)
+            {
                 self.watching.store(false, Ordering::Relaxed);
                 return;
             }
@@ -276,12 +281,17 @@ impl SharedCerts for EtcdCerts {
     async fn put_account(&self, id: &str, pkcs8: &[u8]) -> Result<Vec<u8>, SharedError> {
         let inner = &self.inner;
         let key = inner.cluster.keys().account(id);
-        let sealed = seal::seal(inner.secret()?, &key, pkcs8).map_err(|e| SharedError::Corrupt {
-            key: key.clone(),
-            reason: e.to_string(),
-        })?;
+        let sealed =
+            seal::seal(inner.secret()?, &key, pkcs8).map_err(|e| SharedError::Corrupt {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
         let txn = Txn::new()
-            .when(vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .when(vec![Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
             .and_then(vec![TxnOp::put(key.as_str(), sealed, None)])
             .or_else(vec![TxnOp::get(key.as_str(), None)]);
         let mut c = inner.client().await?;
@@ -360,7 +370,10 @@ impl SharedCerts for EtcdCerts {
             tracing::info!(id, holder = %holder, "order lock held by another node: waiting for its turn to end");
             let rev = line.header().map_or(0, |h| h.revision());
             let mut w = match c
-                .watch(ahead, Some(WatchOptions::new().with_start_revision(rev + 1)))
+                .watch(
+                    ahead,
+                    Some(WatchOptions::new().with_start_revision(rev + 1)),
+                )
                 .await
             {
                 Ok(w) => w,

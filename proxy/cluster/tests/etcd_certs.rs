@@ -49,7 +49,10 @@ async fn sealed_at_rest_locks_in_line_and_dead_holders_expire() {
 
     // Sealed at rest, opened by any node with the key, refused without it.
     a.put_cert("a.test-x", PEM).await.expect("put cert");
-    assert_eq!(b.get_cert("a.test-x").await.expect("get"), Some(PEM.to_vec()));
+    assert_eq!(
+        b.get_cert("a.test-x").await.expect("get"),
+        Some(PEM.to_vec())
+    );
     let seen = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Some(SharedEvent::Cert { id, pem }) = events.recv().await {
@@ -62,7 +65,10 @@ async fn sealed_at_rest_locks_in_line_and_dead_holders_expire() {
     assert_eq!(seen, ("a.test-x".to_string(), PEM.to_vec()));
     let key1 = a.put_account("acc", b"first").await.expect("account");
     let key2 = b.put_account("acc", b"second").await.expect("account");
-    assert_eq!((key1.as_slice(), key2.as_slice()), (&b"first"[..], &b"first"[..]));
+    assert_eq!(
+        (key1.as_slice(), key2.as_slice()),
+        (&b"first"[..], &b"first"[..])
+    );
     let plain = store(&etcd, "p", None);
     assert!(matches!(
         plain.put_cert("x", PEM).await,
@@ -82,7 +88,9 @@ async fn sealed_at_rest_locks_in_line_and_dead_holders_expire() {
     // The lock: one holder, the next in line gets it when it is released.
     let held = a.lock("a.test-x").await.expect("lock a");
     let challenge = ChallengeId::Http01("tok".into());
-    a.put_challenge(&held, &challenge, "tok.thumb").await.expect("challenge");
+    a.put_challenge(&held, &challenge, "tok.thumb")
+        .await
+        .expect("challenge");
     assert_eq!(
         b.get_challenge(&challenge).await.expect("read"),
         Some("tok.thumb".into())
@@ -110,14 +118,18 @@ async fn sealed_at_rest_locks_in_line_and_dead_holders_expire() {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async {
-            let dead = EtcdCerts::new(Arc::new(Cluster::new(endpoints, "dead".into())), Some(SECRET));
+            let dead = EtcdCerts::new(
+                Arc::new(Cluster::new(endpoints, "dead".into())),
+                Some(SECRET),
+            );
             let lock = dead.lock("a.test-x").await.expect("dead's lock");
             std::mem::forget(lock);
             let _ = tx.send(());
         });
         rt.shutdown_background();
     });
-    rx.recv_timeout(Duration::from_secs(10)).expect("dead node held the lock");
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("dead node held the lock");
     let died = Instant::now();
     let held_c = tokio::time::timeout(Duration::from_secs(15), a.lock("a.test-x"))
         .await
