@@ -106,6 +106,9 @@ impl CertStore {
             SharedEvent::Up => {
                 if shared.totals.down.swap(false, Ordering::Relaxed) {
                     tracing::info!("shared certificate store reachable again");
+                    // Orders that waited for the store retry now, not at
+                    // the end of their backoff.
+                    shared.cert_arrived.notify_waiters();
                 }
             }
             SharedEvent::Down => {
