@@ -6,6 +6,12 @@
 //! answers `/.well-known/acme-challenge/{token}` on the plain listener with
 //! [`CertStore::http01_key_auth`], and spawns [`CertStore::run`].
 //!
+//! In cluster mode ([`CertStore::set_shared`]) certificates, the ACME
+//! account, order locks and challenges live in a [`SharedCerts`] store
+//! (etcd, implemented by the `cluster` crate): one node orders for all, and
+//! any node answers challenges ([`CertStore::http01_answer`], the
+//! TLS-ALPN-01 hook).
+//!
 //! All rustls objects built here use [`tls::provider`] (aws-lc-rs) explicitly.
 
 // House rule: no `unwrap()`/`expect()` on input or I/O outside tests.

@@ -402,6 +402,27 @@ async fn http01_one_order_validated_elsewhere_then_etcd_down() {
         "restart with etcd down, serving from cache after {:?}",
         restarted.elapsed()
     );
+
+    // etcd back: every node's watch resyncs, nothing is ordered again.
+    for i in 0..3 {
+        b.etcd.start_member(i).expect("etcd member");
+    }
+    b.etcd
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .expect("etcd back");
+    let back = Instant::now();
+    for p in &b.nodes {
+        let up = e2e::eventually(Duration::from_secs(30), || async move {
+            (metric(p, "duotone_acme_cluster_store_down").await == Some(0.0)).then_some(())
+        })
+        .await;
+        assert!(up.is_some(), "store_down stays 1; log:\n{}", p.log());
+    }
+    eprintln!(
+        "etcd back → every node's store up again after {:?}",
+        back.elapsed()
+    );
     assert_eq!(b.pebble.orders(), 1);
 }
 
