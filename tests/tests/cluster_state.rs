@@ -249,7 +249,7 @@ async fn shared_state_flips_everywhere_and_survives_faults() {
             && why.contains("change refused (nodes keep serving their last state)"),
         "{why}"
     );
-    eprintln!("FIGURES quorum lost: flip refused with 503 in {refused_in:?}: {why}");
+    eprintln!("FIGURES quorum lost (just now): flip refused with 503 in {refused_in:?}: {why}");
     for p in &nodes {
         let ok = e2e::eventually(Duration::from_secs(15), || async {
             let m = metrics(p).await;
@@ -263,6 +263,21 @@ async fn shared_state_flips_everywhere_and_survives_faults() {
             metrics(p).await
         );
     }
+    // Once the nodes know, a change is refused as fast.
+    let t0 = Instant::now();
+    let r = call(
+        &nodes[1],
+        TOKEN,
+        "POST",
+        "/v1/services/api/flip",
+        Some(r#"{"to":"green"}"#),
+    )
+    .await;
+    let refused_later = t0.elapsed();
+    assert_eq!(r.status, 503, "{}", r.text());
+    eprintln!(
+        "FIGURES quorum lost, nodes disconnected: flip refused with 503 in {refused_later:?}"
+    );
     let m = metrics(&nodes[0]).await;
     assert!(
         metric(&m, "duotone_cluster_changes_refused_total{").unwrap_or(0.0) >= 1.0,
