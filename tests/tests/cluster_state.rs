@@ -170,6 +170,33 @@ async fn shared_state_flips_everywhere_and_survives_faults() {
         spreads.push(last - first);
         node_times.extend(seen);
     }
+    // Three changes at once on three nodes: compare-and-swap, re-read and
+    // retry; each is made, one after the other, and every node ends equal.
+    let at_once: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let url = p.admin_url("/v1/services/api/weights");
+            let body = format!(r#"{{"blue":{},"green":{}}}"#, 10 + i, 90 - i);
+            tokio::spawn(
+                async move { e2e::client::admin("PUT", &url, Some(TOKEN), Some(&body)).await },
+            )
+        })
+        .collect();
+    for h in at_once {
+        let r = h.await.unwrap().expect("weights answered");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let views: Vec<Value> = futures_util::future::join_all(
+        nodes
+            .iter()
+            .map(|p| call_ok(p, TOKEN, "GET", "/v1/services/api", None)),
+    )
+    .await;
+    assert!(
+        views.iter().all(|v| v["weights"] == views[0]["weights"]),
+        "{views:#?}"
+    );
     for (p, l) in nodes.iter().zip(&loads) {
         let c = l.finish().await;
         assert_eq!(c.failed, 0, "node {}: {:?}", p.ports.http, c.samples);
@@ -382,6 +409,36 @@ async fn drain_waits_for_other_nodes_and_status_lists_them() {
         assert!(out.contains(&format!("node {n}")), "{out}");
     }
     assert!(out.contains("connected"), "{out}");
+
+    // A reload on node 1 makes every node re-read its own file.
+    let two = t.replace(
+        "[services.api]",
+        &format!(
+            "  [[sites.routes]]\n  path = \"/two\"\n  service = \"two\"\n\n\
+             [services.two]\nlive = \"green\"\ncolors.green = [\"{}\"]\n\n[services.api]",
+            green.member()
+        ),
+    );
+    for (i, p) in nodes.iter().enumerate() {
+        p.rewrite(&e2e::cluster::node_template(&two, i));
+    }
+    let v = call_ok(&nodes[0], TOKEN, "POST", "/v1/reload", None).await;
+    assert_eq!(v["cluster"]["pending"], serde_json::json!([]), "{v:#}");
+    assert_eq!(
+        v["cluster"]["applied"].as_array().map(Vec::len),
+        Some(3),
+        "{v:#}"
+    );
+    let http = Http::new();
+    for p in &nodes {
+        let r = http.get(&p.url("/two")).await.expect("GET /two");
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "green".to_string()),
+            "{}",
+            p.log()
+        );
+    }
 
     // Two slow requests on blue through node 2.
     let url = nodes[1].url("/slow?ms=2500");
