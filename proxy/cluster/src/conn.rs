@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// etcd cannot be reached, has no quorum, or did not answer in time.
-    #[error("etcd unavailable ({endpoints}): {reason}")]
+    #[error("etcd unavailable: {reason}")]
     Unavailable {
         /// The configured endpoints.
         endpoints: String,
@@ -34,6 +34,19 @@ pub enum ClusterError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// An etcd client error in a few words (a gRPC status's message, e.g.
+/// `etcdserver: no leader` or `tcp connect error`, without tonic's chain).
+pub fn brief(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => match s.message() {
+            "" => format!("{:?}", s.code()),
+            m => m.to_string(),
+        },
+        etcd_client::Error::TransportError(t) => format!("cannot connect ({t})"),
+        other => other.to_string(),
+    }
 }
 
 /// One node's handle on the cluster; cheap to share as `Arc<Cluster>`.
@@ -141,7 +154,7 @@ impl Cluster {
         let options = self.options()?;
         let n = self.settings.endpoints.len().max(1);
         let first = self.next.load(Ordering::Relaxed);
-        let mut why = String::from("no endpoints");
+        let mut why: Vec<String> = Vec::new();
         for k in 0..n {
             let i = (first + k) % n;
             let Some(endpoint) = self.settings.endpoints.get(i) else {
@@ -154,11 +167,14 @@ impl Cluster {
                     *slot = Some(client.clone());
                     return Ok(client);
                 }
-                Err(e) => why = format!("{endpoint}: {e}"),
+                Err(e) => why.push(format!("{endpoint}: {e}")),
             }
         }
         self.next.store((first + 1) % n, Ordering::Relaxed);
-        Err(self.unavailable(why))
+        Err(self.unavailable(match why.is_empty() {
+            true => "no endpoints".to_string(),
+            false => why.join("; "),
+        }))
     }
 
     /// Connects to one member and checks that it has a leader.
@@ -168,11 +184,11 @@ impl Cluster {
         let mut client = tokio::time::timeout(t, connect)
             .await
             .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| brief(&e))?;
         let status = tokio::time::timeout(t, client.status())
             .await
             .map_err(|_| "status timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| brief(&e))?;
         if status.leader() == 0 {
             return Err("member has no leader (no quorum)".into());
         }

@@ -179,7 +179,7 @@ impl StateSync {
             };
             match tokio::time::timeout(t, op(client)).await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => last = Some(self.cluster.unavailable(e)),
+                Ok(Err(e)) => last = Some(self.cluster.unavailable(crate::brief(&e))),
                 Err(_) => last = Some(self.cluster.unavailable(format!("no answer within {t:?}"))),
             }
             self.cluster.reset().await;

@@ -79,12 +79,12 @@ async fn session(sync: &Arc<StateSync>) -> String {
     };
     let lease = match tokio::time::timeout(t, client.lease_grant(LEASE_TTL, None)).await {
         Ok(Ok(l)) => l.id(),
-        Ok(Err(e)) => return e.to_string(),
+        Ok(Err(e)) => return crate::brief(&e),
         Err(_) => return "lease grant timed out".into(),
     };
     let (mut keeper, mut alive) = match client.lease_keep_alive(lease).await {
         Ok(k) => k,
-        Err(e) => return e.to_string(),
+        Err(e) => return crate::brief(&e),
     };
     let mut last: Option<(NodeReport, Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -111,7 +111,7 @@ async fn session(sync: &Arc<StateSync>) -> String {
             );
             match tokio::time::timeout(t, put).await {
                 Ok(Ok(_)) => last = Some((report, Instant::now())),
-                Ok(Err(e)) => return e.to_string(),
+                Ok(Err(e)) => return crate::brief(&e),
                 Err(_) => return "report timed out".into(),
             }
         }
@@ -124,7 +124,7 @@ async fn session(sync: &Arc<StateSync>) -> String {
                     Ok(Ok(Some(r))) if r.ttl() > 0 => {}
                     Ok(Ok(Some(_))) => return "lease expired".into(),
                     Ok(Ok(None)) => return "keep-alive stream ended".into(),
-                    Ok(Err(e)) => return e.to_string(),
+                    Ok(Err(e)) => return crate::brief(&e),
                     Err(_) => return "keep-alive timed out".into(),
                 }
             }

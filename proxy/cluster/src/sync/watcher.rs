@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// Longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often a connected node checks that its etcd member has a leader.
+const LEADER_CHECK: Duration = Duration::from_secs(2);
 
 /// Runs forever on the sync's runtime.
 pub(crate) async fn run(sync: Arc<StateSync>) {
@@ -49,7 +51,7 @@ async fn session(sync: &Arc<StateSync>, resynced: &mut bool) -> String {
     let (state, header) = loop {
         let resp = match tokio::time::timeout(t, client.get(keys.state(), None)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return e.to_string(),
+            Ok(Err(e)) => return crate::brief(&e),
             Err(_) => return "resync timed out".into(),
         };
         let header = resp.header().map_or(0, |h| h.revision());
@@ -77,7 +79,7 @@ async fn session(sync: &Arc<StateSync>, resynced: &mut bool) -> String {
                 )
             }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return e.to_string(),
+            Ok(Err(e)) => return crate::brief(&e),
             Err(_) => return "seeding timed out".into(),
         }
     };
@@ -90,16 +92,31 @@ async fn session(sync: &Arc<StateSync>, resynced: &mut bool) -> String {
     let from = WatchOptions::new().with_start_revision(header + 1);
     let mut stream = match client.watch(keys.state(), Some(from.clone())).await {
         Ok(s) => s,
-        Err(e) => return e.to_string(),
+        Err(e) => return crate::brief(&e),
     };
     if let Err(e) = stream.watch(keys.reload(), Some(from)).await {
-        return e.to_string();
+        return crate::brief(&e);
     }
+    // A member cut off from the others keeps an idle watch open: check
+    // that it still has a leader every few seconds.
+    let mut check = tokio::time::interval(LEADER_CHECK);
+    check.tick().await;
     loop {
-        let msg = match stream.message().await {
+        let next = tokio::select! {
+            next = stream.message() => next,
+            _ = check.tick() => {
+                match tokio::time::timeout(t, client.status()).await {
+                    Ok(Ok(s)) if s.leader() != 0 => continue,
+                    Ok(Ok(_)) => return "the etcd member lost its leader (no quorum)".into(),
+                    Ok(Err(e)) => return crate::brief(&e),
+                    Err(_) => return "the etcd member did not answer a status check".into(),
+                }
+            }
+        };
+        let msg = match next {
             Ok(Some(m)) => m,
             Ok(None) => return "watch ended".into(),
-            Err(e) => return e.to_string(),
+            Err(e) => return crate::brief(&e),
         };
         if msg.canceled() {
             return format!("watch canceled: {}", msg.cancel_reason());
