@@ -313,10 +313,7 @@ async fn shared_state_flips_everywhere_and_survives_faults() {
         "{m}"
     );
     let log = nodes[0].log();
-    let lost = log
-        .lines()
-        .filter(|l| l.contains("cluster: lost etcd"))
-        .last();
+    let lost = log.lines().rev().find(|l| l.contains("cluster: lost etcd"));
     assert!(lost.is_some(), "{log}");
     eprintln!(
         "FIGURES quorum lost: node-1 logged: {}",
