@@ -12,6 +12,7 @@
 mod conn;
 pub mod keys;
 pub mod seal;
+pub mod sync;
 
-pub use conn::{Cluster, ClusterError};
+pub use conn::{brief, Cluster, ClusterError};
 pub use keys::Keys;
