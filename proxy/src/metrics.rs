@@ -190,6 +190,25 @@ const GAUGES: &[(&str, &str, &[&str])] = &[
         "duotone_client_handshake_failures_total",
         "Client TLS (and HTTP/2 preface) handshakes that failed or timed out; logged at DEBUG.",
         &[],
+    ),    (
+        "duotone_cluster_connected",
+        "1 while this node's watch on etcd is up ([cluster]), else 0: it serves its last applied state.",
+        &["node"],
+    ),
+    (
+        "duotone_cluster_applied_revision",
+        "The etcd revision this node has applied the shared deploy state up to.",
+        &["node"],
+    ),
+    (
+        "duotone_cluster_state_revision",
+        "The etcd revision of the shared deploy state this node serves.",
+        &["node"],
+    ),
+    (
+        "duotone_cluster_changes_refused_total",
+        "Changes (flip, weights, …) refused because etcd was unreachable or had no quorum.",
+        &["node"],
     ),
 ];
 

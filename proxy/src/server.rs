@@ -98,6 +98,10 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
             }),
             Arc::new(move || crate::metrics::connection_gauges(conns.total(), conns.per_worker())),
             Arc::new(crate::net::spool::gauges),
+            Arc::new({
+                let c = control.clone();
+                move || c.cluster_gauges()
+            }),
         ]);
     }
 
@@ -375,6 +379,9 @@ impl BackgroundService for Tasks {
         if let Some(c) = &self.cluster {
             let s = c.settings();
             tracing::info!(node = c.node(), endpoints = ?s.endpoints, prefix = %s.prefix, "cluster mode (etcd)");
+            if let Err(e) = self.control.start_cluster(c.clone()) {
+                tracing::error!("cluster: cannot start the deploy state sync: {e:#}");
+            }
         }
         tokio::spawn(crate::control::health::run(self.control.clone()));
         if let Some(store) = &self.certs {

@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// etcd cannot be reached, has no quorum, or did not answer in time.
-    #[error("etcd unavailable ({endpoints}): {reason}")]
+    #[error("etcd unavailable: {reason}")]
     Unavailable {
         /// The configured endpoints.
         endpoints: String,
@@ -36,12 +36,28 @@ pub enum ClusterError {
     },
 }
 
+/// An etcd client error in a few words (a gRPC status's message, e.g.
+/// `etcdserver: no leader` or `tcp connect error`, without tonic's chain).
+pub fn brief(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => match s.message() {
+            "" => format!("{:?}", s.code()),
+            m => m.to_string(),
+        },
+        etcd_client::Error::TransportError(t) => format!("cannot connect ({t})"),
+        other => other.to_string(),
+    }
+}
+
 /// One node's handle on the cluster; cheap to share as `Arc<Cluster>`.
 pub struct Cluster {
     settings: Settings,
     node: String,
     keys: Keys,
     client: tokio::sync::Mutex<Option<Client>>,
+    /// The member tried first on the next connect; [`Cluster::reset`]
+    /// moves it on.
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -63,6 +79,7 @@ impl Cluster {
             settings,
             node,
             client: tokio::sync::Mutex::new(None),
+            next: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -123,25 +140,73 @@ impl Cluster {
     /// The etcd client, connecting first if needed. Requests on it fail
     /// after `request_timeout` and without a leader (no quorum), rather
     /// than hang.
+    ///
+    /// The client talks to ONE member at a time, one that has a leader
+    /// (checked with a status call on connect): with every endpoint in one
+    /// client, tonic's balancer kept sending requests to a dead or
+    /// quorum-less member. [`Cluster::reset`] moves on to the next member.
     pub async fn client(&self) -> Result<Client, ClusterError> {
+        use std::sync::atomic::Ordering;
         let mut slot = self.client.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
         let options = self.options()?;
-        let connect = Client::connect(self.settings.endpoints.clone(), Some(options));
-        let client = tokio::time::timeout(self.settings.request_timeout, connect)
+        let n = self.settings.endpoints.len().max(1);
+        let first = self.next.load(Ordering::Relaxed);
+        let mut why: Vec<String> = Vec::new();
+        for k in 0..n {
+            let i = (first + k) % n;
+            let Some(endpoint) = self.settings.endpoints.get(i) else {
+                break;
+            };
+            match self.connect_one(endpoint, options.clone()).await {
+                Ok(client) => {
+                    self.next.store(i, Ordering::Relaxed);
+                    tracing::debug!(member = %endpoint, "etcd: connected");
+                    *slot = Some(client.clone());
+                    return Ok(client);
+                }
+                Err(e) => why.push(format!("{endpoint}: {e}")),
+            }
+        }
+        self.next.store((first + 1) % n, Ordering::Relaxed);
+        Err(self.unavailable(match why.is_empty() {
+            true => "no endpoints".to_string(),
+            false => why.join("; "),
+        }))
+    }
+
+    /// Connects to one member and checks that it has a leader.
+    async fn connect_one(&self, endpoint: &str, options: ConnectOptions) -> Result<Client, String> {
+        let t = self.settings.request_timeout;
+        let connect = Client::connect([endpoint], Some(options));
+        let mut client = tokio::time::timeout(t, connect)
             .await
-            .map_err(|_| self.unavailable("connect timed out"))?
-            .map_err(|e| self.unavailable(e))?;
-        *slot = Some(client.clone());
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| brief(&e))?;
+        let status = tokio::time::timeout(t, client.status())
+            .await
+            .map_err(|_| "status timed out".to_string())?
+            .map_err(|e| brief(&e))?;
+        if status.leader() == 0 {
+            return Err("member has no leader (no quorum)".into());
+        }
         Ok(client)
     }
 
-    /// Drops the client after a failure that may need a new connection
-    /// (e.g. an expired auth token); the next [`Cluster::client`] connects.
+    /// Drops the client after a failure (a dead or quorum-less member, an
+    /// expired auth token); the next [`Cluster::client`] connects to the
+    /// next member first. A no-op when the client was already dropped (two
+    /// parts seeing the same failure move on once).
     pub async fn reset(&self) {
-        *self.client.lock().await = None;
+        let mut slot = self.client.lock().await;
+        if slot.take().is_some() {
+            let n = self.settings.endpoints.len().max(1);
+            let i = self.next.load(std::sync::atomic::Ordering::Relaxed);
+            self.next
+                .store((i + 1) % n, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn options(&self) -> Result<ConnectOptions, ClusterError> {

@@ -13,7 +13,8 @@ mod certs;
 mod conn;
 pub mod keys;
 pub mod seal;
+pub mod sync;
 
 pub use certs::{EtcdCerts, LOCK_TTL_SECS};
-pub use conn::{Cluster, ClusterError};
+pub use conn::{brief, Cluster, ClusterError};
 pub use keys::Keys;

@@ -99,6 +99,23 @@ impl Api {
         }
     }
 
+    /// `GET /v1/cluster`, or `None` when the node is not in a cluster.
+    fn cluster(&self) -> Result<Option<serde_json::Value>> {
+        let (status, json) = self.call(http::Method::GET, "/v1/cluster", None)?;
+        match status {
+            200 => Ok(Some(json)),
+            404 => Ok(None),
+            _ => {
+                let reason = json
+                    .get("error")
+                    .and_then(|e| e.as_str())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| json.to_string());
+                bail!("admin API answered {status}: {reason}")
+            }
+        }
+    }
+
     fn service(&self, name: &str) -> Result<ServiceView> {
         let v = self.ok(http::Method::GET, &format!("/v1/services/{name}"), None)?;
         Ok(serde_json::from_value(v)?)
@@ -203,9 +220,72 @@ pub fn status(args: &AdminArgs, service: Option<&str>, json: bool) -> Result<()>
         list.iter().for_each(print_service);
         if service.is_none() {
             print_sites_in_maintenance(&api)?;
+            print_cluster(&api);
         }
     }
     Ok(())
+}
+
+/// Lists the cluster's nodes (with `[cluster]`): applied revision, watch
+/// up or not, report age, in-flight requests.
+fn print_cluster(api: &Api) {
+    let v = match api.cluster() {
+        Ok(Some(v)) => v,
+        Ok(None) => return,
+        Err(e) => {
+            println!("cluster: {e:#}");
+            return;
+        }
+    };
+    println!(
+        "cluster: this node {} (applied revision {}, state revision {}, etcd {})",
+        v["node"].as_str().unwrap_or("?"),
+        v["applied"],
+        v["state_revision"],
+        if v["connected"].as_bool().unwrap_or(false) {
+            "connected"
+        } else {
+            "UNREACHABLE"
+        }
+    );
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let in_flight: i64 = n["in_flight"]
+            .as_object()
+            .into_iter()
+            .flat_map(|s| s.values())
+            .filter_map(|c| c.as_object())
+            .flat_map(|c| c.values())
+            .filter_map(|x| x.as_i64())
+            .sum();
+        println!(
+            "  node {:<20} applied {:<8} {:<12} report {:.1}s ago, in-flight {}",
+            n["name"].as_str().unwrap_or("?"),
+            n["applied"],
+            if n["connected"].as_bool().unwrap_or(false) {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            n["report_age_ms"].as_u64().unwrap_or(0) as f64 / 1e3,
+            in_flight
+        );
+    }
+}
+
+/// Requests in flight on `color` of `service` over every node of the
+/// cluster (their reports; this node's own figure is live), or `None`
+/// when the node is not in a cluster.
+fn cluster_in_flight(api: &Api, service: &str, color: &str) -> Option<i64> {
+    let v = api.cluster().ok()??;
+    Some(
+        v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["in_flight"][service][color].as_i64())
+            .map(|n| n.max(0))
+            .sum(),
+    )
 }
 
 /// Lists the sites in maintenance, if any.
@@ -329,11 +409,9 @@ fn drain(api: &Api, service: &str, color: &str, limit: Duration) -> Result<Drain
             .colors
             .get(color)
             .with_context(|| format!("service {service} has no color {color:?} any more"))?;
-        Ok((
-            c.in_flight.max(0),
-            c.upgraded.max(0),
-            c.upgraded_close_in_ms,
-        ))
+        // With several nodes: the old color's requests on every node.
+        let in_flight = cluster_in_flight(api, service, color).unwrap_or(c.in_flight);
+        Ok((in_flight.max(0), c.upgraded.max(0), c.upgraded_close_in_ms))
     };
     let (n, u, _) = counts()?;
     let bar = indicatif::ProgressBar::new((n + u) as u64);

@@ -2,6 +2,7 @@
 //! and changes it (flip, weights, reload) by compiling a new table.
 
 pub mod auth;
+pub mod cluster;
 pub mod health;
 pub mod pages;
 pub mod pause;
@@ -161,7 +162,17 @@ pub enum ChangeError {
     /// Persisting or building failed.
     #[error("{0:#}")]
     Internal(anyhow::Error),
+    /// Several nodes (`[cluster]`): etcd is unreachable or has no quorum,
+    /// so the change is refused rather than made on this node alone.
+    #[error("{0}")]
+    Unavailable(String),
 }
+
+/// What a change reports beyond success: with `[cluster]`, its etcd
+/// revision and which nodes applied it.
+pub type Ack = Option<cluster_sync::Applied>;
+
+use ::cluster::sync as cluster_sync;
 
 /// The control plane shared by the proxy, admin API and health checker.
 pub struct Control {
@@ -185,6 +196,10 @@ pub struct Control {
     /// Notified after every snapshot store: requests held by a pause wait
     /// on it ([`pause::hold`]).
     changed: tokio::sync::Notify,
+    /// Whether the config has `[cluster]`: changes then go through etcd.
+    clustered: bool,
+    /// The shared deploy state's sync, once started.
+    sync: std::sync::OnceLock<Arc<cluster_sync::StateSync>>,
 }
 
 /// The listeners a running proxy has open. Pingora opens its sockets at
@@ -280,6 +295,7 @@ impl Control {
             .with_context(|| format!("creating state_dir {}", config.server.state_dir.display()))?;
         let live = persist::read_live(&config.server.state_dir)?;
         let listeners = Listeners::of(&config, certs.is_some());
+        let clustered = config.cluster.is_some();
         let vitals = Vitals::default();
         let (snap, _) = build(Arc::new(config), &live, &vitals, &metrics)
             .map_err(|d| anyhow::anyhow!("{d}"))?;
@@ -295,6 +311,8 @@ impl Control {
             listeners,
             watches: watch::Watches::default(),
             changed: tokio::sync::Notify::new(),
+            clustered,
+            sync: std::sync::OnceLock::new(),
         }))
     }
 
@@ -389,9 +407,26 @@ impl Control {
 
     /// Makes `to` the live color of `service` (the other one of two when
     /// `None`). Refuses a color with no healthy member unless `force`.
-    pub fn flip(&self, service: &str, to: Option<&str>, force: bool) -> Result<(), ChangeError> {
+    pub fn flip(&self, service: &str, to: Option<&str>, force: bool) -> Result<Ack, ChangeError> {
+        self.commit(|live| self.flip_plan(live, service, to, force))
+    }
+
+    /// Makes a change: `plan` turns the current persisted state into the
+    /// next one. Alone, on this node's state under the change lock; with
+    /// `[cluster]`, on the shared state in etcd (compare-and-swap), which
+    /// every node then applies.
+    fn commit(
+        &self,
+        mut plan: impl FnMut(&LiveState) -> Result<LiveState, ChangeError>,
+    ) -> Result<Ack, ChangeError> {
+        if self.clustered {
+            return cluster::commit(self, plan).map(Some);
+        }
         let mut live = self.lock();
-        self.flip_locked(&mut live, service, to, force)
+        let next = plan(&live)?;
+        let config = self.load().table.config.clone();
+        self.apply(&mut live, next, config)?;
+        Ok(None)
     }
 
     /// [`Control::flip`] with the change lock held (`live`).
@@ -402,6 +437,19 @@ impl Control {
         to: Option<&str>,
         force: bool,
     ) -> Result<(), ChangeError> {
+        let next = self.flip_plan(live, service, to, force)?;
+        let config = self.load().table.config.clone();
+        self.apply(live, next, config)
+    }
+
+    /// The state after a flip of `service` from `live`.
+    fn flip_plan(
+        &self,
+        live: &LiveState,
+        service: &str,
+        to: Option<&str>,
+        force: bool,
+    ) -> Result<LiveState, ChangeError> {
         let snap = self.load();
         let svc = snap
             .table
@@ -428,7 +476,7 @@ impl Control {
             None => ServiceState::live(color),
         };
         next.services.insert(service.to_string(), state);
-        self.apply(live, next, snap.table.config.clone())
+        Ok(next)
     }
 
     /// Sets canary weights for `service`. Colors left out get weight 0.
@@ -438,8 +486,18 @@ impl Control {
         service: &str,
         weights: BTreeMap<String, u32>,
         force: bool,
-    ) -> Result<(), ChangeError> {
-        let mut live = self.lock();
+    ) -> Result<Ack, ChangeError> {
+        self.commit(|live| self.weights_plan(live, service, &weights, force))
+    }
+
+    /// The state after setting `weights` of `service` from `live`.
+    fn weights_plan(
+        &self,
+        live: &LiveState,
+        service: &str,
+        weights: &BTreeMap<String, u32>,
+        force: bool,
+    ) -> Result<LiveState, ChangeError> {
         let snap = self.load();
         let svc = snap
             .table
@@ -472,14 +530,23 @@ impl Control {
             .cloned()
             .unwrap_or_else(|| ServiceState::live(svc.pools[svc.live].color.as_str()));
         state.live = svc.pools[svc.live].color.to_string();
-        state.weights = Some(weights);
+        state.weights = Some(weights.clone());
         next.services.insert(service.to_string(), state);
-        self.apply(&mut live, next, snap.table.config.clone())
+        Ok(next)
     }
 
     /// Turns maintenance mode of `service` on or off (persisted).
-    pub fn set_service_maintenance(&self, service: &str, on: bool) -> Result<(), ChangeError> {
-        let mut live = self.lock();
+    pub fn set_service_maintenance(&self, service: &str, on: bool) -> Result<Ack, ChangeError> {
+        self.commit(|live| self.service_maintenance_plan(live, service, on))
+    }
+
+    /// The state after maintenance of `service` turned `on` or off.
+    fn service_maintenance_plan(
+        &self,
+        live: &LiveState,
+        service: &str,
+        on: bool,
+    ) -> Result<LiveState, ChangeError> {
         let snap = self.load();
         let svc = snap
             .table
@@ -494,13 +561,22 @@ impl Control {
         });
         state.maintenance = on;
         tracing::info!(service, on, "maintenance");
-        self.apply(&mut live, next, snap.table.config.clone())
+        Ok(next)
     }
 
     /// Turns maintenance mode of the site named `site` (its first host, as
     /// the access log shows it) on or off (persisted).
-    pub fn set_site_maintenance(&self, site: &str, on: bool) -> Result<(), ChangeError> {
-        let mut live = self.lock();
+    pub fn set_site_maintenance(&self, site: &str, on: bool) -> Result<Ack, ChangeError> {
+        self.commit(|live| self.site_maintenance_plan(live, site, on))
+    }
+
+    /// The state after maintenance of `site` turned `on` or off.
+    fn site_maintenance_plan(
+        &self,
+        live: &LiveState,
+        site: &str,
+        on: bool,
+    ) -> Result<LiveState, ChangeError> {
         let snap = self.load();
         if snap.table.site_named(site).is_none() {
             return Err(ChangeError::UnknownSite(site.to_string()));
@@ -515,13 +591,22 @@ impl Control {
             next.sites.remove(site);
         }
         tracing::info!(site, on, "maintenance");
-        self.apply(&mut live, next, snap.table.config.clone())
+        Ok(next)
     }
 
     /// Pauses `service` (`on`) or resumes it: while paused, its new
     /// requests are held at the edge ([`pause::hold`]). Persisted.
-    pub fn pause(&self, service: &str, on: bool) -> Result<(), ChangeError> {
-        let mut live = self.lock();
+    pub fn pause(&self, service: &str, on: bool) -> Result<Ack, ChangeError> {
+        self.commit(|live| self.pause_plan(live, service, on))
+    }
+
+    /// The state after `service` paused (`on`) or resumed.
+    fn pause_plan(
+        &self,
+        live: &LiveState,
+        service: &str,
+        on: bool,
+    ) -> Result<LiveState, ChangeError> {
         let snap = self.load();
         if snap.table.service(service).is_none() {
             return Err(ChangeError::UnknownService(service.to_string()));
@@ -540,7 +625,7 @@ impl Control {
         };
         state.paused = on;
         next.services.insert(service.to_string(), state);
-        self.apply(&mut live, next, snap.table.config.clone())
+        Ok(next)
     }
 
     /// Re-reads the config source; an invalid config changes nothing.

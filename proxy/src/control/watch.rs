@@ -357,24 +357,56 @@ impl Control {
             }
             Verdict::Breached(why) => {
                 let to = e.rollback_to.clone();
-                match self.flip_locked(&mut live, service, Some(&to), false) {
-                    Ok(()) => self.end_watch(
-                        service,
-                        e,
-                        WatchState::RolledBack,
-                        format!("{why}: rolled back to {to}"),
-                        Some(seen),
-                    ),
-                    Err(err) => self.end_watch(
-                        service,
-                        e,
-                        WatchState::Failed,
-                        format!("{why}, but the rollback to {to} was refused: {err}"),
-                        Some(seen),
-                    ),
-                }
+                let result = if self.clustered() {
+                    // With [cluster] the rollback goes through the shared
+                    // state, so every node rolls back; this node applies it
+                    // as any other change, hence without the locks held.
+                    drop(watches);
+                    drop(live);
+                    let result = self.flip(service, Some(&to), false).map(drop);
+                    let mut watches = self.watches.lock();
+                    let Some(e) = watches
+                        .get_mut(service)
+                        .filter(|e| e.id == id && e.state == WatchState::Watching)
+                    else {
+                        return false;
+                    };
+                    self.end_rollback(service, e, &why, &to, seen, result);
+                    return false;
+                } else {
+                    self.flip_locked(&mut live, service, Some(&to), false)
+                };
+                self.end_rollback(service, e, &why, &to, seen, result);
                 false
             }
+        }
+    }
+
+    /// Ends watch `e` after its rollback to `to` was made (or refused).
+    fn end_rollback(
+        &self,
+        service: &str,
+        e: &mut Entry,
+        why: &str,
+        to: &str,
+        seen: (Outcomes, Duration),
+        result: Result<(), ChangeError>,
+    ) {
+        match result {
+            Ok(()) => self.end_watch(
+                service,
+                e,
+                WatchState::RolledBack,
+                format!("{why}: rolled back to {to}"),
+                Some(seen),
+            ),
+            Err(err) => self.end_watch(
+                service,
+                e,
+                WatchState::Failed,
+                format!("{why}, but the rollback to {to} was refused: {err}"),
+                Some(seen),
+            ),
         }
     }
 

@@ -8,7 +8,7 @@
 //! `Content-Type: application/json`, which a form or a "simple" `fetch`
 //! cannot send without a CORS preflight that this API never grants.
 
-use crate::control::{ChangeError, Control};
+use crate::control::{Ack, ChangeError, Control};
 use crate::ops::views::ServiceView;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -45,8 +45,24 @@ fn change_error(e: ChangeError) -> Resp {
         ChangeError::Invalid(_) | ChangeError::BadConfig(_) => StatusCode::BAD_REQUEST,
         ChangeError::Unhealthy(_) | ChangeError::Conflict(_) => StatusCode::CONFLICT,
         ChangeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ChangeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e)
+}
+
+/// A change's answer: `view` (the changed service or site), with
+/// `"cluster": {"revision", "applied", "pending"}` beside it when the change
+/// went through the cluster.
+fn changed(view: Option<serde_json::Value>, ack: Ack, gone: &str) -> Resp {
+    match view {
+        Some(mut v) => {
+            if let (Some(a), Some(obj)) = (ack, v.as_object_mut()) {
+                obj.insert("cluster".into(), json!(a));
+            }
+            json_resp(StatusCode::OK, v)
+        }
+        None => error(StatusCode::NOT_FOUND, gone),
+    }
 }
 
 impl Admin {
@@ -228,11 +244,9 @@ impl Admin {
                 );
                 let result = blocking(move || control.flip(&svc, to.as_deref(), force)).await;
                 match result {
-                    Ok(()) => {
+                    Ok(ack) => {
                         tracing::info!(service = %name, to = ?body.to, force = body.force, "flipped");
-                        self.service_json(&name)
-                            .map(|v| json_resp(StatusCode::OK, v))
-                            .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished"))
+                        changed(self.service_json(&name), ack, "service vanished")
                     }
                     Err(e) => change_error(e),
                 }
@@ -284,10 +298,7 @@ impl Admin {
                 let force = query_force || body_force;
                 let (control, svc) = (self.control.clone(), name.clone());
                 match blocking(move || control.set_weights(&svc, weights, force)).await {
-                    Ok(()) => self
-                        .service_json(&name)
-                        .map(|v| json_resp(StatusCode::OK, v))
-                        .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished")),
+                    Ok(ack) => changed(self.service_json(&name), ack, "service vanished"),
                     Err(e) => change_error(e),
                 }
             }
@@ -310,6 +321,14 @@ impl Admin {
                     Err(e) => change_error(e),
                 }
             }
+            (&Method::GET, ["v1", "cluster"]) => {
+                let control = self.control.clone();
+                match blocking(move || control.cluster_view()).await {
+                    Ok(v) => json_resp(StatusCode::OK, v),
+                    Err(ChangeError::Invalid(e)) => error(StatusCode::NOT_FOUND, e),
+                    Err(e) => change_error(e),
+                }
+            }
             (&Method::GET, ["v1", "sites"]) => {
                 let snap = self.control.load();
                 let sites = crate::ops::views::SiteView::all(&snap.table);
@@ -324,10 +343,7 @@ impl Admin {
                 };
                 let (control, svc) = (self.control.clone(), name.clone());
                 match blocking(move || control.set_service_maintenance(&svc, on)).await {
-                    Ok(()) => self
-                        .service_json(&name)
-                        .map(|v| json_resp(StatusCode::OK, v))
-                        .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished")),
+                    Ok(ack) => changed(self.service_json(&name), ack, "service vanished"),
                     Err(e) => change_error(e),
                 }
             }
@@ -362,13 +378,13 @@ impl Admin {
                 };
                 let (control, site) = (self.control.clone(), name.clone());
                 match blocking(move || control.set_site_maintenance(&site, on)).await {
-                    Ok(()) => {
+                    Ok(ack) => {
                         let snap = self.control.load();
-                        crate::ops::views::SiteView::all(&snap.table)
+                        let view = crate::ops::views::SiteView::all(&snap.table)
                             .into_iter()
                             .find(|s| s.name == name)
-                            .map(|v| json_resp(StatusCode::OK, json!(v)))
-                            .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "site vanished"))
+                            .map(|v| json!(v));
+                        changed(view, ack, "site vanished")
                     }
                     Err(e) => change_error(e),
                 }
@@ -380,26 +396,25 @@ impl Admin {
                 }
                 let (control, svc) = (self.control.clone(), name.clone());
                 match blocking(move || control.pause(&svc, on)).await {
-                    Ok(()) => {
+                    Ok(ack) => {
                         tracing::info!(service = %name, "{}", if on { "paused" } else { "resumed" });
-                        self.service_json(&name)
-                            .map(|v| json_resp(StatusCode::OK, v))
-                            .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "service vanished"))
+                        changed(self.service_json(&name), ack, "service vanished")
                     }
                     Err(e) => change_error(e),
                 }
             }
             (&Method::POST, ["v1", "reload"]) => {
                 let control = self.control.clone();
-                let result = blocking(move || control.reload()).await;
+                let result = blocking(move || control.reload_all()).await;
                 self.extras.reloaded(result.is_ok());
                 match result {
-                    Ok(warnings) => {
+                    Ok((warnings, ack)) => {
                         tracing::info!("config reloaded");
-                        json_resp(
-                            StatusCode::OK,
-                            json!({ "reloaded": true, "warnings": warnings }),
-                        )
+                        let mut v = json!({ "reloaded": true, "warnings": warnings });
+                        if let Some(a) = ack {
+                            v["cluster"] = json!(a);
+                        }
+                        json_resp(StatusCode::OK, v)
                     }
                     Err(e) => {
                         tracing::warn!("reload refused: {e}");
@@ -414,6 +429,7 @@ impl Admin {
                 | ["v1", "reload"]
                 | ["v1", "certificates"]
                 | ["v1", "sites"]
+                | ["v1", "cluster"]
                 | ["metrics"],
             )
             | (
