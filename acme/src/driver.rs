@@ -12,6 +12,8 @@ use rustls_acme::{AcmeConfig, EventOk, UseChallenge};
 
 use crate::cache::{DiskCache, OnCert};
 use crate::entry::Entry;
+use crate::shared::{self, SharedEvent};
+use crate::shared_driver::{self, OrderCtx, SharedCtx};
 use crate::store::AcmeCtx;
 use crate::{certs, CertStore, Challenge};
 
@@ -33,6 +35,7 @@ impl CertStore {
         let mut poll_ms = self.poll_interval_ms.load(Ordering::Relaxed);
         let mut ticker = interval(poll_ms);
         let mut last_expiry_check: Option<Instant> = None;
+        let mut events = self.shared.get().map(|s| s.store.subscribe());
         loop {
             self.sync_drivers(&mut drivers, &mut running);
             let now_ms = self.poll_interval_ms.load(Ordering::Relaxed);
@@ -50,6 +53,7 @@ impl CertStore {
                     }
                 }
                 Some(_) = drivers.next(), if !drivers.is_empty() => {}
+                Some(event) = next_event(&mut events) => self.on_shared_event(event),
             }
         }
     }
@@ -83,10 +87,61 @@ impl CertStore {
                 continue;
             }
             let (handle, registration) = AbortHandle::new_pair();
-            let fut = drive(ctx, entry.clone());
+            let fut = match self.shared.get() {
+                Some(shared) => shared_driver::drive(order_ctx(ctx, shared), entry.clone()),
+                None => drive(ctx, entry.clone()),
+            };
             drivers.push(Abortable::new(fut, registration));
             running.insert(ptr, (entry.clone(), handle));
         }
+    }
+
+    /// A watch event of the shared store: certificates stored by any node
+    /// are served at once, challenges go to the view every node answers from.
+    fn on_shared_event(&self, event: SharedEvent) {
+        let (Some(shared), Some(acme)) = (self.shared.get(), &self.acme) else {
+            return;
+        };
+        match &event {
+            SharedEvent::Up => {
+                if shared.totals.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("shared certificate store reachable again");
+                    // Orders that waited for the store retry now, not at
+                    // the end of their backoff.
+                    shared.cert_arrived.notify_waiters();
+                }
+            }
+            SharedEvent::Down => {
+                if !shared.totals.down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("shared certificate store unreachable: serving the certificates this node has; orders and renewals wait");
+                }
+            }
+            SharedEvent::Cert { id, pem } => {
+                let snap = self.snapshot.load();
+                let mut taken = false;
+                for entry in snap.entries.iter().filter(|e| !e.acme_domains.is_empty()) {
+                    if shared::cert_id(&entry.acme_domains, &acme.directory_url) != *id {
+                        continue;
+                    }
+                    let file = crate::cache::cert_file(
+                        &acme.cache_dir,
+                        &entry.acme_domains,
+                        &acme.directory_url,
+                    );
+                    match shared_driver::adopt(entry, pem, &file) {
+                        Ok(t) => taken |= t,
+                        Err(e) => {
+                            tracing::warn!(cert = %entry.spec.name, error = %e, "ignoring an unusable shared certificate")
+                        }
+                    }
+                }
+                if taken {
+                    shared.cert_arrived.notify_waiters();
+                }
+            }
+            SharedEvent::Challenge { .. } | SharedEvent::ChallengeGone(_) => {}
+        }
+        shared.challenges.apply(&event);
     }
 
     fn warn_expiring(&self) {
@@ -105,6 +160,40 @@ impl CertStore {
                 tracing::warn!(cert = %info.name, not_after = info.not_after, days_left = left / 86400, source = info.source, "certificate expires soon");
             }
         }
+    }
+}
+
+/// The next event of the shared store, or never without one.
+async fn next_event(
+    events: &mut Option<tokio::sync::mpsc::UnboundedReceiver<SharedEvent>>,
+) -> Option<SharedEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn contact(ctx: &AcmeCtx) -> Vec<String> {
+    ctx.settings
+        .email
+        .iter()
+        .filter(|e| !e.is_empty())
+        .map(|e| format!("mailto:{e}"))
+        .collect()
+}
+
+fn order_ctx(ctx: &AcmeCtx, shared: &SharedCtx) -> OrderCtx {
+    OrderCtx {
+        directory_url: ctx.directory_url.clone(),
+        client: ctx.client.clone(),
+        contact: contact(ctx),
+        challenge: ctx.settings.challenge,
+        cache_dir: ctx.cache_dir.clone(),
+        store: shared.store.clone(),
+        challenges: shared.challenges.clone(),
+        totals: shared.totals.clone(),
+        cert_arrived: shared.cert_arrived.clone(),
+        acme_totals: ctx.totals.clone(),
     }
 }
 
@@ -138,13 +227,7 @@ fn drive(ctx: &AcmeCtx, entry: Arc<Entry>) -> BoxFuture<'static, ()> {
         )
     };
     let cache = DiskCache::new(ctx.cache_dir.clone(), on_cert, ctx.account_lock.clone());
-    let contact: Vec<String> = ctx
-        .settings
-        .email
-        .iter()
-        .filter(|e| !e.is_empty())
-        .map(|e| format!("mailto:{e}"))
-        .collect();
+    let contact = contact(ctx);
     let challenge = match ctx.settings.challenge {
         Challenge::Http01 => UseChallenge::Http01,
         Challenge::TlsAlpn01 => UseChallenge::TlsAlpn01,

@@ -6,6 +6,12 @@
 //! answers `/.well-known/acme-challenge/{token}` on the plain listener with
 //! [`CertStore::http01_key_auth`], and spawns [`CertStore::run`].
 //!
+//! In cluster mode ([`CertStore::set_shared`]) certificates, the ACME
+//! account, order locks and challenges live in a [`SharedCerts`] store
+//! (etcd, implemented by the `cluster` crate): one node orders for all, and
+//! any node answers challenges ([`CertStore::http01_answer`], the
+//! TLS-ALPN-01 hook).
+//!
 //! All rustls objects built here use [`tls::provider`] (aws-lc-rs) explicitly.
 
 // House rule: no `unwrap()`/`expect()` on input or I/O outside tests.
@@ -13,11 +19,14 @@
 
 mod cache;
 mod certs;
+mod challenges;
 mod driver;
 mod entry;
 mod error;
 pub mod listener;
 mod resolver;
+pub mod shared;
+mod shared_driver;
 mod sni;
 mod spec;
 mod store;
@@ -25,7 +34,8 @@ pub mod tls;
 
 pub use certs::CertMeta;
 pub use error::CertError;
+pub use shared::{ChallengeId, HeldLock, SharedCerts, SharedError, SharedEvent};
 pub use sni::{normalize_host, HostIndex};
 pub use spec::{AcmeSettings, CertSource, CertSpec, Challenge};
-pub use store::{CertInfo, CertStore};
+pub use store::{CertInfo, CertStore, ClusterAcme};
 pub use tls::{default_tls_versions, server_config};

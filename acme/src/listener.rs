@@ -111,6 +111,17 @@ pub fn client_buffers() -> L4BufferSettings {
 /// Pre-TLS callback answering TLS-ALPN-01 validation connections.
 pub struct TlsAlpnHook {
     config: Arc<ServerConfig>,
+    store: Arc<CertStore>,
+}
+
+/// Resolves every handshake to one certificate (a shared TLS-ALPN-01 one).
+#[derive(Debug)]
+struct OneCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for OneCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
 impl TlsAlpnHook {
@@ -118,6 +129,7 @@ impl TlsAlpnHook {
     pub fn new(store: Arc<CertStore>) -> Result<Self, CertError> {
         Ok(TlsAlpnHook {
             config: Arc::new(crate::tls::challenge_config(store.challenge_resolver())?),
+            store,
         })
     }
 
@@ -171,9 +183,22 @@ impl PreTlsProcess for TlsAlpnHook {
             return Ok(());
         };
         let sni = accepted.client_hello().server_name().map(str::to_string);
+        // Cluster mode: the challenge may come from another node's order;
+        // its certificate is built here from the published key authorization.
+        let mut config = self.config.clone();
+        if self.store.is_shared() {
+            if let Some(cert) = match sni.as_deref() {
+                Some(domain) => self.store.shared_tls_alpn_cert(domain).await,
+                None => None,
+            } {
+                match crate::tls::challenge_config(Arc::new(OneCert(cert))) {
+                    Ok(c) => config = Arc::new(c),
+                    Err(e) => tracing::warn!(error = %e, "TLS-ALPN-01 config"),
+                }
+            }
+        }
         let handshake = StartHandshake::from_parts(accepted, &mut *stream);
-        match tokio::time::timeout(HELLO_TIMEOUT, handshake.into_stream(self.config.clone())).await
-        {
+        match tokio::time::timeout(HELLO_TIMEOUT, handshake.into_stream(config)).await {
             Ok(Ok(mut tls)) => {
                 tracing::info!(
                     sni = sni.as_deref().unwrap_or(""),

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -13,7 +13,10 @@ use rustls::sign::CertifiedKey;
 use rustls::ClientConfig;
 
 use crate::certs::{self, Loaded};
+use crate::challenges::Challenges;
 use crate::entry::Entry;
+use crate::shared::{ChallengeId, SharedCerts};
+use crate::shared_driver::{ClusterTotals, SharedCtx};
 use crate::{AcmeSettings, CertError, CertSpec, Challenge, HostIndex};
 
 /// What `certificates()` reports for one spec.
@@ -85,6 +88,20 @@ pub struct CertStore {
     replace_lock: Mutex<()>,
     /// Where self-signed fallback certificates are kept across restarts.
     fallback_dir: Option<PathBuf>,
+    /// Cluster mode: certificates, orders and challenges shared with the
+    /// other nodes ([`CertStore::set_shared`]).
+    pub(crate) shared: OnceLock<SharedCtx>,
+}
+
+/// This node's cluster-wide ACME figures (`/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterAcme {
+    /// Orders this node placed for the cluster.
+    pub orders: u64,
+    /// Time spent waiting for order locks, in milliseconds.
+    pub lock_wait_ms: u64,
+    /// Whether the shared store is unreachable now.
+    pub store_down: bool,
 }
 
 impl fmt::Debug for CertStore {
@@ -130,6 +147,7 @@ impl CertStore {
             poll_interval_ms: AtomicU64::new(5_000),
             replace_lock: Mutex::new(()),
             fallback_dir,
+            shared: OnceLock::new(),
         };
         store.replace_specs(specs)?;
         Ok(Arc::new(store))
@@ -238,6 +256,90 @@ impl CertStore {
     /// certificates of running orders only).
     pub fn challenge_resolver(self: &Arc<Self>) -> Arc<dyn ResolvesServerCert> {
         Arc::new(crate::resolver::ChallengeResolver(self.clone()))
+    }
+
+    /// Cluster mode: certificates come from and go to `shared`, one node
+    /// orders for all, challenges are answered from it. Call before
+    /// [`CertStore::run`]; a second call is ignored (returns `false`).
+    pub fn set_shared(&self, shared: Arc<dyn SharedCerts>) -> bool {
+        self.shared
+            .set(SharedCtx {
+                store: shared,
+                challenges: Arc::new(Challenges::default()),
+                totals: Arc::new(ClusterTotals::default()),
+                cert_arrived: Arc::new(tokio::sync::Notify::new()),
+            })
+            .is_ok()
+    }
+
+    /// Cluster-mode figures, when [`CertStore::set_shared`] was called.
+    pub fn cluster_acme(&self) -> Option<ClusterAcme> {
+        let s = self.shared.get()?;
+        Some(ClusterAcme {
+            orders: s.totals.orders.load(Ordering::Relaxed),
+            lock_wait_ms: s.totals.lock_wait_ms.load(Ordering::Relaxed),
+            store_down: s.totals.down.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The answer to `GET /.well-known/acme-challenge/{token}`: this node's
+    /// own orders, else (cluster mode) the challenges seen by the watch,
+    /// else one read of the shared store (the watch may lag the CA by a few
+    /// milliseconds).
+    pub async fn http01_answer(&self, token: &str) -> Option<String> {
+        if let Some(answer) = self.http01_key_auth(token) {
+            return Some(answer);
+        }
+        let shared = self.shared.get()?;
+        let id = ChallengeId::Http01(token.to_string());
+        if let Some(answer) = shared.challenges.get(&id) {
+            tracing::info!(token, from = "watch", "answered HTTP-01 validation");
+            return Some(answer);
+        }
+        match shared.store.get_challenge(&id).await {
+            Ok(answer) => {
+                if answer.is_some() {
+                    tracing::info!(token, from = "store", "answered HTTP-01 validation");
+                }
+                answer
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP-01 challenge not found: the shared store is unreachable");
+                None
+            }
+        }
+    }
+
+    /// Cluster mode: the TLS-ALPN-01 challenge certificate for `domain`,
+    /// built from the key authorization published by whichever node
+    /// ordered (watch view, else one read of the shared store). `None`
+    /// outside cluster mode or without a pending challenge.
+    pub async fn shared_tls_alpn_cert(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
+        let shared = self.shared.get()?;
+        let domain = crate::normalize_host(domain);
+        let id = ChallengeId::TlsAlpn01(domain.clone());
+        let key_auth = match shared.challenges.get(&id) {
+            Some(k) => k,
+            None => match shared.store.get_challenge(&id).await {
+                Ok(k) => k?,
+                Err(e) => {
+                    tracing::warn!(error = %e, domain = %domain, "TLS-ALPN-01 challenge not found: the shared store is unreachable");
+                    return None;
+                }
+            },
+        };
+        match shared.challenges.alpn_cert(&domain, &key_auth) {
+            Ok(cert) => Some(cert),
+            Err(e) => {
+                tracing::warn!(error = %e, domain = %domain, "cannot build the TLS-ALPN-01 certificate");
+                None
+            }
+        }
+    }
+
+    /// Whether certificates are shared with other nodes.
+    pub fn is_shared(&self) -> bool {
+        self.shared.get().is_some()
     }
 
     /// Key authorization for `GET /.well-known/acme-challenge/{token}`.

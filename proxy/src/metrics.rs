@@ -157,6 +157,21 @@ const GAUGES: &[(&str, &str, &[&str])] = &[
         &[],
     ),
     (
+        "duotone_acme_cluster_orders_total",
+        "ACME orders this node placed for the whole cluster (cluster mode).",
+        &[],
+    ),
+    (
+        "duotone_acme_cluster_lock_wait_seconds_total",
+        "Time this node waited for ACME order locks (cluster mode).",
+        &[],
+    ),
+    (
+        "duotone_acme_cluster_store_down",
+        "1 while the shared certificate store (etcd) is unreachable: certificates in hand are served, orders wait.",
+        &[],
+    ),
+    (
         "duotone_buffered_bytes",
         "Request and response body bytes buffered now, in memory or in temp files ([buffering]).",
         &["where"],

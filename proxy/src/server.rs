@@ -52,6 +52,18 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
         let node = cluster::Cluster::node_name(c);
         Arc::new(cluster::Cluster::new(c.clone(), node))
     });
+    // Shared certificates: one ACME order per certificate for the cluster,
+    // keys sealed in etcd, challenges answered by any node.
+    if let (Some(store), Some(cluster), Some(settings)) = (&certs, &cluster, &config.cluster) {
+        if config.acme.is_some() {
+            let secret = settings.secret_key.as_ref().map(|k| k.0);
+            store.set_shared(Arc::new(cluster::EtcdCerts::new(cluster.clone(), secret)));
+            tracing::info!(
+                node = cluster.node(),
+                "ACME certificates shared through etcd"
+            );
+        }
+    }
     let metrics = Arc::new(crate::metrics::Metrics::new()?);
     let threads = server_cfg.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -169,7 +181,11 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
         access_log,
         compression,
         acme_http01: certs.clone().map(|store| {
-            Arc::new(move |token: &str| store.http01_key_auth(token)) as crate::edge::Http01Answers
+            Arc::new(move |token: String| {
+                let store = store.clone();
+                Box::pin(async move { store.http01_answer(&token).await })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+            }) as crate::edge::Http01Answers
         }),
     };
     let mut app = pingora::proxy::http_proxy(&server.configuration, edge);

@@ -42,3 +42,19 @@ pub async fn start_nodes(n: usize, template: &str, env: &[(&str, &str)]) -> Vec<
     });
     futures_util::future::join_all(starts).await
 }
+
+/// Like [`start_nodes`], every node's plain and TLS listeners on the same
+/// two ports (each on its own address), as an ACME CA dials one port for
+/// whichever node a name resolves to.
+pub async fn start_nodes_on(
+    n: usize,
+    ports: (u16, u16),
+    template: &str,
+    env: &[(&str, &str)],
+) -> Vec<Proxy> {
+    let starts = (0..n).map(|i| {
+        let t = node_template(template, i);
+        async move { Proxy::start_at_ports(node_ip(i), Some(ports), &t, env).await }
+    });
+    futures_util::future::join_all(starts).await
+}

@@ -311,6 +311,39 @@ impl Pebble {
         )
     }
 
+    /// Makes `pebble-challtestsrv` resolve `host` to `ip` (A record), e.g.
+    /// to send the CA's validation to one chosen node.
+    pub fn add_a(&self, host: &str, ip: &str) -> anyhow::Result<()> {
+        use std::io::{Read, Write};
+        let body = serde_json::json!({ "host": host, "addresses": [ip] }).to_string();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.challtest_management_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "POST /add-a HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        anyhow::ensure!(answer.starts_with("HTTP/1.1 200"), "add-a: {answer}");
+        Ok(())
+    }
+
+    /// How many lines of Pebble's log contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join("pebble.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// How many orders Pebble received (its log says "Added order" once each).
+    pub fn orders(&self) -> usize {
+        self.log_count("Added order")
+    }
+
     async fn get(&self, url: &str) -> anyhow::Result<(u16, Vec<u8>)> {
         https_get(url, &std::fs::read(self.ca_bundle())?).await
     }

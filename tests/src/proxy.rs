@@ -76,11 +76,24 @@ impl Proxy {
     /// Like [`Proxy::start_with_env`], with every listener on the loopback
     /// address `ip` (e.g. 127.0.0.2: one "host" of several edge nodes).
     pub async fn start_at(ip: std::net::Ipv4Addr, template: &str, env: &[(&str, &str)]) -> Proxy {
+        Self::start_at_ports(ip, None, template, env).await
+    }
+
+    /// Like [`Proxy::start_at`], with the plain and TLS listeners on the
+    /// given ports when `fixed` is set (several nodes on one port each, on
+    /// their own addresses: a CA dials a single port).
+    pub async fn start_at_ports(
+        ip: std::net::Ipv4Addr,
+        fixed: Option<(u16, u16)>,
+        template: &str,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = || crate::free_port_at(ip);
+        let (http, https) = fixed.unwrap_or_else(|| (port(), port()));
         let ports = Ports {
-            http: SocketAddr::from((ip, port())),
-            https: SocketAddr::from((ip, port())),
+            http: SocketAddr::from((ip, http)),
+            https: SocketAddr::from((ip, https)),
             admin: SocketAddr::from((ip, port())),
         };
         let config = dir.path().join("duotone.toml");

@@ -7,8 +7,8 @@
 //! | `nodes/{node}` | a node's report (JSON), under the node's lease |
 //! | `acme/account/{id}` | the ACME account key, sealed |
 //! | `acme/certs/{id}` | a certificate with its private key, sealed |
-//! | `acme/locks/{id}` | etcd lock of the one node ordering `{id}` |
-//! | `acme/challenges/{token-or-domain}` | a pending challenge's key authorization |
+//! | `acme/locks/{id}/{lease}` | a node in line for the order of `{id}`, under its lease; the oldest holds the lock |
+//! | `acme/challenges/{token}`, `acme/challenges/tls-alpn-01/{domain}` | a pending challenge's key authorization, under the lock's lease |
 
 /// Names the keys of one cluster (one prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]

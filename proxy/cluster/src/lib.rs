@@ -9,10 +9,12 @@
 // House rule: no `unwrap()`/`expect()` on input or I/O outside tests.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod certs;
 mod conn;
 pub mod keys;
 pub mod seal;
 pub mod sync;
 
+pub use certs::{EtcdCerts, LOCK_TTL_SECS};
 pub use conn::{brief, Cluster, ClusterError};
 pub use keys::Keys;

@@ -122,5 +122,24 @@ pub fn gauges(store: &CertStore) -> Vec<crate::metrics::StateGauge> {
         labels: vec![],
         value: failures as f64,
     });
+    if let Some(c) = store.cluster_acme() {
+        for (name, value) in [
+            ("duotone_acme_cluster_orders_total", c.orders as f64),
+            (
+                "duotone_acme_cluster_lock_wait_seconds_total",
+                c.lock_wait_ms as f64 / 1000.0,
+            ),
+            (
+                "duotone_acme_cluster_store_down",
+                if c.store_down { 1.0 } else { 0.0 },
+            ),
+        ] {
+            out.push(crate::metrics::StateGauge {
+                name,
+                labels: vec![],
+                value,
+            });
+        }
+    }
     out
 }

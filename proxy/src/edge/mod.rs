@@ -20,8 +20,13 @@ use routes::{Action, InFlight, MemberAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Answers ACME HTTP-01 challenges: token → key authorization.
-pub type Http01Answers = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+/// Answers ACME HTTP-01 challenges: token → key authorization (async: in
+/// cluster mode a challenge another node published may need an etcd read).
+pub type Http01Answers = Arc<
+    dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The proxy application.
 pub struct Edge {
@@ -266,7 +271,11 @@ impl ProxyHttp for Edge {
                 return answer(session, a, &snap, ctx.page_site).await;
             }
             Decision::Challenge(token) => {
-                match self.acme_http01.as_ref().and_then(|acme| acme(&token)) {
+                let found = match self.acme_http01.as_ref() {
+                    Some(acme) => acme(token).await,
+                    None => None,
+                };
+                match found {
                     Some(key_auth) => respond::owned(session, 200, key_auth).await?,
                     None => {
                         return answer(session, policy::UNKNOWN_CHALLENGE, &snap, ctx.page_site)
