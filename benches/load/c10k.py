@@ -60,6 +60,9 @@ DEFAULT_PEERS = ["duotone", "nginx", "haproxy", "caddy", "traefik"]
 # Room in one process besides the client sockets: listeners, the upstream
 # pool, log and temp files, the runtime's own descriptors.
 RESERVE = 1024
+# Upstream connections Caddy may open (max_conns_per_host) and Traefik keep
+# idle: 10 000 clients and this many fit under a 20 000 file limit.
+UPSTREAM_CAP = 4096
 
 # wrk's done() hook: one line per figure, parsed by parse().
 LUA = r"""
@@ -152,8 +155,37 @@ def raise_limits(cfg_dir, peer, n, nofile):
         # 2.3); it gets what the others get, the file limit here.
         replace_once(os.path.join(cfg_dir, "haproxy.cfg"), "  maxconn 4096\n",
                      "  maxconn %d\n  ulimit-n %d\n  no strict-limits\n" % (n + 256, nofile))
-    # Caddy and Traefik (Go) raise their soft limit to the hard one and have
-    # no connection limit of their own.
+    elif peer == "caddy":
+        # Go's transport opens one upstream connection per request in flight
+        # and no limit: 10 000 clients + as many dials ran out of the 20 000
+        # descriptors here ("socket: too many open files", 502). Capped as
+        # an operator with this file limit would; requests then wait for a
+        # connection instead of failing.
+        path = os.path.join(cfg_dir, "Caddyfile")
+        text = open(path).read()
+        old = "reverse_proxy 127.0.0.1:%d\n" % origin_port(text)
+        if text.count(old) != 2:
+            sys.exit("%s: reverse_proxy lines not found (bench.py's config changed?)" % path)
+        bench.write(path, text.replace(old, old.rstrip("\n") + " {\n      transport http {\n"
+                                       "        max_conns_per_host %d\n      }\n    }\n"
+                                       % UPSTREAM_CAP))
+    elif peer == "traefik":
+        # Traefik has no cap on upstream connections (v3: serversTransport
+        # has only maxIdleConnsPerHost, default 200); more idle ones kept
+        # means fewer new dials, not fewer descriptors at the peak.
+        path = os.path.join(cfg_dir, "traefik.yml")
+        bench.write(path, open(path).read() + "serversTransport:\n  maxIdleConnsPerHost: %d\n"
+                    % UPSTREAM_CAP)
+    # Caddy and Traefik (Go) raise their soft limit to the hard one.
+
+
+def origin_port(caddyfile):
+    """The origin's port in bench.py's Caddyfile."""
+    for line in caddyfile.splitlines():
+        line = line.strip()
+        if line.startswith("reverse_proxy 127.0.0.1:"):
+            return int(line.rsplit(":", 1)[1])
+    sys.exit("Caddyfile: no reverse_proxy line (bench.py's config changed?)")
 
 
 def origin_config(tmp, port, nofile):
@@ -183,20 +215,16 @@ def netstat():
 
 def established_to(port):
     """ESTABLISHED TCP connections whose local port is `port` (the proxy's
-    side of each client connection)."""
-    n = 0
-    want = ":%04X" % port
-    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(f) as fh:
-                next(fh, None)
-                for line in fh:
-                    parts = line.split(None, 4)
-                    if len(parts) > 3 and parts[3] == "01" and parts[1].endswith(want):
-                        n += 1
-        except OSError:
-            pass
-    return n
+    side of each client connection, accepted or still in its accept queue),
+    by `ss` (netlink; /proc/net/tcp read in pieces repeats entries while
+    other sockets come and go). None without `ss`."""
+    try:
+        out = subprocess.run(["ss", "-Htn", "state", "established", "( sport = :%d )" % port],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return sum(1 for line in out.stdout.splitlines() if line.strip()) \
+        if out.returncode == 0 else None
 
 
 class Sampler(threading.Thread):
@@ -210,7 +238,9 @@ class Sampler(threading.Thread):
 
     def run(self):
         while not self.halt.wait(self.every):
-            self.conns.append(established_to(self.port))
+            n = established_to(self.port)
+            if n is not None:
+                self.conns.append(n)
             self.rss.append(bench.rss_kb(self.pid))
 
 
@@ -529,6 +559,7 @@ def main():
     ap.add_argument("--out", default=None, help="write PREFIX.md and PREFIX.json")
     ap.add_argument("--latest", default=None,
                     help="also put the table in this markdown file as its `## c10k` section")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the configs and logs")
     a = ap.parse_args()
     if a.quick:
         a.duration = 10
@@ -582,7 +613,10 @@ def main():
         bench.stop(origin)
     finally:
         bench.stop_all()
-        shutil.rmtree(tmp, True)
+        if a.keep_tmp:
+            log("configs and logs kept in %s" % tmp)
+        else:
+            shutil.rmtree(tmp, True)
     m = bench.machine()
     md = render(rows, peers, a, m, soft)
     print(md)
