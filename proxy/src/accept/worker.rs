@@ -20,11 +20,12 @@ use tokio::sync::oneshot;
 /// (one turn of the accept loop), before the worker's other tasks run again.
 /// Tokio's cooperative budget alone would stop at 128 per turn and send the
 /// loop to the back of the worker's queue, behind every connection it just
-/// started: with 10 000 clients connecting at once the kernel's accept queue
-/// (`net.core.somaxconn`, 4 096 on current kernels) then overflowed and
-/// clients waited for SYN retransmits (1 s, 3 s, …). 1 024 emptied it in
-/// `benches/load/c10k.py`; the handshakes still run in each connection's own
-/// task, so a batch costs the other tasks one accept() per connection.
+/// started, while 10 000 clients connecting at once fill the kernel's accept
+/// queue (`net.core.somaxconn`, 4 096 on current kernels; past it SYNs are
+/// dropped and clients wait for a retransmit, 1 s, 3 s, …). With 1 024,
+/// Duotone's own queue stayed under 100 in `benches/load/c10k.py`. The
+/// handshakes still run in each connection's own task, so a batch costs the
+/// other tasks one accept() per connection.
 const ACCEPT_BATCH: usize = 1024;
 
 /// A connection on its way from the worker that accepted it to the one that
