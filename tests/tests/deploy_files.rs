@@ -750,7 +750,14 @@ colors.green = ["127.0.0.1:9"]
 fn limit(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
-        .find_map(|l| l.strip_prefix(key)?.trim().strip_prefix('=')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .strip_prefix('=')?
+                .trim()
+                .parse()
+                .ok()
+        })
 }
 
 #[test]
@@ -780,14 +787,22 @@ fn file_limits_hold_max_connections() {
     for side in ["soft", "hard"] {
         let v: u64 = yml
             .lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{side}: ${{DUOTONE_NOFILE:-")))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("{side}: ${{DUOTONE_NOFILE:-"))
+            })
             .and_then(|v| v.trim_end_matches('}').parse().ok())
-            .unwrap_or_else(|| panic!("docker-compose.yml: ulimits nofile {side} from DUOTONE_NOFILE"));
+            .unwrap_or_else(|| {
+                panic!("docker-compose.yml: ulimits nofile {side} from DUOTONE_NOFILE")
+            });
         assert!(v >= need, "compose nofile {side} {v} under {need}");
     }
 
     let guide = read(&deploy("README.md"));
-    assert!(guide.contains("## File descriptors"), "deploy/README.md lacks the section");
+    assert!(
+        guide.contains("## File descriptors"),
+        "deploy/README.md lacks the section"
+    );
     assert!(
         guide.contains("2 × max_connections + max_open_files + 1 024"),
         "deploy/README.md lacks the formula"
