@@ -1217,6 +1217,29 @@ def render_rounds(runs, scen):
     return L
 
 
+def put_section(path, name, body):
+    """Puts `body` into the markdown file `path` as its section `## name`:
+    replaces that section (up to the next `## ` heading) if the file has one,
+    else appends it. For the scripts that run after bench.py (idle_conns.py,
+    c10k.py) to show their results in latest.md too."""
+    try:
+        with open(path) as f:
+            lines = f.read().split("\n")
+    except FileNotFoundError:
+        lines = []
+    head = "## " + name
+    new = [head, ""] + body.rstrip("\n").split("\n") + [""]
+    if head in lines:
+        i = lines.index(head)
+        j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+        lines[i:j] = new
+    else:
+        while lines and lines[-1] == "":
+            lines.pop()
+        lines += ([""] if lines else []) + new
+    write(path, "\n".join(lines).rstrip("\n") + "\n")
+
+
 if __name__ == "__main__":
     try:
         sys.exit(main())

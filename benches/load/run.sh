@@ -7,6 +7,7 @@
 #   benches/load/run.sh --scenario upload-1m,download-1m   # 1 MiB bodies through every peer
 #   benches/load/run.sh --scenario slow-uploads            # only slow_uploads.py (memory under 200 slow uploaders)
 #   benches/load/run.sh --scenario idle-conns              # only idle_conns.py (memory per idle connection)
+#   benches/load/run.sh --scenario c10k                    # only c10k.py (10 000 active clients per peer)
 #   benches/load/run.sh --no-build       # use the existing target/release/duotone
 #   benches/load/run.sh --no-install     # don't apt-get / pip install anything
 #   benches/load/run.sh --help           # all of bench.py's options
@@ -21,7 +22,12 @@
 # .json (beside --out's prefix when given). Then, likewise, idle_conns.py (memory per
 # idle connection, 5 000 of each kind: HTTP/1.1, HTTPS, HTTP/2 over TLS, per peer; 1 000
 # with --quick; the pseudo-scenario `idle-conns`): benches/results/idle-conns.md and
-# .json. Everything listens on 127.0.0.1 only;
+# .json. Then c10k.py (10 000 concurrent keep-alive clients per peer over 4 wrk
+# processes, 30 s each, 10 s with --quick; the pseudo-scenario `c10k`):
+# benches/results/c10k.md and .json. Both also put their table into latest.md
+# (sections `## idle-conns` and `## c10k`). File limit: the soft limit is raised to
+# the hard one here (c10k needs 10 000 + about 1 024 in one process; see
+# deploy/README.md, "File descriptors"). Everything listens on 127.0.0.1 only;
 # every process started is time-limited and killed by PID on exit or Ctrl-C.
 set -euo pipefail
 
@@ -37,19 +43,23 @@ BENCH=1        # run bench.py
 SLOW_ARGS=()
 IDLE=1         # run idle_conns.py after bench.py
 IDLE_ARGS=()
+C10K=1         # run c10k.py after idle_conns.py
+C10K_ARGS=()
 OUT="$ROOT/benches/results/latest"
 # `--scenario LIST` may name the pseudo-scenarios slow-uploads (slow_uploads.py)
 # and idle-conns (idle_conns.py); bench.py gets the rest of the list. Without
-# --scenario all three run.
+# --scenario all four run (c10k too: c10k.py).
 scenarios() {
   local list="$1" kept=() s
   SLOW=0
   IDLE=0
+  C10K=0
   IFS=',' read -ra parts <<<"$list"
   for s in "${parts[@]}"; do
     case "$s" in
       slow-uploads) SLOW=1 ;;
       idle-conns) IDLE=1 ;;
+      c10k) C10K=1 ;;
       *) [[ -n "$s" ]] && kept+=("$s") ;;
     esac
   done
@@ -68,10 +78,11 @@ while ((i < ${#args[@]})); do
     --no-install) INSTALL=0 ;;
     --scenario) i=$((i + 1)); scenarios "${args[$i]:-}" ;;
     --scenario=*) scenarios "${a#--scenario=}" ;;
-    --quick) SLOW_ARGS+=(--quick); IDLE_ARGS+=(--quick); ARGS+=("$a") ;;
+    --quick) SLOW_ARGS+=(--quick); IDLE_ARGS+=(--quick); C10K_ARGS+=(--quick); ARGS+=("$a") ;;
     --only) i=$((i + 1)); SLOW_ARGS+=(--peers "${args[$i]:-}"); IDLE_ARGS+=(--peers "${args[$i]:-}")
-      ARGS+=(--only "${args[$i]:-}") ;;
-    --only=*) SLOW_ARGS+=(--peers "${a#--only=}"); IDLE_ARGS+=(--peers "${a#--only=}"); ARGS+=("$a") ;;
+      C10K_ARGS+=(--peers "${args[$i]:-}"); ARGS+=(--only "${args[$i]:-}") ;;
+    --only=*) SLOW_ARGS+=(--peers "${a#--only=}"); IDLE_ARGS+=(--peers "${a#--only=}")
+      C10K_ARGS+=(--peers "${a#--only=}"); ARGS+=("$a") ;;
     --out) i=$((i + 1)); OUT="${args[$i]:-}"; ARGS+=(--out "$OUT") ;;
     --out=*) OUT="${a#--out=}"; ARGS+=("$a") ;;
     *) ARGS+=("$a") ;;
@@ -161,6 +172,8 @@ if [[ "$BUILD" == 1 ]]; then
 fi
 
 # ---- 3. run -----------------------------------------------------------------
+# as high as it goes: 65 536, else the hard limit (c10k.py and idle_conns.py
+# raise theirs to the hard limit themselves too)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 status=0
 if [[ "$BENCH" == 1 ]]; then
@@ -180,6 +193,14 @@ if [[ "$IDLE" == 1 ]]; then
   fi
   echo "idle connections: benches/load/idle_conns.py" >&2
   bounded 1800 python3 "$HERE/idle_conns.py" --out "$(dirname "$OUT")/idle-conns" \
-    ${IDLE_ARGS[@]+"${IDLE_ARGS[@]}"} || status=$?
+    --latest "$OUT.md" ${IDLE_ARGS[@]+"${IDLE_ARGS[@]}"} || status=$?
+fi
+if [[ "$C10K" == 1 ]]; then
+  if [[ "$DUOTONE_BUILD" == failed ]] && [[ ! " ${C10K_ARGS[*]-} " == *" --peers "* ]]; then
+    C10K_ARGS+=(--peers nginx,haproxy)
+  fi
+  echo "10 000 active clients: benches/load/c10k.py" >&2
+  bounded 1800 python3 "$HERE/c10k.py" --out "$(dirname "$OUT")/c10k" \
+    --latest "$OUT.md" ${C10K_ARGS[@]+"${C10K_ARGS[@]}"} || status=$?
 fi
 exit "$status"

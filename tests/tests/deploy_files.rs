@@ -744,3 +744,72 @@ colors.green = ["127.0.0.1:9"]
     assert!(text.contains("duotone_request_duration_seconds_bucket{"));
     assert!(text.contains("status_class=\"2xx\""));
 }
+
+/// The value of `key = N` in the `[limits]` block of `text` (a TOML file or
+/// the README's config reference), if it is there.
+fn limit(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .strip_prefix('=')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+#[test]
+fn file_limits_hold_max_connections() {
+    // What deploy/README.md asks for: 2 x max_connections + max_open_files
+    // + 1024, with the example config's max_connections and the README's
+    // defaults (the values of routes/src/config.rs).
+    let readme = read(&repo().join("README.md"));
+    let example = read(&deploy("duotone.toml"));
+    let max_connections = limit(&example, "max_connections")
+        .or_else(|| limit(&readme, "max_connections"))
+        .expect("max_connections in README.md's [limits]");
+    let max_open_files = limit(&example, "max_open_files")
+        .or_else(|| limit(&readme, "max_open_files"))
+        .expect("max_open_files in README.md's [limits]");
+    let need = 2 * max_connections + max_open_files + 1024;
+
+    let unit = read(&deploy("duotone.service"));
+    let nofile: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("duotone.service sets LimitNOFILE=N");
+    assert!(nofile >= need, "LimitNOFILE={nofile} under {need}");
+
+    let yml = read(&deploy("docker-compose.yml"));
+    for side in ["soft", "hard"] {
+        let v: u64 = yml
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("{side}: ${{DUOTONE_NOFILE:-"))
+            })
+            .and_then(|v| v.trim_end_matches('}').parse().ok())
+            .unwrap_or_else(|| {
+                panic!("docker-compose.yml: ulimits nofile {side} from DUOTONE_NOFILE")
+            });
+        assert!(v >= need, "compose nofile {side} {v} under {need}");
+    }
+
+    let guide = read(&deploy("README.md"));
+    assert!(
+        guide.contains("## File descriptors"),
+        "deploy/README.md lacks the section"
+    );
+    assert!(
+        guide.contains("2 × max_connections + max_open_files + 1 024"),
+        "deploy/README.md lacks the formula"
+    );
+    let shown = format!("{},{:03}", need / 1000, need % 1000).replace(',', " ");
+    assert!(
+        guide.contains(&shown),
+        "deploy/README.md should give the default need, {shown}"
+    );
+}

@@ -10,10 +10,23 @@ use pingora::apps::ServerApp;
 use pingora::server::ShutdownWatch;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
+
+/// At most this many connections are taken from the accept queue in one go
+/// (one turn of the accept loop), before the worker's other tasks run again.
+/// Tokio's cooperative budget alone would stop at 128 per turn and send the
+/// loop to the back of the worker's queue, behind every connection it just
+/// started, while 10 000 clients connecting at once fill the kernel's accept
+/// queue (`net.core.somaxconn`, 4 096 on current kernels; past it SYNs are
+/// dropped and clients wait for a retransmit, 1 s, 3 s, …). With 1 024,
+/// Duotone's own queue stayed under 100 in `benches/load/c10k.py`. The
+/// handshakes still run in each connection's own task, so a batch costs the
+/// other tasks one accept() per connection.
+const ACCEPT_BATCH: usize = 1024;
 
 /// A connection on its way from the worker that accepted it to the one that
 /// serves it, already counted there.
@@ -106,16 +119,30 @@ impl<A: ServerApp + Send + Sync + 'static> Worker<A> {
                     break;
                 }
             };
-            match accepted {
-                Ok((tcp, peer)) => self.dispatch(&endpoint, tcp, peer),
-                Err(e) => {
-                    tracing::error!("Accept() failed {e}");
-                    if e.raw_os_error() == Some(libc::EMFILE) {
-                        // Too many open files: accept() fails again at once
-                        // until others close; give them a moment.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut accepted = Some(accepted);
+            let mut taken = 0;
+            while let Some(result) = accepted.take() {
+                taken += 1;
+                match result {
+                    Ok((tcp, peer)) => self.dispatch(&endpoint, tcp, peer),
+                    Err(e) => {
+                        tracing::error!("Accept() failed {e}");
+                        if e.raw_os_error() == Some(libc::EMFILE) {
+                            // Too many open files: accept() fails again at
+                            // once until others close; give them a moment.
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        break;
                     }
                 }
+                if taken < ACCEPT_BATCH {
+                    accepted = accept_now(&listener).await;
+                }
+            }
+            if taken >= ACCEPT_BATCH {
+                // More may be waiting: let the connections just started run
+                // first (as Tokio's budget would have, 1 024 instead of 128).
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -169,6 +196,17 @@ impl<A: ServerApp + Send + Sync + 'static> Worker<A> {
             }
         }
     }
+}
+
+/// The next connection waiting in `listener`'s accept queue, or `None` if
+/// there is none right now. Outside Tokio's cooperative budget, so a batch
+/// of [`ACCEPT_BATCH`] is not cut at 128.
+async fn accept_now(listener: &TcpListener) -> Option<std::io::Result<(TcpStream, SocketAddr)>> {
+    tokio::task::unconstrained(std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+        Poll::Ready(accepted) => Poll::Ready(Some(accepted)),
+        Poll::Pending => Poll::Ready(None),
+    }))
+    .await
 }
 
 /// Completes once Pingora signals shutdown (or can no longer signal it).
