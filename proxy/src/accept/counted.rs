@@ -1,5 +1,6 @@
 //! A client socket that holds its place in the workers' open-connection
-//! counts ([`super::spread::Open`]) until its close begins.
+//! counts ([`super::spread::Open`]) until its close begins, and lingers as
+//! it closes with input unread ([`super::linger`]).
 
 use super::spread::Open;
 use async_trait::async_trait;
@@ -37,6 +38,13 @@ impl Counted {
     /// The socket stream.
     pub fn get_ref(&self) -> &L4Stream {
         &self.inner
+    }
+}
+
+impl Drop for Counted {
+    /// A socket closed with input unread lingers ([`super::linger`]).
+    fn drop(&mut self) {
+        super::linger::on_close(std::os::fd::AsRawFd::as_raw_fd(&self.inner));
     }
 }
 
