@@ -19,6 +19,9 @@ pub struct Counted {
     /// Declared before `inner`, so it drops before the socket closes.
     counted: Option<Open>,
     inner: L4Stream,
+    /// Whether the last thing that happened on the connection was a write
+    /// (an answer), not input: only then does a close linger.
+    answered: bool,
 }
 
 impl Counted {
@@ -27,6 +30,7 @@ impl Counted {
         Counted {
             counted: Some(open),
             inner,
+            answered: false,
         }
     }
 
@@ -42,9 +46,14 @@ impl Counted {
 }
 
 impl Drop for Counted {
-    /// A socket closed with input unread lingers ([`super::linger`]).
+    /// A socket closed after an answer, while the client may still be
+    /// sending, lingers ([`super::linger`]). One closed while the client
+    /// was sending and got no answer (a head that never completed, cut off
+    /// by its deadline) closes at once.
     fn drop(&mut self) {
-        super::linger::on_close(std::os::fd::AsRawFd::as_raw_fd(&self.inner));
+        if self.answered {
+            super::linger::on_close(std::os::fd::AsRawFd::as_raw_fd(&self.inner));
+        }
     }
 }
 
@@ -54,11 +63,16 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.answered = false;
+        }
+        res
     }
 }
 
-crate::net::wrap::counted_stream!(Counted);
+crate::net::wrap::counted_stream!(Counted, wrote: answered);
 
 impl Ssl for Counted {}
 

@@ -9,11 +9,14 @@
 //! [`TOTAL`] in all; then the socket closes.
 //!
 //! The close cannot know whether the client is still sending (its next
-//! bytes may be on the way while none wait), so every close the client did
-//! not begin lingers: one whose socket shows neither the client's end nor
-//! an error. A client that closed first (the common case) closes at once,
-//! as before, after one `recv` to find out. A lingering socket holds no
-//! buffer: its input is read into one scratch buffer per worker thread.
+//! bytes may be on the way while none wait), so a close after an answer
+//! lingers whenever the client has not closed first ([`super::Counted`]
+//! tells an answer: the last thing on the connection was a write). A
+//! client that closed first (the common case) closes at once, as before,
+//! after one `recv` to find out; so does a connection that got no answer
+//! (a head cut off by its deadline: as nginx, no lingering for it). A
+//! lingering socket holds no buffer: its input is read into one scratch
+//! buffer per worker thread.
 
 use std::cell::RefCell;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
