@@ -157,7 +157,10 @@ mod tests {
             assert!(Instant::now() < deadline, "no input arrived");
             tokio::task::yield_now().await;
         }
-        server.write_all(b"HTTP/1.1 503 x\r\n\r\n").await.expect("write");
+        server
+            .write_all(b"HTTP/1.1 503 x\r\n\r\n")
+            .await
+            .expect("write");
         on_close(server.as_raw_fd());
         drop(server);
         // The client goes on sending, then reads the answer.
@@ -215,6 +218,9 @@ mod tests {
         let server = tokio::net::TcpStream::from_std(server).expect("from std");
         linger(server).await;
         let took = start.elapsed();
-        assert!(took >= IDLE && took < IDLE + Duration::from_secs(1), "{took:?}");
+        assert!(
+            took >= IDLE && took < IDLE + Duration::from_secs(1),
+            "{took:?}"
+        );
     }
 }
