@@ -108,6 +108,61 @@ mod tests {
         drop((counted, client));
     }
 
+    async fn pair() -> (tokio::net::TcpStream, Counted, std::sync::Arc<Load>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let load = Load::new(1);
+        let (_, open) = load.assign(0);
+        (client, Counted::new(L4Stream::from(server), open), load)
+    }
+
+    /// Closed after an answer while the client still sends (an early 503 to
+    /// an upload): the client's writes go on, and it reads the answer whole.
+    #[tokio::test]
+    async fn lingers_after_an_answer() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, mut server, _load) = pair().await;
+        client
+            .write_all(b"POST / HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 8];
+        server.read_exact(&mut head).await.expect("read");
+        server.write_all(b"answer").await.expect("write");
+        server.flush().await.expect("flush");
+        drop(server);
+        for _ in 0..16 {
+            client.write_all(&[b'x'; 64 * 1024]).await.expect("write");
+        }
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("read");
+        assert_eq!(answer, b"answer");
+    }
+
+    /// Cut off while the client sends, with no answer (a head past its
+    /// deadline): closed at once, so the client's writes fail.
+    #[tokio::test]
+    async fn does_not_linger_without_an_answer() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, mut server, _load) = pair().await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 8];
+        server.read_exact(&mut head).await.expect("read");
+        drop(server);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while client.write_all(b"X-1: y\r\n").await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "still open");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test]
     async fn stops_counting_when_dropped() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
