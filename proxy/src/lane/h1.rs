@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 /// closed under it.
 const LAST_CALL: Duration = Duration::from_secs(2);
 
-use super::state::{hsts, local_port, peer_ip, read_idle, read_some, End, Lane, Outcome};
+use super::state::{
+    give_back, hsts, local_port, peer_ip, read_idle, read_some, End, Lane, Outcome,
+};
 use super::{local, relay, request};
 
 impl Lane {
@@ -190,7 +192,7 @@ impl Lane {
             if buf.is_empty() {
                 // Idle until the next request: no buffer held meanwhile
                 // (`read_idle` reads into the worker's).
-                buf = Vec::new();
+                give_back(&mut buf);
             }
             io.next_request();
             served += 1;
