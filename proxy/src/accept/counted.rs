@@ -1,6 +1,6 @@
 //! A client socket that holds its place in the workers' open-connection
 //! counts ([`super::spread::Open`]) until its close begins, and lingers as
-//! it closes with input unread ([`super::linger`]).
+//! it closes after an answer ([`super::linger`]).
 
 use super::spread::Open;
 use async_trait::async_trait;
