@@ -100,12 +100,16 @@ impl PreTlsProcess for Chain {
     }
 }
 
-/// Buffers of accepted client connections: no read buffer (Pingora's HTTP
-/// reader and rustls each keep their own, so a 64 KiB `BufReader` only adds
-/// a copy per read and a 64 KiB memset per connection, 2 % of a full TLS
-/// handshake's CPU), Pingora's default write buffer.
+/// Buffers of accepted client connections: none. No read buffer (Pingora's
+/// HTTP reader and rustls each keep their own, so a 64 KiB `BufReader` only
+/// adds a copy per read and a 64 KiB memset per connection, 2 % of a full
+/// TLS handshake's CPU), and no write buffer: rustls and the `h2` crate
+/// gather their records and frames themselves, and Duotone's lane writes a
+/// response's head and body at once, so Pingora's 1 460-byte write buffer
+/// only held 1.5 KiB per idle connection (#21). (Pingora's own HTTP/1.1
+/// path writes a head and its body in two writes without it.)
 pub fn client_buffers() -> L4BufferSettings {
-    L4BufferSettings::default().read(0)
+    L4BufferSettings::default().read(0).write(0)
 }
 
 /// Pre-TLS callback answering TLS-ALPN-01 validation connections.

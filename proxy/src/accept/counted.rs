@@ -1,5 +1,6 @@
 //! A client socket that holds its place in the workers' open-connection
-//! counts ([`super::spread::Open`]) until its close begins.
+//! counts ([`super::spread::Open`]) until its close begins, and lingers as
+//! it closes after an answer ([`super::linger`]).
 
 use super::spread::Open;
 use async_trait::async_trait;
@@ -18,6 +19,9 @@ pub struct Counted {
     /// Declared before `inner`, so it drops before the socket closes.
     counted: Option<Open>,
     inner: L4Stream,
+    /// Whether the last thing that happened on the connection was a write
+    /// (an answer), not input: only then does a close linger.
+    answered: bool,
 }
 
 impl Counted {
@@ -26,6 +30,7 @@ impl Counted {
         Counted {
             counted: Some(open),
             inner,
+            answered: false,
         }
     }
 
@@ -40,17 +45,34 @@ impl Counted {
     }
 }
 
+impl Drop for Counted {
+    /// A socket closed after an answer, while the client may still be
+    /// sending, lingers ([`super::linger`]). One closed while the client
+    /// was sending and got no answer (a head that never completed, cut off
+    /// by its deadline) closes at once.
+    fn drop(&mut self) {
+        if self.answered {
+            super::linger::on_close(std::os::fd::AsRawFd::as_raw_fd(&self.inner));
+        }
+    }
+}
+
 impl AsyncRead for Counted {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.answered = false;
+        }
+        res
     }
 }
 
-crate::net::wrap::counted_stream!(Counted);
+crate::net::wrap::counted_stream!(Counted, wrote: answered);
 
 impl Ssl for Counted {}
 
@@ -84,6 +106,61 @@ mod tests {
             .expect("shutdown");
         assert_eq!(load.counts(), [0]);
         drop((counted, client));
+    }
+
+    async fn pair() -> (tokio::net::TcpStream, Counted, std::sync::Arc<Load>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let load = Load::new(1);
+        let (_, open) = load.assign(0);
+        (client, Counted::new(L4Stream::from(server), open), load)
+    }
+
+    /// Closed after an answer while the client still sends (an early 503 to
+    /// an upload): the client's writes go on, and it reads the answer whole.
+    #[tokio::test]
+    async fn lingers_after_an_answer() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, mut server, _load) = pair().await;
+        client
+            .write_all(b"POST / HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 8];
+        server.read_exact(&mut head).await.expect("read");
+        server.write_all(b"answer").await.expect("write");
+        server.flush().await.expect("flush");
+        drop(server);
+        for _ in 0..16 {
+            client.write_all(&[b'x'; 64 * 1024]).await.expect("write");
+        }
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("read");
+        assert_eq!(answer, b"answer");
+    }
+
+    /// Cut off while the client sends, with no answer (a head past its
+    /// deadline): closed at once, so the client's writes fail.
+    #[tokio::test]
+    async fn does_not_linger_without_an_answer() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, mut server, _load) = pair().await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 8];
+        server.read_exact(&mut head).await.expect("read");
+        drop(server);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while client.write_all(b"X-1: y\r\n").await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "still open");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]

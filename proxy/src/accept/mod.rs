@@ -18,6 +18,7 @@ pub mod bind;
 pub mod conn;
 mod counted;
 mod endpoint;
+mod linger;
 pub mod proxy_protocol;
 mod service;
 pub mod spread;

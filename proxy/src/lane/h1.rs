@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 /// closed under it.
 const LAST_CALL: Duration = Duration::from_secs(2);
 
-use super::state::{hsts, local_port, peer_ip, read_some, End, Lane, Outcome};
+use super::state::{
+    give_back, hsts, local_port, peer_ip, read_idle, read_some, End, Lane, Outcome,
+};
 use super::{local, relay, request};
 
 impl Lane {
@@ -91,7 +93,7 @@ impl Lane {
                     } else {
                         tokio::select! {
                             biased;
-                            r = client_timer.within(limits.keepalive_timeout, read_some(io, &mut buf)) => Some(r),
+                            r = client_timer.within(limits.keepalive_timeout, read_idle(io, &mut buf)) => Some(r),
                             _ = shutdown.changed() => None,
                         }
                     };
@@ -99,10 +101,14 @@ impl Lane {
                         Some(r) => r,
                         None => {
                             client_timer
-                                .within(last_call, read_some(io, &mut buf))
+                                .within(last_call, read_idle(io, &mut buf))
                                 .await
                         }
                     }
+                } else if buf.is_empty() {
+                    // A new connection's first bytes (the head deadline
+                    // bounds the wait).
+                    Ok(read_idle(io, &mut buf).await)
                 } else {
                     // The head deadline (HeadDeadline) bounds this.
                     Ok(read_some(io, &mut buf).await)
@@ -183,6 +189,11 @@ impl Lane {
                 }
             };
             buf.drain(..need);
+            if buf.is_empty() {
+                // Idle until the next request: no buffer held meanwhile
+                // (`read_idle` reads into the worker's).
+                give_back(&mut buf);
+            }
             io.next_request();
             served += 1;
             self.finish(&snap, &plan, &outcome, start, log, &ip, "HTTP/1.1");

@@ -7,9 +7,12 @@ use crate::net::forwarded::RequestIds;
 use crate::net::stream::HeadDeadline;
 use crate::ops::access_log::AccessLog;
 use pingora::protocols::GetSocketDigest;
+use std::cell::RefCell;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// The lane's shared state.
 pub struct Lane {
@@ -137,7 +140,73 @@ pub(super) async fn read_some<R: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(4096);
+        buf.reserve(READ_BYTES);
     }
     r.read_buf(buf).await
+}
+
+/// The size of a connection's read buffer, and of the worker's buffer for
+/// reads on idle connections.
+const READ_BYTES: usize = 4096;
+
+/// How many read buffers of connections that went idle a worker keeps for
+/// the next ones that get input.
+const SPARES: usize = 32;
+
+thread_local! {
+    /// What an idle connection reads first is read here (one per worker
+    /// thread), so that a connection waiting for its next request holds no
+    /// buffer of its own.
+    static IDLE_READ: RefCell<[u8; READ_BYTES]> = const { RefCell::new([0; READ_BYTES]) };
+    /// Read buffers given back by connections that went idle (at most
+    /// [`SPARES`]): a busy worker reuses them instead of an allocation per
+    /// request.
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes `buf` (empty) from a connection that goes idle, keeping its
+/// memory for the worker's next connection that gets input.
+pub(super) fn give_back(buf: &mut Vec<u8>) {
+    let spare = std::mem::take(buf);
+    if spare.capacity() == READ_BYTES {
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARES {
+                s.push(spare);
+            }
+        });
+    }
+}
+
+/// Reads the first bytes of a request into `buf` (empty, and often without
+/// capacity: an idle connection's) and returns how many. The wait holds no
+/// buffer: the bytes are read into the worker's buffer, and only then
+/// copied into `buf`, which takes a buffer given back by a connection that
+/// went idle ([`give_back`]) or a new one.
+pub(super) async fn read_idle<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        IDLE_READ.with(|scratch| {
+            // Borrowed only within this poll: no other read runs meanwhile.
+            let mut scratch = scratch.borrow_mut();
+            let mut read = ReadBuf::new(&mut scratch[..]);
+            match Pin::new(&mut *r).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let got = read.filled();
+                    if buf.capacity() == 0 && !got.is_empty() {
+                        *buf = SPARE
+                            .with(|s| s.borrow_mut().pop())
+                            .unwrap_or_else(|| Vec::with_capacity(READ_BYTES));
+                    }
+                    buf.extend_from_slice(got);
+                    Poll::Ready(Ok(got.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+    .await
 }

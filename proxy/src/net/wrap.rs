@@ -10,8 +10,20 @@
 /// Pingora's `Shutdown` (the same), and `UniqueID` and the timing, proxy
 /// and socket digests by delegating to `inner`. Reading, `Ssl` and `Peek`
 /// stay the wrapper's own.
+/// With `wrote: FIELD`, each write that sends something also sets the
+/// wrapper's `bool` FIELD.
 macro_rules! counted_stream {
     ($wrapper:ty) => {
+        $crate::net::wrap::counted_stream!($wrapper, |_this, _n| {});
+    };
+    ($wrapper:ty, wrote: $field:ident) => {
+        $crate::net::wrap::counted_stream!($wrapper, |this, n| {
+            if n > 0 {
+                this.$field = true;
+            }
+        });
+    };
+    ($wrapper:ty, |$this:ident, $n:ident| $on_write:block) => {
         impl ::tokio::io::AsyncWrite for $wrapper {
             fn poll_write(
                 mut self: ::std::pin::Pin<&mut Self>,
@@ -20,7 +32,12 @@ macro_rules! counted_stream {
             ) -> ::std::task::Poll<::std::io::Result<usize>> {
                 #[allow(unused_imports)]
                 use ::tokio::io::AsyncWrite as _;
-                ::std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+                let res = ::std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+                if let ::std::task::Poll::Ready(Ok($n)) = &res {
+                    let ($this, $n) = (&mut *self, *$n);
+                    $on_write
+                }
+                res
             }
             fn poll_flush(
                 mut self: ::std::pin::Pin<&mut Self>,
@@ -47,7 +64,12 @@ macro_rules! counted_stream {
             ) -> ::std::task::Poll<::std::io::Result<usize>> {
                 #[allow(unused_imports)]
                 use ::tokio::io::AsyncWrite as _;
-                ::std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+                let res = ::std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+                if let ::std::task::Poll::Ready(Ok($n)) = &res {
+                    let ($this, $n) = (&mut *self, *$n);
+                    $on_write
+                }
+                res
             }
             fn is_write_vectored(&self) -> bool {
                 #[allow(unused_imports)]
