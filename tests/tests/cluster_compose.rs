@@ -14,7 +14,8 @@
 //! sockets volume from DUOTONE_SOCKETS_VOLUME, so runs never clash.
 //!
 //! Skipped, with one line saying so, when `docker info` fails, unless
-//! `DUOTONE_REQUIRE_DOCKER=1`.
+//! `DUOTONE_REQUIRE_DOCKER=1`, or without etcd on PATH, unless
+//! `DUOTONE_REQUIRE_ETCD=1`.
 //!
 //! Run: `cargo build -p duotone && cargo test -p duotone-e2e --test cluster_compose`.
 
@@ -41,7 +42,14 @@ fn images() {
     let t = Instant::now();
     let bin = duotone_bin();
     image_sh(&["build", bin.to_str().expect("utf-8 path"), IMAGE]);
-    image_sh(&["etcd", ETCD_IMAGE]);
+    let etcd = std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("etcd"))
+                .find(|p| p.is_file())
+        })
+        .expect("etcd on PATH");
+    image_sh(&["etcd", ETCD_IMAGE, etcd.to_str().expect("utf-8 path")]);
     image_sh(&["app", APP_IMAGE]);
     eprintln!("images built in {:.1}s", t.elapsed().as_secs_f64());
 }
@@ -284,6 +292,10 @@ async fn cluster_compose_example_flips_on_every_node() {
     let Some(engine) = engine_or_skip("cluster_compose_example_flips_on_every_node") else {
         return;
     };
+    // The etcd image is the host's etcd binary in the local base image.
+    if !e2e::etcd::etcd_or_skip("cluster_compose_example_flips_on_every_node") {
+        return;
+    }
     let t0 = Instant::now();
     images();
     let mut c = Cluster::new(engine);
