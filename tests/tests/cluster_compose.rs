@@ -305,7 +305,7 @@ async fn cluster_compose_example_flips_on_every_node() {
     let t_up = Instant::now();
     ok(&mut c.compose(&["up", "-d"]));
     // Every node answers /healthz on its published admin port.
-    for i in 0..3 {
+    for (i, node) in NODES.iter().enumerate() {
         let url = c.admin_url(i, "/healthz");
         let up = eventually(Duration::from_secs(60), || {
             let url = url.clone();
@@ -315,16 +315,11 @@ async fn cluster_compose_example_flips_on_every_node() {
             }
         })
         .await;
-        assert!(
-            up.is_some(),
-            "{} never answered {url}:\n{}",
-            NODES[i],
-            c.logs()
-        );
+        assert!(up.is_some(), "{} never answered {url}:\n{}", node, c.logs());
     }
     // … and serves the live color (blue, the config's) through its http
     // port, once its health checks found the app.
-    for i in 0..3 {
+    for (i, node) in NODES.iter().enumerate() {
         let blue = eventually(Duration::from_secs(30), || async {
             (c.serves(i).await.as_deref() == Some("blue")).then_some(())
         })
@@ -332,7 +327,7 @@ async fn cluster_compose_example_flips_on_every_node() {
         assert!(
             blue.is_some(),
             "{} does not serve blue:\n{}",
-            NODES[i],
+            node,
             c.logs()
         );
     }
@@ -420,13 +415,13 @@ async fn cluster_compose_example_flips_on_every_node() {
     );
     // The answer may name a node still moving to another member as
     // pending; every node serves blue within apply_timeout regardless.
-    for i in 0..3 {
+    for (i, node) in NODES.iter().enumerate() {
         let blue = eventually(Duration::from_secs(10), || async {
             (c.live(i).await == "blue" && c.serves(i).await.as_deref() == Some("blue"))
                 .then_some(())
         })
         .await;
-        assert!(blue.is_some(), "{} not on blue after {v:#}", NODES[i]);
+        assert!(blue.is_some(), "{} not on blue after {v:#}", node);
     }
     // And once every node is back on the remaining members, a flip is
     // applied on all three again before it answers.
@@ -442,8 +437,8 @@ async fn cluster_compose_example_flips_on_every_node() {
         c.logs()
     );
     c.flip(0, "green").await;
-    for i in 0..3 {
-        assert_eq!(c.serves(i).await.as_deref(), Some("green"), "{}", NODES[i]);
+    for (i, node) in NODES.iter().enumerate() {
+        assert_eq!(c.serves(i).await.as_deref(), Some("green"), "{}", node);
     }
 
     // Tear down: no container and no volume of the project is left.
