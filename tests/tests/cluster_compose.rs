@@ -340,8 +340,7 @@ async fn cluster_compose_example_flips_on_every_node() {
     // (each reports under a lease; wait until all three have).
     let status = || {
         run(Command::new(duotone_bin())
-            .arg("status")
-            .env("DUOTONE_ADMIN", c.admin_url(0, ""))
+            .args(["status", "--admin", &c.admin_url(0, "")])
             .env("DUOTONE_ADMIN_TOKEN", TOKEN))
     };
     let listed = eventually(Duration::from_secs(20), || async {
