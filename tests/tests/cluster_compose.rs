@@ -362,7 +362,7 @@ async fn cluster_compose_example_flips_on_every_node() {
 
     // A flip sent to node 2 is live on nodes 1 and 3 when it answers.
     let t = Instant::now();
-    c.flip(1, "green").await;
+    let v = c.flip(1, "green").await;
     let took = t.elapsed();
     for i in [0, 2] {
         assert_eq!(c.live(i).await, "green", "{}", NODES[i]);
@@ -371,6 +371,23 @@ async fn cluster_compose_example_flips_on_every_node() {
     eprintln!(
         "flip on edge-2 applied on 3 nodes in {:.0} ms",
         took.as_secs_f64() * 1e3
+    );
+    // The nodes' reports (what `duotone status` prints) catch up with it.
+    let revision = v["cluster"]["revision"].as_u64().expect("revision");
+    let reported = eventually(Duration::from_secs(10), || async {
+        let (_, v) = c.call(0, "GET", "/v1/cluster", None).await?;
+        let nodes = v["nodes"].as_array()?;
+        (nodes.len() == 3
+            && nodes
+                .iter()
+                .all(|n| n["applied"].as_u64().is_some_and(|a| a >= revision)))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        reported.is_some(),
+        "reports never reached revision {revision}: {:?}",
+        c.call(0, "GET", "/v1/cluster", None).await
     );
 
     // One etcd member stopped, the one most nodes talk to (each node uses
