@@ -457,6 +457,13 @@ async fn cluster_compose_example_flips_on_every_node() {
         assert_eq!(c.serves(i).await.as_deref(), Some("green"), "{}", node);
     }
 
+    // No node needed `restart: unless-stopped`: they started before etcd
+    // had a leader and waited for it.
+    for node in NODES {
+        let restarts = inspect(&c.container(node), "{{.RestartCount}}");
+        assert_eq!(restarts, "0", "{node} restarted:\n{}", c.logs());
+    }
+
     // Tear down: no container and no volume of the project is left.
     let out = c.down();
     assert!(out.status.success(), "down: {}", text(&out.stderr));
