@@ -10,6 +10,10 @@
 #                                        with deploy/Dockerfile.runtime on duotone-base:bookworm
 #   deploy/image.sh app [TAG]            the test app image (default duotone-testapp:latest):
 #                                        the same base plus gunicorn from Debian
+#   deploy/image.sh etcd [TAG] [BINARY]  an etcd image (default duotone-etcd:local) for
+#                                        deploy/cluster/ (ETCD_IMAGE=...): the same base plus the
+#                                        host's etcd (default /usr/bin/etcd, Debian's etcd-server),
+#                                        ENTRYPOINT etcd, configured by the ETCD_* environment
 #
 # With a registry, `docker build -f deploy/Dockerfile -t duotone:latest .`
 # builds the same runtime stage on debian:bookworm-slim with a Rust builder.
@@ -133,9 +137,30 @@ build_app() {
   docker image ls "$tag"
 }
 
+build_etcd() {
+  local tag="${1:-duotone-etcd:local}" binary="${2:-/usr/bin/etcd}" ctx
+  [ -x "$binary" ] || die "$binary is not an executable: apt-get install etcd-server"
+  make_base
+  ctx="$(mktemp -d /tmp/duotone-etcd.XXXXXX)"
+  trap 'rm -rf "$ctx"' RETURN
+  cp "$binary" "$ctx/etcd"
+  # Debian's etcd needs only the C library, which the bookworm base has.
+  cat >"$ctx/Dockerfile" <<'DOCKERFILE'
+ARG BASE=duotone-base:bookworm
+FROM ${BASE}
+COPY etcd /usr/local/bin/etcd
+EXPOSE 2379 2380
+ENTRYPOINT ["/usr/local/bin/etcd"]
+DOCKERFILE
+  echo "==> docker build $tag ($binary on $base)"
+  replace_image "$tag" docker build -q --build-arg "BASE=$base" -t "$tag" "$ctx"
+  docker image ls "$tag"
+}
+
 case "${1:-}" in
   base) make_base ;;
   build) shift; build_runtime "$@" ;;
   app) shift; build_app "$@" ;;
-  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 64 ;;
+  etcd) shift; build_etcd "$@" ;;
+  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 64 ;;
 esac

@@ -70,6 +70,7 @@ pub fn blackhole() -> (
 }
 pub mod bluegreen;
 pub mod cluster;
+pub mod docker;
 pub mod etcd;
 pub mod pebble;
 pub mod tls;

@@ -10,10 +10,14 @@
 //! Run: `cargo build -p duotone && cargo test -p duotone-e2e --test container`.
 
 use e2e::client::{admin, Http};
+use e2e::docker::{
+    docker, engine_or_skip, image_sh, inspect, ok, published, repo, run, shared_dir, text, unique,
+    write_readable, Container, Engine,
+};
 use e2e::eventually;
 use e2e::proxy::duotone_bin;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -26,88 +30,6 @@ const IMAGE: &str = "duotone-e2e:test";
 const APP_IMAGE: &str = "duotone-e2e-app";
 const APP_TAG: &str = "test";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Runs a command to completion (panics only if it cannot be started).
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn docker(args: &[&str]) -> Command {
-    let mut c = Command::new("docker");
-    c.args(args);
-    c
-}
-
-/// How to call Compose here: `docker compose` (v2) or `docker-compose` (v1).
-#[derive(Clone)]
-struct Engine {
-    compose: Vec<String>,
-}
-
-fn skip(test: &str, why: &str) -> Option<Engine> {
-    let msg = format!("{test}: skipped: {why}");
-    if std::env::var("DUOTONE_REQUIRE_DOCKER").as_deref() == Ok("1") {
-        panic!("{msg}, and DUOTONE_REQUIRE_DOCKER=1");
-    }
-    // The real stderr, so libtest's capture cannot hide it.
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{msg}");
-    None
-}
-
-/// The engine, or `None` after one line saying why the test is skipped.
-fn engine_or_skip(test: &str) -> Option<Engine> {
-    match Command::new("docker").args(["info"]).output() {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            let err = text(&o.stderr);
-            let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-            return skip(test, &format!("no Docker engine (docker info: {first})"));
-        }
-        Err(e) => return skip(test, &format!("no Docker engine (docker: {e})")),
-    }
-    for compose in [&["docker", "compose"][..], &["docker-compose"][..]] {
-        let works = Command::new(compose[0])
-            .args(&compose[1..])
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if works {
-            return Some(Engine {
-                compose: compose.iter().map(|s| s.to_string()).collect(),
-            });
-        }
-    }
-    skip(
-        test,
-        "no Docker Compose (neither `docker compose` nor `docker-compose`)",
-    )
-}
-
 /// Builds the runtime image from the host's binary and the test app image,
 /// once per test process (the base image is cached by tag across runs).
 fn images() {
@@ -115,60 +37,12 @@ fn images() {
     static LOCK: Mutex<()> = Mutex::new(());
     let _serial = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     BUILT.get_or_init(|| {
-        let script = repo().join("deploy/image.sh");
         let bin = duotone_bin();
         let t = Instant::now();
-        ok(Command::new(&script).arg("build").arg(&bin).arg(IMAGE));
-        ok(Command::new(&script)
-            .arg("app")
-            .arg(format!("{APP_IMAGE}:{APP_TAG}")));
+        image_sh(&["build", bin.to_str().expect("utf-8 path"), IMAGE]);
+        image_sh(&["app", &format!("{APP_IMAGE}:{APP_TAG}")]);
         eprintln!("images built in {:.1}s", t.elapsed().as_secs_f64());
     });
-}
-
-/// A unique, Compose-v1-safe name prefix (lowercase letters and digits).
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("dt{tag}{}x{}", std::process::id(), nanos % 100_000)
-}
-
-/// A directory the container's user (uid 10001) can read.
-fn shared_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    dir
-}
-
-fn write_readable(path: &Path, content: &str) {
-    std::fs::write(path, content).expect("write");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-}
-
-/// The host side of a published port, e.g. `docker port NAME 80`.
-fn published(container: &str, port: u16) -> Option<SocketAddr> {
-    let out = run(&mut docker(&["port", container, &port.to_string()]));
-    text(&out.stdout)
-        .lines()
-        .find_map(|l| l.trim().parse::<SocketAddr>().ok().filter(|a| a.is_ipv4()))
-}
-
-fn inspect(container: &str, format: &str) -> String {
-    let out = run(&mut docker(&["inspect", "-f", format, container]));
-    text(&out.stdout).trim().to_string()
-}
-
-/// Removes a container whatever happens.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", "-v", &self.0]).output();
-    }
 }
 
 // ---------------------------------------------------------------------------
