@@ -682,7 +682,10 @@ colors.blue = ["{}"]
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let tcp = match tokio::net::TcpStream::connect(https).await {
+        Ok(tcp) => tcp,
+        Err(e) => panic!("connect {https}: {e}; proxy log:\n{}", p.log()),
+    };
     let name = rustls::pki_types::ServerName::try_from("self.test").unwrap();
     assert!(connector.connect(name, tcp).await.is_err());
 
