@@ -87,6 +87,11 @@ const GAUGES: &[(&str, &str, &[&str])] = &[
         &[],
     ),
     (
+        "duotone_open_files_limit",
+        "The process's file limit (soft RLIMIT_NOFILE, raised to the hard one at start); it needs 2 × max_connections + max_open_files + 1024.",
+        &[],
+    ),
+    (
         "duotone_open_files_waiting",
         "Static-file requests waiting for a file handle now.",
         &[],

@@ -32,9 +32,14 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
         Source::File(path) => Some(path.clone()),
         Source::Embedded { .. } => None,
     };
+    // As Go and nginx's worker_rlimit_nofile: the soft file limit (often
+    // 1024 in a shell) up to the hard one, then a warning if the config
+    // needs more (`crate::ops::nofile`).
+    crate::ops::nofile::raise();
     let config = source
         .load()
         .map_err(|d| anyhow::anyhow!("invalid config:\n{d}"))?;
+    crate::ops::nofile::check(&config.limits);
     let server_cfg = config.server.clone();
     let idle = config.limits.keepalive_timeout;
     let certs = if config
@@ -98,6 +103,7 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
             }),
             Arc::new(move || crate::metrics::connection_gauges(conns.total(), conns.per_worker())),
             Arc::new(crate::net::spool::gauges),
+            Arc::new(crate::ops::nofile::gauges),
             Arc::new({
                 let c = control.clone();
                 move || c.cluster_gauges()

@@ -19,6 +19,7 @@ pub mod headers;
 pub mod host;
 pub mod load;
 pub mod maintenance;
+pub mod nofile;
 pub mod path;
 pub mod pause;
 pub mod policy;

@@ -44,6 +44,9 @@ pub struct Proxy {
     pub config: PathBuf,
     /// Extra environment for the child.
     pub env: Vec<(String, String)>,
+    /// The child's file limit (soft, hard), set before it runs; none:
+    /// inherited from the test.
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl Proxy {
@@ -88,6 +91,27 @@ impl Proxy {
         template: &str,
         env: &[(&str, &str)],
     ) -> Proxy {
+        let mut p = Self::prepare(ip, fixed, template, env);
+        p.spawn().await;
+        p
+    }
+
+    /// Like [`Proxy::start`], with the child's soft and hard file limits
+    /// (`RLIMIT_NOFILE`) set to `nofile` before it runs.
+    pub async fn start_with_nofile(template: &str, nofile: (u64, u64)) -> Proxy {
+        let mut p = Self::prepare(std::net::Ipv4Addr::LOCALHOST, None, template, &[]);
+        p.nofile = Some(nofile);
+        p.spawn().await;
+        p
+    }
+
+    /// Picks the ports and writes the config; the child is not started.
+    fn prepare(
+        ip: std::net::Ipv4Addr,
+        fixed: Option<(u16, u16)>,
+        template: &str,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = || crate::free_port_at(ip);
         let (http, https) = fixed.unwrap_or_else(|| (port(), port()));
@@ -98,7 +122,7 @@ impl Proxy {
         };
         let config = dir.path().join("duotone.toml");
         std::fs::write(&config, Self::render(template, &ports, dir.path())).expect("write config");
-        let mut p = Proxy {
+        Proxy {
             child: None,
             ports,
             dir,
@@ -107,9 +131,8 @@ impl Proxy {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        p.spawn().await;
-        p
+            nofile: None,
+        }
     }
 
     /// Rewrites the config file from a template (same ports and dirs).
@@ -138,6 +161,25 @@ impl Proxy {
             .stderr(Stdio::from(log));
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some((soft, hard)) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: between fork and exec the closure only calls
+            // setrlimit(2), which is async-signal-safe, on a copied value.
+            #[allow(unsafe_code)]
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let child = cmd.spawn().expect("spawn duotone");
         self.child = Some(child);

@@ -677,6 +677,12 @@ impl Control {
             }
             None => {}
         }
+        // A reload that changes max_connections or max_open_files is
+        // checked against the file limit again (logged, and in the answer).
+        let limits = &snap.table.config.limits;
+        if routes::nofile::need_changed(&self.load().table.config.limits, limits) {
+            warnings.extend(crate::ops::nofile::check(limits));
+        }
         self.store(snap);
         Ok(warnings)
     }

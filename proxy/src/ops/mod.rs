@@ -1,5 +1,5 @@
 //! Operations endpoints and records: the admin API, the access log, and
-//! process logging, the pid file.
+//! process logging, the pid file, the file limit.
 
 pub mod access_log;
 pub mod admin;
@@ -7,5 +7,6 @@ pub mod admin_extras;
 pub mod init;
 pub mod json;
 pub mod logging;
+pub mod nofile;
 pub mod pidfile;
 pub mod views;
