@@ -271,3 +271,32 @@ async fn pipelined_requests_bodies_and_handoff_on_one_connection(t: Transport) {
     let conns = *up.conns.lock().unwrap();
     assert!(conns <= 4, "{conns} upstream connections");
 }
+
+e2e::on_both_transports!(
+    #[tokio::test]
+    requests_after_an_idle_pause_are_served_on_the_same_connection
+);
+/// The lane gives up a keep-alive connection's request state after 1 s
+/// without a request and sets it up again for the next one: requests that
+/// come after longer pauses are served as before, proxied and static.
+async fn requests_after_an_idle_pause_are_served_on_the_same_connection(t: Transport) {
+    let (up, p, _www) = setup(t).await;
+    let mut c = TcpStream::connect(p.ports.http).await.unwrap();
+    let mut buf = Vec::new();
+    for path in ["/one", "/two", "/static/a.txt", "/three"] {
+        c.write_all(get(path).as_bytes()).await.unwrap();
+        let r = read_response(&mut c, &mut buf, false).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.head);
+        if !path.starts_with("/static/") {
+            let echoed = String::from_utf8_lossy(&r.body).into_owned();
+            assert!(
+                echoed.starts_with(&format!("GET {path} HTTP/1.1\r\n")),
+                "{echoed}"
+            );
+        }
+        // Idle past the lane's 1 s grace (the scenario, not a timing
+        // assertion): the next request finds the connection idle.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    drop(up);
+}

@@ -690,8 +690,10 @@ async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
 #[tokio::test]
 async fn idle_keepalive_and_h2_connections_are_closed() {
     let app = Upstream::start("blue").await;
+    // 2 s: longer than the lane's 1 s grace, so the HTTP/1.1 connection's
+    // last second passes in the idle wait that holds no request state.
     let cfg = format!(
-        "[server]\nhttp = \"{{http}}\"\nadmin = \"{{admin}}\"\nstate_dir = \"{{state}}\"\n[limits]\nkeepalive_timeout = \"1s\"\n[[sites]]\nhosts = [\"*\"]\n  [[sites.routes]]\n  path = \"/\"\n  service = \"app\"\n[services.app]\ncolors.blue = [\"{}\"]\n",
+        "[server]\nhttp = \"{{http}}\"\nadmin = \"{{admin}}\"\nstate_dir = \"{{state}}\"\n[limits]\nkeepalive_timeout = \"2s\"\n[[sites]]\nhosts = [\"*\"]\n  [[sites.routes]]\n  path = \"/\"\n  service = \"app\"\n[services.app]\ncolors.blue = [\"{}\"]\n",
         app.member()
     );
     let p = Proxy::start(&cfg).await;

@@ -22,31 +22,140 @@ use super::state::{
 };
 use super::{local, relay, request};
 
+/// How long a keep-alive connection waits for its next request with its
+/// request state at hand (the exchange's future, the upstream head buffer,
+/// the upstream timer): a busy client's next request then costs nothing
+/// more. Past it the connection gives that state up and waits with its
+/// socket and a few fields only ([`Idle`]), and a request that comes later
+/// sets it up again (one allocation).
+const GRACE: Duration = Duration::from_secs(1);
+
+/// What an HTTP/1.1 connection on the lane keeps between requests.
+struct Idle<'a> {
+    /// The connection's facts, as requests are planned with them.
+    conn: request::Conn<'a>,
+    /// Bytes read and not yet served (empty, without a buffer, while the
+    /// connection waits for a request: [`read_idle`]).
+    buf: Vec<u8>,
+    /// Waits on the client (keep-alive, body, writes).
+    timer: Timer,
+    /// Tells of a graceful shutdown.
+    shutdown: ShutdownWatch,
+}
+
+/// How a stretch of requests ([`Lane::busy`]) ended.
+enum Step {
+    /// No request came within [`GRACE`]: the connection waits on, idle.
+    Idle,
+    /// The connection is done with on the lane.
+    End(End),
+}
+
+/// How a wait for the next request's first bytes ended.
+enum Next {
+    /// They are in `buf`.
+    Input,
+    /// Nothing came within the wait's limit.
+    TimedOut,
+    /// The client closed, the read failed, or the last call after a
+    /// shutdown passed.
+    Closed,
+}
+
+/// Waits up to `limit` for the first bytes of the next request (into
+/// `st.buf`, which holds no buffer meanwhile). On graceful shutdown the
+/// client gets a last call: a request that arrives within [`LAST_CALL`]
+/// (capped by `keepalive`) is served (with `connection: close`), so a busy
+/// keep-alive client is not cut off while its next request is on the way.
+async fn next_request(
+    io: &mut HeadDeadline,
+    st: &mut Idle<'_>,
+    limit: Duration,
+    keepalive: Duration,
+) -> Next {
+    let first = if *st.shutdown.borrow() {
+        None
+    } else {
+        tokio::select! {
+            biased;
+            r = st.timer.within(limit, read_idle(io, &mut st.buf)) => Some(r),
+            _ = st.shutdown.changed() => None,
+        }
+    };
+    let read = match first {
+        Some(Ok(r)) => r,
+        Some(Err(())) => return Next::TimedOut,
+        None => {
+            let last_call = LAST_CALL.min(keepalive);
+            match st.timer.within(last_call, read_idle(io, &mut st.buf)).await {
+                Ok(r) => r,
+                Err(()) => return Next::Closed,
+            }
+        }
+    };
+    match read {
+        Ok(n) if n > 0 => Next::Input,
+        _ => Next::Closed,
+    }
+}
+
 impl Lane {
     /// Serves requests on `io` until the connection ends or a request
     /// needs Pingora's path.
+    ///
+    /// This future is what an idle keep-alive connection holds: the
+    /// requests themselves are served in a boxed future ([`Lane::busy`])
+    /// that ends once the connection has been idle for [`GRACE`].
     pub async fn serve(&self, io: &mut HeadDeadline, shutdown: &ShutdownWatch) -> End {
         if matches!(io.selected_alpn_proto(), Some(ALPN::H2)) {
             return End::Handoff(Vec::new());
         }
-        let tls = io.get_ssl_digest().is_some();
         let peer = peer_ip(io);
         let ip = peer.map(|ip| ip.to_string()).unwrap_or_default();
-        let mut shutdown = shutdown.clone();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut out: Vec<u8> = Vec::new();
-        let mut served = 0u64;
-        // Waits on the client (keep-alive, body, writes) and on upstreams.
-        let mut client_timer = Timer::default();
-        let mut upstream_timer = Timer::default();
-        let conn = request::Conn {
-            tls,
-            client_ip: &ip,
-            peer,
-            acme: self.acme,
-            port: local_port(io),
-            peer_port: super::state::peer_port(io),
+        let mut st = Idle {
+            conn: request::Conn {
+                tls: io.get_ssl_digest().is_some(),
+                client_ip: &ip,
+                peer,
+                acme: self.acme,
+                port: local_port(io),
+                peer_port: super::state::peer_port(io),
+            },
+            buf: Vec::new(),
+            timer: Timer::default(),
+            shutdown: shutdown.clone(),
         };
+        // A new connection's first bytes (the head deadline bounds the
+        // wait).
+        match read_idle(io, &mut st.buf).await {
+            Ok(n) if n > 0 => {}
+            _ => return End::Closed,
+        }
+        loop {
+            match Box::pin(self.busy(io, &mut st)).await {
+                Step::End(end) => return end,
+                Step::Idle => {}
+            }
+            // Idle for GRACE already: the rest of the keep-alive timeout.
+            let keepalive = self.control.load().table.config.limits.keepalive_timeout;
+            let rest = keepalive.saturating_sub(GRACE);
+            match next_request(io, &mut st, rest, keepalive).await {
+                Next::Input => {}
+                Next::TimedOut | Next::Closed => return End::Closed,
+            }
+        }
+    }
+
+    /// Serves requests on `io`, the first of which has begun to arrive (in
+    /// `st.buf`), until the connection ends, a request needs Pingora's
+    /// path, or no request comes within [`GRACE`].
+    async fn busy(&self, io: &mut HeadDeadline, st: &mut Idle<'_>) -> Step {
+        let tls = st.conn.tls;
+        let ip = st.conn.client_ip;
+        // The upstream head of each request.
+        let mut out: Vec<u8> = Vec::new();
+        // Waits on upstreams.
+        let mut upstream_timer = Timer::default();
         let mut snap = self.control.load();
         loop {
             let mut log;
@@ -55,75 +164,67 @@ impl Lane {
             let mut scan = HeadScan::default();
             let mut scanned = 0;
             let plan = loop {
-                if buf.len() > scanned {
-                    let complete = scan.feed(&buf[scanned..]);
-                    scanned = buf.len();
+                if st.buf.len() > scanned {
+                    let complete = scan.feed(&st.buf[scanned..]);
+                    scanned = st.buf.len();
                     if complete {
                         // The routing table as of this request's arrival.
                         snap = self.control.load();
                         let config = &snap.table.config;
                         log = (config.access_log != LogFormat::Off).then(LogFields::default);
-                        match request::plan(&buf, &snap, &conn, &self.ids, &mut out, log.as_mut()) {
+                        let parsed = request::plan(
+                            &st.buf,
+                            &snap,
+                            &st.conn,
+                            &self.ids,
+                            &mut out,
+                            log.as_mut(),
+                        );
+                        match parsed {
                             Parsed::Lane(mut p) => {
                                 io.head_parsed();
                                 // Shutting down (SIGTERM, or an upgrade's
                                 // hand-over): this is the connection's last
                                 // response, and it says so.
-                                p.close |= *shutdown.borrow();
+                                p.close |= *st.shutdown.borrow();
                                 break p;
                             }
-                            Parsed::Partial | Parsed::Handoff => return End::Handoff(buf),
+                            Parsed::Partial | Parsed::Handoff => {
+                                return Step::End(End::Handoff(std::mem::take(&mut st.buf)))
+                            }
                         }
                     }
                     let head_limit = snap.table.config.limits.max_header_bytes;
-                    if buf.len() > head_limit.saturating_add(4096) {
-                        return End::Handoff(buf);
+                    if st.buf.len() > head_limit.saturating_add(4096) {
+                        return Step::End(End::Handoff(std::mem::take(&mut st.buf)));
                     }
                 }
                 let limits = snap.table.config.limits;
-                let read = if buf.is_empty() && served > 0 {
-                    // Idle between requests: keep-alive timeout. On graceful
-                    // shutdown the client gets a last call: a request that
-                    // arrives within LAST_CALL is served (with `connection:
-                    // close`), so a busy keep-alive client is not cut off
-                    // while its next request is on the way.
-                    let last_call = LAST_CALL.min(limits.keepalive_timeout);
-                    let first = if *shutdown.borrow() {
-                        None
-                    } else {
-                        tokio::select! {
-                            biased;
-                            r = client_timer.within(limits.keepalive_timeout, read_idle(io, &mut buf)) => Some(r),
-                            _ = shutdown.changed() => None,
-                        }
-                    };
-                    match first {
-                        Some(r) => r,
-                        None => {
-                            client_timer
-                                .within(last_call, read_idle(io, &mut buf))
-                                .await
-                        }
+                let read = if st.buf.is_empty() {
+                    // Idle between requests: within GRACE here, the rest of
+                    // the keep-alive timeout in `serve`.
+                    let keepalive = limits.keepalive_timeout;
+                    match next_request(io, st, GRACE.min(keepalive), keepalive).await {
+                        Next::Input => continue,
+                        Next::TimedOut if keepalive > GRACE => return Step::Idle,
+                        Next::TimedOut | Next::Closed => return Step::End(End::Closed),
                     }
-                } else if buf.is_empty() {
-                    // A new connection's first bytes (the head deadline
-                    // bounds the wait).
-                    Ok(read_idle(io, &mut buf).await)
                 } else {
                     // The head deadline (HeadDeadline) bounds this.
-                    Ok(read_some(io, &mut buf).await)
+                    read_some(io, &mut st.buf).await
                 };
                 match read {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return End::Closed,
+                    Ok(n) if n > 0 => {}
+                    _ => return Step::End(End::Closed),
                 }
             };
             let start = Instant::now();
             let limits = snap.table.config.limits;
             let need = plan.head_len + plan.body_len;
-            while buf.len() < need {
-                match client_timer
-                    .within(limits.body_timeout, read_some(io, &mut buf))
+            while st.buf.len() < need {
+                match st
+                    .timer
+                    .within(limits.body_timeout, read_some(io, &mut st.buf))
                     .await
                 {
                     Ok(Ok(n)) if n > 0 => {}
@@ -142,20 +243,20 @@ impl Lane {
                             keep_client: false,
                             held: 0.0,
                         };
-                        self.finish(&snap, &plan, &outcome, start, log, &ip, "HTTP/1.1");
-                        return End::Closed;
+                        self.finish(&snap, &plan, &outcome, start, log, ip, "HTTP/1.1");
+                        return Step::End(End::Closed);
                     }
-                    _ => return End::Closed,
+                    _ => return Step::End(End::Closed),
                 }
             }
             let outcome = match &plan.work {
                 Work::Proxy(service) => {
                     let head_len = out.len();
-                    out.extend_from_slice(&buf[plan.head_len..need]);
+                    out.extend_from_slice(&st.buf[plan.head_len..need]);
                     let mut client = super::client::H1 {
                         io,
                         timeout: limits.body_timeout,
-                        timer: &mut client_timer,
+                        timer: &mut st.timer,
                         upstream_timer: &mut upstream_timer,
                     };
                     let mut req = relay::Request {
@@ -166,8 +267,8 @@ impl Lane {
                         peer: crate::net::uwsgi::Facts {
                             tls,
                             remote_addr: plan.client,
-                            remote_port: conn.peer_port,
-                            server_port: conn.port,
+                            remote_port: st.conn.peer_port,
+                            server_port: st.conn.port,
                         },
                         stream: None,
                     };
@@ -188,21 +289,43 @@ impl Lane {
                     local::serve(req, hsts, add, plan.close, io, timeout, not_found).await
                 }
             };
-            buf.drain(..need);
-            if buf.is_empty() {
+            st.buf.drain(..need);
+            if st.buf.is_empty() {
                 // Idle until the next request: no buffer held meanwhile
                 // (`read_idle` reads into the worker's).
-                give_back(&mut buf);
+                give_back(&mut st.buf);
             }
             io.next_request();
-            served += 1;
-            self.finish(&snap, &plan, &outcome, start, log, &ip, "HTTP/1.1");
+            self.finish(&snap, &plan, &outcome, start, log, ip, "HTTP/1.1");
             // A response that did not say `connection: close` is followed
             // by the idle wait, also during a shutdown (its last call): the
             // client may already be sending its next request.
             if !outcome.keep_client || plan.close {
-                return End::Closed;
+                return Step::End(End::Closed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(unreachable_code, clippy::diverging_sub_expression)]
+
+    /// What an idle connection holds (`serve`) against what serving
+    /// requests takes (`busy`, boxed only while requests come):
+    /// `cargo test -p duotone --lib lane::h1 -- --nocapture`.
+    #[test]
+    fn future_sizes() {
+        let serve = || super::Lane::serve(todo!(), todo!(), todo!());
+        let busy = || super::Lane::busy(todo!(), todo!(), todo!());
+        let (serve, busy) = (
+            super::super::sizes::output(&serve),
+            super::super::sizes::output(&busy),
+        );
+        println!("Lane::serve (idle connection): {serve} bytes; Lane::busy (boxed): {busy} bytes");
+        assert!(
+            serve < busy,
+            "the idle connection's future holds the requests' state"
+        );
     }
 }

@@ -24,3 +24,53 @@ pub(crate) mod timer;
 mod upstream;
 
 pub use state::{End, Lane, Outcome};
+
+#[cfg(test)]
+mod sizes {
+    //! The sizes of the lane's futures. A connection's future is as large as
+    //! the largest state it can be in, and an idle keep-alive connection
+    //! holds all of it while it waits: these say where that memory goes
+    //! (`cargo test -p duotone --lib lane::sizes -- --nocapture`; release
+    //! figures with `--release`).
+    #![allow(unreachable_code, clippy::diverging_sub_expression)]
+
+    use super::client::H1;
+    use super::upstream::Conn;
+
+    /// The size of what `f` would return, without calling it.
+    pub(super) fn output<F: FnOnce() -> R, R>(_: &F) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn futures() {
+        let exchange = || {
+            super::relay::exchange::<H1<'_>>(todo!(), todo!(), todo!(), 0, todo!(), todo!(), false)
+        };
+        let buffered = || {
+            super::pump::buffered::<H1<'_>>(
+                todo!(),
+                |_: Conn, _: bool| {},
+                todo!(),
+                todo!(),
+                todo!(),
+                todo!(),
+                todo!(),
+                todo!(),
+            )
+        };
+        let local =
+            || super::local::serve(todo!(), todo!(), todo!(), false, todo!(), todo!(), todo!());
+        let fail = || super::client::fail(todo!(), false, todo!(), todo!());
+        let connect = || super::timer::within(todo!(), Conn::connect(todo!()));
+        for (name, size) in [
+            ("relay::exchange", output(&exchange)),
+            ("pump::buffered", output(&buffered)),
+            ("local::serve", output(&local)),
+            ("client::fail", output(&fail)),
+            ("upstream connect", output(&connect)),
+        ] {
+            println!("{name}: {size} bytes");
+        }
+    }
+}
