@@ -316,8 +316,8 @@ mod tests {
     /// `cargo test -p duotone --lib lane::h1 -- --nocapture`.
     #[test]
     fn future_sizes() {
-        let serve = || super::Lane::serve(todo!(), todo!(), todo!());
-        let busy = || super::Lane::busy(todo!(), todo!(), todo!());
+        let serve = || super::Lane::serve(unreachable!(), unreachable!(), unreachable!());
+        let busy = || super::Lane::busy(unreachable!(), unreachable!(), unreachable!());
         let (serve, busy) = (
             super::super::sizes::output(&serve),
             super::super::sizes::output(&busy),
