@@ -10,6 +10,7 @@ use duotone::{control, server, AdminArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -208,7 +208,7 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
     let mut proxy = crate::accept::AcceptService::new("duotone", guarded, threads);
     let buffers = acme::listener::client_buffers();
     if let Some(addr) = server_cfg.http {
-        proxy.add(crate::accept::Endpoint::plain(addr.to_string(), buffers));
+        proxy.add(crate::accept::Endpoint::plain(addr.to_string()));
     }
     if let (Some(addr), Some(store)) = (server_cfg.https, &certs) {
         let tls = https(store, &control).context("setting up the https listener")?;

@@ -38,13 +38,11 @@ impl<A> Guarded<A> {
     }
 }
 
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+impl<A> Guarded<A> {
+    /// Admits a new connection: counted, under `max_connections`, its
+    /// PROXY header read (when configured), under its head deadline. None:
+    /// refused, or closed.
+    async fn admit(&self, stream: Stream) -> Option<HeadDeadline> {
         let (limits, proxy_protocol) = {
             let snap = self.control.load();
             let config = &snap.table.config;
@@ -89,6 +87,21 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         if !rest.is_empty() {
             stream.unread(rest);
         }
+        Some(stream)
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // Set up in a future of its own: its locals (the limits, the
+        // PROXY header's read) are not kept by this one, which lives as
+        // long as the connection.
+        let mut stream = self.admit(stream).await?;
         if let Some(lane) = &self.lane {
             match lane.serve(&mut stream, shutdown).await {
                 crate::lane::End::Closed => {

@@ -2,31 +2,35 @@
 //! counts ([`super::spread::Open`]) until its close begins, and lingers as
 //! it closes after an answer ([`super::linger`]).
 
+use super::socket::Socket;
 use super::spread::Open;
 use async_trait::async_trait;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Peek, Ssl};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// Pingora's socket stream, counted as open on its worker until a shutdown
-/// starts or it drops, before the socket closes: a client that has seen its
-/// connection close is never counted against a worker afterwards (the next
-/// spreading choices would be skewed by a worker descheduled in between).
+/// A client socket stream (Pingora's socket stream on HTTPS, where the TLS
+/// handshake and the steps before it take one; a bare [`Socket`] on plain
+/// HTTP), counted as open on its worker until a shutdown starts or it
+/// drops, before the socket closes: a client that has seen its connection
+/// close is never counted against a worker afterwards (the next spreading
+/// choices would be skewed by a worker descheduled in between).
 #[derive(Debug)]
-pub struct Counted {
+pub struct Counted<S: AsRawFd = L4Stream> {
     /// Declared before `inner`, so it drops before the socket closes.
     counted: Option<Open>,
-    inner: L4Stream,
+    inner: S,
     /// Whether the last thing that happened on the connection was a write
     /// (an answer), not input: only then does a close linger.
     answered: bool,
 }
 
-impl Counted {
+impl<S: AsRawFd> Counted<S> {
     /// `inner`, counted as `open` until its close begins.
-    pub fn new(inner: L4Stream, open: Open) -> Self {
+    pub fn new(inner: S, open: Open) -> Self {
         Counted {
             counted: Some(open),
             inner,
@@ -35,29 +39,29 @@ impl Counted {
     }
 
     /// The socket stream (e.g. to read a PROXY header before TLS).
-    pub fn get_mut(&mut self) -> &mut L4Stream {
+    pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
     /// The socket stream.
-    pub fn get_ref(&self) -> &L4Stream {
+    pub fn get_ref(&self) -> &S {
         &self.inner
     }
 }
 
-impl Drop for Counted {
+impl<S: AsRawFd> Drop for Counted<S> {
     /// A socket closed after an answer, while the client may still be
     /// sending, lingers ([`super::linger`]). One closed while the client
     /// was sending and got no answer (a head that never completed, cut off
     /// by its deadline) closes at once.
     fn drop(&mut self) {
         if self.answered {
-            super::linger::on_close(std::os::fd::AsRawFd::as_raw_fd(&self.inner));
+            super::linger::on_close(self.inner.as_raw_fd());
         }
     }
 }
 
-impl AsyncRead for Counted {
+impl<S: AsRawFd + AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -72,12 +76,13 @@ impl AsyncRead for Counted {
     }
 }
 
-crate::net::wrap::counted_stream!(Counted, wrote: answered);
+crate::net::wrap::counted_stream!(Counted<L4Stream>, wrote: answered);
+crate::net::wrap::counted_stream!(Counted<Socket>, wrote: answered);
 
-impl Ssl for Counted {}
+impl<S: AsRawFd> Ssl for Counted<S> {}
 
 #[async_trait]
-impl Peek for Counted {
+impl<S: AsRawFd + Peek + Send> Peek for Counted<S> {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.try_peek(buf).await
     }
@@ -108,16 +113,17 @@ mod tests {
         drop((counted, client));
     }
 
-    async fn pair() -> (tokio::net::TcpStream, Counted, std::sync::Arc<Load>) {
+    /// A plain connection as the accept loop makes it: a bare socket.
+    async fn pair() -> (tokio::net::TcpStream, Counted<Socket>, std::sync::Arc<Load>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (server, peer) = listener.accept().await.expect("accept");
         let load = Load::new(1);
         let (_, open) = load.assign(0);
-        (client, Counted::new(L4Stream::from(server), open), load)
+        (client, Counted::new(Socket::new(server, peer), open), load)
     }
 
     /// Closed after an answer while the client still sends (an early 503 to

@@ -4,6 +4,7 @@
 //! the app, as Pingora's own listening service does it.
 
 use super::counted::Counted;
+use super::socket::Socket;
 use super::spread::Open;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
@@ -32,7 +33,8 @@ pub const HANDSHAKE_LOG_TARGET: &str = "pingora_core::services::listening";
 pub struct Endpoint {
     /// `host:port` as configured; also its name in the hand-over table.
     pub addr: String,
-    /// Buffer sizes of the accepted connections' socket streams.
+    /// Buffer sizes of the accepted connections' socket streams (HTTPS;
+    /// plain connections are read and written on the socket itself).
     pub buffers: L4BufferSettings,
     /// The TLS set-up of an HTTPS endpoint.
     pub tls: Option<Tls>,
@@ -49,10 +51,10 @@ pub struct Tls {
 
 impl Endpoint {
     /// A plain (cleartext) endpoint on `addr`.
-    pub fn plain(addr: impl Into<String>, buffers: L4BufferSettings) -> Self {
+    pub fn plain(addr: impl Into<String>) -> Self {
         Endpoint {
             addr: addr.into(),
-            buffers,
+            buffers: L4BufferSettings::default(),
             tls: None,
         }
     }
@@ -80,6 +82,18 @@ pub fn serve<A>(
 ) where
     A: ServerApp + Send + Sync + 'static,
 {
+    if endpoint.tls.is_none() {
+        // Plain HTTP: no handshake, and no Pingora socket stream (the
+        // socket alone, [`Socket`]); its app runs in the connection's
+        // only task.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::error!("Accept() failed {e}");
+            return;
+        }
+        let io: Stream = Box::new(Counted::new(Socket::new(tcp, peer), open));
+        drop(tokio::spawn(run_app(io, app, shutdown)));
+        return;
+    }
     let mut l4 = socket_stream(tcp, peer);
     if let Err(e) = l4.set_nodelay() {
         tracing::error!("Accept() failed {e}");
@@ -112,8 +126,8 @@ fn socket_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> L4Stream {
     stream
 }
 
-/// The steps before HTTP: buffers, then on HTTPS the pre-TLS steps and the
-/// TLS handshake.
+/// The steps before HTTP on HTTPS: buffers, the pre-TLS steps and the TLS
+/// handshake.
 async fn handshake(endpoint: &Endpoint, mut l4: L4Stream, open: Open) -> pingora::Result<Stream> {
     l4.set_buffer(endpoint.buffers);
     let mut io = Counted::new(l4, open);

@@ -21,9 +21,11 @@ mod endpoint;
 mod linger;
 pub mod proxy_protocol;
 mod service;
+mod socket;
 pub mod spread;
 mod worker;
 
 pub use counted::Counted;
 pub use endpoint::{Endpoint, Tls, HANDSHAKE_LOG_TARGET};
 pub use service::AcceptService;
+pub use socket::Socket;

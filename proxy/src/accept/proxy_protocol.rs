@@ -107,6 +107,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// stream; the digest then carries its addresses without one).
 pub fn raw_fd(stream: &pingora::protocols::Stream) -> RawFd {
     let any = stream.as_any();
+    if let Some(plain) = any.downcast_ref::<crate::accept::Counted<crate::accept::Socket>>() {
+        return plain.get_ref().as_raw_fd();
+    }
     match any.downcast_ref::<crate::accept::Counted>() {
         Some(counted) => counted.get_ref().as_raw_fd(),
         None => any.downcast_ref::<L4Stream>().map_or(-1, |s| s.as_raw_fd()),

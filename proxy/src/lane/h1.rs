@@ -2,7 +2,6 @@
 //! it (proxied or static) until the connection ends or is handed off.
 
 use super::request::{LogFields, Parsed, Work};
-use super::timer::Timer;
 use crate::net::head_scan::HeadScan;
 use crate::net::stream::HeadDeadline;
 use pingora::protocols::{Ssl, ALPN};
@@ -18,9 +17,12 @@ use std::time::{Duration, Instant};
 const LAST_CALL: Duration = Duration::from_secs(2);
 
 use super::state::{
-    give_back, hsts, local_port, peer_ip, read_idle, read_some, End, Lane, Outcome,
+    give_back, hsts, local_port, peer_ip, poll_read_idle, read_idle, read_some, End, Lane, Outcome,
 };
+use super::timer::Timer;
 use super::{local, relay, request};
+use std::future::Future;
+use std::task::Poll;
 
 /// How long a keep-alive connection waits for its next request with its
 /// request state at hand (the exchange's future, the upstream head buffer,
@@ -31,9 +33,11 @@ use super::{local, relay, request};
 const GRACE: Duration = Duration::from_secs(1);
 
 /// What an HTTP/1.1 connection on the lane keeps between requests.
-struct Idle<'a> {
-    /// The connection's facts, as requests are planned with them.
-    conn: request::Conn<'a>,
+struct Idle {
+    /// The connection's facts, as requests are planned with them, but for
+    /// the peer's address as text: that is made for each stretch of
+    /// requests ([`Lane::busy`]), so an idle connection holds no `String`.
+    conn: request::Conn<'static>,
     /// Bytes read and not yet served (empty, without a buffer, while the
     /// connection waits for a request: [`read_idle`]).
     buf: Vec<u8>,
@@ -69,27 +73,30 @@ enum Next {
 /// keep-alive client is not cut off while its next request is on the way.
 async fn next_request(
     io: &mut HeadDeadline,
-    st: &mut Idle<'_>,
+    st: &mut Idle,
     limit: Duration,
     keepalive: Duration,
 ) -> Next {
-    let first = if *st.shutdown.borrow() {
-        None
+    let Idle {
+        buf,
+        timer,
+        shutdown,
+        ..
+    } = st;
+    let first = if *shutdown.borrow() {
+        Wait::Stopped
     } else {
-        tokio::select! {
-            biased;
-            r = st.timer.within(limit, read_idle(io, &mut st.buf)) => Some(r),
-            _ = st.shutdown.changed() => None,
-        }
+        let changed = std::pin::pin!(shutdown.changed());
+        wait_input(io, buf, timer, limit, Some(changed)).await
     };
     let read = match first {
-        Some(Ok(r)) => r,
-        Some(Err(())) => return Next::TimedOut,
-        None => {
+        Wait::Read(r) => r,
+        Wait::TimedOut => return Next::TimedOut,
+        Wait::Stopped => {
             let last_call = LAST_CALL.min(keepalive);
-            match st.timer.within(last_call, read_idle(io, &mut st.buf)).await {
-                Ok(r) => r,
-                Err(()) => return Next::Closed,
+            match wait_input::<std::future::Pending<()>>(io, buf, timer, last_call, None).await {
+                Wait::Read(r) => r,
+                Wait::TimedOut | Wait::Stopped => return Next::Closed,
             }
         }
     };
@@ -97,6 +104,47 @@ async fn next_request(
         Ok(n) if n > 0 => Next::Input,
         _ => Next::Closed,
     }
+}
+
+/// How [`wait_input`] ended.
+enum Wait {
+    /// The read ended (bytes, the end, or an error).
+    Read(std::io::Result<usize>),
+    /// `stop` was ready first.
+    Stopped,
+    /// The time limit passed first.
+    TimedOut,
+}
+
+/// Reads the first bytes of a request into `buf` ([`read_idle`]), for at
+/// most `limit` (on `timer`, armed only if the read has to wait), unless
+/// `stop` is ready first. Hand-written rather than `select!` over
+/// [`Timer::within`]: this is what an idle connection waits in, and its
+/// future is part of every idle connection (`select!` made it 400 bytes).
+async fn wait_input<S: Future + ?Sized>(
+    io: &mut HeadDeadline,
+    buf: &mut Vec<u8>,
+    timer: &mut Timer,
+    limit: Duration,
+    mut stop: Option<std::pin::Pin<&mut S>>,
+) -> Wait {
+    let mut armed = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = poll_read_idle(io, buf, cx) {
+            return Poll::Ready(Wait::Read(r));
+        }
+        if let Some(stop) = stop.as_mut() {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wait::Stopped);
+            }
+        }
+        if !armed {
+            timer.start(limit);
+            armed = true;
+        }
+        timer.poll_expired(cx).map(|()| Wait::TimedOut)
+    })
+    .await
 }
 
 impl Lane {
@@ -110,13 +158,11 @@ impl Lane {
         if matches!(io.selected_alpn_proto(), Some(ALPN::H2)) {
             return End::Handoff(Vec::new());
         }
-        let peer = peer_ip(io);
-        let ip = peer.map(|ip| ip.to_string()).unwrap_or_default();
         let mut st = Idle {
             conn: request::Conn {
                 tls: io.get_ssl_digest().is_some(),
-                client_ip: &ip,
-                peer,
+                client_ip: "",
+                peer: peer_ip(io),
                 acme: self.acme,
                 port: local_port(io),
                 peer_port: super::state::peer_port(io),
@@ -149,9 +195,14 @@ impl Lane {
     /// Serves requests on `io`, the first of which has begun to arrive (in
     /// `st.buf`), until the connection ends, a request needs Pingora's
     /// path, or no request comes within [`GRACE`].
-    async fn busy(&self, io: &mut HeadDeadline, st: &mut Idle<'_>) -> Step {
+    async fn busy(&self, io: &mut HeadDeadline, st: &mut Idle) -> Step {
         let tls = st.conn.tls;
-        let ip = st.conn.client_ip;
+        let ip = st.conn.peer.map(|ip| ip.to_string()).unwrap_or_default();
+        let conn = request::Conn {
+            client_ip: &ip,
+            ..st.conn
+        };
+        let ip = ip.as_str();
         // The upstream head of each request.
         let mut out: Vec<u8> = Vec::new();
         // Waits on upstreams.
@@ -172,14 +223,8 @@ impl Lane {
                         snap = self.control.load();
                         let config = &snap.table.config;
                         log = (config.access_log != LogFormat::Off).then(LogFields::default);
-                        let parsed = request::plan(
-                            &st.buf,
-                            &snap,
-                            &st.conn,
-                            &self.ids,
-                            &mut out,
-                            log.as_mut(),
-                        );
+                        let parsed =
+                            request::plan(&st.buf, &snap, &conn, &self.ids, &mut out, log.as_mut());
                         match parsed {
                             Parsed::Lane(mut p) => {
                                 io.head_parsed();
@@ -267,8 +312,8 @@ impl Lane {
                         peer: crate::net::uwsgi::Facts {
                             tls,
                             remote_addr: plan.client,
-                            remote_port: st.conn.peer_port,
-                            server_port: st.conn.port,
+                            remote_port: conn.peer_port,
+                            server_port: conn.port,
                         },
                         stream: None,
                     };
@@ -323,6 +368,25 @@ mod tests {
             super::super::sizes::output(&busy),
         );
         println!("Lane::serve (idle connection): {serve} bytes; Lane::busy (boxed): {busy} bytes");
+        let next = || {
+            super::next_request(
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+            )
+        };
+        // What an idle connection's future is made of: the idle wait (with
+        // the shutdown signal's `changed()` future), and the stream with the
+        // head deadline.
+        let changed = || pingora::server::ShutdownWatch::changed(unreachable!());
+        println!(
+            "next_request {} (of which changed() {}); Idle {}; HeadDeadline {} bytes",
+            super::super::sizes::output(&next),
+            super::super::sizes::output(&changed),
+            std::mem::size_of::<super::Idle>(),
+            std::mem::size_of::<crate::net::stream::HeadDeadline>(),
+        );
         assert!(
             serve < busy,
             "the idle connection's future holds the requests' state"

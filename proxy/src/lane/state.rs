@@ -6,7 +6,6 @@ use crate::control::{Control, Snapshot};
 use crate::net::forwarded::RequestIds;
 use crate::net::stream::HeadDeadline;
 use crate::ops::access_log::AccessLog;
-use pingora::protocols::GetSocketDigest;
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -115,23 +114,17 @@ pub(super) fn hsts(snap: &Snapshot, site: usize, tls: bool) -> Option<&str> {
 
 /// The connection peer's IP address (IPv4-mapped IPv6 as IPv4).
 pub(super) fn peer_ip(io: &HeadDeadline) -> Option<std::net::IpAddr> {
-    io.get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-        .map(|ip| ip.to_canonical())
+    io.peer().map(|a| a.ip().to_canonical())
 }
 
 /// The connection peer's port (0 when unknown).
 pub(super) fn peer_port(io: &HeadDeadline) -> u16 {
-    io.get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.port()))
-        .unwrap_or(0)
+    io.peer().map_or(0, |a| a.port())
 }
 
 /// The port of the listener `io` was accepted on (0 when unknown).
 pub(super) fn local_port(io: &HeadDeadline) -> u16 {
-    io.get_socket_digest()
-        .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()))
-        .unwrap_or(0)
+    io.local_port()
 }
 
 /// Reads what is available into the spare capacity of `buf`.
@@ -187,26 +180,33 @@ pub(super) async fn read_idle<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| {
-        IDLE_READ.with(|scratch| {
-            // Borrowed only within this poll: no other read runs meanwhile.
-            let mut scratch = scratch.borrow_mut();
-            let mut read = ReadBuf::new(&mut scratch[..]);
-            match Pin::new(&mut *r).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) => {
-                    let got = read.filled();
-                    if buf.capacity() == 0 && !got.is_empty() {
-                        *buf = SPARE
-                            .with(|s| s.borrow_mut().pop())
-                            .unwrap_or_else(|| Vec::with_capacity(READ_BYTES));
-                    }
-                    buf.extend_from_slice(got);
-                    Poll::Ready(Ok(got.len()))
+    std::future::poll_fn(|cx| poll_read_idle(r, buf, cx)).await
+}
+
+/// [`read_idle`] as a poll function, for a wait that polls it beside
+/// other futures.
+pub(super) fn poll_read_idle<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    IDLE_READ.with(|scratch| {
+        // Borrowed only within this poll: no other read runs meanwhile.
+        let mut scratch = scratch.borrow_mut();
+        let mut read = ReadBuf::new(&mut scratch[..]);
+        match Pin::new(&mut *r).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                let got = read.filled();
+                if buf.capacity() == 0 && !got.is_empty() {
+                    *buf = SPARE
+                        .with(|s| s.borrow_mut().pop())
+                        .unwrap_or_else(|| Vec::with_capacity(READ_BYTES));
                 }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
+                buf.extend_from_slice(got);
+                Poll::Ready(Ok(got.len()))
             }
-        })
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     })
-    .await
 }

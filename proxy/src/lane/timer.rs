@@ -59,6 +59,26 @@ impl Timer {
     }
 }
 
+impl Timer {
+    /// Sets the timer to expire `limit` from now (for [`Timer::poll_expired`]).
+    pub fn start(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        match &mut self.0 {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.0 = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Ready once the time set by the last [`Timer::start`] has passed
+    /// (never, before any).
+    pub fn poll_expired(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Timer;

@@ -4,9 +4,13 @@
 //! `header_timeout` of connecting, or of the first byte of a later request
 //! on a keep-alive connection, is cut off, however slowly it trickles.
 
+use crate::accept::{Counted, Socket};
 use async_trait::async_trait;
-use pingora::protocols::Stream;
-use pingora::protocols::{Peek, Ssl, ALPN};
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN, IO,
+};
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +18,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The client connection preface of cleartext HTTP/2 (h2c).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -101,13 +105,20 @@ impl Drop for Open {
 /// nginx frees a connection slot before closing its socket): a client that
 /// reconnects at once is not refused by `max_connections` for its own old
 /// connection.
+///
+/// An idle connection holds no timer here: the deadline's timer is made
+/// when a read has to wait for a head's bytes, and dropped once the head
+/// is complete.
 #[derive(Debug)]
 pub struct HeadDeadline {
     /// Declared before `inner`, so it drops before the socket closes.
     counted: Option<Open>,
-    inner: Stream,
+    inner: Inner,
     limit: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// When the head being read must be complete (while `armed`).
+    deadline: tokio::time::Instant,
+    /// The timer for `deadline`, while a read waits on an armed deadline.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Whether a head is being read against the deadline.
     armed: bool,
     /// Set when a request ended: the next bytes start a new head.
@@ -121,20 +132,78 @@ pub struct HeadDeadline {
     unread_at: usize,
 }
 
+/// The client stream under the head deadline: a plain connection's socket
+/// held here (no box, no Pingora socket stream: [`Socket`]), or any other
+/// stream (TLS) as Pingora's boxed stream.
+#[derive(Debug)]
+enum Inner {
+    Plain(Counted<Socket>),
+    Boxed(Stream),
+}
+
+impl Inner {
+    fn io(&self) -> &dyn IO {
+        match self {
+            Inner::Plain(s) => s,
+            Inner::Boxed(s) => &**s,
+        }
+    }
+
+    fn io_mut(&mut self) -> &mut dyn IO {
+        match self {
+            Inner::Plain(s) => s,
+            Inner::Boxed(s) => &mut **s,
+        }
+    }
+}
+
 impl HeadDeadline {
     /// Arms the deadline now; `counted` is released when the close begins.
     pub fn new(inner: Stream, limit: Duration, counted: Open) -> Self {
+        // A plain connection's socket comes out of its box.
+        let inner = if IO::as_any(&*inner).is::<Counted<Socket>>() {
+            match inner.into_any().downcast::<Counted<Socket>>() {
+                Ok(plain) => Inner::Plain(*plain),
+                Err(_) => unreachable!("the stream was just found to be a Counted<Socket>"),
+            }
+        } else {
+            Inner::Boxed(inner)
+        };
         HeadDeadline {
             counted: Some(counted),
             inner,
             limit,
-            sleep: Box::pin(tokio::time::sleep(limit)),
+            deadline: tokio::time::Instant::now() + limit,
+            sleep: None,
             armed: true,
             next_head: std::sync::atomic::AtomicBool::new(false),
             parsed: std::sync::atomic::AtomicBool::new(false),
             scan: Default::default(),
             unread: Vec::new(),
             unread_at: 0,
+        }
+    }
+
+    /// The peer's address: the client's, or the source its PROXY header
+    /// named (None when unknown).
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        match &self.inner {
+            Inner::Plain(s) => Some(s.get_ref().peer()),
+            Inner::Boxed(s) => s
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied()),
+        }
+    }
+
+    /// The port of the listener the connection was accepted on (0 when
+    /// unknown).
+    pub fn local_port(&self) -> u16 {
+        match &self.inner {
+            Inner::Plain(s) => s.get_ref().local_port(),
+            Inner::Boxed(s) => s
+                .get_socket_digest()
+                .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()))
+                .unwrap_or(0),
         }
     }
 
@@ -146,6 +215,12 @@ impl HeadDeadline {
         self.unread_at = 0;
     }
 
+    /// The head is complete: the deadline ends, and its timer goes.
+    fn disarm(&mut self) {
+        self.armed = false;
+        self.sleep = None;
+    }
+
     /// Reads from the socket, enforcing the head deadline.
     fn poll_read_socket(
         &mut self,
@@ -154,36 +229,45 @@ impl HeadDeadline {
     ) -> Poll<std::io::Result<()>> {
         let this = self;
         if this.armed && this.parsed.swap(false, Ordering::Relaxed) {
-            this.armed = false;
+            this.disarm();
         }
-        if this.armed && this.sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "client did not send a complete request head in time",
-            )));
+        if let Some(sleep) = this.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(timed_out()));
+            }
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &res {
-            let new = &buf.filled()[before..];
-            if this.armed {
-                if this.scan.feed(new) {
-                    this.armed = false;
-                }
-            } else if !new.is_empty() && this.next_head.swap(false, Ordering::Relaxed) {
-                // A new head starts; most arrive whole in this one read.
-                this.scan = Default::default();
-                // Not when a parser already has this head (it came in an
-                // earlier read, pipelined): these bytes are its body.
-                if !this.scan.feed(new) && !this.parsed.swap(false, Ordering::Relaxed) {
-                    this.armed = true;
-                    let deadline = tokio::time::Instant::now() + this.limit;
-                    this.sleep.as_mut().reset(deadline);
-                    // Register the timer's waker before the next read waits
-                    // (it cannot be due yet: `limit` is in the future).
-                    let _ = this.sleep.as_mut().poll(cx);
+        match &res {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if this.armed {
+                    if this.scan.feed(new) {
+                        this.disarm();
+                    }
+                } else if !new.is_empty() && this.next_head.swap(false, Ordering::Relaxed) {
+                    // A new head starts; most arrive whole in this one read.
+                    this.scan = Default::default();
+                    // Not when a parser already has this head (it came in an
+                    // earlier read, pipelined): these bytes are its body.
+                    if !this.scan.feed(new) && !this.parsed.swap(false, Ordering::Relaxed) {
+                        this.armed = true;
+                        this.deadline = tokio::time::Instant::now() + this.limit;
+                    }
                 }
             }
+            // The read waits with a head due: the deadline's timer must
+            // wake this task (made now, once per head that has to wait).
+            Poll::Pending if this.armed && this.sleep.is_none() => {
+                let deadline = this.deadline;
+                let sleep = this
+                    .sleep
+                    .insert(Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(timed_out()));
+                }
+            }
+            _ => {}
         }
         res
     }
@@ -241,17 +325,121 @@ impl AsyncRead for HeadDeadline {
     }
 }
 
+/// The error of a head that missed its deadline.
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "client did not send a complete request head in time",
+    )
+}
+
 crate::net::wrap::counted_stream!(HeadDeadline);
 
 impl Ssl for HeadDeadline {
     fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
+        self.inner.io().get_ssl()
     }
     fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
+        self.inner.io().get_ssl_digest()
     }
     fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
+        self.inner.io().selected_alpn_proto()
+    }
+}
+
+// The traits the head deadline's wrapper delegates to its `inner`.
+
+impl AsyncRead for Inner {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Boxed(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Inner {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Inner::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Boxed(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Inner::Plain(s) => Pin::new(s).poll_flush(cx),
+            Inner::Boxed(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Inner::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Boxed(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Inner::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Inner::Boxed(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io().is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Inner {
+    async fn shutdown(&mut self) {
+        self.io_mut().shutdown().await
+    }
+}
+
+impl UniqueID for Inner {
+    fn id(&self) -> UniqueIDType {
+        self.io().id()
+    }
+}
+
+impl GetTimingDigest for Inner {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.io().get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.io().get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.io().get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Inner {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.io().get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.io_mut().set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Inner {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.io().get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.io_mut().set_socket_digest(digest)
     }
 }
 
