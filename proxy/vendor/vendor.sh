@@ -10,7 +10,7 @@
 # are not kept: .cargo_vcs_info.json and Cargo.lock (unused for a path dependency).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-crates=(pingora-core)
+crates=(pingora-core h2)
 
 version_of() { # the version of the vendored crate $1
   sed -n 's/^version = "\(.*\)"$/\1/p' "$here/$1/Cargo.toml" | head -1
