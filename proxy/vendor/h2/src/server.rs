@@ -1786,3 +1786,78 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    /// Drives the server connection once (it writes what is queued).
+    async fn poll_once<T: AsyncRead + AsyncWrite + Unpin>(conn: &mut Connection<T, Bytes>) {
+        poll_fn(|cx| {
+            assert!(conn.poll_accept(cx).is_pending(), "no other stream comes");
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_keeps_no_storage_for_finished_streams() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let client = tokio::spawn(async move {
+            let (mut send, conn) = crate::client::handshake(client_io).await.unwrap();
+            tokio::spawn(conn);
+            let mut streams = Vec::new();
+            for _ in 0..2 {
+                let request = http::Request::get("https://example.com/").body(()).unwrap();
+                let (response, _) = send.send_request(request, true).unwrap();
+                streams.push(response);
+            }
+            for response in streams {
+                assert_eq!(response.await.unwrap().status(), 200);
+            }
+            // Keep the connection open (and idle) until the test is done.
+            send
+        });
+
+        let mut conn = handshake(server_io).await.unwrap();
+        for _ in 0..2 {
+            let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+            assert!(
+                conn.connection.allocated_stream_slots() > 0,
+                "a stream is stored"
+            );
+            assert!(conn.connection.allocated_buffer_bytes() > 0, "reading");
+            respond
+                .send_response(http::Response::new(()), true)
+                .unwrap();
+            drop(request);
+        }
+        poll_once(&mut conn).await;
+        let send = client.await.unwrap();
+        // Both streams are done on both sides: nothing is kept for them,
+        // and no buffer while the connection waits.
+        poll_once(&mut conn).await;
+        assert_eq!(conn.connection.allocated_stream_slots(), 0);
+        assert_eq!(conn.connection.allocated_buffer_bytes(), 0);
+
+        // The connection still serves the next stream.
+        let next = tokio::spawn(async move {
+            let mut send = send.ready().await.unwrap();
+            let request = http::Request::get("https://example.com/").body(()).unwrap();
+            let (response, _) = send.send_request(request, true).unwrap();
+            assert_eq!(response.await.unwrap().status(), 204);
+            send
+        });
+        let (_, mut respond) = conn.accept().await.unwrap().unwrap();
+        let mut response = http::Response::new(());
+        *response.status_mut() = http::StatusCode::NO_CONTENT;
+        respond.send_response(response, true).unwrap();
+        drop(respond);
+        poll_once(&mut conn).await;
+        let _send = next.await.unwrap();
+        poll_once(&mut conn).await;
+        assert_eq!(conn.connection.allocated_stream_slots(), 0);
+        assert_eq!(conn.connection.allocated_buffer_bytes(), 0);
+    }
+}

@@ -22,8 +22,8 @@ use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
 /// The read buffer allocated when a read starts (tokio-util's initial
-/// capacity). It is released whenever a read would block with no partial
-/// frame buffered, so an idle connection holds no read buffer.
+/// capacity). `release_idle_buffers` frees it when it holds no partial
+/// frame, so an idle connection holds no read buffer.
 const READ_BUFFER_CAPACITY: usize = 8 * 1024;
 
 #[derive(Debug)]
@@ -78,9 +78,9 @@ impl<T> FramedRead<T> {
     }
 
     /// Frees the read buffer's allocation, and the HPACK decoder's string
-    /// buffer, when they hold nothing (no partial frame): the connection is
-    /// waiting for the peer. The next read allocates them again.
-    fn release_idle_buffers(&mut self) {
+    /// buffer, when they hold nothing (no partial frame). The next read
+    /// allocates them again.
+    pub fn release_idle_buffers(&mut self) {
         let buf = self.inner.read_buffer_mut();
         if buf.is_empty() && buf.capacity() != 0 {
             *buf = BytesMut::new();
@@ -88,6 +88,12 @@ impl<T> FramedRead<T> {
         if self.decoder.partial.is_none() {
             self.decoder.hpack.release_buffer();
         }
+    }
+
+    /// The read buffer's and the HPACK string buffer's allocated sizes.
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.inner.read_buffer().capacity() + self.decoder.hpack.buffer_capacity()
     }
 
     /// Returns the current max frame size setting
@@ -444,11 +450,7 @@ where
                 // tokio-util would only reserve a byte.
                 self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
             }
-            let polled = Pin::new(&mut self.inner).poll_next(cx);
-            if polled.is_pending() {
-                self.release_idle_buffers();
-            }
-            let bytes = match ready!(polled) {
+            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
                 None => return Poll::Ready(None),
@@ -576,9 +578,17 @@ mod tests {
         f
     }
 
+    /// Polls for the next frame; when none is there, releases the idle
+    /// buffers as the connection does when it has no stream.
     fn next(c: &mut Codec<Feed, bytes::Bytes>) -> Poll<Option<Frame>> {
         let mut cx = Context::from_waker(Waker::noop());
-        Pin::new(c).poll_next(&mut cx).map(|f| f.map(|f| f.unwrap()))
+        let polled = Pin::new(&mut *c)
+            .poll_next(&mut cx)
+            .map(|f| f.map(|f| f.unwrap()));
+        if polled.is_pending() {
+            c.release_idle_buffers();
+        }
+        polled
     }
 
     fn capacity(c: &Codec<Feed, bytes::Bytes>) -> usize {
@@ -606,7 +616,11 @@ mod tests {
         assert!(capacity(&c) > 0, "reading");
         assert_eq!(payload(next(&mut c)), [2; 8]);
         assert!(next(&mut c).is_pending());
-        assert_eq!(capacity(&c), 0, "released while waiting with nothing buffered");
+        assert_eq!(
+            capacity(&c),
+            0,
+            "released while waiting with nothing buffered"
+        );
         // Waiting again allocates and releases again.
         assert!(next(&mut c).is_pending());
         assert_eq!(capacity(&c), 0);
@@ -623,7 +637,10 @@ mod tests {
         let frame = ping(5);
         feed(&mut c, frame[..12].to_vec());
         assert!(next(&mut c).is_pending());
-        assert!(capacity(&c) > 0, "kept: 12 bytes of a frame wait for the rest");
+        assert!(
+            capacity(&c) > 0,
+            "kept: 12 bytes of a frame wait for the rest"
+        );
         feed(&mut c, frame[12..].to_vec());
         assert_eq!(payload(next(&mut c)), [5; 8]);
         assert!(next(&mut c).is_pending());

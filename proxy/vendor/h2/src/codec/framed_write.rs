@@ -65,9 +65,10 @@ enum Next<B> {
 /// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
 /// frame that big.
 ///
-/// The buffer is allocated when the first frame is buffered and released
-/// again once a flush has written everything out, so an idle connection
-/// holds no write buffer.
+/// The buffer is allocated when a frame is buffered, and released by
+/// `release_idle_buffer` (the connection calls it when it has no stream and
+/// waits for the peer) once a flush has written everything out, so an idle
+/// connection holds no write buffer.
 const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
 
 /// Chain payloads bigger than this when vectored I/O is enabled. The remote
@@ -173,9 +174,6 @@ where
             }
         }
 
-        // Everything is written: give the buffer back until the next frame.
-        self.encoder.release_buffer();
-
         tracing::trace!("flushing buffer");
         // Flush the upstream
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
@@ -224,16 +222,6 @@ where
                 ControlFlow::Continue
             }
             None => ControlFlow::Break,
-        }
-    }
-
-    /// Frees the write buffer's allocation when it holds nothing to write.
-    fn release_buffer(&mut self) {
-        if self.next.is_none()
-            && !self.buf.has_remaining()
-            && self.buf.get_ref().capacity() != 0
-        {
-            self.buf = Cursor::new(BytesMut::new());
         }
     }
 
@@ -344,6 +332,13 @@ where
 }
 
 impl<B> Encoder<B> {
+    /// Frees the write buffer's allocation when it holds nothing to write.
+    fn release_buffer(&mut self) {
+        if self.next.is_none() && !self.buf.has_remaining() && self.buf.get_ref().capacity() != 0 {
+            self.buf = Cursor::new(BytesMut::new());
+        }
+    }
+
     fn max_frame_size(&self) -> usize {
         self.max_frame_size as usize
     }
@@ -364,6 +359,18 @@ impl<T, B> FramedWrite<T, B> {
     /// Set the peer's header table size.
     pub fn set_header_table_size(&mut self, val: usize) {
         self.encoder.hpack.update_max_size(val);
+    }
+
+    /// Frees the write buffer's allocation when it holds nothing to write;
+    /// the next buffered frame allocates it again.
+    pub fn release_idle_buffer(&mut self) {
+        self.encoder.release_buffer();
+    }
+
+    /// The write buffer's allocated size.
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.encoder.buf.get_ref().capacity()
     }
 
     /// Retrieve the last data frame that has been sent
@@ -443,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn write_buffer_is_allocated_per_write_and_released_once_flushed() {
+    fn write_buffer_is_allocated_on_write_and_released_when_idle_and_flushed() {
         let mut cx = Context::from_waker(Waker::noop());
         let mut w = FramedWrite::<_, bytes::Bytes>::new(Sink::default());
         assert_eq!(capacity(&w), 0, "no buffer before the first frame");
@@ -453,18 +460,26 @@ mod tests {
         assert!(capacity(&w) >= DEFAULT_BUFFER_CAPACITY);
         w.buffer(ping(2)).unwrap();
         assert!(w.flush(&mut cx).is_ready());
+        assert!(capacity(&w) > 0, "kept until the connection is idle");
+        w.release_idle_buffer();
         assert_eq!(capacity(&w), 0, "released once everything is written");
         assert_eq!(w.inner.written.len(), 2 * (frame::HEADER_LEN + 8));
-        assert_eq!(&w.inner.written[frame::HEADER_LEN..frame::HEADER_LEN + 8], &[1; 8]);
+        assert_eq!(
+            &w.inner.written[frame::HEADER_LEN..frame::HEADER_LEN + 8],
+            &[1; 8]
+        );
 
         // A flush with nothing buffered allocates nothing.
         assert!(w.flush(&mut cx).is_ready());
+        assert_eq!(capacity(&w), 0);
+        w.release_idle_buffer();
         assert_eq!(capacity(&w), 0);
 
         // The next frame allocates it again.
         assert!(w.poll_ready(&mut cx).is_ready());
         w.buffer(ping(3)).unwrap();
         assert!(w.flush(&mut cx).is_ready());
+        w.release_idle_buffer();
         assert_eq!(capacity(&w), 0);
         assert_eq!(w.inner.written.len(), 3 * (frame::HEADER_LEN + 8));
         assert_eq!(&w.inner.written[w.inner.written.len() - 8..], &[3; 8]);
@@ -479,11 +494,16 @@ mod tests {
         });
         w.buffer(ping(7)).unwrap();
         assert!(w.flush(&mut cx).is_pending());
-        assert!(capacity(&w) >= DEFAULT_BUFFER_CAPACITY, "kept: not written yet");
+        w.release_idle_buffer();
+        assert!(
+            capacity(&w) >= DEFAULT_BUFFER_CAPACITY,
+            "kept: not written yet"
+        );
         assert_eq!(w.encoder.buf.remaining(), frame::HEADER_LEN + 8);
 
         w.inner.blocked = false;
         assert!(w.flush(&mut cx).is_ready());
+        w.release_idle_buffer();
         assert_eq!(capacity(&w), 0);
         assert_eq!(&w.inner.written[frame::HEADER_LEN..], &[7; 8]);
     }
@@ -496,6 +516,7 @@ mod tests {
         let data = frame::Data::new(1.into(), payload);
         w.buffer(data.into()).unwrap();
         assert!(w.flush(&mut cx).is_ready());
+        w.release_idle_buffer();
         assert_eq!(capacity(&w), 0);
         assert_eq!(w.inner.written.len(), frame::HEADER_LEN + 4000);
         assert!(w.take_last_data_frame().is_some());

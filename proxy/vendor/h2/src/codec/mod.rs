@@ -117,6 +117,20 @@ impl<T, B> Codec<T, B> {
     }
 
     /// Takes the data payload value that was fully written to the socket
+    /// The read, write and HPACK string buffers' allocated sizes.
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&mut self) -> usize {
+        self.inner.buffer_capacity() + self.framed_write().buffer_capacity()
+    }
+
+    /// Frees the read, write and HPACK string buffers where they hold
+    /// nothing; for a connection that waits for its peer with no stream open.
+    /// The next read or frame allocates them again.
+    pub fn release_idle_buffers(&mut self) {
+        self.inner.release_idle_buffers();
+        self.framed_write().release_idle_buffer();
+    }
+
     pub(crate) fn take_last_data_frame(&mut self) -> Option<Data<B>> {
         self.framed_write().take_last_data_frame()
     }

@@ -167,6 +167,11 @@ impl Decoder {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buffer.capacity()
+    }
+
     /// Frees the Huffman string buffer's allocation when it holds nothing
     /// (strings decoded into it are split off, so it is empty between
     /// header blocks); the next Huffman-coded string allocates it again.

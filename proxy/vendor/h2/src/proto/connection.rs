@@ -294,6 +294,18 @@ where
         self.inner.streams.has_streams_or_other_references()
     }
 
+    /// Entries the stream store and frame buffers have room for.
+    #[cfg(test)]
+    pub(crate) fn allocated_stream_slots(&self) -> usize {
+        self.inner.streams.allocated_slots()
+    }
+
+    /// Bytes the codec's read, write and HPACK string buffers hold.
+    #[cfg(test)]
+    pub(crate) fn allocated_buffer_bytes(&mut self) -> usize {
+        self.codec.buffer_capacity()
+    }
+
     pub(crate) fn take_user_pings(&mut self) -> Option<UserPings> {
         self.inner.ping_pong.take_user_pings()
     }
@@ -330,6 +342,15 @@ where
                             {
                                 self.inner.as_dyn().go_away_now(Reason::NO_ERROR);
                                 continue;
+                            }
+
+                            // Waiting for the peer with no stream open (all
+                            // written: `poll_complete` flushed): free the
+                            // buffers and what earlier streams left allocated.
+                            // Not while streams are open, where a busy
+                            // connection would pay an allocation per poll.
+                            if self.inner.streams.release_idle_memory() {
+                                self.codec.release_idle_buffers();
                             }
 
                             return Poll::Pending;

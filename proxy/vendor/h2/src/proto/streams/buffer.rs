@@ -33,6 +33,18 @@ impl<T> Buffer<T> {
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }
+
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.slab.capacity()
+    }
+
+    /// Frees the slab's allocation when it holds no entry.
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() && self.slab.capacity() != 0 {
+            self.slab = Slab::new();
+        }
+    }
 }
 
 impl Deque {

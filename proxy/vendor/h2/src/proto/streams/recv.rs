@@ -85,6 +85,16 @@ pub(crate) enum Open {
 }
 
 impl Recv {
+    #[cfg(test)]
+    pub fn allocated_slots(&self) -> usize {
+        self.buffer.capacity()
+    }
+
+    /// Frees the receive buffer's allocation when it holds no event.
+    pub fn release_idle_buffer(&mut self) {
+        self.buffer.release_if_empty();
+    }
+
     pub fn new(peer: peer::Dyn, config: &Config) -> Self {
         let next_stream_id = if peer.is_server() { 1 } else { 2 };
 

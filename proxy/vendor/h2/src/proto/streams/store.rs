@@ -86,6 +86,20 @@ impl Store {
         }
     }
 
+    #[cfg(test)]
+    pub fn allocated_slots(&self) -> usize {
+        self.slab.capacity() + self.ids.capacity()
+    }
+
+    /// Frees the stream slab's and the id map's allocations when no stream
+    /// is stored (no key into them is held anywhere then).
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() && self.ids.is_empty() && self.slab.capacity() != 0 {
+            self.slab = slab::Slab::new();
+            self.ids = IndexMap::new();
+        }
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;

@@ -1149,6 +1149,32 @@ where
         me.counts.has_streams() || me.refs > 1
     }
 
+    /// How many entries the stream store and the frame buffers have room
+    /// for (allocated, used or not).
+    #[cfg(test)]
+    pub fn allocated_slots(&self) -> usize {
+        let me = self.inner.lock().unwrap();
+        me.store.allocated_slots()
+            + me.actions.recv.allocated_slots()
+            + self.send_buffer.inner.lock().unwrap().capacity()
+    }
+
+    /// Frees the allocations the stream store and the frame buffers keep
+    /// from earlier streams, when the connection has no stream: an idle
+    /// connection then holds none of them. The next stream allocates them
+    /// again. Returns whether the connection has no stream.
+    pub fn release_idle_memory(&self) -> bool {
+        let mut me = self.inner.lock().unwrap();
+        if me.counts.has_streams() {
+            return false;
+        }
+        let me = &mut *me;
+        me.store.release_if_empty();
+        me.actions.recv.release_idle_buffer();
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
+        true
+    }
+
     #[cfg(feature = "unstable")]
     pub fn num_wired_streams(&self) -> usize {
         let me = self.inner.lock().unwrap();
