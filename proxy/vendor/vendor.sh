@@ -2,15 +2,16 @@
 # The vendored crates are crates.io releases plus the patches in patches/.
 #
 #   proxy/vendor/vendor.sh check            the vendored tree equals crates.io + patches (exit 1 if not)
-#   proxy/vendor/vendor.sh update VERSION   re-vendor at VERSION: fetch the release, apply the patches
-#                                           (stops at the first one that does not apply)
+#   proxy/vendor/vendor.sh update VERSION   re-vendor pingora-core at VERSION: fetch the release, apply
+#                                           the patches (stops at the first one that does not apply)
+#   proxy/vendor/vendor.sh update h2 VERSION   the same for another vendored crate (h2)
 #
 # Each patch applies with `patch -p1` inside the crate's directory; patches are
 # named CRATE-NN-what.patch and applied in name order. Two files of the .crate
 # are not kept: .cargo_vcs_info.json and Cargo.lock (unused for a path dependency).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-crates=(pingora-core)
+crates=(pingora-core h2)
 
 version_of() { # the version of the vendored crate $1
   sed -n 's/^version = "\(.*\)"$/\1/p' "$here/$1/Cargo.toml" | head -1
@@ -60,18 +61,18 @@ case "${1:-check}" in
     exit $status
     ;;
   update)
-    version=${2:?usage: vendor.sh update VERSION}
-    for crate in "${crates[@]}"; do
-      patched "$crate" "$version" "$tmp"
-    done
-    for crate in "${crates[@]}"; do
-      rm -rf "${here:?}/$crate"
-      cp -a "$tmp/$crate-$version" "$here/$crate"
-      echo "$crate: vendored $version with its patches"
-    done
+    # update VERSION (pingora-core) or update CRATE VERSION
+    crate=pingora-core
+    if [ $# -ge 3 ]; then crate=$2; shift; fi
+    version=${2:?usage: vendor.sh update [CRATE] VERSION}
+    case " ${crates[*]} " in *" $crate "*) ;; *) echo "not vendored: $crate" >&2; exit 2 ;; esac
+    patched "$crate" "$version" "$tmp"
+    rm -rf "${here:?}/$crate"
+    cp -a "$tmp/$crate-$version" "$here/$crate"
+    echo "$crate: vendored $version with its patches"
     ;;
   *)
-    sed -n '2,11p' "$0"
+    sed -n '2,12p' "$0"
     exit 2
     ;;
 esac
