@@ -85,6 +85,16 @@ pub fn serve<A>(
         tracing::error!("Accept() failed {e}");
         return;
     }
+    if endpoint.tls.is_none() {
+        // Nothing to wait for before HTTP: the app's task at once. A second
+        // task (as for TLS below) would cost each new connection one more
+        // turn of the worker's run queue before its first read, and a turn
+        // took up to 0.5 s with 10 000 clients connecting at once
+        // (`benches/load/c10k.py`).
+        let stream = plain(&endpoint, l4, open);
+        drop(tokio::spawn(run_app(stream, app, shutdown)));
+        return;
+    }
     tokio::spawn(async move {
         let handshake = pingora_timeout::timeout(HANDSHAKE_TIMEOUT, handshake(&endpoint, l4, open));
         match handshake.await {
@@ -112,14 +122,20 @@ fn socket_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> L4Stream {
     stream
 }
 
+/// A plain connection's stream: its buffers and its count.
+fn plain(endpoint: &Endpoint, mut l4: L4Stream, open: Open) -> Stream {
+    l4.set_buffer(endpoint.buffers);
+    Box::new(Counted::new(l4, open))
+}
+
 /// The steps before HTTP: buffers, then on HTTPS the pre-TLS steps and the
 /// TLS handshake.
 async fn handshake(endpoint: &Endpoint, mut l4: L4Stream, open: Open) -> pingora::Result<Stream> {
+    let Some(tls) = &endpoint.tls else {
+        return Ok(plain(endpoint, l4, open));
+    };
     l4.set_buffer(endpoint.buffers);
     let mut io = Counted::new(l4, open);
-    let Some(tls) = &endpoint.tls else {
-        return Ok(Box::new(io));
-    };
     for step in &tls.before {
         step.process(io.get_mut()).await?;
     }
