@@ -181,9 +181,9 @@ impl<A: ServerApp + Send + Sync + 'static> Worker<A> {
     /// from the inbox counts against Tokio's cooperative budget, so one at
     /// a time this task would take 128 per turn and then wait behind every
     /// other task of the worker for the next 128. Under 10 000 clients
-    /// connecting at once that held half of the connections' first requests
-    /// unread for up to 8 s after their accept (`benches/load/c10k.py`, the
-    /// sockets' `ss -ti` ages), and those requests were the whole p99.
+    /// connecting at once (`benches/load/c10k.py`) the last hand-overs
+    /// waited ~40 such turns: their first requests sat unread for up to 8 s
+    /// after the accept (the sockets' `ss -ti` ages), and made the p99.
     async fn take_handoffs(self: Arc<Self>, mut inbox: UnboundedReceiver<Handoff>) {
         let mut shutdown = self.shutdown.clone();
         loop {
