@@ -176,6 +176,14 @@ impl<A: ServerApp + Send + Sync + 'static> Worker<A> {
     }
 
     /// Serves the connections other workers hand over, until shutdown.
+    ///
+    /// Up to [`ACCEPT_BATCH`] at a time, like the accept loop: a receive
+    /// from the inbox counts against Tokio's cooperative budget, so one at
+    /// a time this task would take 128 per turn and then wait behind every
+    /// other task of the worker for the next 128. Under 10 000 clients
+    /// connecting at once (`benches/load/c10k.py`) the last hand-overs
+    /// waited ~40 such turns: their first requests sat unread for up to 8 s
+    /// after the accept (the sockets' `ss -ti` ages), and made the p99.
     async fn take_handoffs(self: Arc<Self>, mut inbox: UnboundedReceiver<Handoff>) {
         let mut shutdown = self.shutdown.clone();
         loop {
@@ -186,14 +194,33 @@ impl<A: ServerApp + Send + Sync + 'static> Worker<A> {
                 },
                 () = stopped(&mut shutdown) => break,
             };
-            match TcpStream::from_std(handoff.stream) {
-                Ok(tcp) => {
-                    let (app, shutdown) = (self.app.clone(), self.shutdown.clone());
-                    let (endpoint, peer) = (handoff.endpoint, handoff.peer);
-                    endpoint::serve(endpoint, tcp, peer, handoff.open, app, shutdown);
+            let mut next = Some(handoff);
+            let mut taken = 0;
+            while let Some(handoff) = next.take() {
+                self.take_over(handoff);
+                taken += 1;
+                if taken < ACCEPT_BATCH {
+                    // Outside the budget: `try_recv` does not count.
+                    next = inbox.try_recv().ok();
                 }
-                Err(e) => tracing::error!("taking over a connection failed: {e}"),
             }
+            if taken >= ACCEPT_BATCH {
+                // More may be waiting: let the connections just started
+                // run first.
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    /// Serves one connection another worker handed over.
+    fn take_over(&self, handoff: Handoff) {
+        match TcpStream::from_std(handoff.stream) {
+            Ok(tcp) => {
+                let (app, shutdown) = (self.app.clone(), self.shutdown.clone());
+                let (endpoint, peer) = (handoff.endpoint, handoff.peer);
+                endpoint::serve(endpoint, tcp, peer, handoff.open, app, shutdown);
+            }
+            Err(e) => tracing::error!("taking over a connection failed: {e}"),
         }
     }
 }
