@@ -74,6 +74,7 @@ impl<A: ServerApp + Send + Sync + 'static> Worker<A> {
             .name(name.to_string())
             .spawn(move || {
                 runtime.block_on(async move {
+                    drop(tokio::spawn(crate::ops::heap::collect_while_running()));
                     Arc::new(self).run(inbox).await;
                     let _ = done.send(());
                     // Connections still open finish here, within the grace

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod admin_extras;
+pub mod heap;
 pub mod init;
 pub mod json;
 pub mod logging;
