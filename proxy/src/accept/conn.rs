@@ -141,7 +141,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
         shutdown: &ShutdownWatch,
     ) {
         // The lane parks only what `parkable()` allows.
-        let Ok((counted, conns)) = stream.into_plain() else {
+        let Some((counted, conns)) = stream.into_plain() else {
             return;
         };
         let (socket, load, answered) = counted.into_parts();

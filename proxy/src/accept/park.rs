@@ -90,6 +90,15 @@ pub fn parked_here() -> usize {
     HERE.with(|h| h.borrow().as_ref().map_or(0, |p| p.lock().len))
 }
 
+/// Connections parked now, on every worker (the
+/// `duotone_parked_connections` gauge).
+pub fn parked() -> i64 {
+    PARKED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Connections parked now, in the whole process.
+static PARKED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 thread_local! {
     /// This worker thread's parker, while its task runs.
     static HERE: RefCell<Option<Arc<Parker>>> = const { RefCell::new(None) };
@@ -151,6 +160,7 @@ impl State {
         slot.gen = slot.gen.wrapping_add(1);
         slot.entry = Some(entry);
         self.len += 1;
+        PARKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         (u64::from(slot.gen) << 32) | u64::from(idx)
     }
 
@@ -173,6 +183,7 @@ impl State {
         let entry = slot.entry.take()?;
         self.free.push(idx);
         self.len -= 1;
+        PARKED.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         Some(entry)
     }
 
@@ -386,7 +397,11 @@ impl Drop for Leave {
                 }
             }
         });
-        let slots = std::mem::take(&mut self.0.lock().slots);
+        let mut st = self.0.lock();
+        PARKED.fetch_sub(st.len as i64, std::sync::atomic::Ordering::Relaxed);
+        st.len = 0;
+        let slots = std::mem::take(&mut st.slots);
+        drop(st);
         for conn in slots.into_iter().filter_map(|s| s.entry) {
             self.0.leave_set(&conn.conn);
             drop(conn);
@@ -519,7 +534,10 @@ mod tests {
         park(conn, Duration::from_secs(60), BOUND, &shutdown, to(tx));
         assert_eq!(parked_here(), 1);
         assert_eq!((load.counts(), conns.total()), (vec![1], 1));
-        client.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+        client
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .expect("write");
         let woken = tokio::time::timeout(BOUND, rx.recv())
             .await
             .expect("resumed in time")
@@ -572,9 +590,21 @@ mod tests {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (mut idle, conn) = parked(&load, &conns).await;
-        park(conn, Duration::from_secs(60), Duration::ZERO, &shutdown, to(tx.clone()));
+        park(
+            conn,
+            Duration::from_secs(60),
+            Duration::ZERO,
+            &shutdown,
+            to(tx.clone()),
+        );
         let (mut busy, conn) = parked(&load, &conns).await;
-        park(conn, Duration::from_secs(60), Duration::ZERO, &shutdown, to(tx));
+        park(
+            conn,
+            Duration::from_secs(60),
+            Duration::ZERO,
+            &shutdown,
+            to(tx),
+        );
         assert_eq!(conns.total(), 2);
         stop.send(true).expect("signal");
         assert!(closed(&mut idle).await, "still open after the shutdown");
@@ -589,9 +619,18 @@ mod tests {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (mut client, conn) = parked(&load, &conns).await;
-        park(conn, Duration::from_secs(60), Duration::from_secs(60), &shutdown, to(tx));
+        park(
+            conn,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            &shutdown,
+            to(tx),
+        );
         stop.send(true).expect("signal");
-        client.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+        client
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .expect("write");
         let woken = tokio::time::timeout(BOUND, rx.recv()).await;
         assert!(matches!(woken, Ok(Some(_))), "not resumed");
     }

@@ -210,15 +210,15 @@ impl HeadDeadline {
     }
 
     /// The plain socket and the connection's count, to be parked (the head
-    /// deadline's state goes: the next head gets a new one); `self` back
-    /// unless [`HeadDeadline::parkable`].
-    pub fn into_plain(self) -> Result<(Counted<Socket>, Option<Open>), Self> {
+    /// deadline's state goes: the next head gets a new one). None, and the
+    /// connection dropped, unless [`HeadDeadline::parkable`].
+    pub fn into_plain(self) -> Option<(Counted<Socket>, Option<Open>)> {
         if !self.parkable() {
-            return Err(self);
+            return None;
         }
         match self.inner {
-            Inner::Plain(socket) => Ok((socket, self.counted)),
-            Inner::Boxed(_) => unreachable!("parkable() checked the socket is plain"),
+            Inner::Plain(socket) => Some((socket, self.counted)),
+            Inner::Boxed(_) => None,
         }
     }
 
