@@ -525,6 +525,16 @@ mod tests {
         )
     }
 
+    /// What a parked connection holds in its worker's table (a connection
+    /// idle in its task held ≈ 1.4 KiB):
+    /// `cargo test -p duotone --lib accept::park -- --nocapture`.
+    #[test]
+    fn a_parked_connection_is_small() {
+        let slot = std::mem::size_of::<Slot>();
+        println!("a parked connection: {slot} bytes (its slot) + 8 (its deadline's key)");
+        assert!(slot <= 128, "{slot} bytes");
+    }
+
     #[tokio::test]
     async fn input_resumes_a_parked_connection_still_counted() {
         let (load, conns) = (Load::new(1), Connections::new(1));
