@@ -7,7 +7,8 @@
 //! table (≈ 80 bytes; a connection idle in its task held ≈ 1.4 KiB).
 //!
 //! One parker per worker thread, made by the first connection parked
-//! there, in one task that waits on the epoll set (itself registered with
+//! there (its app, the accept service's one, is what resumes them all), in
+//! one task that waits on the epoll set (itself registered with
 //! Tokio), on the earliest keep-alive deadline, and on the shutdown signal:
 //! - input (a request, the client's end, an error): the socket leaves the
 //!   set, goes back to Tokio, and the parker's `resume` serves it again in
