@@ -82,6 +82,11 @@ const GAUGES: &[(&str, &str, &[&str])] = &[
         &["worker"],
     ),
     (
+        "duotone_parked_connections",
+        "Idle plain HTTP/1.1 keep-alive connections parked now (in their worker's epoll set, with no task of their own); counted in duotone_downstream_connections too.",
+        &[],
+    ),
+    (
         "duotone_open_files",
         "Files held open by static routes now (limits.max_open_files caps it).",
         &[],
@@ -441,12 +446,19 @@ impl Metrics {
 }
 
 /// Open client connections, in total and per worker thread.
-pub fn connection_gauges(total: i64, per_worker: Vec<i64>) -> Vec<StateGauge> {
-    let mut gauges = vec![StateGauge {
-        name: "duotone_downstream_connections",
-        labels: vec![],
-        value: total as f64,
-    }];
+pub fn connection_gauges(total: i64, per_worker: Vec<i64>, parked: i64) -> Vec<StateGauge> {
+    let mut gauges = vec![
+        StateGauge {
+            name: "duotone_downstream_connections",
+            labels: vec![],
+            value: total as f64,
+        },
+        StateGauge {
+            name: "duotone_parked_connections",
+            labels: vec![],
+            value: parked as f64,
+        },
+    ];
     gauges.extend(per_worker.into_iter().enumerate().map(|(i, n)| StateGauge {
         name: "duotone_worker_connections",
         labels: vec![("worker", i.to_string())],

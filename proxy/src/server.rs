@@ -101,7 +101,10 @@ pub fn run(source: Source, upgrade: bool) -> Result<()> {
                     value: crate::ops::logging::handshake_failures() as f64,
                 }]
             }),
-            Arc::new(move || crate::metrics::connection_gauges(conns.total(), conns.per_worker())),
+            Arc::new(move || {
+                let parked = crate::accept::park::parked();
+                crate::metrics::connection_gauges(conns.total(), conns.per_worker(), parked)
+            }),
             Arc::new(crate::net::spool::gauges),
             Arc::new(crate::ops::nofile::gauges),
             Arc::new({

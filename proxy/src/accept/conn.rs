@@ -2,6 +2,8 @@
 //! the head deadline around its stream, and the dispatch between the lane
 //! (HTTP/1.1 connections and HTTP/2 streams it serves) and Pingora's path.
 
+use crate::accept::park::Parked;
+use crate::accept::{Counted, Socket};
 use crate::net::stream::{Connections, HeadDeadline, H2_PREFACE};
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
@@ -91,22 +93,22 @@ impl<A> Guarded<A> {
     }
 }
 
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        // Set up in a future of its own: its locals (the limits, the
-        // PROXY header's read) are not kept by this one, which lives as
-        // long as the connection.
-        let mut stream = self.admit(stream).await?;
+impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
+    /// Serves an admitted connection: on the lane (HTTP/1.1, and HTTP/2
+    /// streams), else, or from a hand-off on, on Pingora's path. A plain
+    /// HTTP/1.1 connection idle past the lane's grace is parked
+    /// ([`crate::accept::park`]) and this ends; it is served again by a
+    /// call from [`Guarded::resume`] in a task of its own.
+    async fn serve(self: &Arc<Self>, mut stream: HeadDeadline, shutdown: &ShutdownWatch) {
         if let Some(lane) = &self.lane {
             match lane.serve(&mut stream, shutdown).await {
                 crate::lane::End::Closed => {
                     stream.shutdown().await;
-                    return None;
+                    return;
+                }
+                crate::lane::End::Park { within, last_call } => {
+                    self.park(stream, within, last_call, shutdown);
+                    return;
                 }
                 crate::lane::End::Handoff(read) => {
                     // HTTP/2: by ALPN on TLS, by its preface in the clear.
@@ -121,12 +123,82 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                             lane, app, stream, shutdown,
                         ))
                         .await;
-                        return None;
+                        return;
                     }
                 }
             }
         }
         self.inner.process_new(Box::new(stream), shutdown).await;
+    }
+
+    /// Parks the idle plain connection `stream` on this worker's parker
+    /// for at most `within` (`last_call` once a shutdown has begun).
+    fn park(
+        self: &Arc<Self>,
+        stream: HeadDeadline,
+        within: std::time::Duration,
+        last_call: std::time::Duration,
+        shutdown: &ShutdownWatch,
+    ) {
+        // The lane parks only what `parkable()` allows.
+        let Some((counted, conns)) = stream.into_plain() else {
+            return;
+        };
+        let (socket, load, answered) = counted.into_parts();
+        let (tcp, peer) = socket.into_parts();
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!("parking a connection failed: {e}");
+                return;
+            }
+        };
+        let conn = Parked {
+            tcp,
+            peer,
+            load,
+            conns,
+            answered,
+        };
+        crate::accept::park::park(conn, within, last_call, shutdown, || {
+            let (me, shutdown) = (self.clone(), shutdown.clone());
+            Arc::new(move |conn| {
+                drop(tokio::spawn(me.clone().resume(conn, shutdown.clone())));
+            })
+        });
+    }
+
+    /// Serves a parked connection again, once input came: as a new
+    /// connection's first read, without the set-up (it is still counted;
+    /// its PROXY header was read).
+    async fn resume(self: Arc<Self>, conn: Parked, shutdown: ShutdownWatch) {
+        let header_timeout = self.control.load().table.config.limits.header_timeout;
+        let tcp = match tokio::net::TcpStream::from_std(conn.tcp) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!("resuming a parked connection failed: {e}");
+                return;
+            }
+        };
+        let socket = Socket::new(tcp, conn.peer);
+        let counted = Counted::<Socket>::from_parts(socket, conn.load, conn.answered);
+        let stream = HeadDeadline::resumed(counted, header_timeout, conn.conns);
+        self.serve(stream, &shutdown).await;
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // Set up in a future of its own: its locals (the limits, the
+        // PROXY header's read) are not kept by this one, which lives as
+        // long as the connection.
+        let stream = self.admit(stream).await?;
+        self.serve(stream, shutdown).await;
         None
     }
 

@@ -38,6 +38,34 @@ impl<S: AsRawFd> Counted<S> {
         }
     }
 
+    /// `inner` as [`Counted::into_parts`] gave it: counted as `open` (if
+    /// still), and whether its last event was an answer.
+    pub fn from_parts(inner: S, open: Option<Open>, answered: bool) -> Self {
+        Counted {
+            counted: open,
+            inner,
+            answered,
+        }
+    }
+
+    /// The socket stream, its count, and whether the last thing on it was
+    /// a write (an answer): what [`Counted::from_parts`] takes back. No
+    /// lingering close: the socket stays open.
+    #[allow(unsafe_code)]
+    pub fn into_parts(self) -> (S, Option<Open>, bool) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again (ManuallyDrop), so
+        // each field is moved out exactly once, and `Counted`'s `Drop` (the
+        // lingering close) does not run on the moved-out socket.
+        unsafe {
+            (
+                std::ptr::read(&this.inner),
+                std::ptr::read(&this.counted),
+                this.answered,
+            )
+        }
+    }
+
     /// The socket stream (e.g. to read a PROXY header before TLS).
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner

@@ -19,6 +19,7 @@ pub mod conn;
 mod counted;
 mod endpoint;
 mod linger;
+pub mod park;
 pub mod proxy_protocol;
 mod service;
 mod socket;

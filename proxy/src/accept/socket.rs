@@ -44,6 +44,12 @@ impl Socket {
         }
     }
 
+    /// The Tokio socket and the peer's address (a socket digest made
+    /// meanwhile goes; it is made again from these on first use).
+    pub fn into_parts(self) -> (TcpStream, SocketAddr) {
+        (self.tcp, self.peer)
+    }
+
     /// The peer's address: the client's, or the source its PROXY header
     /// named.
     pub fn peer(&self) -> SocketAddr {

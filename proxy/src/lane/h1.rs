@@ -153,7 +153,11 @@ impl Lane {
     ///
     /// This future is what an idle keep-alive connection holds: the
     /// requests themselves are served in a boxed future ([`Lane::busy`])
-    /// that ends once the connection has been idle for [`GRACE`].
+    /// that ends once the connection has been idle for [`GRACE`]. Past
+    /// it, a plain connection is given up to be parked ([`End::Park`]);
+    /// one over TLS waits here for the rest of the keep-alive timeout.
+    /// A parked connection with input is served by a new call, as a new
+    /// connection is.
     pub async fn serve(&self, io: &mut HeadDeadline, shutdown: &ShutdownWatch) -> End {
         if matches!(io.selected_alpn_proto(), Some(ALPN::H2)) {
             return End::Handoff(Vec::new());
@@ -185,6 +189,14 @@ impl Lane {
             // Idle for GRACE already: the rest of the keep-alive timeout.
             let keepalive = self.control.load().table.config.limits.keepalive_timeout;
             let rest = keepalive.saturating_sub(GRACE);
+            if io.parkable() {
+                // Plain: parked, without this task (`accept::park`); the
+                // next request is served by a new call of this function.
+                return End::Park {
+                    within: rest,
+                    last_call: LAST_CALL.min(keepalive),
+                };
+            }
             match next_request(io, &mut st, rest, keepalive).await {
                 Next::Input => {}
                 Next::TimedOut | Next::Closed => return End::Closed,

@@ -31,6 +31,16 @@ pub enum End {
     Closed,
     /// Pingora's path takes over; these bytes were read and not consumed.
     Handoff(Vec<u8>),
+    /// A plain HTTP/1.1 connection idle past the lane's grace: it waits for
+    /// its next request parked ([`crate::accept::park`]), with no task of
+    /// its own, and is served again by [`Lane::serve`] when input comes.
+    Park {
+        /// The rest of the keep-alive timeout: closed if nothing comes.
+        within: std::time::Duration,
+        /// How long it may still bring a request once a graceful shutdown
+        /// has begun (its last call).
+        last_call: std::time::Duration,
+    },
 }
 
 /// What happened to one proxied request.

@@ -184,6 +184,44 @@ impl HeadDeadline {
         }
     }
 
+    /// A plain connection given back by its parker
+    /// ([`crate::accept::park`]) with input waiting: a new head is due,
+    /// within `limit` from now.
+    pub fn resumed(inner: Counted<Socket>, limit: Duration, counted: Option<Open>) -> Self {
+        HeadDeadline {
+            counted,
+            inner: Inner::Plain(inner),
+            limit,
+            deadline: tokio::time::Instant::now() + limit,
+            sleep: None,
+            armed: true,
+            next_head: std::sync::atomic::AtomicBool::new(false),
+            parsed: std::sync::atomic::AtomicBool::new(false),
+            scan: Default::default(),
+            unread: Vec::new(),
+            unread_at: 0,
+        }
+    }
+
+    /// Whether the connection can be parked between requests: a plain
+    /// socket, with nothing read and not yet served.
+    pub fn parkable(&self) -> bool {
+        matches!(self.inner, Inner::Plain(_)) && self.unread_at >= self.unread.len()
+    }
+
+    /// The plain socket and the connection's count, to be parked (the head
+    /// deadline's state goes: the next head gets a new one). None, and the
+    /// connection dropped, unless [`HeadDeadline::parkable`].
+    pub fn into_plain(self) -> Option<(Counted<Socket>, Option<Open>)> {
+        if !self.parkable() {
+            return None;
+        }
+        match self.inner {
+            Inner::Plain(socket) => Some((socket, self.counted)),
+            Inner::Boxed(_) => None,
+        }
+    }
+
     /// The peer's address: the client's, or the source its PROXY header
     /// named (None when unknown).
     pub fn peer(&self) -> Option<std::net::SocketAddr> {
