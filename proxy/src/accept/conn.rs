@@ -5,6 +5,7 @@
 use crate::net::stream::{Connections, HeadDeadline, H2_PREFACE};
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::protocols::{Shutdown, Ssl, ALPN};
 use pingora::server::ShutdownWatch;
@@ -37,6 +38,33 @@ impl<A> Guarded<A> {
         }
     }
 }
+
+impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
+    /// Serves one HTTP/1.x request on Pingora's path (its first bytes are
+    /// unread in `stream`). Returns the connection when it can serve
+    /// another request, as Pingora's own loop would reuse it.
+    async fn one_on_pingora(
+        &self,
+        stream: HeadDeadline,
+        shutdown: &ShutdownWatch,
+    ) -> Option<HeadDeadline> {
+        let mut session = ServerSession::new_http1(Box::new(stream));
+        // As Pingora's loop: no reuse once shutting down. The keep-alive
+        // wait itself is the lane's (`keepalive_timeout`).
+        let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE_SECS);
+        session.set_keepalive(keepalive);
+        let reused = self.inner.process_new_http(session, shutdown).await?;
+        let (stream, _settings) = reused.consume();
+        match stream.into_any().downcast::<HeadDeadline>() {
+            Ok(stream) => Some(*stream),
+            Err(_) => None,
+        }
+    }
+}
+
+/// The keep-alive Pingora's session is told of: it only decides whether
+/// the connection is reusable; the lane waits for the next request.
+const KEEPALIVE_SECS: u64 = 60;
 
 impl<A> Guarded<A> {
     /// Admits a new connection: counted, under `max_connections`, its
@@ -102,32 +130,40 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // PROXY header's read) are not kept by this one, which lives as
         // long as the connection.
         let mut stream = self.admit(stream).await?;
-        if let Some(lane) = &self.lane {
-            match lane.serve(&mut stream, shutdown).await {
+        let Some(lane) = &self.lane else {
+            self.inner.process_new(Box::new(stream), shutdown).await;
+            return None;
+        };
+        let mut resumed = false;
+        loop {
+            let read = match lane.serve(&mut stream, shutdown, resumed).await {
                 crate::lane::End::Closed => {
                     stream.shutdown().await;
                     return None;
                 }
-                crate::lane::End::Handoff(read) => {
-                    // HTTP/2: by ALPN on TLS, by its preface in the clear.
-                    let h2 = match stream.get_ssl_digest() {
-                        Some(_) => matches!(stream.selected_alpn_proto(), Some(ALPN::H2)),
-                        None => read.starts_with(H2_PREFACE),
-                    };
-                    stream.unread(read);
-                    if h2 {
-                        let (lane, app) = (lane.clone(), self.inner.clone());
-                        Box::pin(crate::lane::h2::serve_connection(
-                            lane, app, stream, shutdown,
-                        ))
-                        .await;
-                        return None;
-                    }
-                }
+                crate::lane::End::Handoff(read) => read,
+            };
+            // HTTP/2: by ALPN on TLS, by its preface in the clear (only as
+            // a connection's first bytes).
+            let h2 = match stream.get_ssl_digest() {
+                Some(_) => matches!(stream.selected_alpn_proto(), Some(ALPN::H2)),
+                None => !resumed && read.starts_with(H2_PREFACE),
+            };
+            stream.unread(read);
+            if h2 {
+                let (lane, app) = (lane.clone(), self.inner.clone());
+                Box::pin(crate::lane::h2::serve_connection(
+                    lane, app, stream, shutdown,
+                ))
+                .await;
+                return None;
             }
+            // One request on Pingora's path, boxed (its future is large),
+            // then back to the lane: the connection waits for its next
+            // request there, as cheaply as any other.
+            stream = Box::pin(self.one_on_pingora(stream, shutdown)).await?;
+            resumed = true;
         }
-        self.inner.process_new(Box::new(stream), shutdown).await;
-        None
     }
 
     async fn cleanup(&self) {
