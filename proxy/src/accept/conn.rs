@@ -54,11 +54,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
         let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE_SECS);
         session.set_keepalive(keepalive);
         let reused = self.inner.process_new_http(session, shutdown).await?;
-        let (stream, _settings) = reused.consume();
-        match stream.into_any().downcast::<HeadDeadline>() {
-            Ok(stream) => Some(*stream),
-            Err(_) => None,
+        let (stream, settings) = reused.consume();
+        let mut stream = match stream.into_any().downcast::<HeadDeadline>() {
+            Ok(stream) => *stream,
+            Err(_) => return None,
+        };
+        // A request pipelined behind this one, read with it: served next.
+        if let Some(next) = settings.and_then(|mut s| s.take_pipelined_prefix()) {
+            stream.unread(next.to_vec());
         }
+        Some(stream)
     }
 }
 
