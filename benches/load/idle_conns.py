@@ -13,6 +13,10 @@ Connection kinds:
   https  HTTP/1.1 keep-alive over TLS (ALPN http/1.1), after one proxied GET /
   h2     HTTP/2 over TLS (ALPN h2), after one proxied GET / on stream 1
          (preface, an empty SETTINGS, one HEADERS frame; SETTINGS acknowledged)
+  h1-chunked
+         HTTP/1.1 keep-alive on the plain port, after one proxied POST / with a
+         chunked (empty) body: Duotone serves it on Pingora's path, not its
+         lane, and the connection stays there
 
   python3 benches/load/idle_conns.py                         # all peers, 5 000 per kind
   python3 benches/load/idle_conns.py --peers duotone,nginx --conns 1000 --kinds h1
@@ -68,11 +72,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (the load benchmark: configs, process bookkeeping, /proc)
 
-KINDS = ["h1", "https", "h2"]
+KINDS = ["h1", "https", "h2", "h1-chunked"]
 KIND_NAMES = {"h1": "HTTP/1.1 keep-alive", "https": "HTTPS keep-alive (HTTP/1.1)",
+              "h1-chunked": "HTTP/1.1 keep-alive after a chunked POST",
               "h2": "HTTP/2 over TLS"}
 DEFAULT_PEERS = ["duotone", "nginx", "haproxy", "caddy", "traefik"]
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: idle-conns\r\n\r\n"
+CHUNKED_POST = (b"POST / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: idle-conns\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+PLAIN = ("h1", "h1-chunked")
 
 
 # --------------------------------------------------------------------------
@@ -121,10 +129,10 @@ async def h2_get(r, w):
             return status
 
 
-async def h1_get(r, w):
-    """One GET / on a keep-alive connection; reads the whole answer. Returns
-    the status."""
-    w.write(REQUEST)
+async def h1_get(r, w, request=REQUEST):
+    """One request (GET / unless told) on a keep-alive connection; reads the
+    whole answer. Returns the status."""
+    w.write(request)
     await w.drain()
     head = await r.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -167,8 +175,8 @@ async def open_one(kind, ports, ctx, timeout, i=0):
     """Opens one connection of `kind` (the i-th: its source address),
     makes one request, returns (reader, writer) still open, or raises."""
     async def run():
-        port = ports["http"] if kind == "h1" else ports["https"]
-        tls = {} if kind == "h1" else {"ssl": ctx, "server_hostname": "localhost"}
+        port = ports["http"] if kind in PLAIN else ports["https"]
+        tls = {} if kind in PLAIN else {"ssl": ctx, "server_hostname": "localhost"}
         if i < PER_SOURCE:
             r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16, **tls)
         else:
@@ -184,14 +192,17 @@ async def open_one(kind, ports, ctx, timeout, i=0):
                 sock.close()
                 raise
             r, w = await asyncio.open_connection(sock=sock, limit=1 << 16, **tls)
-        if kind != "h1":
+        if kind not in PLAIN:
             alpn = w.get_extra_info("ssl_object").selected_alpn_protocol()
             if alpn != ("h2" if kind == "h2" else "http/1.1") and not (
                     kind == "https" and alpn is None):
                 w.close()
                 raise ConnectionError("ALPN %r for %s" % (alpn, kind))
         try:
-            status = await (h2_get(r, w) if kind == "h2" else h1_get(r, w))
+            if kind == "h2":
+                status = await h2_get(r, w)
+            else:
+                status = await h1_get(r, w, CHUNKED_POST if kind == "h1-chunked" else REQUEST)
         except BaseException:
             w.close()
             raise
@@ -205,7 +216,7 @@ async def open_one(kind, ports, ctx, timeout, i=0):
 async def open_many(kind, ports, n, parallel, timeout):
     """Opens n connections of `kind` (at most `parallel` being set up at
     once). Returns (held connections, errors)."""
-    ctx = client_ctx(kind) if kind != "h1" else None
+    ctx = client_ctx(kind) if kind not in PLAIN else None
     sem = asyncio.Semaphore(parallel)
     held, errors = [], []
 
@@ -422,7 +433,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--peers", default=None,
                     help="comma list (default: duotone,nginx,haproxy and caddy,traefik if found)")
-    ap.add_argument("--kinds", default=",".join(KINDS), help="comma list of h1,https,h2")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="comma list of h1,https,h2,h1-chunked")
     ap.add_argument("--conns", type=int, default=5000, help="idle connections per kind (5000)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds (median reported)")
     ap.add_argument("--quick", action="store_true", help="1 000 connections")

@@ -211,7 +211,7 @@ async fn pipelined_requests_bodies_and_handoff_on_one_connection(t: Transport) {
     assert!(header(&r3.head, "content-length").is_some());
 
     // A static file (also on the lane), a redirect (handed to Pingora's
-    // path), then a proxied request again (on Pingora's path), one connection.
+    // path), then a proxied request again (back on the lane), one connection.
     c.write_all(get("/static/a.txt").as_bytes()).await.unwrap();
     let r = read_response(&mut c, &mut buf, false).await;
     assert_eq!((r.status, r.body.as_slice()), (200, &b"static file\n"[..]));

@@ -560,10 +560,13 @@ fn one_route(app: &Upstream, server: &str, tables: &str) -> String {
 
 /// A keep-alive connection to `addr` on which one `GET /` was answered 200.
 async fn answered_connection(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    answered(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await
+}
+
+/// A connection to `addr` on which `request` was answered 200.
+async fn answered(addr: std::net::SocketAddr, request: &[u8]) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(request).await.unwrap();
     let mut buf = [0u8; 12];
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
@@ -699,6 +702,13 @@ async fn idle_keepalive_and_h2_connections_are_closed() {
     let p = Proxy::start(&cfg).await;
     // HTTP/1.1: one request, then silence.
     let mut h1 = answered_connection(p.ports.http).await;
+    // The same after a request served on Pingora's path (a chunked upload),
+    // whose connection used to wait there, under Pingora's fixed 60 s.
+    let mut full = answered(
+        p.ports.http,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
     // HTTP/2 (prior knowledge): preface and SETTINGS, then silence.
     let mut h2 = tokio::net::TcpStream::connect(p.ports.http).await.unwrap();
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
@@ -708,6 +718,10 @@ async fn idle_keepalive_and_h2_connections_are_closed() {
     assert!(
         closed_within(&mut h1, Duration::from_secs(15)).await,
         "idle HTTP/1.1 connection left open"
+    );
+    assert!(
+        closed_within(&mut full, Duration::from_secs(15)).await,
+        "idle HTTP/1.1 connection left open after a request on Pingora's path"
     );
     assert!(
         closed_within(&mut h2, Duration::from_secs(15)).await,

@@ -7,6 +7,7 @@ use crate::accept::{Counted, Socket};
 use crate::net::stream::{Connections, HeadDeadline, H2_PREFACE};
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::protocols::{Shutdown, Ssl, ALPN};
 use pingora::server::ShutdownWatch;
@@ -39,6 +40,38 @@ impl<A> Guarded<A> {
         }
     }
 }
+
+impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
+    /// Serves one HTTP/1.x request on Pingora's path (its first bytes are
+    /// unread in `stream`). Returns the connection when it can serve
+    /// another request, as Pingora's own loop would reuse it.
+    async fn one_on_pingora(
+        &self,
+        stream: HeadDeadline,
+        shutdown: &ShutdownWatch,
+    ) -> Option<HeadDeadline> {
+        let mut session = ServerSession::new_http1(Box::new(stream));
+        // As Pingora's loop: no reuse once shutting down. The keep-alive
+        // wait itself is the lane's (`keepalive_timeout`).
+        let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE_SECS);
+        session.set_keepalive(keepalive);
+        let reused = self.inner.process_new_http(session, shutdown).await?;
+        let (stream, settings) = reused.consume();
+        let mut stream = match stream.into_any().downcast::<HeadDeadline>() {
+            Ok(stream) => *stream,
+            Err(_) => return None,
+        };
+        // A request pipelined behind this one, read with it: served next.
+        if let Some(next) = settings.and_then(|mut s| s.take_pipelined_prefix()) {
+            stream.unread(next.to_vec());
+        }
+        Some(stream)
+    }
+}
+
+/// The keep-alive Pingora's session is told of: it only decides whether
+/// the connection is reusable; the lane waits for the next request.
+const KEEPALIVE_SECS: u64 = 60;
 
 impl<A> Guarded<A> {
     /// Admits a new connection: counted, under `max_connections`, its
@@ -95,13 +128,19 @@ impl<A> Guarded<A> {
 
 impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
     /// Serves an admitted connection: on the lane (HTTP/1.1, and HTTP/2
-    /// streams), else, or from a hand-off on, on Pingora's path. A plain
-    /// HTTP/1.1 connection idle past the lane's grace is parked
-    /// ([`crate::accept::park`]) and this ends; it is served again by a
-    /// call from [`Guarded::resume`] in a task of its own.
+    /// streams), with each request the lane hands off served on Pingora's
+    /// path and the connection back on the lane after it; without a lane,
+    /// on Pingora's path. A plain HTTP/1.1 connection idle past the lane's
+    /// grace is parked ([`crate::accept::park`]) and this ends; it is
+    /// served again by a call from [`Guarded::resume`] in a task of its own.
     async fn serve(self: &Arc<Self>, mut stream: HeadDeadline, shutdown: &ShutdownWatch) {
-        if let Some(lane) = &self.lane {
-            match lane.serve(&mut stream, shutdown).await {
+        let Some(lane) = &self.lane else {
+            self.inner.process_new(Box::new(stream), shutdown).await;
+            return;
+        };
+        let mut resumed = false;
+        loop {
+            let read = match lane.serve(&mut stream, shutdown, resumed).await {
                 crate::lane::End::Closed => {
                     stream.shutdown().await;
                     return;
@@ -110,25 +149,32 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
                     self.park(stream, within, last_call, shutdown);
                     return;
                 }
-                crate::lane::End::Handoff(read) => {
-                    // HTTP/2: by ALPN on TLS, by its preface in the clear.
-                    let h2 = match stream.get_ssl_digest() {
-                        Some(_) => matches!(stream.selected_alpn_proto(), Some(ALPN::H2)),
-                        None => read.starts_with(H2_PREFACE),
-                    };
-                    stream.unread(read);
-                    if h2 {
-                        let (lane, app) = (lane.clone(), self.inner.clone());
-                        Box::pin(crate::lane::h2::serve_connection(
-                            lane, app, stream, shutdown,
-                        ))
-                        .await;
-                        return;
-                    }
-                }
+                crate::lane::End::Handoff(read) => read,
+            };
+            // HTTP/2: by ALPN on TLS, by its preface in the clear (only as
+            // a connection's first bytes).
+            let h2 = match stream.get_ssl_digest() {
+                Some(_) => matches!(stream.selected_alpn_proto(), Some(ALPN::H2)),
+                None => !resumed && read.starts_with(H2_PREFACE),
+            };
+            stream.unread(read);
+            if h2 {
+                let (lane, app) = (lane.clone(), self.inner.clone());
+                Box::pin(crate::lane::h2::serve_connection(
+                    lane, app, stream, shutdown,
+                ))
+                .await;
+                return;
             }
+            // One request on Pingora's path, boxed (its future is large),
+            // then back to the lane: the connection waits for its next
+            // request there, as cheaply as any other.
+            match Box::pin(self.one_on_pingora(stream, shutdown)).await {
+                Some(back) => stream = back,
+                None => return,
+            }
+            resumed = true;
         }
-        self.inner.process_new(Box::new(stream), shutdown).await;
     }
 
     /// Parks the idle plain connection `stream` on this worker's parker

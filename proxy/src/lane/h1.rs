@@ -149,7 +149,10 @@ async fn wait_input<S: Future + ?Sized>(
 
 impl Lane {
     /// Serves requests on `io` until the connection ends or a request
-    /// needs Pingora's path.
+    /// needs Pingora's path. `resumed`: the connection comes back from a
+    /// request served on Pingora's path, and waits for its next request
+    /// as any keep-alive connection does (a new one waits for its first
+    /// bytes under the head deadline).
     ///
     /// This future is what an idle keep-alive connection holds: the
     /// requests themselves are served in a boxed future ([`Lane::busy`])
@@ -158,7 +161,12 @@ impl Lane {
     /// one over TLS waits here for the rest of the keep-alive timeout.
     /// A parked connection with input is served by a new call, as a new
     /// connection is.
-    pub async fn serve(&self, io: &mut HeadDeadline, shutdown: &ShutdownWatch) -> End {
+    pub async fn serve(
+        &self,
+        io: &mut HeadDeadline,
+        shutdown: &ShutdownWatch,
+        resumed: bool,
+    ) -> End {
         if matches!(io.selected_alpn_proto(), Some(ALPN::H2)) {
             return End::Handoff(Vec::new());
         }
@@ -176,10 +184,13 @@ impl Lane {
             shutdown: shutdown.clone(),
         };
         // A new connection's first bytes (the head deadline bounds the
-        // wait).
-        match read_idle(io, &mut st.buf).await {
-            Ok(n) if n > 0 => {}
-            _ => return End::Closed,
+        // wait). A resumed one goes straight to `busy`, whose keep-alive
+        // wait takes an empty buffer.
+        if !resumed {
+            match read_idle(io, &mut st.buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return End::Closed,
+            }
         }
         loop {
             match Box::pin(self.busy(io, &mut st)).await {

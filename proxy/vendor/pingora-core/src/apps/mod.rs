@@ -140,6 +140,14 @@ impl HttpPersistentSettings {
         self.user_context.take()
     }
 
+    /// Take the pipelined-prefix bytes, if any: the start of the next
+    /// request, read with the previous one. For a caller that reads the
+    /// next request on this connection itself rather than through
+    /// [`apply_to_session`](Self::apply_to_session).
+    pub fn take_pipelined_prefix(&mut self) -> Option<BytesMut> {
+        self.pipelined_prefix.take()
+    }
+
     /// Set pipelined-prefix bytes to be fed to the next session on this
     /// connection. Called by the proxy layer when HTTP/1.1 pipelining is
     /// enabled on the current session and overread bytes were present at
