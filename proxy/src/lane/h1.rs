@@ -384,7 +384,14 @@ mod tests {
     /// `cargo test -p duotone --lib lane::h1 -- --nocapture`.
     #[test]
     fn future_sizes() {
-        let serve = || super::Lane::serve(unreachable!(), unreachable!(), unreachable!());
+        let serve = || {
+            super::Lane::serve(
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+            )
+        };
         let busy = || super::Lane::busy(unreachable!(), unreachable!(), unreachable!());
         let (serve, busy) = (
             super::super::sizes::output(&serve),
