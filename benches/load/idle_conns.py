@@ -23,8 +23,10 @@ Connection kinds:
   python3 benches/load/idle_conns.py --out benches/results/idle-conns   # also .md and .json
 
 RSS is VmRSS summed over all the proxy's processes (nginx's master and
-workers, etc.), read three times 0.3 s apart after the connections are open
-and settled (median). The proxy's own count of open sockets (entries of
+workers, etc.), read three times 0.3 s apart once the connections are open
+and have been idle for --settle seconds (6 s: past Duotone's 1 s lane grace,
+its parking and a purge of the allocator's freed pages; nginx and HAProxy
+read the same either way), median. The proxy's own count of open sockets (entries of
 /proc/PID/fd that are sockets, over its processes) is reported beside it, so a
 proxy that closed or refused connections shows it. Upstream connections the
 proxy keeps in its pool are part of what it holds, and so of the figure.
@@ -439,7 +441,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="1 000 connections")
     ap.add_argument("--warmup", type=int, default=50, help="connections before the baseline")
     ap.add_argument("--parallel", type=int, default=64, help="connections being opened at once")
-    ap.add_argument("--settle", type=float, default=2.0, help="seconds before reading RSS")
+    ap.add_argument("--settle", type=float, default=6.0,
+                    help="seconds idle before reading RSS (default 6)")
     ap.add_argument("--timeout", type=float, default=30.0, help="limit per connection's setup")
     ap.add_argument("--out", default=None, help="write PREFIX.md and PREFIX.json too")
     ap.add_argument("--latest", default=None,
