@@ -201,7 +201,11 @@ pub async fn accept_downstream_sessions<F>(
             Ok(None) => return,
             // The offending stream was already answered or reset; keep the
             // connection alive and continue accepting sibling streams.
-            Ok(Some(H2Accept::Rejected)) => continue,
+            Ok(Some(H2Accept::Rejected)) => {
+                // It was stored in h2 too: free again when idle.
+                released = false;
+                continue;
+            }
             Ok(Some(H2Accept::Session(session))) => {
                 released = false;
                 on_session(session, active.start_session());
