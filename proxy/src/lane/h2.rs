@@ -1,5 +1,6 @@
 //! HTTP/2 on the lane. Pingora's accept loop still runs the connection
-//! (handshake, stream checks, graceful shutdown, idle timeout); each stream
+//! (handshake, stream checks, graceful shutdown, idle timeout, and h2's
+//! buffers freed after 1 s with no stream in flight); each stream
 //! that is a body-less request proxied to a service is served here, over
 //! the lane's pooled HTTP/1.1 upstream connections: the upstream head is
 //! written straight from the stream's fields and the response head parsed

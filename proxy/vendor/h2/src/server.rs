@@ -564,6 +564,29 @@ where
         self.connection.has_streams()
     }
 
+    /// Frees the memory the connection keeps between streams: the read and
+    /// write buffers (8 KiB and 16 KiB), the HPACK decoder's Huffman string
+    /// buffer (4 KiB), and the storage earlier streams grew (the stream slab
+    /// and its id map, the receive and send frame buffers).
+    ///
+    /// This happens when the connection waits for its peer with no stream
+    /// open (a call to [`poll_accept`] or [`poll_closed`] that returns
+    /// `Pending`, normally the next one), and again at each such wait until
+    /// the peer opens a stream; a buffer still holding data then (a partly
+    /// read frame) is kept. After that stream, the connection keeps what it
+    /// allocates again (at the usual sizes) until this is called again.
+    ///
+    /// Meant for a connection that has been idle for a while: HTTP/2 clients
+    /// keep connections open for minutes, and a server holding many of them
+    /// idle would otherwise keep all of this for each. Calling it between
+    /// the requests of a busy connection only adds an allocation of each.
+    ///
+    /// [`poll_accept`]: Connection::poll_accept
+    /// [`poll_closed`]: Connection::poll_closed
+    pub fn release_idle_memory(&mut self) {
+        self.connection.release_idle_memory();
+    }
+
     /// Returns the maximum number of concurrent streams that may be initiated
     /// by the server on this connection.
     ///
@@ -1801,61 +1824,107 @@ mod tests {
         .await
     }
 
-    #[tokio::test]
-    async fn an_idle_connection_keeps_no_storage_for_finished_streams() {
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let client = tokio::spawn(async move {
-            let (mut send, conn) = crate::client::handshake(client_io).await.unwrap();
-            tokio::spawn(conn);
-            let mut streams = Vec::new();
-            for _ in 0..2 {
-                let request = http::Request::get("https://example.com/").body(()).unwrap();
-                let (response, _) = send.send_request(request, true).unwrap();
-                streams.push(response);
-            }
-            for response in streams {
-                assert_eq!(response.await.unwrap().status(), 200);
-            }
-            // Keep the connection open (and idle) until the test is done.
-            send
-        });
+    /// A client's handshake on `io`; its connection runs on a task.
+    async fn client(io: tokio::io::DuplexStream) -> crate::client::SendRequest<Bytes> {
+        let (send, conn) = crate::client::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        send
+    }
 
-        let mut conn = handshake(server_io).await.unwrap();
-        for _ in 0..2 {
+    /// Sends `n` GET requests at once, checks each response's status, and
+    /// gives the handle back (the connection stays open).
+    async fn requests(
+        send: crate::client::SendRequest<Bytes>,
+        n: usize,
+        status: u16,
+    ) -> crate::client::SendRequest<Bytes> {
+        let mut send = send.ready().await.unwrap();
+        let mut responses = Vec::new();
+        for _ in 0..n {
+            let request = http::Request::get("https://example.com/").body(()).unwrap();
+            let (response, _) = send.send_request(request, true).unwrap();
+            responses.push(response);
+        }
+        for response in responses {
+            assert_eq!(response.await.unwrap().status(), status);
+        }
+        send
+    }
+
+    /// Accepts `n` streams and answers each with `status` and no body.
+    async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
+        conn: &mut Connection<T, Bytes>,
+        n: usize,
+        status: u16,
+    ) {
+        for _ in 0..n {
             let (request, mut respond) = conn.accept().await.unwrap().unwrap();
             assert!(
                 conn.connection.allocated_stream_slots() > 0,
                 "a stream is stored"
             );
             assert!(conn.connection.allocated_buffer_bytes() > 0, "reading");
-            respond
-                .send_response(http::Response::new(()), true)
-                .unwrap();
+            let mut response = http::Response::new(());
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            respond.send_response(response, true).unwrap();
             drop(request);
         }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_frees_its_storage_when_asked() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let client = tokio::spawn(async move { requests(client(client_io).await, 2, 200).await });
+        let mut conn = handshake(server_io).await.unwrap();
+        serve(&mut conn, 2, 200).await;
         poll_once(&mut conn).await;
         let send = client.await.unwrap();
-        // Both streams are done on both sides: nothing is kept for them,
-        // and no buffer while the connection waits.
+        // Both streams are done on both sides. Not asked: the storage and
+        // the buffers are kept for the next streams.
+        poll_once(&mut conn).await;
+        assert!(conn.connection.allocated_stream_slots() > 0);
+        assert!(conn.connection.allocated_buffer_bytes() > 0);
+        // Asked: freed at the next wait, and at each wait after it.
+        conn.release_idle_memory();
         poll_once(&mut conn).await;
         assert_eq!(conn.connection.allocated_stream_slots(), 0);
         assert_eq!(conn.connection.allocated_buffer_bytes(), 0);
+        poll_once(&mut conn).await;
+        assert_eq!(conn.connection.allocated_buffer_bytes(), 0);
 
-        // The connection still serves the next stream.
-        let next = tokio::spawn(async move {
-            let mut send = send.ready().await.unwrap();
-            let request = http::Request::get("https://example.com/").body(()).unwrap();
-            let (response, _) = send.send_request(request, true).unwrap();
-            assert_eq!(response.await.unwrap().status(), 204);
-            send
-        });
-        let (_, mut respond) = conn.accept().await.unwrap().unwrap();
-        let mut response = http::Response::new(());
-        *response.status_mut() = http::StatusCode::NO_CONTENT;
-        respond.send_response(response, true).unwrap();
-        drop(respond);
+        // The connection still serves the next stream, and keeps what it
+        // allocates again until asked again.
+        let next = tokio::spawn(requests(send, 1, 204));
+        serve(&mut conn, 1, 204).await;
         poll_once(&mut conn).await;
         let _send = next.await.unwrap();
+        poll_once(&mut conn).await;
+        assert!(conn.connection.allocated_stream_slots() > 0);
+        assert!(conn.connection.allocated_buffer_bytes() > 0);
+        conn.release_idle_memory();
+        poll_once(&mut conn).await;
+        assert_eq!(conn.connection.allocated_stream_slots(), 0);
+        assert_eq!(conn.connection.allocated_buffer_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_release_asked_while_a_stream_is_open_waits_for_it_to_finish() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let client = tokio::spawn(async move { requests(client(client_io).await, 1, 200).await });
+        let mut conn = handshake(server_io).await.unwrap();
+        let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+        conn.release_idle_memory();
+        poll_once(&mut conn).await;
+        assert!(
+            conn.connection.allocated_stream_slots() > 0,
+            "kept while the stream is open"
+        );
+        respond
+            .send_response(http::Response::new(()), true)
+            .unwrap();
+        drop((request, respond));
+        poll_once(&mut conn).await;
+        let _send = client.await.unwrap();
         poll_once(&mut conn).await;
         assert_eq!(conn.connection.allocated_stream_slots(), 0);
         assert_eq!(conn.connection.allocated_buffer_bytes(), 0);

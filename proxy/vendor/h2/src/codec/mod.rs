@@ -116,7 +116,6 @@ impl<T, B> Codec<T, B> {
         self.inner.get_mut().get_mut()
     }
 
-    /// Takes the data payload value that was fully written to the socket
     /// The read, write and HPACK string buffers' allocated sizes.
     #[cfg(test)]
     pub(crate) fn buffer_capacity(&mut self) -> usize {
@@ -131,6 +130,7 @@ impl<T, B> Codec<T, B> {
         self.framed_write().release_idle_buffer();
     }
 
+    /// Takes the data payload value that was fully written to the socket
     pub(crate) fn take_last_data_frame(&mut self) -> Option<Data<B>> {
         self.framed_write().take_last_data_frame()
     }

@@ -24,6 +24,11 @@ where
     codec: Codec<T, Prioritized<B>>,
 
     inner: ConnectionInner<P, B>,
+
+    /// Set by `release_idle_memory` to the last stream id the peer had
+    /// opened then: until the peer opens another, each wait with no stream
+    /// open frees the buffers and stream storage.
+    release_idle: Option<StreamId>,
 }
 
 // Extracted part of `Connection` which does not depend on `T`. Reduces the amount of duplicated
@@ -170,6 +175,7 @@ where
                 span,
                 _phantom: PhantomData,
             },
+            release_idle: None,
         }
     }
 
@@ -306,6 +312,14 @@ where
         self.codec.buffer_capacity()
     }
 
+    /// Frees the codec's buffers and the storage earlier streams left
+    /// allocated whenever the connection waits for its peer with no stream
+    /// open, until the peer opens a stream (see
+    /// `server::Connection::release_idle_memory`).
+    pub(crate) fn release_idle_memory(&mut self) {
+        self.release_idle = Some(self.inner.streams.as_dyn().last_processed_id());
+    }
+
     pub(crate) fn take_user_pings(&mut self) -> Option<UserPings> {
         self.inner.ping_pong.take_user_pings()
     }
@@ -344,13 +358,21 @@ where
                                 continue;
                             }
 
-                            // Waiting for the peer with no stream open (all
-                            // written: `poll_complete` flushed): free the
-                            // buffers and what earlier streams left allocated.
-                            // Not while streams are open, where a busy
-                            // connection would pay an allocation per poll.
-                            if self.inner.streams.release_idle_memory() {
-                                self.codec.release_idle_buffers();
+                            // Asked to (`release_idle_memory`), and waiting
+                            // for the peer with no stream open (all written:
+                            // `poll_complete` flushed): free the buffers and
+                            // what earlier streams left allocated. Again at
+                            // each such wait (a poll allocates the read
+                            // buffer before reading), until the peer opens a
+                            // stream. Not unasked: a connection whose streams
+                            // all finish between a client's bursts would pay
+                            // an allocation of each per burst.
+                            if let Some(since) = self.release_idle {
+                                if self.inner.streams.as_dyn().last_processed_id() != since {
+                                    self.release_idle = None;
+                                } else if self.inner.streams.release_idle_memory() {
+                                    self.codec.release_idle_buffers();
+                                }
                             }
 
                             return Poll::Pending;

@@ -654,6 +654,86 @@ mod test {
     }
 
     #[tokio::test]
+    async fn test_h2_connection_serves_streams_after_idle_memory_release() {
+        // Idle past IDLE_MEMORY_GRACE between two streams: the accept loop
+        // asks h2 to free its idle memory, and the connection serves the
+        // next stream as before (the idle timeout is far off).
+        let (mut client, server) = duplex(65536);
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+
+        let request = |id: u32| {
+            let mut headers = Headers::new(
+                id.into(),
+                Pseudo::request(
+                    Method::GET,
+                    Uri::from_static("https://one.one.one.one/"),
+                    None,
+                ),
+                HeaderMap::new(),
+            );
+            headers.set_end_headers();
+            headers.set_end_stream();
+            headers
+        };
+        let client_handle = tokio::spawn(async move {
+            client
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            let mut codec: h2::Codec<DuplexStream, Bytes> = h2::Codec::new(client);
+            codec.send(Settings::default().into()).await.unwrap();
+            codec.send(Settings::ack().into()).await.unwrap();
+            for id in [1u32, 3] {
+                if id == 3 {
+                    sleep(server::IDLE_MEMORY_GRACE + Duration::from_millis(300)).await;
+                }
+                codec.send(request(id).into()).await.unwrap();
+                let answered = pingora_timeout::timeout(Duration::from_secs(3), async {
+                    while let Some(frame) = codec.next().await {
+                        if let h2::frame::Frame::Headers(h) = frame.unwrap() {
+                            if h.stream_id() == id {
+                                return true;
+                            }
+                        }
+                    }
+                    false
+                })
+                .await;
+                assert!(matches!(answered, Ok(true)), "no response on stream {id}");
+            }
+            // Dropping the codec closes the connection: the accept loop ends.
+        });
+
+        let connection = handshake(Box::new(server), None).await.unwrap();
+        let digest = Arc::new(Digest::default());
+        let mut sessions = 0;
+        let accepted = pingora_timeout::timeout(
+            Duration::from_secs(10),
+            server::accept_downstream_sessions(
+                connection,
+                digest,
+                shutdown_rx,
+                Some(Duration::from_secs(60)),
+                |mut session, guard| {
+                    sessions += 1;
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        let resp = Box::new(ResponseHeader::build(200, None).unwrap());
+                        session.write_response_header(resp, true).unwrap();
+                    });
+                },
+            ),
+        )
+        .await;
+        assert!(
+            accepted.is_ok(),
+            "the accept loop did not end with the client"
+        );
+        assert_eq!(sessions, 2);
+        client_handle.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn test_graceful_shutdown_refuses_stream_above_last_stream_id() {
         // After the server commits to a final last_stream_id and emits the
         // closing GOAWAY, any stream the client tries to open above that id

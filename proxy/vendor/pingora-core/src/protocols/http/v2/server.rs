@@ -144,6 +144,8 @@ pub async fn accept_downstream_sessions<F>(
     let mut malformed_streams = 0usize;
     // In-flight sessions, decremented by the `StreamGuard` given to `on_session`.
     let active = Arc::new(ActiveSessions::new());
+    // Whether h2 was asked to free its idle memory since the last stream.
+    let mut released = false;
     loop {
         let h2_stream = if shutdown_initiated {
             HttpSession::from_h2_conn_with_malformed_budget(
@@ -153,6 +155,7 @@ pub async fn accept_downstream_sessions<F>(
             )
             .await
         } else {
+            let idle = idle_step(idle_timeout, released);
             tokio::select! {
                 // Poll the shutdown signal first so a concurrent signal is
                 // observed deterministically. `from_h2_conn` is cancel-safe
@@ -171,7 +174,15 @@ pub async fn accept_downstream_sessions<F>(
                 // Any accepted stream cancels this future. The next iteration
                 // waits for all active streams to finish before starting a fresh
                 // idle period.
-                _ = wait_for_idle_timeout(&active, idle_timeout.unwrap_or_default()), if idle_timeout.is_some() => {
+                _ = wait_for_idle_timeout(&active, idle.map_or(Duration::ZERO, |(d, _)| d)), if idle.is_some() => {
+                    if let Some((_, IdleStep::Release)) = idle {
+                        // Idle for IDLE_MEMORY_GRACE: h2 frees its buffers
+                        // and stream storage at its next wait (the poll
+                        // below); then the rest of the idle timeout.
+                        conn.release_idle_memory();
+                        released = true;
+                        continue;
+                    }
                     // Idle with nothing in flight: drop `conn` to close the
                     // socket now (no graceful GOAWAY wait that could hang on
                     // a dead peer).
@@ -190,8 +201,13 @@ pub async fn accept_downstream_sessions<F>(
             Ok(None) => return,
             // The offending stream was already answered or reset; keep the
             // connection alive and continue accepting sibling streams.
-            Ok(Some(H2Accept::Rejected)) => continue,
+            Ok(Some(H2Accept::Rejected)) => {
+                // It was stored in h2 too: free again when idle.
+                released = false;
+                continue;
+            }
             Ok(Some(H2Accept::Session(session))) => {
+                released = false;
                 on_session(session, active.start_session());
             }
         }
@@ -235,6 +251,34 @@ impl ActiveSessions {
         while self.count.load(Ordering::Relaxed) != 0 {
             self.idle.notified().await;
         }
+    }
+}
+
+/// How long an HTTP/2 connection has had no session in flight before the
+/// accept loop asks `h2` to free the buffers and stream storage it keeps
+/// between streams (`release_idle_memory`, about 30 KiB). Not at once: a
+/// busy connection is often idle for a moment between a client's bursts,
+/// and would allocate all of it again at the next.
+pub const IDLE_MEMORY_GRACE: Duration = Duration::from_secs(1);
+
+/// What the accept loop does once a connection has been idle a while.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum IdleStep {
+    /// Ask `h2` to free its idle memory, and wait on.
+    Release,
+    /// Close the connection (the idle timeout).
+    Close,
+}
+
+/// How long the accept loop waits with no session in flight, and what it
+/// does then: free `h2`'s memory after [`IDLE_MEMORY_GRACE`] (once since the
+/// last stream), close at the idle timeout; `None`: nothing, wait on.
+fn idle_step(idle_timeout: Option<Duration>, released: bool) -> Option<(Duration, IdleStep)> {
+    match idle_timeout {
+        Some(t) if released => Some((t.saturating_sub(IDLE_MEMORY_GRACE), IdleStep::Close)),
+        Some(t) if t <= IDLE_MEMORY_GRACE => Some((t, IdleStep::Close)),
+        _ if released => None,
+        _ => Some((IDLE_MEMORY_GRACE, IdleStep::Release)),
     }
 }
 
