@@ -169,28 +169,21 @@ impl HeadDeadline {
         } else {
             Inner::Boxed(inner)
         };
-        HeadDeadline {
-            counted: Some(counted),
-            inner,
-            limit,
-            deadline: tokio::time::Instant::now() + limit,
-            sleep: None,
-            armed: true,
-            next_head: std::sync::atomic::AtomicBool::new(false),
-            parsed: std::sync::atomic::AtomicBool::new(false),
-            scan: Default::default(),
-            unread: Vec::new(),
-            unread_at: 0,
-        }
+        Self::armed(inner, limit, Some(counted))
     }
 
     /// A plain connection given back by its parker
     /// ([`crate::accept::park`]) with input waiting: a new head is due,
     /// within `limit` from now.
     pub fn resumed(inner: Counted<Socket>, limit: Duration, counted: Option<Open>) -> Self {
+        Self::armed(Inner::Plain(inner), limit, counted)
+    }
+
+    /// `inner` with a head due within `limit` from now.
+    fn armed(inner: Inner, limit: Duration, counted: Option<Open>) -> Self {
         HeadDeadline {
             counted,
-            inner: Inner::Plain(inner),
+            inner,
             limit,
             deadline: tokio::time::Instant::now() + limit,
             sleep: None,
