@@ -199,17 +199,20 @@ def origin_config(tmp, port, nofile):
 # /proc readings
 
 def netstat():
-    """TcpExt counters of this network namespace: ListenOverflows, ListenDrops."""
+    """TCP counters of this network namespace: ListenOverflows, ListenDrops
+    (TcpExt) and ActiveOpens (Tcp: connections this namespace opened)."""
     out = {}
-    try:
-        lines = open("/proc/net/netstat").read().splitlines()
-    except OSError:
-        return out
-    for head, vals in zip(lines[::2], lines[1::2]):
-        if head.startswith("TcpExt:"):
-            for k, v in zip(head.split()[1:], vals.split()[1:]):
-                if k in ("ListenOverflows", "ListenDrops"):
-                    out[k] = int(v)
+    for path, table, keys in (("/proc/net/netstat", "TcpExt:", ("ListenOverflows", "ListenDrops")),
+                              ("/proc/net/snmp", "Tcp:", ("ActiveOpens",))):
+        try:
+            lines = open(path).read().splitlines()
+        except OSError:
+            continue
+        for head, vals in zip(lines[::2], lines[1::2]):
+            if head.startswith(table):
+                for k, v in zip(head.split()[1:], vals.split()[1:]):
+                    if k in keys:
+                        out[k] = int(v)
     return out
 
 
@@ -409,6 +412,10 @@ def measure(tmp, peer, origin, oport, cert, key, www, a, script, nofile):
             "held_conns_median": int(statistics.median(sampler.conns)) if sampler.conns else None,
             "listen_overflows": n1.get("ListenOverflows", 0) - n0.get("ListenOverflows", 0),
             "listen_drops": n1.get("ListenDrops", 0) - n0.get("ListenDrops", 0),
+            # Every connection opened meanwhile but the clients' own: the
+            # proxy's new connections to the origin.
+            "upstream_opens_per_1k": round(max(0, n1.get("ActiveOpens", 0) - n0.get("ActiveOpens", 0)
+                                               - a.clients) * 1000 / req, 1) if req else None,
             "per_process": [{k: v for k, v in x.items() if k != "quantiles"} for x in procs],
         })
         if p.poll() is not None:
@@ -447,6 +454,7 @@ def summarize(rows, peers):
             "errors": {k: sum(r["errors"][k] for r in rs) for k in rs[0]["errors"]},
             "requests": sum(r["requests"] for r in rs),
             "listen_overflows": sum(r["listen_overflows"] for r in rs),
+            "upstream_opens_per_1k": med("upstream_opens_per_1k"),
             "other_cpu_pct": med("other_cpu_pct"),
             "load": [r.get("load_before") for r in rs],
             "all_rps": [r["rps"] for r in rs],
@@ -489,28 +497,31 @@ def render(rows, peers, a, machine, nofile, level=1):
          "req/s counts 2xx answers only; p50/p99 from the processes' merged latency "
          "distributions (1 090 quantiles each, weighted by requests; wrk timeout %d s, so slow "
          "answers count as latency, not errors). held = most client connections the proxy had "
-         "ESTABLISHED at a 2 s sample; accept-queue overflows = the kernel's ListenOverflows "
+         "ESTABLISHED at a 2 s sample; new upstream conns = connections opened during the run "
+         "(the kernel's ActiveOpens) besides the clients', per 1 000 requests: the proxy's new "
+         "connections to the origin; accept-queue overflows = the kernel's ListenOverflows "
          "during the run (somaxconn %s here). File limit %s for every process (the hard limit; "
          "not raisable here). Load average (1 min) before each measured run in the last column."
          % (group(a.clients), a.scheme.upper() if a.scheme == "https" else "HTTP/1.1",
             a.procs, machine["nproc"], "HTTPS" if a.scheme == "https" else "HTTP/1.1",
             a.duration, a.warmup, a.rounds, a.timeout, somaxconn(), group(nofile)), "",
          "| peer | req/s | ×nginx | p50 | p99 | p99 ×nginx | errors | held | CPU µs/req | "
-         "peak RSS MiB | accept-queue overflows | bg CPU | load |",
-         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "new upstream conns /1k req | peak RSS MiB | accept-queue overflows | bg CPU | load |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for peer in peers:
         v = s[peer]
         if "rps" not in v:
-            L.append("| %s | – | | | | | %s | | | | | | |" % (peer, v["error"][:200]))
+            L.append("| %s | – | | | | | %s | | | | | | | |" % (peer, v["error"][:200]))
             continue
         e = v["errors"]
         errs = sum(e.values())
         etxt = "%d" % errs
         if errs:
             etxt += " (%s)" % ", ".join("%s %d" % (k, n) for k, n in e.items() if n)
-        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %s | %s | %s |" % (
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %s | %s | %s |" % (
             peer, f(v["rps"]), f(v["rps_ratio"]), lat(v["p50_ms"]), lat(v["p99_ms"]),
             f(v["p99_ratio"]), etxt, group(v["held"]), f(v["cpu_us_per_req"], 1),
+            "–" if v.get("upstream_opens_per_1k") is None else "%.0f" % v["upstream_opens_per_1k"],
             v["peak_rss_mib"], group(v["listen_overflows"]),
             "–" if v["other_cpu_pct"] is None else "%.0f%%" % v["other_cpu_pct"],
             " / ".join("%.2f" % x[0] for x in v["load"] if x)))

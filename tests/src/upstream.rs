@@ -24,6 +24,12 @@ pub struct State {
     pub conns: AtomicU64,
     /// Paths of the requests served, in arrival order.
     pub paths: std::sync::Mutex<Vec<String>>,
+    /// Requests to `/hold` that arrived so far.
+    pub held: AtomicU64,
+    /// `/hold` answers once this is true ([`Upstream::release_held`]).
+    pub released: AtomicBool,
+    /// Wakes the `/hold` requests when `released` turns true.
+    pub release: tokio::sync::Notify,
 }
 
 /// A running upstream server; stops when dropped.
@@ -122,6 +128,22 @@ impl Upstream {
             .unwrap_or(0)
     }
 
+    /// Requests to `/hold` that arrived so far.
+    pub fn held(&self) -> u64 {
+        self.state.held.load(Ordering::Relaxed)
+    }
+
+    /// Answers every `/hold` request waiting, and those after it at once.
+    pub fn release_held(&self) {
+        self.state.released.store(true, Ordering::Relaxed);
+        self.state.release.notify_waiters();
+    }
+
+    /// Makes `/hold` requests wait again until [`Upstream::release_held`].
+    pub fn hold(&self) {
+        self.state.released.store(false, Ordering::Relaxed);
+    }
+
     /// Makes `/healthz` fail or pass.
     pub fn set_healthy(&self, healthy: bool) {
         self.state.unhealthy.store(!healthy, Ordering::Relaxed);
@@ -181,6 +203,19 @@ async fn handle(mut req: Request<Incoming>, name: &str, state: &State) -> Respon
     }
     match path.as_str() {
         "/ws" => websocket(req, name),
+        "/hold" => {
+            state.held.fetch_add(1, Ordering::Relaxed);
+            loop {
+                // Registered before the check, so a release in between
+                // still wakes it.
+                let released = state.release.notified();
+                if state.released.load(Ordering::Relaxed) {
+                    break;
+                }
+                released.await;
+            }
+            reply(200, name.to_string())
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_ms(&req))).await;
             reply(200, name.to_string())

@@ -300,3 +300,77 @@ async fn requests_after_an_idle_pause_are_served_on_the_same_connection(t: Trans
     }
     drop(up);
 }
+
+/// A burst of requests in flight at once leaves its upstream connections in
+/// the pool: the next burst of the same size opens none. A pool of a fixed
+/// 256 per worker closed the rest after one request, so that at 10 000
+/// clients (`benches/load/c10k.py`) most requests opened a new connection.
+/// The lane's own pool (Pingora's path has its own).
+#[tokio::test]
+async fn a_burst_of_requests_leaves_its_upstream_connections_pooled() {
+    const N: u64 = 600;
+    let up = e2e::upstream::Upstream::start("app").await;
+    let config = format!(
+        r#"
+[server]
+http = "{{http}}"
+admin = "{{admin}}"
+state_dir = "{{state}}"
+threads = 1
+
+[[sites]]
+hosts = ["app.test"]
+  [[sites.routes]]
+  path = "/"
+  service = "app"
+
+[services.app]
+live = "blue"
+colors.blue = ["{}"]
+"#,
+        up.member()
+    );
+    let p = e2e::proxy::Proxy::start(&config).await;
+    let addr = p
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        clients.push((
+            TcpStream::connect(&addr).await.expect("connect"),
+            Vec::new(),
+        ));
+    }
+    let mut opened = 0;
+    for round in 1..=2 {
+        up.hold();
+        for (c, _) in clients.iter_mut() {
+            c.write_all(get("/hold").as_bytes()).await.unwrap();
+        }
+        // Every request is at the upstream, each on its own connection.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while up.held() < N * round {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {N} arrived",
+                up.held()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        up.release_held();
+        for (c, buf) in clients.iter_mut() {
+            assert_eq!(read_response(c, buf, false).await.status, 200);
+        }
+        if round == 1 {
+            opened = up.conns();
+            assert_eq!(opened, N, "one upstream connection per request in flight");
+        }
+    }
+    assert_eq!(
+        up.conns(),
+        opened,
+        "the second burst found its connections in the pool"
+    );
+}

@@ -73,6 +73,11 @@ impl Load {
         }
     }
 
+    /// The number of workers.
+    pub fn workers(&self) -> usize {
+        self.open.len()
+    }
+
     /// Open connections per worker now.
     pub fn counts(&self) -> Vec<usize> {
         self.open

@@ -73,8 +73,10 @@ impl<A: ServerApp + Send + Sync + 'static> Worker<A> {
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                crate::lane::set_workers(self.load.workers());
                 runtime.block_on(async move {
                     drop(tokio::spawn(crate::ops::heap::collect_while_running()));
+                    drop(tokio::spawn(crate::lane::sweep_while_running()));
                     Arc::new(self).run(inbox).await;
                     let _ = done.send(());
                     // Connections still open finish here, within the grace

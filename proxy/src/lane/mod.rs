@@ -24,6 +24,7 @@ pub(crate) mod timer;
 mod upstream;
 
 pub use state::{End, Lane, Outcome};
+pub use upstream::{set_workers, sweep_while_running};
 
 #[cfg(test)]
 mod sizes {

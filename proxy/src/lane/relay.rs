@@ -204,6 +204,7 @@ pub async fn exchange<C: Client>(
         set_cookie: attempts.set_cookie(svc, tls),
     };
     let t = route.map_or(&svc.timeouts, |r| r.upstream_timeouts(svc));
+    let idle_cap = upstream::idle_cap(snap.table.config.limits.max_connections);
     // uwsgi: one request per connection, its head as a uwsgi packet.
     let packet = match svc.protocol {
         routes::Protocol::Http => None,
@@ -229,7 +230,7 @@ pub async fn exchange<C: Client>(
             (_, Some(addr)) => Key::Inet(addr),
             (_, None) => break 502,
         };
-        let mut pooled = upstream::take(key, t.idle);
+        let mut pooled = upstream::take(key);
         loop {
             let reused = pooled.is_some();
             let mut up = match pooled.take() {
@@ -249,7 +250,7 @@ pub async fn exchange<C: Client>(
             let release = move |conn, reusable| {
                 in_flight.take();
                 if reusable && pooled_kind {
-                    upstream::give(key, conn, idle);
+                    upstream::give(key, conn, idle, idle_cap);
                 }
             };
             let attempt = relay(
@@ -289,7 +290,7 @@ pub async fn exchange<C: Client>(
                     keep_client,
                 } => {
                     if let (true, true, Some(up)) = (complete, reusable && pooled_kind, up) {
-                        upstream::give(key, up, t.idle);
+                        upstream::give(key, up, t.idle, idle_cap);
                     }
                     outcome.status = status;
                     outcome.bytes = bytes;
