@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs idle_conns.py inside a KVM virtual machine whose kernel and file limits
-# are ours: 50 000 idle connections need about 2 × 50 000 descriptors in one
+# Runs idle_conns.py inside a virtual machine whose kernel and file limits are
+# ours: 50 000 idle connections need about 2 × 50 000 descriptors in one
 # process, more than a container's hard RLIMIT_NOFILE often allows (20 000 on
 # this project's machine, and neither `ulimit -Hn` nor `docker run --ulimit`
 # may raise it without CAP_SYS_RESOURCE).
@@ -15,17 +15,22 @@
 # python3, nginx, haproxy and openssl, and an ext4 image of it (root.img, with
 # the kernel and initrd beside it). Each run: the Duotone binary (DUOTONE_BIN,
 # default target/release/duotone), benches/load/*.py and a guest script are
-# put in a tar that the VM sees as a second disk; qemu boots the image
-# (-enable-kvm -cpu host, root disk in snapshot mode so the image stays clean,
-# no network: everything runs on the guest's loopback); a systemd unit
+# put in a tar that the VM sees as a second disk; qemu boots the image (KVM
+# with -cpu host where /dev/kvm boots a stock kernel, else TCG, QEMU's
+# software emulation, 10 to 20 times slower: VM_ACCEL=kvm|tcg forces one;
+# root disk in snapshot mode so the image stays clean; no network: everything
+# runs on the guest's loopback); a systemd unit
 # unpacks the tar, raises fs.nr_open, the file limit, somaxconn and the
 # ephemeral port range, runs idle_conns.py as root, writes its .md, .json and
 # log as a tar onto a third disk and powers off. The host unpacks that disk:
 # the results go to --out's PREFIX.md/.json (default
 # $BENCH_VM_DIR/out/idle-conns), the run's log to PREFIX.log beside them unless
 # --out is given (then $BENCH_VM_DIR/last-run.log), the VM's serial console to
-# $BENCH_VM_DIR/console.log (followed live here). Needs root, /dev/kvm,
-# qemu-system-x86, debootstrap and Debian's mirror (apt's sources).
+# $BENCH_VM_DIR/console.log (the run's own lines followed live here). Needs
+# root, qemu-system-x86, debootstrap and Debian's mirror (apt's sources).
+# Default idle_conns.py options: 50 000 connections, one round, Duotone, nginx
+# and HAProxy, all four kinds, keep-alive 3 600 s (at 300 s the first
+# connections expire before the reading when opening 50 000 takes minutes).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -64,7 +69,7 @@ while [ $# -gt 0 ]; do
     --rebuild) REBUILD=1; shift ;;
     --build-only) BUILD_ONLY=1; shift ;;
     --) shift; ARGS=("$@"); break ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "unknown option $1 (idle_conns.py's options go after --)" >&2; exit 2 ;;
   esac
 done
@@ -147,9 +152,9 @@ truncate -s 64M "$RUN/out.img"
 
 log "booting: $VM_ACCEL, -cpu $CPU -smp $SMP -m $MEM, idle_conns.py ${ARGS[*]}; console: $VMDIR/console.log"
 : >"$VMDIR/console.log"
-tail -n +1 -f "$VMDIR/console.log" 2>/dev/null | grep --line-buffered -v '^\s*$' &
-TAILPID=$!
-trap 'kill $TAILPID 2>/dev/null || true' EXIT
+# the guest's bench lines (journal+console: "sh[PID]: …") and its troubles
+tail -n +1 -f --pid=$$ "$VMDIR/console.log" 2>/dev/null \
+  | grep -a --line-buffered -E ' sh\[[0-9]+\]: |ALERT|Kernel panic|emergency' &
 set +e
 timeout "$TIMEOUT" qemu-system-x86_64 "${ACCEL[@]}" -cpu "$CPU" -smp "$SMP" -m "$MEM" \
   -display none -monitor none -serial "file:$VMDIR/console.log" -no-reboot -nic none \
@@ -162,8 +167,7 @@ timeout "$TIMEOUT" qemu-system-x86_64 "${ACCEL[@]}" -cpu "$CPU" -smp "$SMP" -m "
   -device virtio-blk-pci,drive=out,serial=benchout
 QRC=$?
 set -e
-sleep 0.5
-kill $TAILPID 2>/dev/null || true
+sleep 1
 [ $QRC = 0 ] || log "qemu exited $QRC (124: killed after ${TIMEOUT}s)"
 
 mkdir -p "$RUN/results"
