@@ -289,7 +289,8 @@ def raise_limits(cfg_dir, peer, n, keepalive=300):
     10 000; past it connections are closed at once) likewise, as a
     [limits] table appended to its config. Keep-alive timeouts: 300 s (the
     load benchmark's for nginx and HAProxy), or `keepalive` seconds for all
-    three when opening N connections takes longer (a slow VM)."""
+    three when opening N connections takes longer (a slow VM); HAProxy's
+    client timeout (60 s), which also ends an idle connection, likewise."""
     if peer == "duotone":
         path = os.path.join(cfg_dir, "duotone.toml")
         text = open(path).read()
@@ -305,7 +306,11 @@ def raise_limits(cfg_dir, peer, n, keepalive=300):
             ("nginx.conf", "keepalive_timeout 300s;", "keepalive_timeout %ds;", keepalive),
             ("haproxy.cfg", "maxconn 4096", "maxconn %d", n + 1024),
             ("haproxy.cfg", "timeout http-keep-alive 300s", "timeout http-keep-alive %ds",
-             keepalive)):
+             keepalive),
+            # HAProxy closes an idle client connection at the first of its
+            # keep-alive and client timeouts (60 s here)
+            ("haproxy.cfg", "timeout client 60s", "timeout client %ds",
+             max(keepalive, 60))):
         path = os.path.join(cfg_dir, name)
         if peer in name and os.path.exists(path):
             text = open(path).read()
