@@ -132,7 +132,7 @@ fi
 RUN="$VMDIR/run"
 rm -rf "$RUN"
 mkdir -p "$RUN/in/load"
-cp "$BIN" "$RUN/in/duotone"
+cp -p "$BIN" "$RUN/in/duotone"   # -p: its build time in the results
 cp "$HERE"/*.py "$RUN/in/load/"
 {
   printf '#!/bin/bash\nset -u\n'
