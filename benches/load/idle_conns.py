@@ -44,6 +44,7 @@ whose kernel and limits are its own, with 50 000 connections by default:
 `benches/load/vm.sh --out benches/results/idle-conns-50k`, options for this
 script after `--`. Memory figures do not depend on the VM's speed; open_s
 does (software emulation is 10 to 20 times slower).
+
 nginx's worker_connections and HAProxy's maxconn in the load benchmark's
 configs (4 096) are raised here: nginx's to 2 N + 1 024 (one worker could
 hold every connection and an upstream one each), HAProxy's to N + 1 024 (it
@@ -51,8 +52,10 @@ counts client connections and sets its own file limit to about twice that,
 which must stay under the hard limit), and Duotone's `[limits]
 max_connections` (default 10 000) to N + 1 024 and its keepalive_timeout
 (default 75 s) to 300 s, as nginx's and HAProxy's are here (18 000 HTTP/2
-connections take longer than 75 s to open; --keepalive sets all three where
-opening N takes longer still); nothing else in the configs changes. A connection the proxy closed before the reading counts as failed.
+connections take longer than 75 s to open; --keepalive sets all three, and
+HAProxy's client timeout of 60 s, which ends an idle connection too, where
+opening N takes longer still); nothing else in the configs changes. A
+connection the proxy closed before the reading counts as failed.
 For Duotone in production: `max_connections` ([limits], default 10 000) and
 the process's file limit, which must be above it: systemd `LimitNOFILE=`
 (deploy/duotone.service sets 1048576), Docker Compose `ulimits: nofile:`
