@@ -36,6 +36,15 @@ File descriptors: the script raises its own RLIMIT_NOFILE to 2 N + 4 096
 starts inherit it. Past 20 000 connections the client's source addresses
 cycle through 127.0.0.2, 127.0.0.3, … (one address has 28 232 ephemeral ports
 towards one port), so 50 000 can be held on one machine.
+Where the hard file limit is lower than 2 N + 4 096 and cannot be raised (a
+container without CAP_SYS_RESOURCE: this project's machine has 20 000),
+benches/load/vm.sh runs this script in a Debian bookworm virtual machine
+(QEMU; KVM, or software emulation where /dev/kvm cannot boot a stock kernel)
+whose kernel and limits are its own, with 50 000 connections by default:
+`benches/load/vm.sh --out benches/results/idle-conns-50k`, options for this
+script after `--`. Memory figures do not depend on the VM's speed; open_s
+does (software emulation is 10 to 20 times slower).
+
 nginx's worker_connections and HAProxy's maxconn in the load benchmark's
 configs (4 096) are raised here: nginx's to 2 N + 1 024 (one worker could
 hold every connection and an upstream one each), HAProxy's to N + 1 024 (it
@@ -43,8 +52,10 @@ counts client connections and sets its own file limit to about twice that,
 which must stay under the hard limit), and Duotone's `[limits]
 max_connections` (default 10 000) to N + 1 024 and its keepalive_timeout
 (default 75 s) to 300 s, as nginx's and HAProxy's are here (18 000 HTTP/2
-connections take longer than 75 s to open); nothing else in the configs
-changes. A connection the proxy closed before the reading counts as failed.
+connections take longer than 75 s to open; --keepalive sets all three, and
+HAProxy's client timeout of 60 s, which ends an idle connection too, where
+opening N takes longer still); nothing else in the configs changes. A
+connection the proxy closed before the reading counts as failed.
 For Duotone in production: `max_connections` ([limits], default 10 000) and
 the process's file limit, which must be above it: systemd `LimitNOFILE=`
 (deploy/duotone.service sets 1048576), Docker Compose `ulimits: nofile:`
@@ -156,6 +167,13 @@ async def h1_get(r, w, request=REQUEST):
     elif length:
         await r.readexactly(length)
     return status
+
+
+# The client's own memory: asyncio's TLS transport (Python 3.11 and later)
+# gives every connection a 256 KiB read buffer (SSLProtocol.max_size), 12.5 GiB
+# for 50 000 connections; 16 KiB (one TLS record) reads the same answers.
+if hasattr(asyncio.sslproto.SSLProtocol, "max_size"):
+    asyncio.sslproto.SSLProtocol.max_size = 16 * 1024
 
 
 def client_ctx(kind):
@@ -272,14 +290,17 @@ def rss_settled(pid, samples=3, every=0.3):
     return statistics.median(xs)
 
 
-def raise_limits(cfg_dir, peer, n):
+def raise_limits(cfg_dir, peer, n, keepalive=300):
     """Raises the connection limits of the load benchmark's configs (4 096):
     nginx's worker_connections (client and upstream connections of one
     worker) to 2 n + 1 024, as one worker may end up holding every
     connection; HAProxy's maxconn (client connections; it sets its file limit
     to about twice that) to n + 1 024. Duotone's `max_connections` (default
     10 000; past it connections are closed at once) likewise, as a
-    [limits] table appended to its config."""
+    [limits] table appended to its config. Keep-alive timeouts: 300 s (the
+    load benchmark's for nginx and HAProxy), or `keepalive` seconds for all
+    three when opening N connections takes longer (a slow VM); HAProxy's
+    client timeout (60 s), which also ends an idle connection, likewise."""
     if peer == "duotone":
         path = os.path.join(cfg_dir, "duotone.toml")
         text = open(path).read()
@@ -287,12 +308,19 @@ def raise_limits(cfg_dir, peer, n):
             sys.exit("%s: already has [limits] (bench.py's config changed?)" % path)
         # keep-alive 300 s (default 75 s) as nginx's and HAProxy's here: at
         # 18 000 connections the first ones are older than 75 s at the reading
-        bench.write(path, text + "\n[limits]\nmax_connections = %d\nkeepalive_timeout = \"300s\"\n"
-                    % (n + 1024))
+        bench.write(path, text + "\n[limits]\nmax_connections = %d\nkeepalive_timeout = \"%ds\"\n"
+                    % (n + 1024, keepalive))
         return
     for name, old, new, want in (
             ("nginx.conf", "worker_connections 4096;", "worker_connections %d;", 2 * n + 1024),
-            ("haproxy.cfg", "maxconn 4096", "maxconn %d", n + 1024)):
+            ("nginx.conf", "keepalive_timeout 300s;", "keepalive_timeout %ds;", keepalive),
+            ("haproxy.cfg", "maxconn 4096", "maxconn %d", n + 1024),
+            ("haproxy.cfg", "timeout http-keep-alive 300s", "timeout http-keep-alive %ds",
+             keepalive),
+            # HAProxy closes an idle client connection at the first of its
+            # keep-alive and client timeouts (60 s here)
+            ("haproxy.cfg", "timeout client 60s", "timeout client %ds",
+             max(keepalive, 60))):
         path = os.path.join(cfg_dir, name)
         if peer in name and os.path.exists(path):
             text = open(path).read()
@@ -315,7 +343,7 @@ def measure(tmp, peer, kind, origin_port, cert, key, www, a):
     os.chmod(d, 0o755)
     ports = {"http": bench.free_port(), "https": bench.free_port(), "admin": bench.free_port()}
     cmd, env = bench.MAKERS[peer](d, ports, origin_port, www, cert, key)
-    raise_limits(d, peer, a.conns)
+    raise_limits(d, peer, a.conns, a.keepalive)
     outp = os.path.join(d, peer + ".out")
     p = bench.spawn(cmd, outp, env=env)
     row = {"peer": peer, "kind": kind, "conns": a.conns}
@@ -444,6 +472,9 @@ def main():
     ap.add_argument("--settle", type=float, default=6.0,
                     help="seconds idle before reading RSS (default 6)")
     ap.add_argument("--timeout", type=float, default=30.0, help="limit per connection's setup")
+    ap.add_argument("--keepalive", type=int, default=300,
+                    help="keep-alive timeout of every proxy, seconds (300; longer when opening "
+                    "N takes longer, as in a slow VM)")
     ap.add_argument("--out", default=None, help="write PREFIX.md and PREFIX.json too")
     ap.add_argument("--latest", default=None,
                     help="also put the table in this markdown file as its `## idle-conns` section")
