@@ -28,6 +28,19 @@ use tokio::sync::oneshot;
 /// other tasks one accept() per connection.
 const ACCEPT_BATCH: usize = 1024;
 
+/// Once a second on each worker, for ever: idle upstream connections past
+/// their time or closed by the upstream are closed ([`crate::lane::sweep`]),
+/// and the allocator's due purges run ([`crate::ops::heap::collect`]).
+async fn housekeeping() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        crate::lane::sweep();
+        crate::ops::heap::collect();
+    }
+}
+
 /// A connection on its way from the worker that accepted it to the one that
 /// serves it, already counted there.
 pub struct Handoff {
@@ -75,8 +88,7 @@ impl<A: ServerApp + Send + Sync + 'static> Worker<A> {
             .spawn(move || {
                 crate::lane::set_workers(self.load.workers());
                 runtime.block_on(async move {
-                    drop(tokio::spawn(crate::ops::heap::collect_while_running()));
-                    drop(tokio::spawn(crate::lane::sweep_while_running()));
+                    drop(tokio::spawn(housekeeping()));
                     Arc::new(self).run(inbox).await;
                     let _ = done.send(());
                     // Connections still open finish here, within the grace

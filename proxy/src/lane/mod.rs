@@ -24,7 +24,7 @@ pub(crate) mod timer;
 mod upstream;
 
 pub use state::{End, Lane, Outcome};
-pub use upstream::{set_workers, sweep_while_running};
+pub use upstream::{set_workers, sweep};
 
 #[cfg(test)]
 mod sizes {

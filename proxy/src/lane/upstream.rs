@@ -11,9 +11,9 @@
 //! flight than it held: at 10 000 clients (`benches/load/c10k.py`) about 60 %
 //! of requests opened a new connection, which cost a third of the proxy's
 //! CPU. HAProxy likewise keeps idle server connections without a fixed cap;
-//! nginx keeps what `keepalive N` says. [`sweep_while_running`] closes, once
-//! a second, the idle connections past their time or closed by the upstream,
-//! so a burst's connections do not stay open after it.
+//! nginx keeps what `keepalive N` says. Each worker calls [`sweep`] once a
+//! second, which closes the idle connections past their time or closed by the
+//! upstream, so a burst's connections do not stay open after it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -29,9 +29,6 @@ use tokio::net::{TcpStream, UnixStream};
 /// Idle connections a worker may keep over all members, whatever its share
 /// of `max_connections`.
 const IDLE_FLOOR: usize = 256;
-
-/// How often [`sweep_while_running`] looks over a worker's idle connections.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Where an upstream member listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,17 +198,6 @@ pub fn sweep() -> usize {
             })
             .sum()
     })
-}
-
-/// Runs [`sweep`] on this worker once per [`SWEEP_EVERY`], for ever: spawn
-/// it on each worker's runtime.
-pub async fn sweep_while_running() {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        sweep();
-    }
 }
 
 impl AsyncRead for Conn {
