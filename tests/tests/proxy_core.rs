@@ -124,6 +124,8 @@ async fn sets_forwarded_headers_and_request_id(t: Transport) {
         )
         .await
         .unwrap();
+    // Says what came back instead when it was not the echo (seen once under load).
+    assert_eq!(r.status, 200, "{}", r.text());
     let h = &r.json()["headers"];
     assert_eq!(
         h["x-forwarded-for"], "127.0.0.1",
